@@ -1,0 +1,265 @@
+//! Jobs as the deployer sees them: deploy, status, results and console output.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The runtime a job's program runs in inside a sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Worktime {
+    /// A JavaScript work function `(datum, ...args) => result`, possibly async.
+    MapBasic,
+    /// A Python program that registers a slice handler with `dcp.set_slice_handler`.
+    Pyodide,
+}
+
+impl Worktime {
+    /// The name used on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Worktime::MapBasic => "map-basic",
+            Worktime::Pyodide => "pyodide",
+        }
+    }
+}
+
+impl std::str::FromStr for Worktime {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "map-basic" => Ok(Worktime::MapBasic),
+            "pyodide" => Ok(Worktime::Pyodide),
+            other => Err(format!("unknown worktime `{other}`; expected `map-basic` or `pyodide`")),
+        }
+    }
+}
+
+/// `START:END[:STEP]`, END exclusive: the slices are START, START+STEP, … below END.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Range {
+    pub start: i64,
+    pub end: i64,
+    #[serde(default = "one")]
+    pub step: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl Range {
+    /// The values the range stands for, or a sentence saying why it is not a usable range.
+    pub fn values(&self, max_len: usize) -> Result<Vec<i64>, String> {
+        if self.step <= 0 {
+            return Err(format!("step must be positive, got {}", self.step));
+        }
+        if self.end < self.start {
+            return Err(format!("end {} is below start {}", self.end, self.start));
+        }
+        let span = (self.end as i128) - (self.start as i128);
+        let len = ((span + self.step as i128 - 1) / self.step as i128) as u128;
+        if len > max_len as u128 {
+            return Err(format!("{len} slices is over the limit of {max_len}"));
+        }
+        Ok((self.start..self.end).step_by(self.step as usize).collect())
+    }
+}
+
+impl std::str::FromStr for Range {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let number = |part: &str| {
+            part.trim().parse::<i64>().map_err(|_| format!("`{part}` in range `{text}` is not an integer"))
+        };
+        match parts.as_slice() {
+            [start, end] => Ok(Range { start: number(start)?, end: number(end)?, step: 1 }),
+            [start, end, step] => Ok(Range { start: number(start)?, end: number(end)?, step: number(step)? }),
+            _ => Err(format!("range `{text}` is not START:END[:STEP]")),
+        }
+    }
+}
+
+/// `POST /v1/jobs`: everything a job is made of. Exactly one of `slices` and `range` is given.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// A name for people; defaults to the job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `map-basic` or `pyodide`.
+    pub worktime: Option<Worktime>,
+    /// The work function (map-basic) or the Python source (pyodide).
+    pub program: String,
+    /// `sys.argv[0]` for Python programs; defaults to `main.py`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_name: Option<String>,
+    /// Static arguments: extra parameters of the work function, or `sys.argv[1:]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arguments: Vec<Value>,
+    /// One input per slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<Vec<Value>>,
+    /// Integer inputs given as a range instead of a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<Range>,
+    /// Environment of a Python program (`os.environ`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Pyodide packages to load before the program runs (imports are detected too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// sha256 of a bundle uploaded with `PUT /v1/bundles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+}
+
+/// Answer to a deploy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub job_id: String,
+    pub total: u64,
+    /// Packages the workers will load: the declared ones plus those detected from imports.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Slices are still queued or leased.
+    Active,
+    /// Every slice has a final outcome.
+    Complete,
+    /// The program itself failed (no handler, syntax error): nothing more is handed out.
+    Failed,
+    /// The deployer cancelled it.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether no more slices will be handed out.
+    pub fn is_final(self) -> bool {
+        self != JobState::Active
+    }
+}
+
+/// `GET /v1/jobs/{id}`: counts a deployer or progress bar needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job_id: String,
+    pub name: String,
+    pub worktime: Worktime,
+    pub state: JobState,
+    pub total: u64,
+    /// Slices with a result.
+    pub done: u64,
+    /// Slices that ended in an error.
+    pub errors: u64,
+    pub queued: u64,
+    pub leased: u64,
+    /// Why the job failed, when it did (with the Python traceback for program errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_ms: u64,
+}
+
+/// One line of `GET /v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub name: String,
+    pub state: JobState,
+    pub total: u64,
+    pub done: u64,
+    pub errors: u64,
+}
+
+/// A slice's final or current status in a results page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliceStatus {
+    Pending,
+    Ok,
+    Error,
+}
+
+/// One slice in a results page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SliceRecord {
+    pub slice: u64,
+    pub status: SliceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/results?from=N&limit=M`: slices in order; `next` is where the next page starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultsPage {
+    pub results: Vec<SliceRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// Output a program printed, as shipped with results and read back by the deployer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleLine {
+    /// The slice that was running, or none for output of the program's set-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<u64>,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub text: String,
+    /// Position in the job's console log; set by the scheduler when read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worktime_spelling_is_kebab_case() {
+        assert_eq!(serde_json::to_string(&Worktime::MapBasic).unwrap(), "\"map-basic\"");
+        let err = serde_json::from_str::<Worktime>("\"lua\"").unwrap_err().to_string();
+        assert!(err.contains("map-basic"), "{err}");
+    }
+
+    #[test]
+    fn range_parses_and_expands() {
+        let range: Range = "0:10:3".parse().unwrap();
+        assert_eq!(range.values(100).unwrap(), vec![0, 3, 6, 9]);
+        assert_eq!("5:8".parse::<Range>().unwrap().values(100).unwrap(), vec![5, 6, 7]);
+        assert!("1:2:0".parse::<Range>().unwrap().values(10).is_err());
+        assert!("0:1000".parse::<Range>().unwrap().values(10).is_err());
+        assert!("a:3".parse::<Range>().is_err());
+    }
+
+    #[test]
+    fn deploy_request_round_trips() {
+        let request = DeployRequest {
+            name: Some("squares".into()),
+            worktime: Some(Worktime::MapBasic),
+            program: "(x) => x * x".into(),
+            arguments: vec![Value::from(2)],
+            slices: Some(vec![Value::from(1), Value::from(2)]),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(serde_json::from_str::<DeployRequest>(&text).unwrap(), request);
+    }
+
+    #[test]
+    fn deploy_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<DeployRequest>(r#"{"program":"x","slicez":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("slicez"));
+    }
+}
