@@ -1,0 +1,307 @@
+//! `tessera deploy`, `status`, `results`: the deployer's side of the CLI.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera_protocol::{bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceRecord, SliceStatus, Worktime};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// Everything `tessera deploy` was told.
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    pub worktime: Worktime,
+    pub program: PathBuf,
+    pub arguments: Vec<String>,
+    pub slices: Option<PathBuf>,
+    pub range: Option<Range>,
+    pub name: Option<String>,
+    pub env: Vec<String>,
+    pub packages: Vec<String>,
+    pub bundle: Option<PathBuf>,
+    pub wait: bool,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+/// How results are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// JSON lines only.
+    Json,
+    /// JSON lines of results plus readable summaries on stderr.
+    Human,
+}
+
+/// A `--arg` value: JSON when it parses as JSON, otherwise the text itself.
+pub fn parse_argument(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| Error::Usage(format!("cannot read {what} `{}`: {error}", path.display())))
+}
+
+/// Builds the deploy request from the command line, reading the files it names.
+pub fn build_request(options: &DeployOptions) -> Result<DeployRequest> {
+    let program = String::from_utf8(read_file(&options.program, "program file")?)
+        .map_err(|_| Error::Usage(format!("program file `{}` is not UTF-8", options.program.display())))?;
+    let slices = match &options.slices {
+        Some(path) => {
+            let value: Value = serde_json::from_slice(&read_file(path, "slices file")?)
+                .map_err(|error| Error::Usage(format!("slices file `{}` is not JSON: {error}", path.display())))?;
+            match value {
+                Value::Array(items) => Some(items),
+                _ => return Err(Error::Usage(format!("slices file `{}` must hold a JSON array", path.display()))),
+            }
+        }
+        None => None,
+    };
+    let mut env = std::collections::BTreeMap::new();
+    for pair in &options.env {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--env `{pair}` is not KEY=VALUE")))?;
+        env.insert(key.to_string(), value.to_string());
+    }
+    let program_name = options.program.file_name().map(|name| name.to_string_lossy().into_owned());
+    Ok(DeployRequest {
+        name: options.name.clone(),
+        worktime: Some(options.worktime),
+        program,
+        program_name,
+        arguments: options.arguments.iter().map(|a| parse_argument(a)).collect(),
+        slices,
+        range: options.range,
+        env,
+        packages: options.packages.clone(),
+        bundle: None,
+    })
+}
+
+/// A bundle as tar.gz bytes: a `.tar.gz` file as is, or a directory packed (regular files only).
+pub fn bundle_bytes(path: &Path) -> Result<Vec<u8>> {
+    if path.is_file() {
+        return read_file(path, "bundle");
+    }
+    if !path.is_dir() {
+        return Err(Error::Usage(format!("bundle `{}` is neither a directory nor a tar.gz file", path.display())));
+    }
+    let mut entries = Vec::new();
+    collect_entries(path, path, &mut entries)?;
+    bundle::pack(&entries).map_err(|error| Error::Usage(format!("cannot pack bundle: {error}")))
+}
+
+fn collect_entries(root: &Path, dir: &Path, entries: &mut Vec<BundleEntry>) -> Result<()> {
+    let mut children: Vec<_> = std::fs::read_dir(dir)
+        .map_err(Error::io(format!("reading {}", dir.display())))?
+        .collect::<std::io::Result<_>>()
+        .map_err(Error::io(format!("reading {}", dir.display())))?;
+    children.sort_by_key(|entry| entry.file_name());
+    for child in children {
+        let path = child.path();
+        let relative = path
+            .strip_prefix(root)
+            .map_err(|_| Error::Usage(format!("{} is outside the bundle", path.display())))?
+            .to_string_lossy()
+            .replace('\\', "/");
+        let kind = child.file_type().map_err(Error::io(format!("reading {}", path.display())))?;
+        if kind.is_dir() {
+            if relative == "__pycache__" || relative.ends_with("/__pycache__") {
+                continue;
+            }
+            entries.push(BundleEntry::Directory { path: relative });
+            collect_entries(root, &path, entries)?;
+        } else if kind.is_file() {
+            entries.push(BundleEntry::File { path: relative, bytes: read_file(&path, "bundle file")? });
+        } else {
+            return Err(Error::Usage(format!(
+                "bundle entry `{relative}` is a link or special file; only regular files and directories are allowed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `tessera deploy`.
+pub async fn deploy(client: &Client, options: DeployOptions) -> Result<bool> {
+    let mut request = build_request(&options)?;
+    if let Some(path) = &options.bundle {
+        request.bundle = Some(client.upload_bundle(bundle_bytes(path)?).await?);
+    }
+    let deployed = client.deploy(&request).await?;
+    let output = if options.json { Output::Json } else { Output::Human };
+    if !options.wait {
+        if options.json {
+            println!("{}", serde_json::json!({"job_id": deployed.job_id, "total": deployed.total}));
+        } else {
+            println!("{}", deployed.job_id);
+        }
+        return Ok(true);
+    }
+    if output == Output::Human {
+        eprintln!("deployed job {} ({} slices)", deployed.job_id, deployed.total);
+    }
+    let show_console = output == Output::Human && !options.quiet;
+    let status = wait_for(client, &deployed.job_id, output, show_console).await?;
+    print_results(client, &deployed.job_id, output).await?;
+    Ok(report(&status, output))
+}
+
+/// Polls a job until it is final, showing progress (a bar on a terminal, lines otherwise) and console output.
+pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_console: bool) -> Result<JobStatus> {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal() && output == Output::Human;
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} slices {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut console_after = 0;
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    loop {
+        let status = client.status(job_id).await?;
+        if show_console {
+            for line in client.console(job_id, console_after).await? {
+                console_after = line.seq.unwrap_or(console_after);
+                let text = match line.slice {
+                    Some(slice) => format!("[slice {slice} {}] {}", line.stream, line.text.trim_end()),
+                    None => format!("[{}] {}", line.stream, line.text.trim_end()),
+                };
+                match &bar {
+                    Some(bar) => bar.println(text),
+                    None => eprintln!("{text}"),
+                }
+            }
+        }
+        let finished = status.done + status.errors;
+        match &bar {
+            Some(bar) => {
+                bar.set_length(status.total);
+                bar.set_position(finished);
+                bar.set_message(format!("({} errors)", status.errors));
+            }
+            None if output == Output::Human && last_line.elapsed() >= Duration::from_secs(2) => {
+                eprintln!("progress: {finished}/{} slices ({} errors) after {:.1}s", status.total, status.errors, started.elapsed().as_secs_f64());
+                last_line = Instant::now();
+            }
+            None => {}
+        }
+        if status.state.is_final() {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One result as a JSON line.
+pub fn result_line(record: &SliceRecord) -> String {
+    let mut line = serde_json::json!({ "slice": record.slice, "status": record.status });
+    match record.status {
+        SliceStatus::Ok => line["value"] = record.value.clone().unwrap_or(Value::Null),
+        SliceStatus::Error => {
+            line["error"] = Value::from(record.error.clone().unwrap_or_default());
+            if let Some(stack) = &record.stack {
+                line["stack"] = Value::from(stack.clone());
+            }
+        }
+        SliceStatus::Pending => {}
+    }
+    line.to_string()
+}
+
+/// Prints every slice's result in slice order, as JSON lines on stdout.
+pub async fn print_results(client: &Client, job_id: &str, _output: Output) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut from = 0;
+    loop {
+        let page = client.results_page(job_id, from).await?;
+        for record in &page.results {
+            writeln!(out, "{}", result_line(record)).map_err(Error::io("writing results"))?;
+        }
+        match page.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    out.flush().map_err(Error::io("writing results"))
+}
+
+/// The one-line summary on stderr; returns whether the job completed.
+pub fn report(status: &JobStatus, output: Output) -> bool {
+    if output == Output::Human {
+        eprintln!(
+            "job {} {}: {} ok, {} errors of {} slices",
+            status.job_id,
+            match status.state {
+                JobState::Active => "active",
+                JobState::Complete => "complete",
+                JobState::Failed => "FAILED",
+                JobState::Cancelled => "cancelled",
+            },
+            status.done,
+            status.errors,
+            status.total
+        );
+        if let Some(error) = &status.error {
+            eprintln!("{error}");
+        }
+    }
+    status.state == JobState::Complete
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_json_when_they_parse() {
+        assert_eq!(parse_argument("3"), Value::from(3));
+        assert_eq!(parse_argument("[1,2]"), serde_json::json!([1, 2]));
+        assert_eq!(parse_argument("hello"), Value::from("hello"));
+    }
+
+    #[test]
+    fn packs_a_bundle_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pkg")).unwrap();
+        std::fs::write(dir.path().join("pkg/mod.py"), "X = 1\n").unwrap();
+        let bytes = bundle_bytes(dir.path()).unwrap();
+        let entries = bundle::unpack(&bytes, &Default::default()).unwrap();
+        let paths: Vec<_> = entries.iter().map(|e| e.path().to_string()).collect();
+        assert_eq!(paths, vec!["pkg", "pkg/mod.py"]);
+    }
+
+    #[test]
+    fn slices_file_must_be_an_array() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.js"), "(x) => x").unwrap();
+        std::fs::write(dir.path().join("s.json"), "{\"a\": 1}").unwrap();
+        let options = DeployOptions {
+            worktime: Worktime::MapBasic,
+            program: dir.path().join("p.js"),
+            arguments: vec![],
+            slices: Some(dir.path().join("s.json")),
+            range: None,
+            name: None,
+            env: vec![],
+            packages: vec![],
+            bundle: None,
+            wait: false,
+            json: false,
+            quiet: false,
+        };
+        let err = build_request(&options).unwrap_err().to_string();
+        assert!(err.contains("JSON array"), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The scheduler crate's one error type, and how it becomes an HTTP answer.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tessera_protocol::ApiError;
+
+/// Everything that can go wrong in the scheduler and the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is missing, malformed or out of range.
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    /// The body is not JSON at all.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is over the configured size limit.
+    #[error("request body is over the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    /// No such job, lease, bundle or worker.
+    #[error("{what} `{id}` does not exist")]
+    NotFound { what: &'static str, id: String },
+    /// Missing or wrong worker token, or a lease token that does not match.
+    #[error("{field}: {message}")]
+    WrongToken { field: String, message: String },
+    /// The store failed; the request changed nothing.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    /// The scheduler answered a CLI request with an error.
+    #[error("{0}")]
+    Api(ApiError),
+    /// The CLI could not reach the scheduler.
+    #[error("cannot reach the scheduler: {0}")]
+    Unreachable(String),
+    /// A CLI argument or local file is unusable.
+    #[error("{0}")]
+    Usage(String),
+    /// The worker's browser failed or exited.
+    #[error("browser: {0}")]
+    Browser(String),
+}
+
+impl Error {
+    /// Shorthand for the most common validation failure.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidField { field: field.into(), message: message.into() }
+    }
+
+    /// Shorthand for I/O failures with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    fn status_and_body(&self) -> (StatusCode, ApiError) {
+        let body = |code: &str, field: Option<&str>| ApiError {
+            code: code.into(),
+            field: field.map(str::to_string),
+            message: self.to_string(),
+        };
+        match self {
+            Error::InvalidField { field, message } => (
+                StatusCode::BAD_REQUEST,
+                ApiError { code: "invalid_field".into(), field: Some(field.clone()), message: message.clone() },
+            ),
+            Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, body("malformed_json", None)),
+            Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, body("too_large", None)),
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, body("not_found", None)),
+            Error::WrongToken { field, message } => (
+                StatusCode::FORBIDDEN,
+                ApiError { code: "wrong_token".into(), field: Some(field.clone()), message: message.clone() },
+            ),
+            Error::Api(api) => (StatusCode::BAD_GATEWAY, api.clone()),
+            Error::Database(_)
+            | Error::Io { .. }
+            | Error::Unreachable(_)
+            | Error::Usage(_)
+            | Error::Browser(_) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None)),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,17 @@
+//! Tessera's scheduler and command-line tool.
+//!
+//! - [`store`]: the durable SQLite store; every state change is one committed transaction.
+//! - [`server`]: protocol v1 over HTTP (axum), the Pyodide distribution and the static site.
+//! - [`validate`], [`packages`]: deploy-time checks, pure and unit-tested.
+//! - [`client`], [`deploy`], [`browser`]: the CLI's deployer commands and `tessera worker`.
+
+pub mod browser;
+pub mod client;
+pub mod deploy;
+pub mod error;
+pub mod packages;
+pub mod server;
+pub mod store;
+pub mod validate;
+
+pub use error::{Error, Result};
