@@ -47,7 +47,7 @@ impl BundleEntry {
 }
 
 /// Why a bundle was refused. Every variant names the entry at fault where there is one.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
     #[error("bundle is {size} bytes, over the limit of {limit}")]
     TooLarge { size: u64, limit: u64 },

@@ -1,0 +1,246 @@
+//! Dispatch policy: which sandbox runs a slice.
+//!
+//! Plain bookkeeping, no web APIs: the supervisor asks [`Pool::place`] and carries out the answer.
+//! A sandbox serves one job for its whole life; warm sandboxes (already set up for the slice's
+//! job) win, then unbound ones, then new ones while under capacity; an idle sandbox of another job
+//! is replaced only when nothing else is possible.
+
+use tessera_protocol::Worktime;
+
+/// One sandbox as the policy sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    pub worktime: Worktime,
+    /// The job this sandbox is bound to, once it ran a slice.
+    pub job: Option<String>,
+    pub busy: bool,
+    /// Slices run so far.
+    pub served: u32,
+    /// When it last finished a slice (or was created), in ms.
+    pub idle_since_ms: u64,
+}
+
+/// Where a slice should go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// An idle sandbox already set up for this job.
+    Warm(usize),
+    /// An idle sandbox with no job yet (e.g. the pre-warmed spare).
+    Claim(usize),
+    /// Create a new sandbox in this slot index.
+    Create(usize),
+    /// Terminate the idle sandbox at this index (another job, or worn out) and create a new one there.
+    Replace(usize),
+    /// Every sandbox is busy: wait.
+    Busy,
+}
+
+/// Limits the pool works within.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolLimits {
+    /// Slices running at once.
+    pub capacity: usize,
+    /// Recycle a sandbox after this many slices.
+    pub max_slices_per_sandbox: u32,
+    /// Recycle a bound sandbox idle for this long.
+    pub max_idle_ms: u64,
+}
+
+/// The sandboxes and what each is doing. Slot indexes are stable; `None` is an empty slot.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    slots: Vec<Option<Slot>>,
+    limits: PoolLimits,
+}
+
+impl Pool {
+    pub fn new(limits: PoolLimits) -> Pool {
+        Pool { slots: Vec::new(), limits }
+    }
+
+    pub fn limits(&self) -> PoolLimits {
+        self.limits
+    }
+
+    pub fn slot(&self, index: usize) -> Option<&Slot> {
+        self.slots.get(index).and_then(Option::as_ref)
+    }
+
+    /// Slots currently running a slice.
+    pub fn busy(&self) -> usize {
+        self.slots.iter().flatten().filter(|slot| slot.busy).count()
+    }
+
+    /// Jobs with at least one sandbox set up for them (sent to the scheduler as preferences).
+    pub fn warm_jobs(&self) -> Vec<String> {
+        let mut jobs: Vec<String> = self.slots.iter().flatten().filter_map(|slot| slot.job.clone()).collect();
+        jobs.sort();
+        jobs.dedup();
+        jobs
+    }
+
+    fn usable(&self, slot: &Slot) -> bool {
+        slot.served < self.limits.max_slices_per_sandbox
+    }
+
+    /// Decides where a slice of `job` (worktime `worktime`) runs.
+    pub fn place(&self, job: &str, worktime: Worktime) -> Placement {
+        if self.busy() >= self.limits.capacity {
+            return Placement::Busy;
+        }
+        let idle = || self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s))).filter(|(_, s)| !s.busy);
+        if let Some((index, _)) = idle().find(|(_, s)| s.job.as_deref() == Some(job) && self.usable(s)) {
+            return Placement::Warm(index);
+        }
+        if let Some((index, _)) = idle().find(|(_, s)| s.job.is_none() && s.worktime == worktime) {
+            return Placement::Claim(index);
+        }
+        let alive = self.slots.iter().flatten().count();
+        if alive < self.limits.capacity {
+            return Placement::Create(self.free_index());
+        }
+        // Replace the idle sandbox that is least useful: worn out first, then the longest idle.
+        match idle().min_by_key(|(_, s)| (self.usable(s), s.idle_since_ms)) {
+            Some((index, _)) => Placement::Replace(index),
+            None => Placement::Busy,
+        }
+    }
+
+    fn free_index(&self) -> usize {
+        self.slots.iter().position(Option::is_none).unwrap_or(self.slots.len())
+    }
+
+    /// Records a new sandbox in `index`.
+    pub fn created(&mut self, index: usize, worktime: Worktime, now_ms: u64) {
+        if index >= self.slots.len() {
+            self.slots.resize(index + 1, None);
+        }
+        self.slots[index] = Some(Slot { worktime, job: None, busy: false, served: 0, idle_since_ms: now_ms });
+    }
+
+    /// Marks `index` as running a slice of `job` (binding it to the job for good).
+    pub fn started(&mut self, index: usize, job: &str) {
+        if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
+            slot.busy = true;
+            slot.job = Some(job.to_string());
+        }
+    }
+
+    /// Marks `index` idle after a slice.
+    pub fn finished(&mut self, index: usize, now_ms: u64) {
+        if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
+            slot.busy = false;
+            slot.served += 1;
+            slot.idle_since_ms = now_ms;
+        }
+    }
+
+    /// Forgets the sandbox in `index` (terminated, crashed or recycled).
+    pub fn removed(&mut self, index: usize) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = None;
+        }
+    }
+
+    /// Idle sandboxes to recycle now: worn out, or bound and idle for too long.
+    pub fn to_recycle(&self, now_ms: u64) -> Vec<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+            .filter(|(_, s)| !s.busy)
+            .filter(|(_, s)| {
+                !self.usable(s) || (s.job.is_some() && now_ms.saturating_sub(s.idle_since_ms) > self.limits.max_idle_ms)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Whether a spare (unbound, idle) sandbox of `worktime` exists.
+    pub fn has_spare(&self, worktime: Worktime) -> bool {
+        self.slots.iter().flatten().any(|s| s.job.is_none() && !s.busy && s.worktime == worktime)
+    }
+
+    /// Index for a new spare sandbox, if the pool may hold one more (capacity + 1 sandboxes at most).
+    pub fn spare_index(&self) -> Option<usize> {
+        (self.slots.iter().flatten().count() <= self.limits.capacity).then(|| self.free_index())
+    }
+
+    /// Indexes of every live sandbox.
+    pub fn live(&self) -> Vec<usize> {
+        self.slots.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: Worktime = Worktime::MapBasic;
+
+    fn pool(capacity: usize) -> Pool {
+        Pool::new(PoolLimits { capacity, max_slices_per_sandbox: 3, max_idle_ms: 1_000 })
+    }
+
+    #[test]
+    fn creates_up_to_capacity_then_waits() {
+        let mut pool = pool(2);
+        assert_eq!(pool.place("a", MB), Placement::Create(0));
+        pool.created(0, MB, 0);
+        pool.started(0, "a");
+        assert_eq!(pool.place("a", MB), Placement::Create(1));
+        pool.created(1, MB, 0);
+        pool.started(1, "b");
+        assert_eq!(pool.place("a", MB), Placement::Busy);
+    }
+
+    #[test]
+    fn prefers_a_warm_sandbox_then_a_spare() {
+        let mut pool = pool(2);
+        pool.created(0, MB, 0);
+        pool.created(1, MB, 0);
+        pool.started(0, "a");
+        pool.finished(0, 5);
+        assert_eq!(pool.place("a", MB), Placement::Warm(0));
+        assert_eq!(pool.place("b", MB), Placement::Claim(1));
+        assert_eq!(pool.place("b", Worktime::Pyodide), Placement::Replace(1), "the unbound one goes first");
+    }
+
+    #[test]
+    fn a_sandbox_never_serves_two_jobs() {
+        let mut pool = pool(1);
+        pool.created(0, MB, 0);
+        pool.started(0, "a");
+        pool.finished(0, 1);
+        assert_eq!(pool.place("b", MB), Placement::Replace(0));
+    }
+
+    #[test]
+    fn recycles_worn_out_and_long_idle_sandboxes() {
+        let mut pool = pool(2);
+        pool.created(0, MB, 0);
+        for _ in 0..3 {
+            pool.started(0, "a");
+            pool.finished(0, 10);
+        }
+        assert_eq!(pool.to_recycle(20), vec![0]);
+        assert_eq!(pool.place("a", MB), Placement::Create(1), "a worn-out sandbox is not warm");
+        pool.created(1, MB, 0);
+        pool.started(1, "b");
+        pool.finished(1, 100);
+        assert_eq!(pool.to_recycle(2_000), vec![0, 1]);
+        pool.removed(0);
+        assert_eq!(pool.live(), vec![1]);
+    }
+
+    #[test]
+    fn keeps_at_most_one_spare_beyond_capacity() {
+        let mut pool = pool(1);
+        assert_eq!(pool.spare_index(), Some(0));
+        pool.created(0, Worktime::Pyodide, 0);
+        assert!(pool.has_spare(Worktime::Pyodide));
+        assert_eq!(pool.spare_index(), Some(1));
+        pool.created(1, Worktime::Pyodide, 0);
+        assert_eq!(pool.spare_index(), None);
+    }
+}
