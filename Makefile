@@ -1,0 +1,52 @@
+# Tessera: two newcomer commands, `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+WASM_TARGET := wasm32-unknown-unknown
+WASM_OUT := target/$(WASM_TARGET)/wasm-release/tessera_worker.wasm
+PKG := www/pkg
+TESSERA := target/release/tessera
+export CHROMEDRIVER ?= /usr/bin/chromedriver
+# binaryen from npm (pinned in scripts/bootstrap): Debian's binaryen 108 corrupts the externref
+# table that wasm-bindgen 0.2.130 emits.
+WASM_OPT := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tessera/npm/node_modules/.bin/wasm-opt
+
+.PHONY: bootstrap build wasm scheduler demo test test-native test-browser test-e2e bench clean
+
+bootstrap:
+	@scripts/bootstrap
+
+scheduler:
+	cargo build --release -p tessera-scheduler
+
+# The worker core: wasm → wasm-bindgen (ES module for the page) → wasm-opt -Oz.
+wasm:
+	cargo build --profile wasm-release --target $(WASM_TARGET) -p tessera-worker
+	wasm-bindgen --target web --no-typescript --out-dir $(PKG) $(WASM_OUT)
+	$(WASM_OPT) -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+		-o $(PKG)/tessera_worker_bg.wasm $(PKG)/tessera_worker_bg.wasm
+
+build: bootstrap scheduler wasm
+
+demo: build
+	@scripts/demo
+
+test: build
+	$(MAKE) test-native test-browser test-e2e
+
+# Protocol, scheduler (real SQLite, real HTTP) and worker-core decisions.
+test-native:
+	cargo test -p tessera-protocol -p tessera-scheduler -p tessera-worker
+
+# wasm-bindgen tests in headless Chromium, with a live scheduler on a loopback port.
+test-browser:
+	scripts/with-scheduler cargo test --target $(WASM_TARGET) -p tessera-worker
+
+# The real `tessera serve`, `tessera deploy` and `tessera worker` with headless Chromium.
+test-e2e:
+	TESSERA_BIN=$(CURDIR)/$(TESSERA) cargo test -p tessera-e2e -- --test-threads=1
+
+bench: build
+	@scripts/bench
+
+clean:
+	cargo clean
+	rm -rf $(PKG)

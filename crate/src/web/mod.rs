@@ -1,0 +1,127 @@
+//! The browser edge of the worker core: `fetch`, Web Workers, timers and the JavaScript API.
+
+pub mod clock;
+pub mod http;
+pub mod sandbox;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::supervisor::{StopHandle, Supervisor, SupervisorConfig, WorkerEvent};
+use crate::WorkerError;
+use clock::BrowserClock;
+use http::HttpSchedulerClient;
+use sandbox::WebWorkerFactory;
+
+/// Options the page passes to `new TesseraWorker({...})`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerOptions {
+    /// Scheduler root URL; defaults to the page's origin.
+    scheduler: Option<String>,
+    /// Sandboxes; defaults to `navigator.hardwareConcurrency − 1`, at least 1.
+    sandboxes: Option<u32>,
+    /// Stop after this many ms without work.
+    idle_exit_ms: Option<u64>,
+    slice_timeout_ms: Option<u64>,
+    max_slices_per_sandbox: Option<u32>,
+    /// Where the Pyodide distribution is served; defaults to `<scheduler>/pyodide/`.
+    pyodide_url: Option<String>,
+    prewarm_spare: Option<bool>,
+}
+
+/// `navigator.hardwareConcurrency − 1`, at least 1: leave one core to the person using the machine.
+fn default_sandboxes() -> usize {
+    let global = js_sys::global();
+    let cores = js_sys::Reflect::get(&global, &"navigator".into())
+        .and_then(|navigator| js_sys::Reflect::get(&navigator, &"hardwareConcurrency".into()))
+        .ok()
+        .and_then(|value| value.as_f64())
+        .unwrap_or(2.0) as usize;
+    cores.saturating_sub(1).max(1)
+}
+
+fn page_origin() -> Option<String> {
+    let location = js_sys::Reflect::get(&js_sys::global(), &"location".into()).ok()?;
+    js_sys::Reflect::get(&location, &"origin".into()).ok()?.as_string()
+}
+
+/// A browser worker: `new TesseraWorker(options)`, then `await worker.run()`; `worker.stop()` ends it.
+#[wasm_bindgen]
+pub struct TesseraWorker {
+    supervisor: RefCell<Option<Supervisor<HttpSchedulerClient, WebWorkerFactory, BrowserClock>>>,
+    stop: StopHandle,
+    sandboxes: usize,
+}
+
+#[wasm_bindgen]
+impl TesseraWorker {
+    /// Builds a worker from options; `onEvent` (a function) receives every supervisor event.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: JsValue) -> Result<TesseraWorker, JsError> {
+        console_error_panic_hook::set_once();
+        let on_event = js_sys::Reflect::get(&options, &"onEvent".into())
+            .ok()
+            .and_then(|value| value.dyn_into::<js_sys::Function>().ok());
+        let parsed: WorkerOptions = if options.is_undefined() || options.is_null() {
+            WorkerOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|error| JsError::new(&format!("invalid options: {error}")))?
+        };
+        let scheduler = parsed
+            .scheduler
+            .or_else(page_origin)
+            .ok_or_else(|| JsError::new(&WorkerError::Options("no scheduler URL and no page origin".into()).to_string()))?;
+        let scheduler = scheduler.trim_end_matches('/').to_string();
+        let sandboxes = parsed.sandboxes.map(|n| n as usize).unwrap_or_else(default_sandboxes).max(1);
+        let mut config = SupervisorConfig::with_sandboxes(sandboxes);
+        config.idle_exit_ms = parsed.idle_exit_ms;
+        if let Some(timeout) = parsed.slice_timeout_ms {
+            config.slice_timeout_ms = timeout;
+        }
+        if let Some(max) = parsed.max_slices_per_sandbox {
+            config.max_slices_per_sandbox = max.max(1);
+        }
+        if let Some(prewarm) = parsed.prewarm_spare {
+            config.prewarm_spare = prewarm;
+        }
+        let pyodide_url = parsed.pyodide_url.unwrap_or_else(|| format!("{scheduler}/pyodide/"));
+        let factory = WebWorkerFactory::new(&pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
+        let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
+            if let Some(callback) = &on_event {
+                let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+                if let Ok(value) = serde::Serialize::serialize(event, &serializer) {
+                    let _ = callback.call1(&JsValue::NULL, &value);
+                }
+            }
+        });
+        let supervisor = Supervisor::new(HttpSchedulerClient::new(&scheduler), factory, BrowserClock, config, listener);
+        let stop = supervisor.stop_handle();
+        Ok(TesseraWorker { supervisor: RefCell::new(Some(supervisor)), stop, sandboxes })
+    }
+
+    /// Runs until stopped or idle; resolves with the reason (`"stopped"`, `"idle"`).
+    pub fn run(&self) -> Result<js_sys::Promise, JsError> {
+        let supervisor = self
+            .supervisor
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| JsError::new("this worker already ran; create a new TesseraWorker"))?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move { Ok(JsValue::from_str(&supervisor.run().await)) }))
+    }
+
+    /// Asks the worker to stop: unfinished slices go back to the scheduler, sandboxes end.
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    /// How many sandboxes this worker runs.
+    #[wasm_bindgen(getter)]
+    pub fn sandboxes(&self) -> usize {
+        self.sandboxes
+    }
+}

@@ -1,0 +1,318 @@
+//! Sandboxes as Web Workers: a classic Blob worker running `pyodide-loader/sandbox-worker.js`.
+//!
+//! The worker script is embedded in the wasm, so the core needs nothing but its own bytes to
+//! start a sandbox. Each worker is bound to one job; the set-up (program run once) happens on
+//! its first slice, every later slice of the job is one message round trip.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+use futures::FutureExt;
+use js_sys::{Array, Object, Reflect, Uint8Array};
+use serde::Deserialize;
+use serde_json::Value;
+use tessera_protocol::{BundleEntry, ConsoleLine, SliceOutcome, Worktime};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{Blob, BlobPropertyBag, ErrorEvent, MessageEvent, Url, Worker};
+
+use crate::supervisor::{PreparedJob, Sandbox, SandboxFactory, SliceRun, Task};
+use crate::WorkerError;
+
+/// The sandbox script, embedded at build time.
+pub const SANDBOX_SCRIPT: &str = include_str!("../../../pyodide-loader/sandbox-worker.js");
+
+/// Messages the sandbox script posts back.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum FromSandbox {
+    SetupDone,
+    SetupError { message: String, stack: Option<String> },
+    Result { id: u32, json: String },
+    Error { id: Option<u32>, message: String, stack: Option<String> },
+    Progress { value: Option<f64> },
+    Console { stream: String, text: String },
+}
+
+/// How a request to the sandbox ended.
+enum Reply {
+    Done(Result<String, (String, Option<String>)>),
+    Crashed(String),
+}
+
+/// State shared between the sandbox handle and its message handlers.
+#[derive(Default)]
+struct Shared {
+    setup: RefCell<Option<oneshot::Sender<Reply>>>,
+    pending: RefCell<HashMap<u32, oneshot::Sender<Reply>>>,
+    console: RefCell<Vec<ConsoleLine>>,
+    progress: RefCell<Option<Rc<Cell<Option<f64>>>>>,
+    crashed: RefCell<Option<String>>,
+}
+
+impl Shared {
+    fn crash(&self, reason: String) {
+        self.crashed.replace(Some(reason.clone()));
+        if let Some(sender) = self.setup.borrow_mut().take() {
+            let _ = sender.send(Reply::Crashed(reason.clone()));
+        }
+        for (_, sender) in self.pending.borrow_mut().drain() {
+            let _ = sender.send(Reply::Crashed(reason.clone()));
+        }
+    }
+
+    fn receive(&self, message: FromSandbox) {
+        match message {
+            FromSandbox::SetupDone => {
+                if let Some(sender) = self.setup.borrow_mut().take() {
+                    let _ = sender.send(Reply::Done(Ok(String::new())));
+                }
+            }
+            FromSandbox::SetupError { message, stack } => {
+                if let Some(sender) = self.setup.borrow_mut().take() {
+                    let _ = sender.send(Reply::Done(Err((message, stack))));
+                }
+            }
+            FromSandbox::Result { id, json } => {
+                if let Some(sender) = self.pending.borrow_mut().remove(&id) {
+                    let _ = sender.send(Reply::Done(Ok(json)));
+                }
+            }
+            FromSandbox::Error { id, message, stack } => match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
+                Some(sender) => {
+                    let _ = sender.send(Reply::Done(Err((message, stack))));
+                }
+                None => self.crash(format!("sandbox protocol error: {message}")),
+            },
+            FromSandbox::Progress { value } => {
+                if let Some(progress) = self.progress.borrow().as_ref() {
+                    progress.set(value.or(progress.get()));
+                }
+            }
+            FromSandbox::Console { stream, text } => {
+                self.console.borrow_mut().push(ConsoleLine { slice: None, stream, text, seq: None })
+            }
+        }
+    }
+}
+
+/// One Web Worker sandbox. Dropping it terminates the worker.
+pub struct WebWorkerSandbox {
+    worker: Worker,
+    shared: Rc<Shared>,
+    bound_job: RefCell<Option<String>>,
+    next_id: Cell<u32>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_error: Closure<dyn FnMut(ErrorEvent)>,
+}
+
+impl WebWorkerSandbox {
+    fn start(script_url: &str, worktime: Worktime, pyodide_url: &str) -> Result<WebWorkerSandbox, WorkerError> {
+        let worker = Worker::new(script_url).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        let shared = Rc::new(Shared::default());
+        let receiver = shared.clone();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            match serde_wasm_bindgen::from_value::<FromSandbox>(event.data()) {
+                Ok(message) => receiver.receive(message),
+                Err(error) => receiver.crash(format!("unreadable message from the sandbox: {error}")),
+            }
+        });
+        let crasher = shared.clone();
+        let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
+            event.prevent_default();
+            crasher.crash(format!("sandbox crashed: {}", event.message()));
+        });
+        worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        let init = Object::new();
+        set(&init, "type", &"init".into());
+        set(&init, "worktime", &worktime.as_str().into());
+        set(&init, "pyodideUrl", &pyodide_url.into());
+        worker.post_message(&init).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        Ok(WebWorkerSandbox {
+            worker,
+            shared,
+            bound_job: RefCell::new(None),
+            next_id: Cell::new(1),
+            _on_message: on_message,
+            _on_error: on_error,
+        })
+    }
+
+    /// Sends the job's set-up message, transferring the bundle's bytes.
+    fn send_setup(&self, job: &PreparedJob) -> Result<oneshot::Receiver<Reply>, WorkerError> {
+        let descriptor = &job.descriptor;
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        let job_value = serde::Serialize::serialize(
+            &serde_json::json!({
+                "jobId": descriptor.job_id,
+                "program": descriptor.program,
+                "programName": descriptor.program_name,
+                "arguments": descriptor.arguments,
+                "env": descriptor.env,
+                "packages": descriptor.packages,
+            }),
+            &serializer,
+        )
+        .map_err(|error| WorkerError::Sandbox(error.to_string()))?;
+        let files = Array::new();
+        let transfer = Array::new();
+        for entry in &job.bundle {
+            let file = Object::new();
+            set(&file, "path", &entry.path().into());
+            if let BundleEntry::File { bytes, .. } = entry {
+                let array = Uint8Array::from(bytes.as_slice());
+                transfer.push(&array.buffer());
+                set(&file, "bytes", &array);
+            }
+            files.push(&file);
+        }
+        let message = Object::new();
+        set(&message, "type", &"setup".into());
+        set(&message, "job", &job_value);
+        set(&message, "files", &files);
+        let (sender, receiver) = oneshot::channel();
+        self.shared.setup.replace(Some(sender));
+        self.worker
+            .post_message_with_transfer(&message, &transfer)
+            .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        Ok(receiver)
+    }
+
+    fn send_run(&self, datum: &Value) -> Result<oneshot::Receiver<Reply>, WorkerError> {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let message = Object::new();
+        set(&message, "type", &"run".into());
+        set(&message, "id", &id.into());
+        set(&message, "datum", &datum.to_string().into());
+        let (sender, receiver) = oneshot::channel();
+        self.shared.pending.borrow_mut().insert(id, sender);
+        self.worker.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        Ok(receiver)
+    }
+
+    fn take_console(&self, slice: Option<u64>) -> Vec<ConsoleLine> {
+        let mut lines = std::mem::take(&mut *self.shared.console.borrow_mut());
+        for line in &mut lines {
+            line.slice = slice;
+        }
+        lines
+    }
+}
+
+fn set(target: &Object, key: &str, value: &JsValue) {
+    let _ = Reflect::set(target, &JsValue::from_str(key), value);
+}
+
+/// Text of a JavaScript exception, for error messages.
+pub fn describe(error: &JsValue) -> String {
+    error
+        .dyn_ref::<js_sys::Error>()
+        .map(|error| String::from(error.message()))
+        .or_else(|| error.as_string())
+        .unwrap_or_else(|| format!("{error:?}"))
+}
+
+async fn wait(receiver: Result<oneshot::Receiver<Reply>, WorkerError>) -> Reply {
+    match receiver {
+        Ok(receiver) => receiver.await.unwrap_or_else(|_| Reply::Crashed("sandbox went away".into())),
+        Err(error) => Reply::Crashed(error.to_string()),
+    }
+}
+
+impl Sandbox for Rc<WebWorkerSandbox> {
+    fn run(&self, job: Rc<PreparedJob>, slice: u64, datum: Value, progress: Rc<Cell<Option<f64>>>) -> Task<SliceRun> {
+        let sandbox = self.clone();
+        async move {
+            if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
+                return SliceRun { outcome: SliceOutcome::WorkerFault { message: reason }, console: vec![] };
+            }
+            let mut console = Vec::new();
+            let job_id = job.descriptor.job_id.clone();
+            let bound = sandbox.bound_job.borrow().clone();
+            match bound {
+                Some(bound) if bound != job_id => {
+                    let message = format!("sandbox is bound to job {bound}, not {job_id}");
+                    return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console };
+                }
+                Some(_) => {}
+                None => {
+                    sandbox.bound_job.replace(Some(job_id));
+                    let reply = wait(sandbox.send_setup(&job)).await;
+                    console.extend(sandbox.take_console(None));
+                    match reply {
+                        Reply::Done(Ok(_)) => {}
+                        Reply::Done(Err((message, stack))) => {
+                            return SliceRun { outcome: SliceOutcome::JobError { message, stack }, console };
+                        }
+                        Reply::Crashed(message) => {
+                            return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console };
+                        }
+                    }
+                }
+            }
+            sandbox.shared.progress.replace(Some(progress));
+            let reply = wait(sandbox.send_run(&datum)).await;
+            sandbox.shared.progress.replace(None);
+            console.extend(sandbox.take_console(Some(slice)));
+            let outcome = match reply {
+                Reply::Done(Ok(json)) => match serde_json::from_str(&json) {
+                    Ok(value) => SliceOutcome::Ok { value },
+                    Err(error) => SliceOutcome::Error { message: format!("result is not JSON: {error}"), stack: None },
+                },
+                Reply::Done(Err((message, stack))) => SliceOutcome::Error { message, stack },
+                Reply::Crashed(message) => SliceOutcome::WorkerFault { message },
+            };
+            SliceRun { outcome, console }
+        }
+        .boxed_local()
+    }
+
+    fn terminate(&self) {
+        self.worker.terminate();
+        self.shared.crash("sandbox terminated".into());
+    }
+}
+
+impl Drop for WebWorkerSandbox {
+    fn drop(&mut self) {
+        self.worker.set_onmessage(None);
+        self.worker.set_onerror(None);
+        self.worker.terminate();
+    }
+}
+
+/// Creates Web Worker sandboxes from one Blob URL of the embedded script.
+pub struct WebWorkerFactory {
+    script_url: String,
+    pyodide_url: String,
+}
+
+impl WebWorkerFactory {
+    /// `pyodide_url` is the folder the Pyodide distribution is served from (ending in `/`).
+    pub fn new(pyodide_url: &str) -> Result<WebWorkerFactory, WorkerError> {
+        let parts = Array::of1(&JsValue::from_str(SANDBOX_SCRIPT));
+        let options = BlobPropertyBag::new();
+        options.set_type("text/javascript");
+        let blob = Blob::new_with_str_sequence_and_options(&parts, &options)
+            .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        let script_url = Url::create_object_url_with_blob(&blob).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        Ok(WebWorkerFactory { script_url, pyodide_url: pyodide_url.to_string() })
+    }
+}
+
+impl SandboxFactory for WebWorkerFactory {
+    fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
+        let sandbox = Rc::new(WebWorkerSandbox::start(&self.script_url, worktime, &self.pyodide_url)?);
+        Ok(Rc::new(sandbox))
+    }
+}
+
+impl Drop for WebWorkerFactory {
+    fn drop(&mut self) {
+        let _ = Url::revoke_object_url(&self.script_url);
+    }
+}

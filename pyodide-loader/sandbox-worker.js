@@ -1,0 +1,221 @@
+// Tessera sandbox: the script of one sandbox Web Worker (a classic Blob worker).
+//
+// The worker core (Rust, crate/src/web/sandbox.rs) embeds this file, starts it from a Blob URL and
+// talks to it with postMessage. A sandbox serves one job for its whole life:
+//   core → sandbox  {type:'init', worktime, pyodideUrl}      (Pyodide starts loading at once)
+//                   {type:'setup', job, files}                (run the program once)
+//                   {type:'run', id, datum}                   (one slice; datum as JSON text)
+//   sandbox → core  {type:'setup-done'} | {type:'setup-error', message, stack}
+//                   {type:'result', id, json} | {type:'error', id, message, stack}
+//                   {type:'progress', id, value} | {type:'console', stream, text}
+// Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
+'use strict';
+
+const post = (message, transfer) => self.postMessage(message, transfer || []);
+let worktime = null;
+let pyodideUrl = null;
+let pyodideLoading = null;
+let runSlice = null;
+let currentRun = null;
+
+function text(part) {
+  if (typeof part === 'string') return part;
+  if (part instanceof Error) return part.stack || String(part);
+  try { return JSON.stringify(part); } catch (_) { return String(part); }
+}
+
+// Guest console output goes to the deployer, not the page's console.
+for (const [method, stream] of [['log', 'stdout'], ['info', 'stdout'], ['debug', 'stdout'], ['warn', 'stderr'], ['error', 'stderr']]) {
+  console[method] = (...parts) => post({ type: 'console', stream, text: parts.map(text).join(' ') });
+}
+
+/** Reports progress (0..1, or nothing for "still alive"); available to map-basic work functions. */
+self.progress = (value) => {
+  post({ type: 'progress', id: currentRun, value: typeof value === 'number' && isFinite(value) ? value : null });
+  return true;
+};
+
+function bytesToBase64(bytes) {
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+function base64ToBytes(b64) {
+  const binary = atob(b64);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** JSON text for a JavaScript result: typed arrays become {"$bytes": …}, undefined becomes null. */
+function toWire(value) {
+  return JSON.stringify(value === undefined ? null : value, (_key, v) => {
+    if (v instanceof ArrayBuffer) return { $bytes: bytesToBase64(new Uint8Array(v)) };
+    if (ArrayBuffer.isView(v)) return { $bytes: bytesToBase64(new Uint8Array(v.buffer, v.byteOffset, v.byteLength)) };
+    return v;
+  });
+}
+
+function fromWire(json) {
+  return JSON.parse(json, (_key, v) => (v && typeof v === 'object' && typeof v.$bytes === 'string' && Object.keys(v).length === 1 ? base64ToBytes(v.$bytes) : v));
+}
+
+// ---- map-basic: a JavaScript work function --------------------------------------------------
+function setupMapBasic(job) {
+  const work = (0, eval)('(' + job.program + '\n)');
+  if (typeof work !== 'function') throw new TypeError('the program is not a function; write `(datum, ...args) => result`');
+  const args = job.arguments || [];
+  runSlice = async (datumJson) => toWire(await work(fromWire(datumJson), ...args));
+}
+
+// ---- pyodide: a Python program that registers a slice handler -------------------------------
+const PYTHON_RUNTIME = String.raw`
+import base64, json, os, sys, traceback, types
+
+class _TesseraState:
+    handler = None
+
+def _set_slice_handler(fn):
+    if not callable(fn):
+        raise TypeError("dcp.set_slice_handler needs a callable, got " + type(fn).__name__)
+    _TesseraState.handler = fn
+
+def _progress(value=None):
+    if value is not None:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("dcp.progress takes a number from 0.0 to 1.0")
+    _tessera_host_progress(value)
+    return True
+
+_module = types.ModuleType("dcp", "Tessera's job API, compatible with DCP's Pyodide worktime.")
+_module.set_slice_handler = _set_slice_handler
+_module.progress = _progress
+sys.modules["dcp"] = _module
+sys.modules["tessera"] = _module
+
+def _to_wire(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (list, tuple)):
+        return [_to_wire(item) for item in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError("result dict keys must be str, got " + type(key).__name__)
+            out[key] = _to_wire(item)
+        return out
+    kind = type(value)
+    if kind.__module__ == "numpy" and hasattr(value, "tolist"):
+        return _to_wire(value.tolist())
+    raise TypeError("a slice result of type " + kind.__module__ + "." + kind.__qualname__
+                    + " cannot be returned; return JSON types, bytes, or numpy arrays/scalars")
+
+def _from_wire(value):
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("$bytes"), str):
+            return base64.b64decode(value["$bytes"])
+        return {key: _from_wire(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_wire(item) for item in value]
+    return value
+
+def _tessera_setup(program, program_name, arguments, env, root):
+    os.makedirs(root, exist_ok=True)
+    os.chdir(root)
+    if sys.path[:1] != [root]:
+        sys.path.insert(0, root)
+    sys.argv = [program_name] + [a if isinstance(a, str) else json.dumps(a) for a in json.loads(arguments)]
+    os.environ.update(json.loads(env))
+    code = compile(program, program_name, "exec")
+    exec(code, {"__name__": "__main__", "__file__": os.path.join(root, program_name)})
+    if _TesseraState.handler is None:
+        raise RuntimeError("no slice handler registered: the program must call dcp.set_slice_handler(fn)")
+
+def _tessera_run(datum_json):
+    result = _TesseraState.handler(_from_wire(json.loads(datum_json)))
+    return json.dumps(_to_wire(result), allow_nan=False)
+`;
+
+function startPyodide() {
+  if (!pyodideLoading) {
+    pyodideLoading = import(pyodideUrl + 'pyodide.mjs').then((module) => module.loadPyodide({ indexURL: pyodideUrl }));
+  }
+  return pyodideLoading;
+}
+
+function pythonError(error) {
+  // PythonError's message is the whole traceback; its last line names the exception.
+  const full = String((error && error.message) || error).trimEnd();
+  const lines = full.split('\n');
+  return { message: lines[lines.length - 1] || full, stack: full };
+}
+
+async function setupPyodide(job, files) {
+  const pyodide = await startPyodide();
+  const stream = (name) => ({ batched: (line) => post({ type: 'console', stream: name, text: line }) });
+  pyodide.setStdout(stream('stdout'));
+  pyodide.setStderr(stream('stderr'));
+  if (job.packages && job.packages.length) await pyodide.loadPackage(job.packages, { messageCallback: () => {} });
+  const root = '/home/pyodide/job';
+  pyodide.FS.mkdirTree(root);
+  for (const file of files) {
+    const path = root + '/' + file.path;
+    if (file.bytes === undefined) {
+      pyodide.FS.mkdirTree(path);
+    } else {
+      pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
+      pyodide.FS.writeFile(path, file.bytes);
+    }
+  }
+  pyodide.globals.set('_tessera_host_progress', (value) => self.progress(value === undefined ? null : value));
+  pyodide.runPython(PYTHON_RUNTIME);
+  const setup = pyodide.globals.get('_tessera_setup');
+  try {
+    setup(job.program, job.programName, JSON.stringify(job.arguments || []), JSON.stringify(job.env || {}), root);
+  } finally {
+    setup.destroy();
+  }
+  const run = pyodide.globals.get('_tessera_run');
+  runSlice = async (datumJson) => run(datumJson);
+}
+
+// ---- messages from the worker core ------------------------------------------------------------
+self.onmessage = async (event) => {
+  const message = event.data;
+  switch (message.type) {
+    case 'init':
+      worktime = message.worktime;
+      pyodideUrl = message.pyodideUrl;
+      if (worktime === 'pyodide') startPyodide().catch(() => {});
+      return;
+    case 'setup':
+      try {
+        if (worktime === 'pyodide') await setupPyodide(message.job, message.files || []);
+        else setupMapBasic(message.job);
+        post({ type: 'setup-done' });
+      } catch (error) {
+        const described = worktime === 'pyodide' ? pythonError(error) : { message: String(error && error.message || error), stack: error && error.stack };
+        post({ type: 'setup-error', message: described.message, stack: described.stack });
+      }
+      return;
+    case 'run':
+      currentRun = message.id;
+      try {
+        const json = await runSlice(message.datum);
+        post({ type: 'result', id: message.id, json });
+      } catch (error) {
+        const described = worktime === 'pyodide' ? pythonError(error) : { message: String(error && error.message || error), stack: error && error.stack };
+        post({ type: 'error', id: message.id, message: described.message, stack: described.stack });
+      } finally {
+        currentRun = null;
+      }
+      return;
+    default:
+      post({ type: 'error', id: message.id, message: 'unknown message type ' + message.type });
+  }
+};

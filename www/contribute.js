@@ -1,0 +1,69 @@
+// The contribute page: loads the wasm worker core and shows what it does.
+// Query parameters (used by `tessera worker`): autostart=1, sandboxes=N, exitWhenIdle=1, idleMs=N.
+// Lines starting with "[tessera]" are also written to the console, where `tessera worker` reads them.
+import init, { TesseraWorker } from './pkg/tessera_worker.js';
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+const counts = { done: 0, errors: 0, running: 0 };
+let worker = null;
+
+function log(text) {
+  console.log('[tessera] ' + text);
+  const item = document.createElement('li');
+  item.textContent = new Date().toLocaleTimeString() + '  ' + text;
+  $('log').prepend(item);
+  while ($('log').children.length > 200) $('log').lastChild.remove();
+}
+
+function show() {
+  for (const key of Object.keys(counts)) $(key).textContent = counts[key];
+}
+
+function onEvent(event) {
+  switch (event.type) {
+    case 'registered': log(`registered as ${event.worker_id} with ${event.sandboxes} sandbox(es)`); break;
+    case 'leased': log(`leased ${event.count} slice(s)`); break;
+    case 'slice_started': counts.running++; break;
+    case 'slice_finished':
+      counts.running = Math.max(0, counts.running - 1);
+      if (event.outcome === 'ok') counts.done++; else counts.errors++;
+      break;
+    case 'submitted': log(`submitted: ${event.accepted} accepted, ${event.duplicate} duplicate, ${event.stale} stale, ${event.requeued} requeued (${counts.done} done, ${counts.errors} errors)`); break;
+    case 'sandbox_created': log(`sandbox ${event.sandbox} created (${event.worktime})`); break;
+    case 'sandbox_removed': log(`sandbox ${event.sandbox} removed: ${event.reason}`); break;
+    case 'scheduler_unreachable': log(`scheduler unreachable (${event.message}); retrying in ${event.retry_ms} ms`); break;
+    case 'idle': log('no work; idle'); break;
+    case 'stopped': log(`stopped (${event.reason})`); break;
+  }
+  show();
+}
+
+async function start() {
+  const options = { onEvent };
+  const sandboxes = parseInt($('sandboxes').value, 10);
+  if (sandboxes > 0) options.sandboxes = sandboxes;
+  if (params.get('exitWhenIdle') === '1') options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
+  worker = new TesseraWorker(options);
+  $('sandboxes').value = worker.sandboxes;
+  $('start').disabled = true;
+  $('stop').disabled = false;
+  $('state').textContent = 'working';
+  log(`started with ${worker.sandboxes} sandbox(es)`);
+  const reason = await worker.run();
+  $('state').textContent = 'stopped';
+  $('start').disabled = false;
+  $('stop').disabled = true;
+  worker = null;
+  if (params.get('exitWhenIdle') === '1') log(`exit: ${reason}; ${counts.done} done, ${counts.errors} errors`);
+}
+
+try {
+  await init();
+  if (params.get('sandboxes')) $('sandboxes').value = params.get('sandboxes');
+  $('start').onclick = () => start().catch((error) => log('fatal: ' + error));
+  $('stop').onclick = () => worker && worker.stop();
+  if (params.get('autostart') === '1') start().catch((error) => log('fatal: ' + error));
+} catch (error) {
+  log('fatal: cannot load the worker core: ' + error);
+}
