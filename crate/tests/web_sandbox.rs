@@ -1,0 +1,87 @@
+//! A real Web Worker sandbox (the embedded sandbox script) running map-basic slices.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::json;
+use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
+use tessera_worker::supervisor::{PreparedJob, SandboxFactory};
+use tessera_worker::web::sandbox::WebWorkerFactory;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn job(program: &str, arguments: Vec<serde_json::Value>) -> Rc<PreparedJob> {
+    Rc::new(PreparedJob {
+        descriptor: JobDescriptor {
+            job_id: "j-test".into(),
+            name: "test".into(),
+            worktime: Worktime::MapBasic,
+            program: program.into(),
+            program_name: "work.js".into(),
+            arguments,
+            env: BTreeMap::new(),
+            packages: vec![],
+            bundle: None,
+        },
+        bundle: vec![],
+    })
+}
+
+#[wasm_bindgen_test]
+async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
+    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let job = job("async (x, k) => { globalThis.calls = (globalThis.calls || 0) + 1; progress(0.5); console.log('x is', x); return { y: x * k, calls: globalThis.calls, bytes: new Uint8Array([1, 2]) }; }", vec![json!(3)]);
+    let progress = Rc::new(Cell::new(None));
+    let first = sandbox.run(job.clone(), 0, json!(2), progress.clone()).await;
+    assert_eq!(first.outcome, SliceOutcome::Ok { value: json!({"y": 6, "calls": 1, "bytes": {"$bytes": "AQI="}}) });
+    assert_eq!(first.console.len(), 1);
+    assert_eq!(first.console[0].text, "x is 2");
+    assert_eq!(first.console[0].slice, Some(0));
+    assert_eq!(progress.get(), Some(0.5));
+    let second = sandbox.run(job, 1, json!(5), progress).await;
+    assert_eq!(second.outcome, SliceOutcome::Ok { value: json!({"y": 15, "calls": 2, "bytes": {"$bytes": "AQI="}}) });
+    sandbox.terminate();
+}
+
+#[wasm_bindgen_test]
+async fn a_thrown_error_is_a_slice_error_with_its_stack() {
+    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let run = sandbox.run(job("(x) => { throw new RangeError('too big: ' + x); }", vec![]), 0, json!(9), Rc::default()).await;
+    match run.outcome {
+        SliceOutcome::Error { message, stack } => {
+            assert_eq!(message, "too big: 9");
+            assert!(stack.unwrap_or_default().contains("RangeError"));
+        }
+        other => panic!("expected a slice error, got {other:?}"),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_program_that_is_not_a_function_is_a_job_error() {
+    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let run = sandbox.run(job("42", vec![]), 0, json!(1), Rc::default()).await;
+    assert!(matches!(run.outcome, SliceOutcome::JobError { ref message, .. } if message.contains("not a function")), "{run:?}");
+    let broken = factory.create(Worktime::MapBasic).unwrap();
+    let run = broken.run(job("(x) => {", vec![]), 0, json!(1), Rc::default()).await;
+    assert!(matches!(run.outcome, SliceOutcome::JobError { .. }), "syntax error: {run:?}");
+}
+
+#[wasm_bindgen_test]
+async fn a_terminated_sandbox_reports_a_worker_fault() {
+    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let hanging = sandbox.run(job("(x) => new Promise(() => {})", vec![]), 0, json!(1), Rc::default());
+    let stopper = sandbox.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        gloo_timers::future::TimeoutFuture::new(200).await;
+        stopper.terminate();
+    });
+    let run = hanging.await;
+    assert!(matches!(run.outcome, SliceOutcome::WorkerFault { .. }), "{run:?}");
+}

@@ -1,0 +1,62 @@
+//! The supervisor in a real browser against a live scheduler on loopback
+//! (`scripts/with-scheduler` starts one and passes its URL at build time).
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use gloo_net::http::Request;
+use serde_json::{json, Value};
+use tessera_worker::supervisor::{Supervisor, SupervisorConfig, WorkerEvent};
+use tessera_worker::web::clock::BrowserClock;
+use tessera_worker::web::http::HttpSchedulerClient;
+use tessera_worker::web::sandbox::WebWorkerFactory;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn scheduler() -> &'static str {
+    option_env!("TESSERA_TEST_SCHEDULER")
+        .expect("TESSERA_TEST_SCHEDULER is not set: run the browser tests through scripts/with-scheduler (make test-browser)")
+}
+
+async fn post(path: &str, body: Value) -> Value {
+    let response = Request::post(&format!("{}{path}", scheduler())).json(&body).unwrap().send().await.unwrap();
+    assert!(response.ok(), "POST {path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+async fn get(path: &str) -> Value {
+    Request::get(&format!("{}{path}", scheduler())).send().await.unwrap().json().await.unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn leases_runs_and_submits_a_whole_job() {
+    let deployed = post("/v1/jobs", json!({"program": "(x, k) => x + k", "range": {"start": 0, "end": 40}, "arguments": [100]})).await;
+    let job_id = deployed["job_id"].as_str().unwrap().to_string();
+
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let log = events.clone();
+    let mut config = SupervisorConfig::with_sandboxes(2);
+    config.idle_exit_ms = Some(1_500);
+    let supervisor = Supervisor::new(
+        HttpSchedulerClient::new(scheduler()),
+        WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap(),
+        BrowserClock,
+        config,
+        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
+    );
+    assert_eq!(supervisor.run().await, "idle");
+
+    let status = get(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(status["state"], "complete", "{status}");
+    assert_eq!(status["done"], 40);
+    let page = get(&format!("/v1/jobs/{job_id}/results")).await;
+    for (index, record) in page["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(record["value"], json!(index as i64 + 100));
+    }
+    let events = events.borrow();
+    let created = events.iter().filter(|e| matches!(e, WorkerEvent::SandboxCreated { .. })).count();
+    assert!(created <= 2, "sandboxes stayed warm across 40 slices: {created} created");
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::Submitted { accepted, .. } if *accepted > 1)), "results went in batches");
+}
