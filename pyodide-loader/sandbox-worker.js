@@ -149,10 +149,17 @@ function startPyodide() {
 }
 
 function pythonError(error) {
-  // PythonError's message is the whole traceback; its last line names the exception.
+  // PythonError's message is the whole traceback. The exception line is the first unindented
+  // line after the last frame ("  File …" and its indented source lines).
   const full = String((error && error.message) || error).trimEnd();
   const lines = full.split('\n');
-  return { message: lines[lines.length - 1] || full, stack: full };
+  let last = -1;
+  lines.forEach((line, index) => { if (line.startsWith('  File ')) last = index; });
+  let message = lines[lines.length - 1] || full;
+  for (let index = last + 1; last >= 0 && index < lines.length; index++) {
+    if (!lines[index].startsWith(' ')) { message = lines[index]; break; }
+  }
+  return { message, stack: full };
 }
 
 async function setupPyodide(job, files) {

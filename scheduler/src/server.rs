@@ -268,14 +268,25 @@ async fn submit_results(
 
 async fn deploy(State(state): State<AppState>, JsonBody(request): JsonBody<DeployRequest>) -> Result<Json<DeployResponse>> {
     let mut job = validate_deploy(request, &state.config.deploy)?;
-    if job.worktime == Worktime::Pyodide {
-        job.packages = state.packages.resolve(&job.packages, &job.program)?;
-    }
+    // Python sources whose imports decide the packages: the program and the bundle's modules.
+    let mut sources = job.program.clone();
     if let Some(sha256) = job.bundle.clone() {
-        let known = state.with_store(move |store| store.has_bundle(&sha256)).await?;
-        if !known {
-            return Err(Error::invalid("bundle", "no bundle with this sha256 was uploaded (PUT /v1/bundles first)"));
+        let bytes = state.with_store(move |store| store.bundle(&sha256)).await.map_err(|error| match error {
+            Error::NotFound { .. } => Error::invalid("bundle", "no bundle with this sha256 was uploaded (PUT /v1/bundles first)"),
+            other => other,
+        })?;
+        let entries = bundle::unpack(&bytes, &state.config.bundle).map_err(|error| Error::invalid("bundle", error.to_string()))?;
+        for entry in entries {
+            if let tessera_protocol::BundleEntry::File { path, bytes } = entry {
+                if path.ends_with(".py") {
+                    sources.push('\n');
+                    sources.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
         }
+    }
+    if job.worktime == Worktime::Pyodide {
+        job.packages = state.packages.resolve(&job.packages, &sources)?;
     }
     let total = job.slices.len() as u64;
     let packages = job.packages.clone();

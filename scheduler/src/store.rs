@@ -188,15 +188,6 @@ impl Store {
             .ok_or_else(|| Error::NotFound { what: "bundle", id: sha256.into() })
     }
 
-    /// Whether a bundle with this sha256 was uploaded.
-    pub fn has_bundle(&self, sha256: &str) -> Result<bool> {
-        Ok(self
-            .connection
-            .query_row("SELECT 1 FROM bundles WHERE sha256 = ?1", [sha256], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
-
     /// Stores a job and all its slices as queued; returns the job id.
     pub fn deploy(&mut self, job: NewJob, now: u64) -> Result<String> {
         let id = random_id("j", 8);
