@@ -59,6 +59,11 @@ impl Client {
         self.post("/jobs", request).await
     }
 
+    /// Every job, newest first.
+    pub async fn jobs(&self) -> Result<Vec<tessera_protocol::JobSummary>> {
+        self.get("/jobs").await
+    }
+
     pub async fn status(&self, job_id: &str) -> Result<JobStatus> {
         self.get(&format!("/jobs/{job_id}")).await
     }

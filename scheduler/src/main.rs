@@ -111,6 +111,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List jobs, newest first.
+    Jobs {
+        #[command(flatten)]
+        scheduler: SchedulerArg,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -182,6 +190,16 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             deploy::print_results(&client, &job, if json { Output::Json } else { Output::Human }).await?;
             if !json {
                 deploy::report(&status, Output::Human);
+            }
+            Ok(true)
+        }
+        Command::Jobs { scheduler, json } => {
+            for job in Client::new(&scheduler.scheduler).jobs().await? {
+                if json {
+                    println!("{}", serde_json::to_string(&job).unwrap_or_default());
+                } else {
+                    println!("{}  {:<9} {:>7}/{:<7} {:>5} errors  {}", job.job_id, format!("{:?}", job.state).to_lowercase(), job.done, job.total, job.errors, job.name);
+                }
             }
             Ok(true)
         }

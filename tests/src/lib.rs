@@ -31,6 +31,7 @@ impl Scheduler {
             .arg(dir.path().join("e2e.db"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log file"))
             .spawn()
             .expect("start tessera serve");
         let stdout = child.stdout.take().expect("stdout");
