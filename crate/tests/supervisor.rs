@@ -25,6 +25,8 @@ struct Scheduler {
     leases: RefCell<HashMap<String, (String, u64)>>,
     accepted: RefCell<BTreeMap<(String, u64), SliceOutcome>>,
     failures_left: Cell<u32>,
+    /// Served for every bundle request.
+    bundle: RefCell<Option<Vec<u8>>>,
     next_id: Cell<u64>,
 }
 
@@ -127,6 +129,9 @@ impl SchedulerClient for Client {
     }
 
     fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
+        if let Some(bytes) = self.0.bundle.borrow().clone() {
+            return ready(Ok(bytes));
+        }
         ready(Err(WorkerError::Rejected(ApiError { code: "not_found".into(), field: None, message: sha256.into() })))
     }
 }
@@ -278,4 +283,34 @@ fn a_hung_slice_times_out_and_its_sandbox_is_replaced() {
     let accepted = scheduler.accepted.borrow();
     assert_eq!(accepted[&("j".to_string(), 0)], SliceOutcome::Ok { value: json!(2) });
     assert_eq!(accepted[&("j".to_string(), 2)], SliceOutcome::Ok { value: json!(6) });
+}
+
+/// A tar.gz whose only entry escapes the bundle root.
+fn escaping_bundle() -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..9].copy_from_slice(b"../evil.p");
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &tar).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!(2)]);
+    scheduler.jobs.borrow_mut().get_mut("j").unwrap().bundle = Some("ab".repeat(32));
+    *scheduler.bundle.borrow_mut() = Some(escaping_bundle());
+    let factory = Factory::default();
+    let created = factory.created.clone();
+    run(&scheduler, factory, config(1));
+    assert_eq!(created.get(), 0, "no sandbox ever saw the bundle");
+    for outcome in scheduler.accepted.borrow().values() {
+        assert!(matches!(outcome, SliceOutcome::JobError { message, .. } if message.contains("`../evil.p`")), "{outcome:?}");
+    }
+    assert_eq!(scheduler.accepted.borrow().len(), 2);
 }

@@ -207,3 +207,51 @@ async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
         .unwrap();
     assert_eq!(cors.headers()["access-control-allow-origin"], "*");
 }
+
+/// A tar.gz with one raw header of the given kind, bypassing `tar::Builder`'s own checks.
+fn raw_archive(path: &str, kind: tar::EntryType) -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_entry_type(kind);
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &tar).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn bad_bundles_are_refused_with_the_entry_named() {
+    let server = start(1 << 20).await;
+    let cases = [
+        (raw_archive("../escape.py", tar::EntryType::Regular), "`../escape.py`"),
+        (raw_archive("/etc/passwd", tar::EntryType::Regular), "`/etc/passwd`"),
+        (raw_archive("sneaky", tar::EntryType::Symlink), "`sneaky` is a symbolic link"),
+        (raw_archive("tty", tar::EntryType::Char), "`tty` is a character device"),
+        (b"plain text".to_vec(), "not a readable tar.gz"),
+    ];
+    for (bytes, expected) in cases {
+        let response = server.http.put(format!("{}/v1/bundles", server.url)).body(bytes).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["field"], "bundle");
+        assert!(error["message"].as_str().unwrap().contains(expected), "{error}");
+    }
+    let too_big = vec![0u8; 2 << 20];
+    let response = server.http.put(format!("{}/v1/bundles", server.url)).body(too_big).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+
+    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File { path: "m.py".into(), bytes: b"X = 1".to_vec() }]).unwrap();
+    let response = server.http.put(format!("{}/v1/bundles", server.url)).body(good.clone()).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let sha256 = response.json::<Value>().await.unwrap()["sha256"].as_str().unwrap().to_string();
+    let fetched = server.http.get(format!("{}/v1/bundles/{sha256}", server.url)).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(fetched.as_ref(), good.as_slice());
+    let (status, deployed) = server
+        .post("/jobs", None, json!({"program": "import m", "slices": [1], "worktime": "pyodide", "bundle": sha256}))
+        .await;
+    assert_eq!(status, 200, "{deployed}");
+}

@@ -1,0 +1,77 @@
+//! Bundles in the browser: validation (the same Rust code the scheduler runs, compiled to wasm)
+//! and the writer that puts a bundle into a Pyodide sandbox's in-memory filesystem.
+#![cfg(target_arch = "wasm32")]
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::json;
+use tessera_protocol::bundle::{pack, unpack, BundleEntry, BundleError, BundleLimits};
+use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
+use tessera_worker::supervisor::{PreparedJob, SandboxFactory};
+use tessera_worker::web::sandbox::WebWorkerFactory;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// A tar.gz with one raw header, so paths that `tar::Builder` itself refuses can be made.
+fn raw_archive(path: &str, kind: tar::EntryType) -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_entry_type(kind);
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &tar).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[wasm_bindgen_test]
+fn validation_runs_in_wasm_and_names_the_entry() {
+    let limits = BundleLimits::default();
+    assert_eq!(unpack(&raw_archive("../up.py", tar::EntryType::Regular), &limits), Err(BundleError::ParentDirectory { entry: "../up.py".into() }));
+    assert_eq!(unpack(&raw_archive("/abs.py", tar::EntryType::Regular), &limits), Err(BundleError::AbsolutePath { entry: "/abs.py".into() }));
+    assert!(matches!(unpack(&raw_archive("link", tar::EntryType::Symlink), &limits), Err(BundleError::ForbiddenKind { ref entry, .. }) if entry == "link"));
+    assert!(matches!(unpack(&raw_archive("dev", tar::EntryType::Block), &limits), Err(BundleError::ForbiddenKind { .. })));
+    let big = pack(&[BundleEntry::File { path: "big".into(), bytes: vec![7; 4096] }]).unwrap();
+    let small = BundleLimits { max_unpacked_bytes: 1024, ..limits };
+    assert!(matches!(unpack(&big, &small), Err(BundleError::TooLarge { .. })));
+}
+
+fn scheduler() -> &'static str {
+    option_env!("TESSERA_TEST_SCHEDULER")
+        .expect("TESSERA_TEST_SCHEDULER is not set: run the browser tests through scripts/with-scheduler (make test-browser)")
+}
+
+#[wasm_bindgen_test]
+async fn a_bundle_is_written_into_the_pyodide_filesystem() {
+    let entries = vec![
+        BundleEntry::Directory { path: "pkg".into() },
+        BundleEntry::File { path: "pkg/__init__.py".into(), bytes: b"GREETING = 'hi from pkg'\n".to_vec() },
+        BundleEntry::File { path: "data/deep/values.txt".into(), bytes: b"1 2 3\n".to_vec() },
+    ];
+    // Round-trip through the archive format, exactly as the worker receives it.
+    let entries = unpack(&pack(&entries).unwrap(), &BundleLimits::default()).unwrap();
+    let job = Rc::new(PreparedJob {
+        descriptor: JobDescriptor {
+            job_id: "j-bundle".into(),
+            name: "bundle".into(),
+            worktime: Worktime::Pyodide,
+            program: "import dcp, os, sys\nimport pkg\n\ndef handler(x):\n    numbers = open('data/deep/values.txt').read().split()\n    return [pkg.GREETING, sum(map(int, numbers)) * x, os.getcwd() == sys.path[0]]\n\ndcp.set_slice_handler(handler)\n".into(),
+            program_name: "main.py".into(),
+            arguments: vec![],
+            env: BTreeMap::new(),
+            packages: vec![],
+            bundle: Some("0".repeat(64)),
+        },
+        bundle: entries,
+    });
+    let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let run = sandbox.run(job, 0, json!(2), Rc::default()).await;
+    assert_eq!(run.outcome, SliceOutcome::Ok { value: json!(["hi from pkg", 12, true]) }, "{:?}", run.console);
+    sandbox.terminate();
+}
