@@ -192,8 +192,14 @@ async function setupPyodide(job, files) {
 }
 
 // ---- messages from the worker core ------------------------------------------------------------
-self.onmessage = async (event) => {
-  const message = event.data;
+// Handled strictly one after another: a slice sent while the set-up or another slice is still
+// running waits its turn (the core pipelines slices to hide the message round trip).
+let turn = Promise.resolve();
+self.onmessage = (event) => {
+  turn = turn.then(() => handle(event.data));
+};
+
+async function handle(message) {
   switch (message.type) {
     case 'init':
       worktime = message.worktime;
@@ -225,4 +231,4 @@ self.onmessage = async (event) => {
     default:
       post({ type: 'error', id: message.id, message: 'unknown message type ' + message.type });
   }
-};
+}

@@ -13,7 +13,8 @@ pub struct Slot {
     pub worktime: Worktime,
     /// The job this sandbox is bound to, once it ran a slice.
     pub job: Option<String>,
-    pub busy: bool,
+    /// Slices sent to it and not finished yet (more than one when pipelined).
+    pub running: u32,
     /// Slices run so far.
     pub served: u32,
     /// When it last finished a slice (or was created), in ms.
@@ -44,6 +45,8 @@ pub struct PoolLimits {
     pub max_slices_per_sandbox: u32,
     /// Recycle a bound sandbox idle for this long.
     pub max_idle_ms: u64,
+    /// Slices a warm sandbox may hold at once (1 = no pipelining).
+    pub pipeline_depth: u32,
 }
 
 /// The sandboxes and what each is doing. Slot indexes are stable; `None` is an empty slot.
@@ -66,9 +69,14 @@ impl Pool {
         self.slots.get(index).and_then(Option::as_ref)
     }
 
-    /// Slots currently running a slice.
+    /// Sandboxes currently running at least one slice.
     pub fn busy(&self) -> usize {
-        self.slots.iter().flatten().filter(|slot| slot.busy).count()
+        self.slots.iter().flatten().filter(|slot| slot.running > 0).count()
+    }
+
+    /// Slices sent to sandboxes and not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().flatten().map(|slot| slot.running as usize).sum()
     }
 
     /// Jobs with at least one sandbox set up for them (sent to the scheduler as preferences).
@@ -83,27 +91,38 @@ impl Pool {
         slot.served < self.limits.max_slices_per_sandbox
     }
 
-    /// Decides where a slice of `job` (worktime `worktime`) runs.
+    /// Decides where a slice of `job` (worktime `worktime`) runs. Idle sandboxes and new ones
+    /// come first (parallelism); then a warm sandbox that already proved itself may take a slice
+    /// queued behind the one it runs (`pipeline_depth`), hiding the message round trip.
     pub fn place(&self, job: &str, worktime: Worktime) -> Placement {
-        if self.busy() >= self.limits.capacity {
-            return Placement::Busy;
+        let slots = || self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+        let idle = || slots().filter(|(_, s)| s.running == 0);
+        let room = self.busy() < self.limits.capacity;
+        if room {
+            if let Some((index, _)) = idle().find(|(_, s)| s.job.as_deref() == Some(job) && self.usable(s)) {
+                return Placement::Warm(index);
+            }
+            if let Some((index, _)) = idle().find(|(_, s)| s.job.is_none() && s.worktime == worktime) {
+                return Placement::Claim(index);
+            }
+            if slots().count() < self.limits.capacity {
+                return Placement::Create(self.free_index());
+            }
         }
-        let idle = || self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s))).filter(|(_, s)| !s.busy);
-        if let Some((index, _)) = idle().find(|(_, s)| s.job.as_deref() == Some(job) && self.usable(s)) {
+        let pipelined = slots()
+            .filter(|(_, s)| s.job.as_deref() == Some(job) && self.usable(s) && s.served > 0)
+            .filter(|(_, s)| s.running > 0 && s.running < self.limits.pipeline_depth)
+            .min_by_key(|(_, s)| s.running);
+        if let Some((index, _)) = pipelined {
             return Placement::Warm(index);
         }
-        if let Some((index, _)) = idle().find(|(_, s)| s.job.is_none() && s.worktime == worktime) {
-            return Placement::Claim(index);
+        if room {
+            // Replace the idle sandbox that is least useful: worn out first, then the longest idle.
+            if let Some((index, _)) = idle().min_by_key(|(_, s)| (self.usable(s), s.idle_since_ms)) {
+                return Placement::Replace(index);
+            }
         }
-        let alive = self.slots.iter().flatten().count();
-        if alive < self.limits.capacity {
-            return Placement::Create(self.free_index());
-        }
-        // Replace the idle sandbox that is least useful: worn out first, then the longest idle.
-        match idle().min_by_key(|(_, s)| (self.usable(s), s.idle_since_ms)) {
-            Some((index, _)) => Placement::Replace(index),
-            None => Placement::Busy,
-        }
+        Placement::Busy
     }
 
     fn free_index(&self) -> usize {
@@ -115,13 +134,13 @@ impl Pool {
         if index >= self.slots.len() {
             self.slots.resize(index + 1, None);
         }
-        self.slots[index] = Some(Slot { worktime, job: None, busy: false, served: 0, idle_since_ms: now_ms });
+        self.slots[index] = Some(Slot { worktime, job: None, running: 0, served: 0, idle_since_ms: now_ms });
     }
 
     /// Marks `index` as running a slice of `job` (binding it to the job for good).
     pub fn started(&mut self, index: usize, job: &str) {
         if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
-            slot.busy = true;
+            slot.running += 1;
             slot.job = Some(job.to_string());
         }
     }
@@ -129,7 +148,7 @@ impl Pool {
     /// Marks `index` idle after a slice.
     pub fn finished(&mut self, index: usize, now_ms: u64) {
         if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
-            slot.busy = false;
+            slot.running = slot.running.saturating_sub(1);
             slot.served += 1;
             slot.idle_since_ms = now_ms;
         }
@@ -148,7 +167,7 @@ impl Pool {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-            .filter(|(_, s)| !s.busy)
+            .filter(|(_, s)| s.running == 0)
             .filter(|(_, s)| {
                 !self.usable(s) || (s.job.is_some() && now_ms.saturating_sub(s.idle_since_ms) > self.limits.max_idle_ms)
             })
@@ -158,7 +177,7 @@ impl Pool {
 
     /// Whether a spare (unbound, idle) sandbox of `worktime` exists.
     pub fn has_spare(&self, worktime: Worktime) -> bool {
-        self.slots.iter().flatten().any(|s| s.job.is_none() && !s.busy && s.worktime == worktime)
+        self.slots.iter().flatten().any(|s| s.job.is_none() && s.running == 0 && s.worktime == worktime)
     }
 
     /// Index for a new spare sandbox, if the pool may hold one more (capacity + 1 sandboxes at most).
@@ -179,7 +198,7 @@ mod tests {
     const MB: Worktime = Worktime::MapBasic;
 
     fn pool(capacity: usize) -> Pool {
-        Pool::new(PoolLimits { capacity, max_slices_per_sandbox: 3, max_idle_ms: 1_000 })
+        Pool::new(PoolLimits { capacity, max_slices_per_sandbox: 3, max_idle_ms: 1_000, pipeline_depth: 1 })
     }
 
     #[test]
@@ -231,6 +250,21 @@ mod tests {
         assert_eq!(pool.to_recycle(2_000), vec![0, 1]);
         pool.removed(0);
         assert_eq!(pool.live(), vec![1]);
+    }
+
+    #[test]
+    fn pipelines_only_into_proven_warm_sandboxes() {
+        let mut pool = Pool::new(PoolLimits { capacity: 1, max_slices_per_sandbox: 100, max_idle_ms: 1_000, pipeline_depth: 2 });
+        pool.created(0, MB, 0);
+        pool.started(0, "a");
+        assert_eq!(pool.place("a", MB), Placement::Busy, "not before its set-up finished once");
+        pool.finished(0, 1);
+        pool.started(0, "a");
+        assert_eq!(pool.place("a", MB), Placement::Warm(0));
+        pool.started(0, "a");
+        assert_eq!(pool.in_flight(), 2);
+        assert_eq!(pool.place("a", MB), Placement::Busy, "depth reached");
+        assert_eq!(pool.place("b", MB), Placement::Busy, "never another job's sandbox");
     }
 
     #[test]

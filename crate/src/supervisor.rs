@@ -5,7 +5,7 @@
 //! The web build plugs in `fetch`, Web Workers and browser timers (`crate::web`); the native
 //! tests plug in in-memory doubles and drive the same loop with a plain executor.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -95,8 +95,16 @@ pub enum WorkerEvent {
 pub struct SupervisorConfig {
     /// Slices running at once (one sandbox each).
     pub sandboxes: usize,
-    /// Slices held per sandbox (running + queued) before asking for more.
-    pub lease_ahead: usize,
+    /// How much work, in milliseconds per sandbox, to hold ahead (running + queued); the number of
+    /// slices that makes follows from the measured slice duration.
+    pub buffer_ms: u64,
+    /// Bounds on slices held per sandbox, whatever the slices' duration.
+    pub min_held_per_sandbox: usize,
+    pub max_held_per_sandbox: usize,
+    /// Results are submitted once this many are finished…
+    pub submit_batch: usize,
+    /// …or once the oldest waited this long (ms), or when nothing else is running.
+    pub submit_delay_ms: u64,
     /// How long a lease request may wait for work when the worker has nothing to do.
     pub long_poll_ms: u64,
     /// Stop after this long without work; `None` runs until stopped.
@@ -105,6 +113,9 @@ pub struct SupervisorConfig {
     pub slice_timeout_ms: u64,
     pub max_slices_per_sandbox: u32,
     pub max_sandbox_idle_ms: u64,
+    /// Slices a warm sandbox may hold at once: the next one waits in its message queue, so the
+    /// round trip to the sandbox is hidden. A slice's timeout starts when it is sent.
+    pub pipeline_depth: u32,
     /// Keep one Pyodide sandbox loaded ahead of need while working on Pyodide jobs.
     pub prewarm_spare: bool,
     pub bundle_limits: BundleLimits,
@@ -115,12 +126,17 @@ impl SupervisorConfig {
     pub fn with_sandboxes(sandboxes: usize) -> SupervisorConfig {
         SupervisorConfig {
             sandboxes: sandboxes.max(1),
-            lease_ahead: 4,
+            buffer_ms: 3_000,
+            min_held_per_sandbox: 2,
+            max_held_per_sandbox: 250,
+            submit_batch: 200,
+            submit_delay_ms: 200,
             long_poll_ms: 10_000,
             idle_exit_ms: None,
             slice_timeout_ms: 5 * 60_000,
             max_slices_per_sandbox: 1_000,
             max_sandbox_idle_ms: 60_000,
+            pipeline_depth: 2,
             prewarm_spare: true,
             bundle_limits: BundleLimits::default(),
         }
@@ -144,7 +160,7 @@ enum Event {
     Registered(Result<RegisterResponse, WorkerError>),
     Leased(Result<LeaseResponse, WorkerError>),
     BundleFetched(String, Result<Vec<u8>, WorkerError>),
-    SliceDone { sandbox: usize, lease: Lease, run: SliceRun, timed_out: bool, ms: u64 },
+    SliceDone { sandbox: usize, generation: u64, lease: Lease, run: SliceRun, timed_out: bool, ms: u64 },
     Submitted(Result<ResultsResponse, WorkerError>, Vec<ResultItem>),
     Heartbeat(Result<HeartbeatResponse, WorkerError>),
     Wake,
@@ -174,7 +190,9 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     held: HashMap<String, (String, Rc<Cell<Option<f64>>>)>,
     finished: Vec<ResultItem>,
     pool: Pool,
-    sandboxes: HashMap<usize, Rc<dyn Sandbox>>,
+    /// Live sandboxes by slot, with the generation that tells a replaced one from its successor.
+    sandboxes: HashMap<usize, (u64, Rc<dyn Sandbox>)>,
+    generation: u64,
     tasks: FuturesUnordered<Task<Event>>,
     lease_in_flight: bool,
     submit_in_flight: bool,
@@ -188,6 +206,20 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     backoff: Backoff,
     retry_at: u64,
     last_worktime: Option<Worktime>,
+    /// Moving average of slice durations (ms), once one was measured.
+    slice_ms: Option<f64>,
+    /// When the oldest result in `finished` was finished.
+    first_finished_at: u64,
+}
+
+/// Slices to hold per sandbox: enough for `buffer_ms` of work at the measured pace, so fast
+/// slices are leased in large batches and slow ones are not hoarded.
+pub fn held_per_sandbox(config: &SupervisorConfig, slice_ms: Option<f64>) -> usize {
+    let wanted = match slice_ms {
+        Some(ms) => (config.buffer_ms as f64 / ms.max(0.01)).ceil() as usize,
+        None => config.min_held_per_sandbox,
+    };
+    wanted.clamp(config.min_held_per_sandbox.max(1), config.max_held_per_sandbox.max(1))
 }
 
 impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Supervisor<C, F, K> {
@@ -196,6 +228,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             capacity: config.sandboxes,
             max_slices_per_sandbox: config.max_slices_per_sandbox,
             max_idle_ms: config.max_sandbox_idle_ms,
+            pipeline_depth: config.pipeline_depth.max(1),
         });
         let now = clock.now_ms();
         Supervisor {
@@ -212,6 +245,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             finished: Vec::new(),
             pool,
             sandboxes: HashMap::new(),
+            generation: 0,
             tasks: FuturesUnordered::new(),
             lease_in_flight: false,
             submit_in_flight: false,
@@ -224,6 +258,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             backoff: Backoff::new(250, 30_000),
             retry_at: 0,
             last_worktime: None,
+            slice_ms: None,
+            first_finished_at: 0,
         }
     }
 
@@ -274,7 +310,11 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.recycle(now);
         self.dispatch();
         self.prewarm();
-        if !self.finished.is_empty() && !self.submit_in_flight {
+        let nothing_running = self.queue.is_empty() && self.pool.in_flight() == 0;
+        let submit_due = self.finished.len() >= self.config.submit_batch
+            || now.saturating_sub(self.first_finished_at) >= self.config.submit_delay_ms
+            || nothing_running;
+        if !self.finished.is_empty() && !self.submit_in_flight && submit_due {
             self.submit_in_flight = true;
             let items = std::mem::take(&mut self.finished);
             self.submitting = items.clone();
@@ -296,9 +336,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             let task = self.client.heartbeat(&identity.token, HeartbeatRequest { leases });
             self.tasks.push(task.map(Event::Heartbeat).boxed_local());
         }
-        let holding = self.queue.len() + self.pool.busy();
-        let want = self.config.sandboxes * self.config.lease_ahead.max(1);
-        if !self.lease_in_flight && holding < want && now >= self.next_lease_at {
+        let holding = self.queue.len() + self.pool.in_flight();
+        let want = self.config.sandboxes * held_per_sandbox(&self.config, self.slice_ms);
+        // Ask again once half the held work is done, so fast slices come in large batches.
+        if !self.lease_in_flight && holding <= want / 2 && now >= self.next_lease_at {
             let idle = holding == 0 && self.finished.is_empty() && !self.submit_in_flight;
             if idle {
                 if let Some(limit) = self.config.idle_exit_ms {
@@ -384,7 +425,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 };
                 self.jobs.insert(job_id, entry);
             }
-            Event::SliceDone { sandbox, lease, run, timed_out, ms } => {
+            Event::SliceDone { sandbox, generation, lease, run, timed_out, ms } => {
                 self.last_work_at = now;
                 let outcome_name = match &run.outcome {
                     SliceOutcome::Ok { .. } => "ok",
@@ -399,9 +440,16 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     outcome: outcome_name,
                     ms,
                 });
+                if matches!(run.outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
+                    let sample = ms.max(1) as f64;
+                    self.slice_ms = Some(self.slice_ms.map_or(sample, |average| 0.8 * average + 0.2 * sample));
+                }
                 let crashed = matches!(run.outcome, SliceOutcome::WorkerFault { .. });
                 let job_failed = matches!(run.outcome, SliceOutcome::JobError { .. });
-                if timed_out || crashed || job_failed {
+                // The slot may hold a newer sandbox by now (this one was removed while it ran).
+                let current = self.sandboxes.get(&sandbox).is_some_and(|(live, _)| *live == generation);
+                if !current {
+                } else if timed_out || crashed || job_failed {
                     let reason = if timed_out { "slice timed out" } else if crashed { "sandbox fault" } else { "job failed" };
                     self.remove_sandbox(sandbox, reason);
                 } else {
@@ -413,6 +461,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     self.drop_queued_of(&lease.job_id);
                 }
                 if self.held.remove(&lease.lease_id).is_some() {
+                    if self.finished.is_empty() {
+                        self.first_finished_at = now;
+                    }
                     self.finished.push(ResultItem {
                         lease_id: lease.lease_id,
                         token: lease.token,
@@ -542,7 +593,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     fn create_sandbox(&mut self, slot: usize, worktime: Worktime) -> Option<usize> {
         match self.factory.create(worktime) {
             Ok(sandbox) => {
-                self.sandboxes.insert(slot, sandbox);
+                self.generation += 1;
+                self.sandboxes.insert(slot, (self.generation, sandbox));
                 self.pool.created(slot, worktime, self.clock.now_ms());
                 self.emit(WorkerEvent::SandboxCreated { sandbox: slot, worktime });
                 Some(slot)
@@ -555,7 +607,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     }
 
     fn remove_sandbox(&mut self, slot: usize, reason: &str) {
-        if let Some(sandbox) = self.sandboxes.remove(&slot) {
+        if let Some((_, sandbox)) = self.sandboxes.remove(&slot) {
             sandbox.terminate();
         }
         self.pool.removed(slot);
@@ -584,7 +636,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     }
 
     fn start_slice(&mut self, slot: usize, job: Rc<PreparedJob>, lease: Lease) {
-        let Some(sandbox) = self.sandboxes.get(&slot).cloned() else { return };
+        let Some((generation, sandbox)) = self.sandboxes.get(&slot).cloned() else { return };
         self.last_worktime = Some(job.descriptor.worktime);
         self.pool.started(slot, &lease.job_id);
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });
@@ -605,7 +657,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     true,
                 ),
             };
-            Event::SliceDone { sandbox: slot, lease, run, timed_out, ms: clock.now_ms().saturating_sub(started) }
+            Event::SliceDone { sandbox: slot, generation, lease, run, timed_out, ms: clock.now_ms().saturating_sub(started) }
         };
         self.tasks.push(task.boxed_local());
     }
@@ -639,5 +691,16 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     }
 }
 
-/// Shared log of events, for tests and simple pages.
-pub type EventLog = Rc<RefCell<Vec<WorkerEvent>>>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_more_of_fast_slices_and_fewer_of_slow_ones() {
+        let config = SupervisorConfig::with_sandboxes(2);
+        assert_eq!(held_per_sandbox(&config, None), 2, "unknown pace: a small first batch");
+        assert_eq!(held_per_sandbox(&config, Some(1.0)), 250, "capped");
+        assert_eq!(held_per_sandbox(&config, Some(100.0)), 30);
+        assert_eq!(held_per_sandbox(&config, Some(60_000.0)), 2, "never fewer than the minimum");
+    }
+}

@@ -24,6 +24,9 @@ pub struct WorkerOptions {
     pub chromium: Option<PathBuf>,
     /// How long the page may take to report that it started.
     pub startup_timeout: Duration,
+    /// The page to open, relative to the scheduler's root (the contribute page by default; the
+    /// benchmark opens `bench/`).
+    pub page: String,
 }
 
 /// Flags that make Chromium behave on a closed network as root (see docs/ARCHITECTURE.md).
@@ -75,8 +78,9 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
     let chromium = find_chromium(options.chromium.clone())?;
     let profile = tempfile::tempdir().map_err(Error::io("creating a browser profile directory"))?;
     let mut url = format!(
-        "{}/?autostart=1&exitWhenIdle={}&idleMs={}",
+        "{}/{}?autostart=1&exitWhenIdle={}&idleMs={}",
         options.scheduler.trim_end_matches('/'),
+        options.page.trim_start_matches('/'),
         u8::from(options.exit_when_idle),
         options.idle_ms
     );

@@ -140,6 +140,12 @@ enum Command {
         /// The Chromium binary (default: $CHROMIUM or chromium on PATH).
         #[arg(long)]
         chromium: Option<PathBuf>,
+        /// Page to open instead of the contribute page (e.g. `bench/` for `make bench`).
+        #[arg(long, default_value = "", hide = true)]
+        page: String,
+        /// Seconds the page may take to report that it started.
+        #[arg(long, default_value_t = 60)]
+        startup_timeout: u64,
     },
 }
 
@@ -208,14 +214,15 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             deploy::report(&status, Output::Human);
             Ok(true)
         }
-        Command::Worker { scheduler, cores, exit_when_idle, idle_ms, chromium } => {
+        Command::Worker { scheduler, cores, exit_when_idle, idle_ms, chromium, page, startup_timeout } => {
             run_worker(WorkerOptions {
                 scheduler: scheduler.scheduler,
                 sandboxes: cores,
                 exit_when_idle,
                 idle_ms,
                 chromium,
-                startup_timeout: Duration::from_secs(60),
+                startup_timeout: Duration::from_secs(startup_timeout),
+                page,
             })
             .await?;
             Ok(true)

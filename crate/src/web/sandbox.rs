@@ -32,23 +32,28 @@ enum FromSandbox {
     SetupError { message: String, stack: Option<String> },
     Result { id: u32, json: String },
     Error { id: Option<u32>, message: String, stack: Option<String> },
-    Progress { value: Option<f64> },
+    Progress { id: Option<u32>, value: Option<f64> },
     Console { stream: String, text: String },
 }
 
-/// How a request to the sandbox ended.
+/// How a request to the sandbox ended, with the output printed before the answer came.
 enum Reply {
-    Done(Result<String, (String, Option<String>)>),
+    Done(Result<String, (String, Option<String>)>, Vec<ConsoleLine>),
     Crashed(String),
+}
+
+/// A slice sent to the sandbox and not answered yet.
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    progress: Rc<Cell<Option<f64>>>,
 }
 
 /// State shared between the sandbox handle and its message handlers.
 #[derive(Default)]
 struct Shared {
     setup: RefCell<Option<oneshot::Sender<Reply>>>,
-    pending: RefCell<HashMap<u32, oneshot::Sender<Reply>>>,
+    pending: RefCell<HashMap<u32, Pending>>,
     console: RefCell<Vec<ConsoleLine>>,
-    progress: RefCell<Option<Rc<Cell<Option<f64>>>>>,
     crashed: RefCell<Option<String>>,
 }
 
@@ -58,37 +63,41 @@ impl Shared {
         if let Some(sender) = self.setup.borrow_mut().take() {
             let _ = sender.send(Reply::Crashed(reason.clone()));
         }
-        for (_, sender) in self.pending.borrow_mut().drain() {
-            let _ = sender.send(Reply::Crashed(reason.clone()));
+        for (_, pending) in self.pending.borrow_mut().drain() {
+            let _ = pending.reply.send(Reply::Crashed(reason.clone()));
         }
+    }
+
+    fn take_console(&self) -> Vec<ConsoleLine> {
+        std::mem::take(&mut *self.console.borrow_mut())
     }
 
     fn receive(&self, message: FromSandbox) {
         match message {
             FromSandbox::SetupDone => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
-                    let _ = sender.send(Reply::Done(Ok(String::new())));
+                    let _ = sender.send(Reply::Done(Ok(String::new()), self.take_console()));
                 }
             }
             FromSandbox::SetupError { message, stack } => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
-                    let _ = sender.send(Reply::Done(Err((message, stack))));
+                    let _ = sender.send(Reply::Done(Err((message, stack)), self.take_console()));
                 }
             }
             FromSandbox::Result { id, json } => {
-                if let Some(sender) = self.pending.borrow_mut().remove(&id) {
-                    let _ = sender.send(Reply::Done(Ok(json)));
+                if let Some(pending) = self.pending.borrow_mut().remove(&id) {
+                    let _ = pending.reply.send(Reply::Done(Ok(json), self.take_console()));
                 }
             }
             FromSandbox::Error { id, message, stack } => match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
-                Some(sender) => {
-                    let _ = sender.send(Reply::Done(Err((message, stack))));
+                Some(pending) => {
+                    let _ = pending.reply.send(Reply::Done(Err((message, stack)), self.take_console()));
                 }
                 None => self.crash(format!("sandbox protocol error: {message}")),
             },
-            FromSandbox::Progress { value } => {
-                if let Some(progress) = self.progress.borrow().as_ref() {
-                    progress.set(value.or(progress.get()));
+            FromSandbox::Progress { id, value } => {
+                if let Some(pending) = id.and_then(|id| self.pending.borrow().get(&id).map(|p| p.progress.clone())) {
+                    pending.set(value.or(pending.get()));
                 }
             }
             FromSandbox::Console { stream, text } => {
@@ -181,7 +190,7 @@ impl WebWorkerSandbox {
         Ok(receiver)
     }
 
-    fn send_run(&self, datum: &Value) -> Result<oneshot::Receiver<Reply>, WorkerError> {
+    fn send_run(&self, datum: &Value, progress: Rc<Cell<Option<f64>>>) -> Result<oneshot::Receiver<Reply>, WorkerError> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
         let message = Object::new();
@@ -189,18 +198,11 @@ impl WebWorkerSandbox {
         set(&message, "id", &id.into());
         set(&message, "datum", &datum.to_string().into());
         let (sender, receiver) = oneshot::channel();
-        self.shared.pending.borrow_mut().insert(id, sender);
+        self.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
         self.worker.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
 
-    fn take_console(&self, slice: Option<u64>) -> Vec<ConsoleLine> {
-        let mut lines = std::mem::take(&mut *self.shared.console.borrow_mut());
-        for line in &mut lines {
-            line.slice = slice;
-        }
-        lines
-    }
 }
 
 fn set(target: &Object, key: &str, value: &JsValue) {
@@ -241,11 +243,10 @@ impl Sandbox for Rc<WebWorkerSandbox> {
                 Some(_) => {}
                 None => {
                     sandbox.bound_job.replace(Some(job_id));
-                    let reply = wait(sandbox.send_setup(&job)).await;
-                    console.extend(sandbox.take_console(None));
-                    match reply {
-                        Reply::Done(Ok(_)) => {}
-                        Reply::Done(Err((message, stack))) => {
+                    match wait(sandbox.send_setup(&job)).await {
+                        Reply::Done(Ok(_), lines) => console.extend(lines),
+                        Reply::Done(Err((message, stack)), lines) => {
+                            console.extend(lines);
                             return SliceRun { outcome: SliceOutcome::JobError { message, stack }, console };
                         }
                         Reply::Crashed(message) => {
@@ -254,18 +255,15 @@ impl Sandbox for Rc<WebWorkerSandbox> {
                     }
                 }
             }
-            sandbox.shared.progress.replace(Some(progress));
-            let reply = wait(sandbox.send_run(&datum)).await;
-            sandbox.shared.progress.replace(None);
-            console.extend(sandbox.take_console(Some(slice)));
-            let outcome = match reply {
-                Reply::Done(Ok(json)) => match serde_json::from_str(&json) {
-                    Ok(value) => SliceOutcome::Ok { value },
-                    Err(error) => SliceOutcome::Error { message: format!("result is not JSON: {error}"), stack: None },
+            let (outcome, lines) = match wait(sandbox.send_run(&datum, progress)).await {
+                Reply::Done(Ok(json), lines) => match serde_json::from_str(&json) {
+                    Ok(value) => (SliceOutcome::Ok { value }, lines),
+                    Err(error) => (SliceOutcome::Error { message: format!("result is not JSON: {error}"), stack: None }, lines),
                 },
-                Reply::Done(Err((message, stack))) => SliceOutcome::Error { message, stack },
-                Reply::Crashed(message) => SliceOutcome::WorkerFault { message },
+                Reply::Done(Err((message, stack)), lines) => (SliceOutcome::Error { message, stack }, lines),
+                Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
             };
+            console.extend(lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }));
             SliceRun { outcome, console }
         }
         .boxed_local()

@@ -1,0 +1,120 @@
+// `make bench`: measures, in one headless Chromium run,
+//  (a) raw Pyodide calling a trivial handler N times inside one Web Worker;
+//  (b) the same handler as N slices through the whole system (scheduler → worker core → sandbox →
+//      result accepted) with 1 sandbox;
+//  (c) cold start: page open → first accepted result of a numpy job, against raw loadPyodide +
+//      loadPackage('numpy') in the same browser.
+// Phase "warm" first fetches every file and loads Pyodide once, so both sides of (c) see the same
+// warm HTTP cache and compiled-code cache.
+import init, { TesseraWorker } from '../pkg/tessera_worker.js';
+
+const params = new URLSearchParams(location.search);
+const N = parseInt(params.get('n') || '2000', 10);
+const PYODIDE = location.origin + '/pyodide/';
+const say = (text) => { console.log('[tessera] ' + text); document.getElementById('out').textContent += text + '\n'; };
+
+const NUMPY_JOB = 'import dcp\nimport numpy as np\n\ndcp.set_slice_handler(lambda x: float(np.sum(np.arange(x))))\n';
+const TRIVIAL_JOB = 'import dcp\n\ndcp.set_slice_handler(lambda x: x)\n';
+
+const RAW_WORKER = `
+self.onmessage = async (event) => {
+  const { url, n } = event.data;
+  const { loadPyodide } = await import(url + 'pyodide.mjs');
+  const py = await loadPyodide({ indexURL: url });
+  await py.loadPackage(['numpy'], { messageCallback: () => {} });
+  py.runPython('import json\\nimport numpy as np\\nfirst = float(np.sum(np.arange(4)))\\ndef handler(x):\\n    return x\\ndef run(text):\\n    return json.dumps(handler(json.loads(text)))\\n');
+  postMessage({ type: 'ready' });
+  const handler = py.globals.get('handler');
+  const run = py.globals.get('run');
+  let start = performance.now();
+  for (let i = 0; i < n; i++) handler(i);
+  const direct = performance.now() - start;
+  start = performance.now();
+  for (let i = 0; i < n; i++) JSON.parse(run(JSON.stringify(i)));
+  const json = performance.now() - start;
+  postMessage({ type: 'done', direct, json });
+};`;
+
+async function deploy(body) {
+  const response = await fetch('/v1/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!response.ok) throw new Error('deploy: ' + await response.text());
+  return response.json();
+}
+
+async function warm() {
+  const lock = await (await fetch(PYODIDE + 'pyodide-lock.json')).json();
+  const files = ['pyodide.mjs', 'pyodide.asm.js', 'pyodide.asm.wasm', 'python_stdlib.zip', lock.packages.numpy.file_name];
+  await Promise.all(files.map((file) => fetch(PYODIDE + file).then((r) => r.arrayBuffer())));
+  // One throwaway load, so both sides of (c) also find the browser's compiled-code cache warm.
+  await rawPyodide();
+  location.replace(location.pathname + '?phase=measure&n=' + N);
+}
+
+/** Runs a worker until idle; returns the times of its first accepted result and of the N-th. */
+async function runWorker(expected) {
+  const times = { firstAccepted: null, firstFinished: null, allAccepted: null, sandboxCreated: null, firstStarted: null };
+  let accepted = 0;
+  const worker = new TesseraWorker({
+    sandboxes: 1, prewarmSpare: false, idleExitMs: 1500,
+    onEvent: (event) => {
+      const now = performance.now();
+      if (event.type === 'slice_finished' && times.firstFinished === null) times.firstFinished = now;
+      if (event.type === 'sandbox_created' && times.sandboxCreated === null) times.sandboxCreated = now;
+      if (event.type === 'slice_started' && times.firstStarted === null) times.firstStarted = now;
+      if (event.type === 'submitted') {
+        accepted += event.accepted;
+        if (times.firstAccepted === null && event.accepted > 0) times.firstAccepted = now;
+        if (accepted >= expected && times.allAccepted === null) times.allAccepted = now;
+      }
+    },
+  });
+  await worker.run();
+  if (accepted < expected) throw new Error(`only ${accepted} of ${expected} results were accepted`);
+  return times;
+}
+
+function rawPyodide() {
+  return new Promise((resolve, reject) => {
+    const url = URL.createObjectURL(new Blob([RAW_WORKER], { type: 'text/javascript' }));
+    const started = performance.now();
+    const worker = new Worker(url);
+    let ready = null;
+    worker.onerror = (event) => reject(new Error(event.message));
+    worker.onmessage = (event) => {
+      if (event.data.type === 'ready') ready = performance.now() - started;
+      if (event.data.type === 'done') { worker.terminate(); resolve({ ready, ...event.data }); }
+    };
+    worker.postMessage({ url: PYODIDE, n: N });
+  });
+}
+
+async function measure() {
+  await init();
+  // (c) our cold start, measured from navigation start (performance.now() is relative to it).
+  await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: 4 }, name: 'bench-numpy' });
+  const cold = await runWorker(4);
+  // (b) N trivial slices through the whole system with one sandbox.
+  await deploy({ worktime: 'pyodide', program: TRIVIAL_JOB, range: { start: 0, end: N }, name: 'bench-trivial' });
+  const warm = await runWorker(N);
+  // (a) and the raw side of (c).
+  const raw = await rawPyodide();
+  const systemPerSlice = (warm.allAccepted - warm.firstFinished) / (N - 1);
+  const results = {
+    n: N,
+    raw_handler_call_ms: raw.direct / N,
+    raw_handler_call_json_ms: raw.json / N,
+    system_per_slice_ms: systemPerSlice,
+    system_overhead_per_slice_ms: systemPerSlice - raw.direct / N,
+    system_cold_first_result_ms: cold.firstAccepted,
+    system_cold_sandbox_created_ms: cold.sandboxCreated,
+    system_cold_first_slice_finished_ms: cold.firstFinished,
+    raw_cold_pyodide_numpy_ms: raw.ready,
+    cold_ratio: cold.firstAccepted / raw.ready,
+    user_agent: navigator.userAgent,
+  };
+  say('bench ' + JSON.stringify(results));
+  say('exit: bench done');
+}
+
+say('started benchmark phase ' + (params.get('phase') || 'warm'));
+(params.get('phase') === 'measure' ? measure() : warm()).catch((error) => say('fatal: ' + (error.stack || error)));
