@@ -448,12 +448,19 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 let job_failed = matches!(run.outcome, SliceOutcome::JobError { .. });
                 // The slot may hold a newer sandbox by now (this one was removed while it ran).
                 let current = self.sandboxes.get(&sandbox).is_some_and(|(live, _)| *live == generation);
-                if !current {
-                } else if timed_out || crashed || job_failed {
-                    let reason = if timed_out { "slice timed out" } else if crashed { "sandbox fault" } else { "job failed" };
-                    self.remove_sandbox(sandbox, reason);
+                let removal = if timed_out {
+                    Some("slice timed out")
+                } else if crashed {
+                    Some("sandbox fault")
+                } else if job_failed {
+                    Some("job failed")
                 } else {
-                    self.pool.finished(sandbox, now);
+                    None
+                };
+                match (current, removal) {
+                    (false, _) => {}
+                    (true, Some(reason)) => self.remove_sandbox(sandbox, reason),
+                    (true, None) => self.pool.finished(sandbox, now),
                 }
                 if job_failed {
                     // The job is over: its other slices here would only fail the same way.

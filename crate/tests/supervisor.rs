@@ -15,6 +15,7 @@ use tessera_worker::supervisor::{
     Clock, PreparedJob, Sandbox, SandboxFactory, SchedulerClient, SliceRun, Supervisor, SupervisorConfig, Task,
     WorkerEvent,
 };
+use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_worker::WorkerError;
 
 /// A scheduler holding slices in memory with the real protocol's acceptance rules.
@@ -285,26 +286,12 @@ fn a_hung_slice_times_out_and_its_sandbox_is_replaced() {
     assert_eq!(accepted[&("j".to_string(), 2)], SliceOutcome::Ok { value: json!(6) });
 }
 
-/// A tar.gz whose only entry escapes the bundle root.
-fn escaping_bundle() -> Vec<u8> {
-    let mut header = tar::Header::new_old();
-    header.as_old_mut().name[..9].copy_from_slice(b"../evil.p");
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(0);
-    header.set_mode(0o644);
-    header.set_cksum();
-    let mut tar = header.as_bytes().to_vec();
-    tar.extend_from_slice(&[0u8; 1024]);
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut encoder, &tar).unwrap();
-    encoder.finish().unwrap()
-}
 
 #[test]
 fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!(2)]);
     scheduler.jobs.borrow_mut().get_mut("j").unwrap().bundle = Some("ab".repeat(32));
-    *scheduler.bundle.borrow_mut() = Some(escaping_bundle());
+    *scheduler.bundle.borrow_mut() = Some(raw_archive("../evil.p", EntryType::Regular));
     let factory = Factory::default();
     let created = factory.created.clone();
     run(&scheduler, factory, config(1));

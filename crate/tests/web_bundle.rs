@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::json;
+use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::bundle::{pack, unpack, BundleEntry, BundleError, BundleLimits};
 use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
 use tessera_worker::supervisor::{PreparedJob, SandboxFactory};
@@ -14,28 +15,14 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-/// A tar.gz with one raw header, so paths that `tar::Builder` itself refuses can be made.
-fn raw_archive(path: &str, kind: tar::EntryType) -> Vec<u8> {
-    let mut header = tar::Header::new_old();
-    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-    header.set_entry_type(kind);
-    header.set_size(0);
-    header.set_mode(0o644);
-    header.set_cksum();
-    let mut tar = header.as_bytes().to_vec();
-    tar.extend_from_slice(&[0u8; 1024]);
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut encoder, &tar).unwrap();
-    encoder.finish().unwrap()
-}
 
 #[wasm_bindgen_test]
 fn validation_runs_in_wasm_and_names_the_entry() {
     let limits = BundleLimits::default();
-    assert_eq!(unpack(&raw_archive("../up.py", tar::EntryType::Regular), &limits), Err(BundleError::ParentDirectory { entry: "../up.py".into() }));
-    assert_eq!(unpack(&raw_archive("/abs.py", tar::EntryType::Regular), &limits), Err(BundleError::AbsolutePath { entry: "/abs.py".into() }));
-    assert!(matches!(unpack(&raw_archive("link", tar::EntryType::Symlink), &limits), Err(BundleError::ForbiddenKind { ref entry, .. }) if entry == "link"));
-    assert!(matches!(unpack(&raw_archive("dev", tar::EntryType::Block), &limits), Err(BundleError::ForbiddenKind { .. })));
+    assert_eq!(unpack(&raw_archive("../up.py", EntryType::Regular), &limits), Err(BundleError::ParentDirectory { entry: "../up.py".into() }));
+    assert_eq!(unpack(&raw_archive("/abs.py", EntryType::Regular), &limits), Err(BundleError::AbsolutePath { entry: "/abs.py".into() }));
+    assert!(matches!(unpack(&raw_archive("link", EntryType::Symlink), &limits), Err(BundleError::ForbiddenKind { ref entry, .. }) if entry == "link"));
+    assert!(matches!(unpack(&raw_archive("dev", EntryType::Block), &limits), Err(BundleError::ForbiddenKind { .. })));
     let big = pack(&[BundleEntry::File { path: "big".into(), bytes: vec![7; 4096] }]).unwrap();
     let small = BundleLimits { max_unpacked_bytes: 1024, ..limits };
     assert!(matches!(unpack(&big, &small), Err(BundleError::TooLarge { .. })));

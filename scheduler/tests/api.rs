@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::{BundleLimits, LeaseResponse, RegisterResponse, ResultsResponse};
 use tessera_scheduler::server::{router, ServerConfig};
 use tessera_scheduler::store::LeasePolicy;
@@ -208,29 +209,15 @@ async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
     assert_eq!(cors.headers()["access-control-allow-origin"], "*");
 }
 
-/// A tar.gz with one raw header of the given kind, bypassing `tar::Builder`'s own checks.
-fn raw_archive(path: &str, kind: tar::EntryType) -> Vec<u8> {
-    let mut header = tar::Header::new_old();
-    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-    header.set_entry_type(kind);
-    header.set_size(0);
-    header.set_mode(0o644);
-    header.set_cksum();
-    let mut tar = header.as_bytes().to_vec();
-    tar.extend_from_slice(&[0u8; 1024]);
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut encoder, &tar).unwrap();
-    encoder.finish().unwrap()
-}
 
 #[tokio::test]
 async fn bad_bundles_are_refused_with_the_entry_named() {
     let server = start(1 << 20).await;
     let cases = [
-        (raw_archive("../escape.py", tar::EntryType::Regular), "`../escape.py`"),
-        (raw_archive("/etc/passwd", tar::EntryType::Regular), "`/etc/passwd`"),
-        (raw_archive("sneaky", tar::EntryType::Symlink), "`sneaky` is a symbolic link"),
-        (raw_archive("tty", tar::EntryType::Char), "`tty` is a character device"),
+        (raw_archive("../escape.py", EntryType::Regular), "`../escape.py`"),
+        (raw_archive("/etc/passwd", EntryType::Regular), "`/etc/passwd`"),
+        (raw_archive("sneaky", EntryType::Symlink), "`sneaky` is a symbolic link"),
+        (raw_archive("tty", EntryType::Char), "`tty` is a character device"),
         (b"plain text".to_vec(), "not a readable tar.gz"),
     ];
     for (bytes, expected) in cases {
