@@ -9,6 +9,14 @@ export CHROMEDRIVER ?= /usr/bin/chromedriver
 # table that wasm-bindgen 0.2.130 emits.
 WASM_OPT := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tessera/npm/node_modules/.bin/wasm-opt
 
+# When rustup could not add the wasm32 target, scripts/debian-wasm-toolchain built a wasm32 std
+# for Debian's rustc-web: use that toolchain (it must come before ~/.cargo/bin on PATH).
+ifneq ($(wildcard /usr/lib/rustlib/wasm32-unknown-unknown/lib/.tessera-std-stamp),)
+ifeq ($(wildcard $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/wasm32-unknown-unknown),)
+export PATH := /usr/bin:$(PATH)
+endif
+endif
+
 .PHONY: bootstrap build wasm scheduler demo test test-native test-browser test-e2e bench clean
 
 bootstrap:
@@ -24,7 +32,9 @@ wasm:
 	$(WASM_OPT) -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
 		-o $(PKG)/tessera_worker_bg.wasm $(PKG)/tessera_worker_bg.wasm
 
-build: bootstrap scheduler wasm
+# A sub-make, so that a toolchain the bootstrap just installed is picked up.
+build: bootstrap
+	@$(MAKE) --no-print-directory scheduler wasm
 
 demo: build
 	@scripts/demo

@@ -36,6 +36,14 @@ pub enum Output {
     Human,
 }
 
+/// The worktime a program file implies: Python for `.py`, JavaScript otherwise.
+pub fn worktime_for(program: &Path) -> Worktime {
+    match program.extension().and_then(|extension| extension.to_str()) {
+        Some("py") => Worktime::Pyodide,
+        _ => Worktime::MapBasic,
+    }
+}
+
 /// A `--arg` value: JSON when it parses as JSON, otherwise the text itself.
 pub fn parse_argument(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
@@ -269,6 +277,12 @@ mod tests {
         assert_eq!(parse_argument("3"), Value::from(3));
         assert_eq!(parse_argument("[1,2]"), serde_json::json!([1, 2]));
         assert_eq!(parse_argument("hello"), Value::from("hello"));
+    }
+
+    #[test]
+    fn python_files_imply_the_pyodide_worktime() {
+        assert_eq!(worktime_for(Path::new("jobs/main.py")), Worktime::Pyodide);
+        assert_eq!(worktime_for(Path::new("work.js")), Worktime::MapBasic);
     }
 
     #[test]

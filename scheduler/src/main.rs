@@ -61,9 +61,9 @@ enum Command {
         scheduler: SchedulerArg,
         /// The program: a JavaScript work function (map-basic) or a Python file (pyodide).
         program: PathBuf,
-        /// `map-basic` or `pyodide`.
-        #[arg(long, default_value = "map-basic")]
-        worktime: Worktime,
+        /// `map-basic` or `pyodide` (default: pyodide for a `.py` program, map-basic otherwise).
+        #[arg(long)]
+        worktime: Option<Worktime>,
         /// A static argument (JSON if it parses, text otherwise); repeatable.
         #[arg(long = "arg", allow_hyphen_values = true)]
         arguments: Vec<String>,
@@ -177,6 +177,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
         Command::Deploy {
             scheduler, program, worktime, arguments, slices, range, name, env, packages, bundle, wait, json, quiet,
         } => {
+            let worktime = worktime.unwrap_or_else(|| deploy::worktime_for(&program));
             let options = DeployOptions { worktime, program, arguments, slices, range, name, env, packages, bundle, wait, json, quiet };
             deploy::deploy(&Client::new(&scheduler.scheduler), options).await
         }

@@ -162,3 +162,16 @@ fn job_id(scheduler: &Scheduler) -> String {
     let jobs = tessera_e2e::json_lines(&listing.stdout);
     jobs[0]["job_id"].as_str().unwrap().to_string()
 }
+
+#[test]
+fn unknown_packages_are_refused_at_deploy_with_the_list_of_available_ones() {
+    let scheduler = Scheduler::start();
+    let program = scheduler.file("main.py", "import dcp\ndcp.set_slice_handler(lambda x: x)\n");
+    let output = scheduler.tessera(&["deploy", &program, "--range", "0:3", "--package", "tensorflow"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown package `tensorflow`") && stderr.contains("numpy") && stderr.contains("pandas"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let jobs = scheduler.tessera(&["jobs", "--json"]);
+    assert!(jobs.stdout.is_empty(), "nothing stored");
+}
