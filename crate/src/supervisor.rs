@@ -421,6 +421,13 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle)
                 }) {
                     Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
+                    Err(WorkerError::Unreachable(message)) => {
+                        // A network failure says nothing about the bundle: fetch it again later.
+                        let delay = self.backoff.next_delay(self.clock.random());
+                        self.emit(WorkerEvent::SchedulerUnreachable { message, retry_ms: delay });
+                        self.fetch_bundle(&descriptor, delay);
+                        JobEntry::Preparing(descriptor)
+                    }
                     Err(error) => JobEntry::Broken(format!("bundle refused: {error}")),
                 };
                 self.jobs.insert(job_id, entry);
@@ -529,11 +536,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     fn learn_job(&mut self, descriptor: JobDescriptor) {
         let job_id = descriptor.job_id.clone();
-        match descriptor.bundle.clone() {
-            Some(sha256) => {
-                let task = self.client.bundle(&sha256);
-                let id = job_id.clone();
-                self.tasks.push(task.map(move |answer| Event::BundleFetched(id, answer)).boxed_local());
+        match descriptor.bundle {
+            Some(_) => {
+                self.fetch_bundle(&descriptor, 0);
                 self.jobs.insert(job_id, JobEntry::Preparing(descriptor));
             }
             None => {
@@ -541,6 +546,17 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 self.jobs.insert(job_id, JobEntry::Ready(Rc::new(prepared)));
             }
         }
+    }
+
+    /// Downloads a job's bundle (once per worker, shared by its sandboxes) after `delay_ms`.
+    fn fetch_bundle(&mut self, descriptor: &JobDescriptor, delay_ms: u64) {
+        let Some(sha256) = descriptor.bundle.clone() else { return };
+        let (client, wait, job_id) = (self.client.clone(), self.clock.sleep(delay_ms), descriptor.job_id.clone());
+        let task = async move {
+            wait.await;
+            Event::BundleFetched(job_id, client.bundle(&sha256).await)
+        };
+        self.tasks.push(task.boxed_local());
     }
 
     fn drop_queued_of(&mut self, job_id: &str) {

@@ -301,3 +301,49 @@ fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
     }
     assert_eq!(scheduler.accepted.borrow().len(), 2);
 }
+
+#[test]
+fn a_bundle_download_that_fails_on_the_network_is_retried_not_blamed_on_the_job() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!(2)]);
+    scheduler.jobs.borrow_mut().get_mut("j").unwrap().bundle = Some("ab".repeat(32));
+    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File { path: "m.py".into(), bytes: b"X = 1".to_vec() }]).unwrap();
+    *scheduler.bundle.borrow_mut() = Some(good);
+    // Register and lease succeed; then the bundle download fails twice.
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let log = events.clone();
+    let client = FlakyBundles { inner: Client(scheduler.clone()), failures: Cell::new(2) };
+    let supervisor = Supervisor::new(client, Factory::default(), FakeClock::default(), config(1), Rc::new(move |e: &WorkerEvent| log.borrow_mut().push(e.clone())));
+    futures::executor::block_on(supervisor.run());
+    let accepted = scheduler.accepted.borrow();
+    assert_eq!(accepted.len(), 2);
+    assert!(accepted.values().all(|outcome| matches!(outcome, SliceOutcome::Ok { .. })), "{accepted:?}");
+    assert_eq!(events.borrow().iter().filter(|e| matches!(e, WorkerEvent::SchedulerUnreachable { .. })).count(), 2);
+}
+
+/// A client whose first bundle downloads fail with a network error.
+struct FlakyBundles {
+    inner: Client,
+    failures: Cell<u32>,
+}
+
+impl SchedulerClient for FlakyBundles {
+    fn register(&self, request: RegisterRequest) -> Task<Result<RegisterResponse, WorkerError>> {
+        self.inner.register(request)
+    }
+    fn lease(&self, token: &str, request: LeaseRequest) -> Task<Result<LeaseResponse, WorkerError>> {
+        self.inner.lease(token, request)
+    }
+    fn heartbeat(&self, token: &str, request: HeartbeatRequest) -> Task<Result<HeartbeatResponse, WorkerError>> {
+        self.inner.heartbeat(token, request)
+    }
+    fn submit(&self, token: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>> {
+        self.inner.submit(token, request)
+    }
+    fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
+        if self.failures.get() > 0 {
+            self.failures.set(self.failures.get() - 1);
+            return ready(Err(WorkerError::Unreachable("connection reset".into())));
+        }
+        self.inner.bundle(sha256)
+    }
+}
