@@ -166,6 +166,12 @@ enum Event {
     Wake,
 }
 
+/// A lease this worker holds: its fencing token and the progress its program last reported.
+struct HeldLease {
+    token: String,
+    progress: Rc<Cell<Option<f64>>>,
+}
+
 /// A job's state on this worker.
 enum JobEntry {
     /// Descriptor known; its bundle is being fetched.
@@ -187,7 +193,8 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     identity: Option<RegisterResponse>,
     jobs: HashMap<String, JobEntry>,
     queue: VecDeque<Lease>,
-    held: HashMap<String, (String, Rc<Cell<Option<f64>>>)>,
+    /// Leases this worker holds (queued or running), by lease id.
+    held: HashMap<String, HeldLease>,
     finished: Vec<ResultItem>,
     pool: Pool,
     /// Live sandboxes by slot, with the generation that tells a replaced one from its successor.
@@ -310,6 +317,13 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.recycle(now);
         self.dispatch();
         self.prewarm();
+        self.submit_if_due(now, &identity);
+        self.heartbeat_if_due(now, &identity);
+        self.lease_if_due(now, &identity)
+    }
+
+    /// Submits finished results once enough are ready, the oldest waited long enough, or nothing runs.
+    fn submit_if_due(&mut self, now: u64, identity: &RegisterResponse) {
         let nothing_running = self.queue.is_empty() && self.pool.in_flight() == 0;
         let submit_due = self.finished.len() >= self.config.submit_batch
             || now.saturating_sub(self.first_finished_at) >= self.config.submit_delay_ms
@@ -321,21 +335,29 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             let task = self.client.submit(&identity.token, ResultsRequest { results: items.clone() });
             self.tasks.push(task.map(move |answer| Event::Submitted(answer, items)).boxed_local());
         }
+    }
+
+    /// Extends every held lease each `heartbeat_ms`, with the progress programs reported.
+    fn heartbeat_if_due(&mut self, now: u64, identity: &RegisterResponse) {
         if !self.held.is_empty() && now >= self.next_heartbeat_at && !self.heartbeat_in_flight {
             self.heartbeat_in_flight = true;
             self.next_heartbeat_at = now + identity.heartbeat_ms.max(100);
             let leases = self
                 .held
                 .iter()
-                .map(|(lease_id, (token, progress))| HeartbeatItem {
+                .map(|(lease_id, held)| HeartbeatItem {
                     lease_id: lease_id.clone(),
-                    token: token.clone(),
-                    progress: progress.get(),
+                    token: held.token.clone(),
+                    progress: held.progress.get(),
                 })
                 .collect();
             let task = self.client.heartbeat(&identity.token, HeartbeatRequest { leases });
             self.tasks.push(task.map(Event::Heartbeat).boxed_local());
         }
+    }
+
+    /// Leases more work when half of what is held is done; stops the loop when idle long enough.
+    fn lease_if_due(&mut self, now: u64, identity: &RegisterResponse) -> Option<String> {
         let holding = self.queue.len() + self.pool.in_flight();
         let want = self.config.sandboxes * held_per_sandbox(&self.config, self.slice_ms);
         // Ask again once half the held work is done, so fast slices come in large batches.
@@ -403,7 +425,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                             self.learn_job(descriptor);
                         }
                         for lease in response.leases {
-                            self.held.insert(lease.lease_id.clone(), (lease.token.clone(), Rc::new(Cell::new(None))));
+                            self.held.insert(lease.lease_id.clone(), HeldLease { token: lease.token.clone(), progress: Rc::default() });
                             self.queue.push_back(lease);
                         }
                     }
@@ -663,7 +685,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.last_worktime = Some(job.descriptor.worktime);
         self.pool.started(slot, &lease.job_id);
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });
-        let progress = self.held.get(&lease.lease_id).map(|(_, p)| p.clone()).unwrap_or_default();
+        let progress = self.held.get(&lease.lease_id).map(|held| held.progress.clone()).unwrap_or_default();
         let run = sandbox.run(job, lease.slice, lease.datum.clone(), progress);
         let timeout = self.clock.sleep(self.config.slice_timeout_ms);
         let clock = self.clock.clone();
@@ -689,7 +711,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     /// delivers finished results, and terminates every sandbox.
     async fn shut_down(&mut self, reason: &str) {
         let unfinished: Vec<(String, String)> =
-            self.held.iter().map(|(lease_id, (token, _))| (lease_id.clone(), token.clone())).collect();
+            self.held.iter().map(|(lease_id, held)| (lease_id.clone(), held.token.clone())).collect();
         for (lease_id, token) in unfinished {
             self.finished.push(ResultItem {
                 lease_id,

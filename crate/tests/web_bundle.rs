@@ -13,6 +13,9 @@ use tessera_worker::supervisor::{PreparedJob, SandboxFactory};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
+mod common;
+use common::scheduler;
+
 wasm_bindgen_test_configure!(run_in_browser);
 
 
@@ -28,10 +31,6 @@ fn validation_runs_in_wasm_and_names_the_entry() {
     assert!(matches!(unpack(&big, &small), Err(BundleError::TooLarge { .. })));
 }
 
-fn scheduler() -> &'static str {
-    option_env!("TESSERA_TEST_SCHEDULER")
-        .expect("TESSERA_TEST_SCHEDULER is not set: run the browser tests through scripts/with-scheduler (make test-browser)")
-}
 
 #[wasm_bindgen_test]
 async fn a_bundle_is_written_into_the_pyodide_filesystem() {

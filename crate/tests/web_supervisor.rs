@@ -13,12 +13,11 @@ use tessera_worker::web::http::HttpSchedulerClient;
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
+mod common;
+use common::scheduler;
+
 wasm_bindgen_test_configure!(run_in_browser);
 
-fn scheduler() -> &'static str {
-    option_env!("TESSERA_TEST_SCHEDULER")
-        .expect("TESSERA_TEST_SCHEDULER is not set: run the browser tests through scripts/with-scheduler (make test-browser)")
-}
 
 async fn post(path: &str, body: Value) -> Value {
     let response = Request::post(&format!("{}{path}", scheduler())).json(&body).unwrap().send().await.unwrap();

@@ -735,7 +735,7 @@ mod tests {
         let (leases, _) = store.lease(&worker, 4, &[], &[], 2, POLICY).unwrap();
         let from_first = leases.iter().filter(|l| l.job_id == first).count();
         assert_eq!(from_first, 2, "four slices split across two jobs");
-        let (leases, _) = store.lease(&worker, 4, &[second.clone()], &[], 3, POLICY).unwrap();
+        let (leases, _) = store.lease(&worker, 4, std::slice::from_ref(&second), &[], 3, POLICY).unwrap();
         assert!(leases.iter().all(|l| l.job_id == second));
     }
 
