@@ -710,6 +710,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     /// Returns unfinished slices to the scheduler (so they are retried at once elsewhere),
     /// delivers finished results, and terminates every sandbox.
     async fn shut_down(&mut self, reason: &str) {
+        for slot in self.pool.live() {
+            self.remove_sandbox(slot, reason);
+        }
+        self.drain_in_flight().await;
         let unfinished: Vec<(String, String)> =
             self.held.iter().map(|(lease_id, held)| (lease_id.clone(), held.token.clone())).collect();
         for (lease_id, token) in unfinished {
@@ -722,9 +726,6 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
         self.held.clear();
         self.queue.clear();
-        for slot in self.pool.live() {
-            self.remove_sandbox(slot, reason);
-        }
         self.tasks = FuturesUnordered::new();
         // A batch whose answer never came is sent again: acceptance is idempotent per lease.
         let unanswered = std::mem::take(&mut self.submitting);
@@ -734,7 +735,37 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             let _ = self.client.submit(&identity.token, ResultsRequest { results: items }).await;
         }
     }
+
+    /// Waits briefly for a lease request and a submit still in flight, so slices leased at the
+    /// last moment are returned too instead of waiting out their lease.
+    async fn drain_in_flight(&mut self) {
+        let mut grace = self.clock.sleep(SHUTDOWN_GRACE_MS);
+        while self.lease_in_flight || self.submit_in_flight {
+            let event = match future::select(self.tasks.next(), &mut grace).await {
+                Either::Left((Some(event), _)) => event,
+                Either::Left((None, _)) | Either::Right(_) => return,
+            };
+            match event {
+                Event::Leased(answer) => {
+                    self.lease_in_flight = false;
+                    for lease in answer.map(|response| response.leases).unwrap_or_default() {
+                        self.held.insert(lease.lease_id, HeldLease { token: lease.token, progress: Rc::default() });
+                    }
+                }
+                Event::Submitted(answer, _) => {
+                    self.submit_in_flight = false;
+                    if answer.is_ok() {
+                        self.submitting.clear();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
+
+/// How long stopping waits for requests still in flight.
+const SHUTDOWN_GRACE_MS: u64 = 2_000;
 
 #[cfg(test)]
 mod tests {

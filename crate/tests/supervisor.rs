@@ -347,3 +347,35 @@ impl SchedulerClient for FlakyBundles {
         self.inner.bundle(sha256)
     }
 }
+
+#[test]
+fn stopping_returns_unfinished_slices_to_the_scheduler() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3), json!(4)]);
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let log = events.clone();
+    let stopper = Rc::new(RefCell::new(None::<tessera_worker::supervisor::StopHandle>));
+    let stop = stopper.clone();
+    let config = SupervisorConfig { idle_exit_ms: None, slice_timeout_ms: u64::MAX / 4, ..config(1) };
+    let supervisor = Supervisor::new(
+        Client(scheduler.clone()),
+        Factory::default(),
+        FakeClock::default(),
+        config,
+        Rc::new(move |event: &WorkerEvent| {
+            if matches!(event, WorkerEvent::SliceStarted { slice: 1, .. }) {
+                if let Some(handle) = stop.borrow().as_ref() {
+                    handle.stop();
+                }
+            }
+            log.borrow_mut().push(event.clone());
+        }),
+    );
+    *stopper.borrow_mut() = Some(supervisor.stop_handle());
+    assert_eq!(futures::executor::block_on(supervisor.run()), "stopped");
+    // Slice 0 was accepted; the hung slice 1 and whatever else was held went back to the queue.
+    assert_eq!(scheduler.accepted.borrow().len(), 1);
+    let queued: Vec<u64> = scheduler.queued.borrow().iter().map(|(_, slice, _)| *slice).collect();
+    assert!(queued.contains(&1), "the running slice was returned: {queued:?}");
+    assert!(scheduler.leases.borrow().is_empty(), "no lease is left dangling");
+    assert!(matches!(events.borrow().last(), Some(WorkerEvent::Stopped { reason }) if reason == "stopped"));
+}
