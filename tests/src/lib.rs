@@ -25,10 +25,16 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn start() -> Scheduler {
+        Scheduler::start_with(&[])
+    }
+
+    /// A scheduler with extra `tessera serve` options (e.g. a short lease lifetime).
+    pub fn start_with(options: &[&str]) -> Scheduler {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(tessera_bin())
             .args(["serve", "--addr", "127.0.0.1:0", "--db"])
             .arg(dir.path().join("e2e.db"))
+            .args(options)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log file"))
@@ -71,6 +77,12 @@ impl Scheduler {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tessera worker")
+    }
+
+    /// The JSON status of a job.
+    pub fn status(&self, job_id: &str) -> Value {
+        let output = self.tessera(&["status", "--json", job_id]);
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("status: {}", text(&output)))
     }
 
     /// Deploys with `--wait --json` while a browser worker runs; returns results and the worker's output.
