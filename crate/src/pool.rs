@@ -175,6 +175,11 @@ impl Pool {
             .collect()
     }
 
+    /// Whether any sandbox has finished a slice (so the pool is past its cold start).
+    pub fn any_warm(&self) -> bool {
+        self.slots.iter().flatten().any(|slot| slot.served > 0)
+    }
+
     /// Whether a spare (unbound, idle) sandbox of `worktime` exists.
     pub fn has_spare(&self, worktime: Worktime) -> bool {
         self.slots.iter().flatten().any(|s| s.job.is_none() && s.running == 0 && s.worktime == worktime)
@@ -273,6 +278,7 @@ mod tests {
         assert_eq!(pool.spare_index(), Some(0));
         pool.created(0, Worktime::Pyodide, 0);
         assert!(pool.has_spare(Worktime::Pyodide));
+        assert!(!pool.any_warm());
         assert_eq!(pool.spare_index(), Some(1));
         pool.created(1, Worktime::Pyodide, 0);
         assert_eq!(pool.spare_index(), None);

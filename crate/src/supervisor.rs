@@ -469,14 +469,16 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     outcome: outcome_name,
                     ms,
                 });
-                if matches!(run.outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
+                // The slot may hold a newer sandbox by now (this one was removed while it ran).
+                let current = self.sandboxes.get(&sandbox).is_some_and(|(live, _)| *live == generation);
+                // The pace of work, from warm sandboxes only: a first slice also paid for the set-up.
+                let warm = current && self.pool.slot(sandbox).is_some_and(|slot| slot.served > 0);
+                if warm && matches!(run.outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
                     let sample = ms.max(1) as f64;
                     self.slice_ms = Some(self.slice_ms.map_or(sample, |average| 0.8 * average + 0.2 * sample));
                 }
                 let crashed = matches!(run.outcome, SliceOutcome::WorkerFault { .. });
                 let job_failed = matches!(run.outcome, SliceOutcome::JobError { .. });
-                // The slot may hold a newer sandbox by now (this one was removed while it ran).
-                let current = self.sandboxes.get(&sandbox).is_some_and(|(live, _)| *live == generation);
                 let removal = if timed_out {
                     Some("slice timed out")
                 } else if crashed {
@@ -665,12 +667,13 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
     }
 
-    /// Keeps one Pyodide sandbox loading ahead of need while Pyodide work is flowing.
+    /// Keeps one Pyodide sandbox loading ahead of need while Pyodide work is flowing. It starts
+    /// only once a sandbox has finished a slice, so it never competes with a cold start.
     fn prewarm(&mut self) {
         if !self.config.prewarm_spare || self.last_worktime != Some(Worktime::Pyodide) {
             return;
         }
-        if self.queue.is_empty() && self.pool.busy() == 0 {
+        if (self.queue.is_empty() && self.pool.busy() == 0) || !self.pool.any_warm() {
             return;
         }
         if !self.pool.has_spare(Worktime::Pyodide) {

@@ -51,11 +51,11 @@ async function warm() {
 }
 
 /** Runs a worker until idle; returns the times of its first accepted result and of the N-th. */
-async function runWorker(expected) {
+async function runWorker(expected, options) {
   const times = { firstAccepted: null, firstFinished: null, allAccepted: null, sandboxCreated: null, firstStarted: null };
   let accepted = 0;
   const worker = new TesseraWorker({
-    sandboxes: 1, prewarmSpare: false, idleExitMs: 1500,
+    sandboxes: 1, idleExitMs: 1500, ...options,
     onEvent: (event) => {
       const now = performance.now();
       if (event.type === 'slice_finished' && times.firstFinished === null) times.firstFinished = now;
@@ -92,10 +92,10 @@ async function measure() {
   await init();
   // (c) our cold start, measured from navigation start (performance.now() is relative to it).
   await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: 4 }, name: 'bench-numpy' });
-  const cold = await runWorker(4);
-  // (b) N trivial slices through the whole system with one sandbox.
+  const cold = await runWorker(4, {});
+  // (b) N trivial slices through the whole system with one sandbox (and no spare loading beside it).
   await deploy({ worktime: 'pyodide', program: TRIVIAL_JOB, range: { start: 0, end: N }, name: 'bench-trivial' });
-  const warm = await runWorker(N);
+  const warm = await runWorker(N, { prewarmSpare: false });
   // (a) and the raw side of (c).
   const raw = await rawPyodide();
   const systemPerSlice = (warm.allAccepted - warm.firstFinished) / (N - 1);
