@@ -632,13 +632,12 @@ mod tests {
         }
     }
 
+    fn result(lease: &Lease, outcome: SliceOutcome) -> ResultItem {
+        ResultItem { lease_id: lease.lease_id.clone(), token: lease.token.clone(), outcome, console: vec![] }
+    }
+
     fn ok(lease: &Lease, value: Value) -> ResultItem {
-        ResultItem {
-            lease_id: lease.lease_id.clone(),
-            token: lease.token.clone(),
-            outcome: SliceOutcome::Ok { value },
-            console: vec![],
-        }
+        result(lease, SliceOutcome::Ok { value })
     }
 
     #[test]
@@ -695,12 +694,7 @@ mod tests {
         for attempt in 1..=2 {
             let (leases, _) = store.lease(&worker, 1, &[], &[], 0, POLICY).unwrap();
             assert_eq!(leases.len(), 1, "attempt {attempt}");
-            let fault = ResultItem {
-                lease_id: leases[0].lease_id.clone(),
-                token: leases[0].token.clone(),
-                outcome: SliceOutcome::WorkerFault { message: "sandbox crashed".into() },
-                console: vec![],
-            };
+            let fault = result(&leases[0], SliceOutcome::WorkerFault { message: "sandbox crashed".into() });
             assert_eq!(store.submit_results(&worker, &[fault], POLICY).unwrap()[0].status, ResultStatus::Requeued);
         }
         let status = store.job_status(&job_id).unwrap();
@@ -713,12 +707,7 @@ mod tests {
         let (worker, _) = store.register_worker(None, 1, 0).unwrap();
         let job_id = store.deploy(job(5), 0).unwrap();
         let (leases, _) = store.lease(&worker, 1, &[], &[], 0, POLICY).unwrap();
-        let failure = ResultItem {
-            lease_id: leases[0].lease_id.clone(),
-            token: leases[0].token.clone(),
-            outcome: SliceOutcome::JobError { message: "SyntaxError".into(), stack: Some("line 1".into()) },
-            console: vec![],
-        };
+        let failure = result(&leases[0], SliceOutcome::JobError { message: "SyntaxError".into(), stack: Some("line 1".into()) });
         store.submit_results(&worker, &[failure], POLICY).unwrap();
         let status = store.job_status(&job_id).unwrap();
         assert_eq!(status.state, JobState::Failed);
