@@ -6,7 +6,7 @@
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'run', id, datum}                   (one slice; datum as JSON text)
 //   sandbox → core  {type:'setup-done'} | {type:'setup-error', message, stack}
-//                   {type:'result', id, json} | {type:'error', id, message, stack}
+//                   {type:'result', id, json, heap} | {type:'error', id, message, stack, heap}
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
 'use strict';
@@ -15,6 +15,7 @@ const post = (message, transfer) => self.postMessage(message, transfer || []);
 let worktime = null;
 let pyodideUrl = null;
 let pyodideLoading = null;
+let pyodide = null;
 let runSlice = null;
 let currentRun = null;
 
@@ -162,8 +163,14 @@ function pythonError(error) {
   return { message, stack: full };
 }
 
+/** Bytes of the Python heap (wasm memory), reported with every answer so the core can recycle
+ *  a sandbox whose memory has grown too much; null for map-basic. */
+function heapBytes() {
+  return pyodide ? pyodide._module.HEAPU8.length : null;
+}
+
 async function setupPyodide(job, files) {
-  const pyodide = await startPyodide();
+  pyodide = await startPyodide();
   const stream = (name) => ({ batched: (line) => post({ type: 'console', stream: name, text: line }) });
   pyodide.setStdout(stream('stdout'));
   pyodide.setStderr(stream('stderr'));
@@ -220,10 +227,10 @@ async function handle(message) {
       currentRun = message.id;
       try {
         const json = await runSlice(message.datum);
-        post({ type: 'result', id: message.id, json });
+        post({ type: 'result', id: message.id, json, heap: heapBytes() });
       } catch (error) {
         const described = worktime === 'pyodide' ? pythonError(error) : { message: String(error && error.message || error), stack: error && error.stack };
-        post({ type: 'error', id: message.id, message: described.message, stack: described.stack });
+        post({ type: 'error', id: message.id, message: described.message, stack: described.stack, heap: heapBytes() });
       } finally {
         currentRun = null;
       }

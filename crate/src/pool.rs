@@ -19,6 +19,8 @@ pub struct Slot {
     pub served: u32,
     /// When it last finished a slice (or was created), in ms.
     pub idle_since_ms: u64,
+    /// Heap size it reported after its last slice, if it reports one.
+    pub heap_bytes: Option<u64>,
 }
 
 /// Where a slice should go.
@@ -41,8 +43,10 @@ pub enum Placement {
 pub struct PoolLimits {
     /// Slices running at once.
     pub capacity: usize,
-    /// Recycle a sandbox after this many slices.
+    /// Recycle a sandbox after this many slices…
     pub max_slices_per_sandbox: u32,
+    /// …or once its heap has grown past this many bytes (leaks grow with work, not slice count).
+    pub max_heap_bytes: u64,
     /// Recycle a bound sandbox idle for this long.
     pub max_idle_ms: u64,
     /// Slices a warm sandbox may hold at once (1 = no pipelining).
@@ -89,6 +93,7 @@ impl Pool {
 
     fn usable(&self, slot: &Slot) -> bool {
         slot.served < self.limits.max_slices_per_sandbox
+            && slot.heap_bytes.is_none_or(|bytes| bytes <= self.limits.max_heap_bytes)
     }
 
     /// Decides where a slice of `job` (worktime `worktime`) runs. Idle sandboxes and new ones
@@ -134,7 +139,7 @@ impl Pool {
         if index >= self.slots.len() {
             self.slots.resize(index + 1, None);
         }
-        self.slots[index] = Some(Slot { worktime, job: None, running: 0, served: 0, idle_since_ms: now_ms });
+        self.slots[index] = Some(Slot { worktime, job: None, running: 0, served: 0, idle_since_ms: now_ms, heap_bytes: None });
     }
 
     /// Marks `index` as running a slice of `job` (binding it to the job for good).
@@ -145,12 +150,13 @@ impl Pool {
         }
     }
 
-    /// Marks `index` idle after a slice.
-    pub fn finished(&mut self, index: usize, now_ms: u64) {
+    /// Marks `index` idle after a slice, with the heap size the sandbox reported.
+    pub fn finished(&mut self, index: usize, now_ms: u64, heap_bytes: Option<u64>) {
         if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
             slot.running = slot.running.saturating_sub(1);
             slot.served += 1;
             slot.idle_since_ms = now_ms;
+            slot.heap_bytes = heap_bytes.or(slot.heap_bytes);
         }
     }
 
@@ -203,7 +209,7 @@ mod tests {
     const MB: Worktime = Worktime::MapBasic;
 
     fn pool(capacity: usize) -> Pool {
-        Pool::new(PoolLimits { capacity, max_slices_per_sandbox: 3, max_idle_ms: 1_000, pipeline_depth: 1 })
+        Pool::new(PoolLimits { capacity, max_slices_per_sandbox: 3, max_heap_bytes: 1_000, max_idle_ms: 1_000, pipeline_depth: 1 })
     }
 
     #[test]
@@ -224,7 +230,7 @@ mod tests {
         pool.created(0, MB, 0);
         pool.created(1, MB, 0);
         pool.started(0, "a");
-        pool.finished(0, 5);
+        pool.finished(0, 5, None);
         assert_eq!(pool.place("a", MB), Placement::Warm(0));
         assert_eq!(pool.place("b", MB), Placement::Claim(1));
         assert_eq!(pool.place("b", Worktime::Pyodide), Placement::Replace(1), "the unbound one goes first");
@@ -235,7 +241,7 @@ mod tests {
         let mut pool = pool(1);
         pool.created(0, MB, 0);
         pool.started(0, "a");
-        pool.finished(0, 1);
+        pool.finished(0, 1, None);
         assert_eq!(pool.place("b", MB), Placement::Replace(0));
     }
 
@@ -245,13 +251,13 @@ mod tests {
         pool.created(0, MB, 0);
         for _ in 0..3 {
             pool.started(0, "a");
-            pool.finished(0, 10);
+            pool.finished(0, 10, None);
         }
         assert_eq!(pool.to_recycle(20), vec![0]);
         assert_eq!(pool.place("a", MB), Placement::Create(1), "a worn-out sandbox is not warm");
         pool.created(1, MB, 0);
         pool.started(1, "b");
-        pool.finished(1, 100);
+        pool.finished(1, 100, None);
         assert_eq!(pool.to_recycle(2_000), vec![0, 1]);
         pool.removed(0);
         assert_eq!(pool.live(), vec![1]);
@@ -259,17 +265,30 @@ mod tests {
 
     #[test]
     fn pipelines_only_into_proven_warm_sandboxes() {
-        let mut pool = Pool::new(PoolLimits { capacity: 1, max_slices_per_sandbox: 100, max_idle_ms: 1_000, pipeline_depth: 2 });
+        let mut pool = Pool::new(PoolLimits { capacity: 1, max_slices_per_sandbox: 100, max_heap_bytes: 1_000, max_idle_ms: 1_000, pipeline_depth: 2 });
         pool.created(0, MB, 0);
         pool.started(0, "a");
         assert_eq!(pool.place("a", MB), Placement::Busy, "not before its set-up finished once");
-        pool.finished(0, 1);
+        pool.finished(0, 1, None);
         pool.started(0, "a");
         assert_eq!(pool.place("a", MB), Placement::Warm(0));
         pool.started(0, "a");
         assert_eq!(pool.in_flight(), 2);
         assert_eq!(pool.place("a", MB), Placement::Busy, "depth reached");
         assert_eq!(pool.place("b", MB), Placement::Busy, "never another job's sandbox");
+    }
+
+    #[test]
+    fn recycles_a_sandbox_whose_heap_grew_too_much() {
+        let mut pool = pool(1);
+        pool.created(0, MB, 0);
+        pool.started(0, "a");
+        pool.finished(0, 1, Some(900));
+        assert_eq!(pool.place("a", MB), Placement::Warm(0));
+        pool.started(0, "a");
+        pool.finished(0, 2, Some(2_000));
+        assert_eq!(pool.to_recycle(3), vec![0]);
+        assert_eq!(pool.place("a", MB), Placement::Replace(0));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct SliceRun {
     pub outcome: SliceOutcome,
     /// Output printed while the slice (and, for a sandbox's first slice, the program's set-up) ran.
     pub console: Vec<ConsoleLine>,
+    /// The sandbox's heap size after the slice, when the sandbox can tell (Pyodide can).
+    pub heap_bytes: Option<u64>,
 }
 
 /// One isolated executor, bound to one job for its whole life.
@@ -112,6 +114,8 @@ pub struct SupervisorConfig {
     /// A slice (including its sandbox's set-up) running longer than this is abandoned.
     pub slice_timeout_ms: u64,
     pub max_slices_per_sandbox: u32,
+    /// Recycle a sandbox whose heap has grown past this many bytes.
+    pub max_sandbox_heap_bytes: u64,
     pub max_sandbox_idle_ms: u64,
     /// Slices a warm sandbox may hold at once: the next one waits in its message queue, so the
     /// round trip to the sandbox is hidden. A slice's timeout starts when it is sent.
@@ -134,7 +138,8 @@ impl SupervisorConfig {
             long_poll_ms: 10_000,
             idle_exit_ms: None,
             slice_timeout_ms: 5 * 60_000,
-            max_slices_per_sandbox: 1_000,
+            max_slices_per_sandbox: 10_000,
+            max_sandbox_heap_bytes: 1 << 30,
             max_sandbox_idle_ms: 60_000,
             pipeline_depth: 2,
             prewarm_spare: true,
@@ -234,6 +239,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         let pool = Pool::new(PoolLimits {
             capacity: config.sandboxes,
             max_slices_per_sandbox: config.max_slices_per_sandbox,
+            max_heap_bytes: config.max_sandbox_heap_bytes,
             max_idle_ms: config.max_sandbox_idle_ms,
             pipeline_depth: config.pipeline_depth.max(1),
         });
@@ -491,7 +497,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 match (current, removal) {
                     (false, _) => {}
                     (true, Some(reason)) => self.remove_sandbox(sandbox, reason),
-                    (true, None) => self.pool.finished(sandbox, now),
+                    (true, None) => self.pool.finished(sandbox, now, run.heap_bytes),
                 }
                 if job_failed {
                     // The job is over: its other slices here would only fail the same way.
@@ -701,6 +707,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     SliceRun {
                         outcome: SliceOutcome::WorkerFault { message: format!("slice ran longer than {limit} ms") },
                         console: vec![],
+                        heap_bytes: None,
                     },
                     true,
                 ),

@@ -182,7 +182,7 @@ impl Sandbox for DoublingSandbox {
             Some(n) => SliceOutcome::Ok { value: json!(n * 2) },
             None => SliceOutcome::Error { message: "not a number".into(), stack: None },
         };
-        ready(SliceRun { outcome, console: vec![] })
+        ready(SliceRun { outcome, console: vec![], heap_bytes: None })
     }
 
     fn terminate(&self) {}

@@ -59,5 +59,6 @@ async fn a_bundle_is_written_into_the_pyodide_filesystem() {
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let run = sandbox.run(job, 0, json!(2), Rc::default()).await;
     assert_eq!(run.outcome, SliceOutcome::Ok { value: json!(["hi from pkg", 12, true]) }, "{:?}", run.console);
+    assert!(run.heap_bytes.is_some_and(|bytes| bytes > 1 << 20), "a Pyodide sandbox reports its heap: {:?}", run.heap_bytes);
     sandbox.terminate();
 }

@@ -42,6 +42,7 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
     assert_eq!(first.console[0].text, "x is 2");
     assert_eq!(first.console[0].slice, Some(0));
     assert_eq!(progress.get(), Some(0.5));
+    assert_eq!(first.heap_bytes, None, "a JavaScript sandbox has no heap to report");
     let second = sandbox.run(job, 1, json!(5), progress).await;
     assert_eq!(second.outcome, SliceOutcome::Ok { value: json!({"y": 15, "calls": 2, "bytes": {"$bytes": "AQI="}}) });
     sandbox.terminate();

@@ -29,6 +29,8 @@ struct WorkerOptions {
     idle_exit_ms: Option<u64>,
     slice_timeout_ms: Option<u64>,
     max_slices_per_sandbox: Option<u32>,
+    /// Recycle a sandbox whose heap grew past this many bytes.
+    max_sandbox_heap_bytes: Option<u64>,
     /// Recycle a sandbox idle this long (ms).
     sandbox_idle_ms: Option<u64>,
     /// Where the Pyodide distribution is served; defaults to `<scheduler>/pyodide/`.
@@ -87,6 +89,9 @@ impl TesseraWorker {
         }
         if let Some(max) = parsed.max_slices_per_sandbox {
             config.max_slices_per_sandbox = max.max(1);
+        }
+        if let Some(bytes) = parsed.max_sandbox_heap_bytes {
+            config.max_sandbox_heap_bytes = bytes;
         }
         if let Some(idle) = parsed.sandbox_idle_ms {
             config.max_sandbox_idle_ms = idle;

@@ -30,8 +30,8 @@ pub const SANDBOX_SCRIPT: &str = include_str!("../../../pyodide-loader/sandbox-w
 enum FromSandbox {
     SetupDone,
     SetupError { message: String, stack: Option<String> },
-    Result { id: u32, json: String },
-    Error { id: Option<u32>, message: String, stack: Option<String> },
+    Result { id: u32, json: String, heap: Option<f64> },
+    Error { id: Option<u32>, message: String, stack: Option<String>, heap: Option<f64> },
     Progress { id: Option<u32>, value: Option<f64> },
     Console { stream: String, text: String },
 }
@@ -55,6 +55,8 @@ struct Shared {
     pending: RefCell<HashMap<u32, Pending>>,
     console: RefCell<Vec<ConsoleLine>>,
     crashed: RefCell<Option<String>>,
+    /// The sandbox's heap size at its last answer.
+    heap_bytes: Cell<Option<u64>>,
 }
 
 impl Shared {
@@ -84,13 +86,15 @@ impl Shared {
                     let _ = sender.send(Reply::Done(Err((message, stack)), self.take_console()));
                 }
             }
-            FromSandbox::Result { id, json } => {
+            FromSandbox::Result { id, json, heap } => {
+                self.heap_bytes.set(heap.map(|bytes| bytes as u64));
                 if let Some(pending) = self.pending.borrow_mut().remove(&id) {
                     let _ = pending.reply.send(Reply::Done(Ok(json), self.take_console()));
                 }
             }
-            FromSandbox::Error { id, message, stack } => match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
+            FromSandbox::Error { id, message, stack, heap } => match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
                 Some(pending) => {
+                    self.heap_bytes.set(heap.map(|bytes| bytes as u64));
                     let _ = pending.reply.send(Reply::Done(Err((message, stack)), self.take_console()));
                 }
                 None => self.crash(format!("sandbox protocol error: {message}")),
@@ -230,7 +234,7 @@ impl Sandbox for Rc<WebWorkerSandbox> {
         let sandbox = self.clone();
         async move {
             if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
-                return SliceRun { outcome: SliceOutcome::WorkerFault { message: reason }, console: vec![] };
+                return SliceRun { outcome: SliceOutcome::WorkerFault { message: reason }, console: vec![], heap_bytes: None };
             }
             let mut console = Vec::new();
             let job_id = job.descriptor.job_id.clone();
@@ -238,7 +242,7 @@ impl Sandbox for Rc<WebWorkerSandbox> {
             match bound {
                 Some(bound) if bound != job_id => {
                     let message = format!("sandbox is bound to job {bound}, not {job_id}");
-                    return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console };
+                    return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console, heap_bytes: None };
                 }
                 Some(_) => {}
                 None => {
@@ -247,10 +251,10 @@ impl Sandbox for Rc<WebWorkerSandbox> {
                         Reply::Done(Ok(_), lines) => console.extend(lines),
                         Reply::Done(Err((message, stack)), lines) => {
                             console.extend(lines);
-                            return SliceRun { outcome: SliceOutcome::JobError { message, stack }, console };
+                            return SliceRun { outcome: SliceOutcome::JobError { message, stack }, console, heap_bytes: None };
                         }
                         Reply::Crashed(message) => {
-                            return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console };
+                            return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console, heap_bytes: None };
                         }
                     }
                 }
@@ -264,7 +268,7 @@ impl Sandbox for Rc<WebWorkerSandbox> {
                 Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
             };
             console.extend(lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }));
-            SliceRun { outcome, console }
+            SliceRun { outcome, console, heap_bytes: sandbox.shared.heap_bytes.get() }
         }
         .boxed_local()
     }
