@@ -65,3 +65,15 @@ fn bad_deploys_are_one_readable_line_and_a_nonzero_exit() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"), "{}", text(&output));
 }
+
+#[test]
+fn a_worker_whose_browser_cannot_start_exits_nonzero() {
+    let scheduler = Scheduler::start();
+    let output = scheduler.tessera(&["worker", "--chromium", "/nonexistent/chromium", "--exit-when-idle"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot start /nonexistent/chromium"), "{stderr}");
+    let output = scheduler.tessera(&["worker", "--chromium", "/bin/false", "--exit-when-idle"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Chromium exited unexpectedly"), "{}", text(&output));
+}
