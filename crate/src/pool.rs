@@ -139,7 +139,8 @@ impl Pool {
         if index >= self.slots.len() {
             self.slots.resize(index + 1, None);
         }
-        self.slots[index] = Some(Slot { worktime, job: None, running: 0, served: 0, idle_since_ms: now_ms, heap_bytes: None });
+        self.slots[index] =
+            Some(Slot { worktime, job: None, running: 0, served: 0, idle_since_ms: now_ms, heap_bytes: None });
     }
 
     /// Marks `index` as running a slice of `job` (binding it to the job for good).
@@ -209,7 +210,13 @@ mod tests {
     const MB: Worktime = Worktime::MapBasic;
 
     fn pool(capacity: usize) -> Pool {
-        Pool::new(PoolLimits { capacity, max_slices_per_sandbox: 3, max_heap_bytes: 1_000, max_idle_ms: 1_000, pipeline_depth: 1 })
+        Pool::new(PoolLimits {
+            capacity,
+            max_slices_per_sandbox: 3,
+            max_heap_bytes: 1_000,
+            max_idle_ms: 1_000,
+            pipeline_depth: 1,
+        })
     }
 
     #[test]
@@ -265,7 +272,13 @@ mod tests {
 
     #[test]
     fn pipelines_only_into_proven_warm_sandboxes() {
-        let mut pool = Pool::new(PoolLimits { capacity: 1, max_slices_per_sandbox: 100, max_heap_bytes: 1_000, max_idle_ms: 1_000, pipeline_depth: 2 });
+        let mut pool = Pool::new(PoolLimits {
+            capacity: 1,
+            max_slices_per_sandbox: 100,
+            max_heap_bytes: 1_000,
+            max_idle_ms: 1_000,
+            pipeline_depth: 2,
+        });
         pool.created(0, MB, 0);
         pool.started(0, "a");
         assert_eq!(pool.place("a", MB), Placement::Busy, "not before its set-up finished once");

@@ -15,9 +15,9 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde_json::Value;
 use tessera_protocol::{
-    bundle, BundleEntry, BundleLimits, ConsoleLine, HeartbeatItem, HeartbeatRequest, HeartbeatResponse,
-    JobDescriptor, Lease, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultItem,
-    ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome, Worktime,
+    bundle, BundleEntry, BundleLimits, ConsoleLine, HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor,
+    Lease, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultItem, ResultStatus, ResultsRequest,
+    ResultsResponse, SliceOutcome, Worktime,
 };
 
 use crate::backoff::Backoff;
@@ -431,7 +431,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                             self.learn_job(descriptor);
                         }
                         for lease in response.leases {
-                            self.held.insert(lease.lease_id.clone(), HeldLease { token: lease.token.clone(), progress: Rc::default() });
+                            self.held.insert(
+                                lease.lease_id.clone(),
+                                HeldLease { token: lease.token.clone(), progress: Rc::default() },
+                            );
                             self.queue.push_back(lease);
                         }
                     }
@@ -445,9 +448,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             }
             Event::BundleFetched(job_id, answer) => {
                 let Some(JobEntry::Preparing(descriptor)) = self.jobs.remove(&job_id) else { return };
-                let entry = match answer.and_then(|bytes| {
-                    bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle)
-                }) {
+                let entry = match answer
+                    .and_then(|bytes| bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle))
+                {
                     Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
                     Err(WorkerError::Unreachable(message)) => {
                         // A network failure says nothing about the bundle: fetch it again later.
@@ -712,7 +715,14 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     true,
                 ),
             };
-            Event::SliceDone { sandbox: slot, generation, lease, run, timed_out, ms: clock.now_ms().saturating_sub(started) }
+            Event::SliceDone {
+                sandbox: slot,
+                generation,
+                lease,
+                run,
+                timed_out,
+                ms: clock.now_ms().saturating_sub(started),
+            }
         };
         self.tasks.push(task.boxed_local());
     }

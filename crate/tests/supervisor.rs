@@ -6,16 +6,15 @@ use std::rc::Rc;
 
 use futures::FutureExt;
 use serde_json::{json, Value};
+use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::{
-    ApiError, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse,
-    RegisterRequest, RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome,
-    Worktime,
+    ApiError, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse, RegisterRequest,
+    RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome, Worktime,
 };
 use tessera_worker::supervisor::{
     Clock, PreparedJob, Sandbox, SandboxFactory, SchedulerClient, SliceRun, Supervisor, SupervisorConfig, Task,
     WorkerEvent,
 };
-use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_worker::WorkerError;
 
 /// A scheduler holding slices in memory with the real protocol's acceptance rules.
@@ -77,7 +76,12 @@ impl SchedulerClient for Client {
     fn register(&self, _: RegisterRequest) -> Task<Result<RegisterResponse, WorkerError>> {
         ready(match self.0.fail() {
             Some(error) => Err(error),
-            None => Ok(RegisterResponse { worker_id: "w1".into(), token: "t".into(), lease_ttl_ms: 30_000, heartbeat_ms: 10_000 }),
+            None => Ok(RegisterResponse {
+                worker_id: "w1".into(),
+                token: "t".into(),
+                lease_ttl_ms: 30_000,
+                heartbeat_ms: 10_000,
+            }),
         })
     }
 
@@ -178,7 +182,9 @@ impl Sandbox for DoublingSandbox {
             return futures::future::pending().boxed_local();
         }
         let outcome = match datum.as_i64() {
-            Some(n) if n < 0 => SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) },
+            Some(n) if n < 0 => {
+                SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) }
+            }
             Some(n) => SliceOutcome::Ok { value: json!(n * 2) },
             None => SliceOutcome::Error { message: "not a number".into(), stack: None },
         };
@@ -238,7 +244,9 @@ fn errors_are_reported_and_other_slices_succeed() {
     run(&scheduler, Factory::default(), config(1));
     let accepted = scheduler.accepted.borrow();
     assert_eq!(accepted[&("j".to_string(), 0)], SliceOutcome::Ok { value: json!(2) });
-    assert!(matches!(&accepted[&("j".to_string(), 1)], SliceOutcome::Error { message, .. } if message == "negative: -2"));
+    assert!(
+        matches!(&accepted[&("j".to_string(), 1)], SliceOutcome::Error { message, .. } if message == "negative: -2")
+    );
     assert_eq!(accepted[&("j".to_string(), 2)], SliceOutcome::Ok { value: json!(6) });
 }
 
@@ -278,14 +286,15 @@ fn a_hung_slice_times_out_and_its_sandbox_is_replaced() {
     let created = factory.created.clone();
     let config = SupervisorConfig { slice_timeout_ms: 5_000, ..config(1) };
     let (_, events) = run(&scheduler, factory, config);
-    assert!(events.iter().any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
     assert!(created.get() >= 2, "a fresh sandbox replaced the hung one");
     // The hung slice went back to the queue (worker fault) and slices 0 and 2 were accepted.
     let accepted = scheduler.accepted.borrow();
     assert_eq!(accepted[&("j".to_string(), 0)], SliceOutcome::Ok { value: json!(2) });
     assert_eq!(accepted[&("j".to_string(), 2)], SliceOutcome::Ok { value: json!(6) });
 }
-
 
 #[test]
 fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
@@ -297,7 +306,10 @@ fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
     run(&scheduler, factory, config(1));
     assert_eq!(created.get(), 0, "no sandbox ever saw the bundle");
     for outcome in scheduler.accepted.borrow().values() {
-        assert!(matches!(outcome, SliceOutcome::JobError { message, .. } if message.contains("`../evil.p`")), "{outcome:?}");
+        assert!(
+            matches!(outcome, SliceOutcome::JobError { message, .. } if message.contains("`../evil.p`")),
+            "{outcome:?}"
+        );
     }
     assert_eq!(scheduler.accepted.borrow().len(), 2);
 }
@@ -306,13 +318,23 @@ fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
 fn a_bundle_download_that_fails_on_the_network_is_retried_not_blamed_on_the_job() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!(2)]);
     scheduler.jobs.borrow_mut().get_mut("j").unwrap().bundle = Some("ab".repeat(32));
-    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File { path: "m.py".into(), bytes: b"X = 1".to_vec() }]).unwrap();
+    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File {
+        path: "m.py".into(),
+        bytes: b"X = 1".to_vec(),
+    }])
+    .unwrap();
     *scheduler.bundle.borrow_mut() = Some(good);
     // Register and lease succeed; then the bundle download fails twice.
     let events = Rc::new(RefCell::new(Vec::new()));
     let log = events.clone();
     let client = FlakyBundles { inner: Client(scheduler.clone()), failures: Cell::new(2) };
-    let supervisor = Supervisor::new(client, Factory::default(), FakeClock::default(), config(1), Rc::new(move |e: &WorkerEvent| log.borrow_mut().push(e.clone())));
+    let supervisor = Supervisor::new(
+        client,
+        Factory::default(),
+        FakeClock::default(),
+        config(1),
+        Rc::new(move |e: &WorkerEvent| log.borrow_mut().push(e.clone())),
+    );
     futures::executor::block_on(supervisor.run());
     let accepted = scheduler.accepted.borrow();
     assert_eq!(accepted.len(), 2);

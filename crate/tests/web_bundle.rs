@@ -18,19 +18,25 @@ use common::scheduler;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-
 #[wasm_bindgen_test]
 fn validation_runs_in_wasm_and_names_the_entry() {
     let limits = BundleLimits::default();
-    assert_eq!(unpack(&raw_archive("../up.py", EntryType::Regular), &limits), Err(BundleError::ParentDirectory { entry: "../up.py".into() }));
-    assert_eq!(unpack(&raw_archive("/abs.py", EntryType::Regular), &limits), Err(BundleError::AbsolutePath { entry: "/abs.py".into() }));
-    assert!(matches!(unpack(&raw_archive("link", EntryType::Symlink), &limits), Err(BundleError::ForbiddenKind { ref entry, .. }) if entry == "link"));
+    assert_eq!(
+        unpack(&raw_archive("../up.py", EntryType::Regular), &limits),
+        Err(BundleError::ParentDirectory { entry: "../up.py".into() })
+    );
+    assert_eq!(
+        unpack(&raw_archive("/abs.py", EntryType::Regular), &limits),
+        Err(BundleError::AbsolutePath { entry: "/abs.py".into() })
+    );
+    assert!(
+        matches!(unpack(&raw_archive("link", EntryType::Symlink), &limits), Err(BundleError::ForbiddenKind { ref entry, .. }) if entry == "link")
+    );
     assert!(matches!(unpack(&raw_archive("dev", EntryType::Block), &limits), Err(BundleError::ForbiddenKind { .. })));
     let big = pack(&[BundleEntry::File { path: "big".into(), bytes: vec![7; 4096] }]).unwrap();
     let small = BundleLimits { max_unpacked_bytes: 1024, ..limits };
     assert!(matches!(unpack(&big, &small), Err(BundleError::TooLarge { .. })));
 }
-
 
 #[wasm_bindgen_test]
 async fn a_bundle_is_written_into_the_pyodide_filesystem() {
@@ -59,6 +65,10 @@ async fn a_bundle_is_written_into_the_pyodide_filesystem() {
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let run = sandbox.run(job, 0, json!(2), Rc::default()).await;
     assert_eq!(run.outcome, SliceOutcome::Ok { value: json!(["hi from pkg", 12, true]) }, "{:?}", run.console);
-    assert!(run.heap_bytes.is_some_and(|bytes| bytes > 1 << 20), "a Pyodide sandbox reports its heap: {:?}", run.heap_bytes);
+    assert!(
+        run.heap_bytes.is_some_and(|bytes| bytes > 1 << 20),
+        "a Pyodide sandbox reports its heap: {:?}",
+        run.heap_bytes
+    );
     sandbox.terminate();
 }

@@ -52,7 +52,8 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
 async fn a_thrown_error_is_a_slice_error_with_its_stack() {
     let factory = WebWorkerFactory::new("/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
-    let run = sandbox.run(job("(x) => { throw new RangeError('too big: ' + x); }", vec![]), 0, json!(9), Rc::default()).await;
+    let run =
+        sandbox.run(job("(x) => { throw new RangeError('too big: ' + x); }", vec![]), 0, json!(9), Rc::default()).await;
     match run.outcome {
         SliceOutcome::Error { message, stack } => {
             assert_eq!(message, "too big: 9");
@@ -67,7 +68,10 @@ async fn a_program_that_is_not_a_function_is_a_job_error() {
     let factory = WebWorkerFactory::new("/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     let run = sandbox.run(job("42", vec![]), 0, json!(1), Rc::default()).await;
-    assert!(matches!(run.outcome, SliceOutcome::JobError { ref message, .. } if message.contains("not a function")), "{run:?}");
+    assert!(
+        matches!(run.outcome, SliceOutcome::JobError { ref message, .. } if message.contains("not a function")),
+        "{run:?}"
+    );
     let broken = factory.create(Worktime::MapBasic).unwrap();
     let run = broken.run(job("(x) => {", vec![]), 0, json!(1), Rc::default()).await;
     assert!(matches!(run.outcome, SliceOutcome::JobError { .. }), "syntax error: {run:?}");

@@ -18,7 +18,6 @@ use common::scheduler;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-
 async fn post(path: &str, body: Value) -> Value {
     let response = Request::post(&format!("{}{path}", scheduler())).json(&body).unwrap().send().await.unwrap();
     assert!(response.ok(), "POST {path}: {}", response.status());
@@ -31,7 +30,9 @@ async fn get(path: &str) -> Value {
 
 #[wasm_bindgen_test]
 async fn leases_runs_and_submits_a_whole_job() {
-    let deployed = post("/v1/jobs", json!({"program": "(x, k) => x + k", "range": {"start": 0, "end": 40}, "arguments": [100]})).await;
+    let deployed =
+        post("/v1/jobs", json!({"program": "(x, k) => x + k", "range": {"start": 0, "end": 40}, "arguments": [100]}))
+            .await;
     let job_id = deployed["job_id"].as_str().unwrap().to_string();
 
     let events = Rc::new(RefCell::new(Vec::new()));
@@ -57,5 +58,8 @@ async fn leases_runs_and_submits_a_whole_job() {
     let events = events.borrow();
     let created = events.iter().filter(|e| matches!(e, WorkerEvent::SandboxCreated { .. })).count();
     assert!(created <= 2, "sandboxes stayed warm across 40 slices: {created} created");
-    assert!(events.iter().any(|e| matches!(e, WorkerEvent::Submitted { accepted, .. } if *accepted > 1)), "results went in batches");
+    assert!(
+        events.iter().any(|e| matches!(e, WorkerEvent::Submitted { accepted, .. } if *accepted > 1)),
+        "results went in batches"
+    );
 }

@@ -73,10 +73,7 @@ pub fn content_address(bytes: &[u8]) -> String {
 /// Checks a tar.gz against `limits` and returns its entries, or the first problem found.
 pub fn unpack(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
     if tar_gz.len() > limits.max_compressed_bytes {
-        return Err(BundleError::TooLarge {
-            size: tar_gz.len() as u64,
-            limit: limits.max_compressed_bytes as u64,
-        });
+        return Err(BundleError::TooLarge { size: tar_gz.len() as u64, limit: limits.max_compressed_bytes as u64 });
     }
     let unreadable = |error: std::io::Error| BundleError::Unreadable { reason: error.to_string() };
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tar_gz));

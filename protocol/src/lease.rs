@@ -185,8 +185,7 @@ mod tests {
     fn outcomes_are_tagged_by_kind() {
         let ok = SliceOutcome::Ok { value: Value::from(4) };
         assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"kind":"ok","value":4}"#);
-        let error: SliceOutcome =
-            serde_json::from_str(r#"{"kind":"error","message":"boom","stack":"at f"}"#).unwrap();
+        let error: SliceOutcome = serde_json::from_str(r#"{"kind":"error","message":"boom","stack":"at f"}"#).unwrap();
         assert_eq!(error, SliceOutcome::Error { message: "boom".into(), stack: Some("at f".into()) });
         let fault: SliceOutcome = serde_json::from_str(r#"{"kind":"worker_fault","message":"crashed"}"#).unwrap();
         assert_eq!(fault, SliceOutcome::WorkerFault { message: "crashed".into() });

@@ -10,13 +10,13 @@ pub mod lease;
 
 pub use bundle::{BundleEntry, BundleError, BundleLimits};
 pub use job::{
-    ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range,
-    ResultsPage, SliceRecord, SliceStatus, Worktime,
+    ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range, ResultsPage, SliceRecord,
+    SliceStatus, Worktime,
 };
 pub use lease::{
-    HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest,
-    LeaseResponse, RegisterRequest, RegisterResponse, ResultAck, ResultItem, ResultStatus,
-    ResultsRequest, ResultsResponse, SliceOutcome,
+    HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse,
+    RegisterRequest, RegisterResponse, ResultAck, ResultItem, ResultStatus, ResultsRequest, ResultsResponse,
+    SliceOutcome,
 };
 
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tessera_protocol::{bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceRecord, SliceStatus, Worktime};
+use tessera_protocol::{
+    bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceRecord, SliceStatus, Worktime,
+};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -70,9 +72,8 @@ pub fn build_request(options: &DeployOptions) -> Result<DeployRequest> {
     };
     let mut env = std::collections::BTreeMap::new();
     for pair in &options.env {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("--env `{pair}` is not KEY=VALUE")))?;
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| Error::Usage(format!("--env `{pair}` is not KEY=VALUE")))?;
         env.insert(key.to_string(), value.to_string());
     }
     let program_name = options.program.file_name().map(|name| name.to_string_lossy().into_owned());
@@ -196,7 +197,12 @@ pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_consol
                 bar.set_message(format!("({} errors)", status.errors));
             }
             None if output == Output::Human && last_line.elapsed() >= Duration::from_secs(2) => {
-                eprintln!("progress: {finished}/{} slices ({} errors) after {:.1}s", status.total, status.errors, started.elapsed().as_secs_f64());
+                eprintln!(
+                    "progress: {finished}/{} slices ({} errors) after {:.1}s",
+                    status.total,
+                    status.errors,
+                    started.elapsed().as_secs_f64()
+                );
                 last_line = Instant::now();
             }
             None => {}

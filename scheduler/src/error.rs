@@ -72,11 +72,9 @@ impl Error {
                 ApiError { code: "wrong_token".into(), field: Some(field.clone()), message: message.clone() },
             ),
             Error::Api(api) => (StatusCode::BAD_GATEWAY, api.clone()),
-            Error::Database(_)
-            | Error::Io { .. }
-            | Error::Unreachable(_)
-            | Error::Usage(_)
-            | Error::Browser(_) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None)),
+            Error::Database(_) | Error::Io { .. } | Error::Unreachable(_) | Error::Usage(_) | Error::Browser(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None))
+            }
         }
     }
 }

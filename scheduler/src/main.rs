@@ -175,10 +175,35 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             Ok(true)
         }
         Command::Deploy {
-            scheduler, program, worktime, arguments, slices, range, name, env, packages, bundle, wait, json, quiet,
+            scheduler,
+            program,
+            worktime,
+            arguments,
+            slices,
+            range,
+            name,
+            env,
+            packages,
+            bundle,
+            wait,
+            json,
+            quiet,
         } => {
             let worktime = worktime.unwrap_or_else(|| deploy::worktime_for(&program));
-            let options = DeployOptions { worktime, program, arguments, slices, range, name, env, packages, bundle, wait, json, quiet };
+            let options = DeployOptions {
+                worktime,
+                program,
+                arguments,
+                slices,
+                range,
+                name,
+                env,
+                packages,
+                bundle,
+                wait,
+                json,
+                quiet,
+            };
             deploy::deploy(&Client::new(&scheduler.scheduler), options).await
         }
         Command::Status { scheduler, job, json } => {
@@ -205,7 +230,15 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 if json {
                     println!("{}", serde_json::to_string(&job).unwrap_or_default());
                 } else {
-                    println!("{}  {:<9} {:>7}/{:<7} {:>5} errors  {}", job.job_id, format!("{:?}", job.state).to_lowercase(), job.done, job.total, job.errors, job.name);
+                    println!(
+                        "{}  {:<9} {:>7}/{:<7} {:>5} errors  {}",
+                        job.job_id,
+                        format!("{:?}", job.state).to_lowercase(),
+                        job.done,
+                        job.total,
+                        job.errors,
+                        job.name
+                    );
                 }
             }
             Ok(true)

@@ -121,7 +121,8 @@ mod tests {
 
     fn index() -> PackageIndex {
         let mut index = PackageIndex::default();
-        for (name, imports) in [("numpy", vec!["numpy"]), ("scikit-learn", vec!["sklearn"]), ("pandas", vec!["pandas"])] {
+        for (name, imports) in [("numpy", vec!["numpy"]), ("scikit-learn", vec!["sklearn"]), ("pandas", vec!["pandas"])]
+        {
             for import in &imports {
                 index.by_import.insert(import.to_string(), name.to_string());
             }
@@ -132,14 +133,17 @@ mod tests {
 
     #[test]
     fn finds_imports() {
-        let modules = imported_modules("import os, numpy as np\nfrom sklearn.linear_model import X\n  import pandas\nfrom . import local\n");
+        let modules = imported_modules(
+            "import os, numpy as np\nfrom sklearn.linear_model import X\n  import pandas\nfrom . import local\n",
+        );
         assert!(modules.contains("numpy") && modules.contains("sklearn") && modules.contains("pandas"));
         assert!(!modules.contains("."));
     }
 
     #[test]
     fn resolves_declared_and_detected_packages() {
-        let packages = index().resolve(&["pandas".into()], "import numpy\nfrom sklearn import svm\nimport mymodule\n").unwrap();
+        let packages =
+            index().resolve(&["pandas".into()], "import numpy\nfrom sklearn import svm\nimport mymodule\n").unwrap();
         assert_eq!(packages, vec!["numpy", "pandas", "scikit-learn"]);
     }
 

@@ -14,9 +14,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera_protocol::{
-    bundle, BundleLimits, DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse,
-    JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultsPage,
-    ResultsRequest, ResultsResponse, Worktime,
+    bundle, BundleLimits, DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest,
+    LeaseResponse, RegisterRequest, RegisterResponse, ResultsPage, ResultsRequest, ResultsResponse, Worktime,
 };
 use tokio::sync::Notify;
 use tower_http::cors::CorsLayer;
@@ -62,7 +61,10 @@ pub fn now_ms() -> u64 {
 
 impl AppState {
     /// Runs a store operation on the blocking pool, so SQLite's fsyncs never stall the reactor.
-    async fn with_store<T: Send + 'static>(&self, operation: impl FnOnce(&mut Store) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn with_store<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = store.lock().map_err(|_| Error::Usage("store lock poisoned".into()))?;
@@ -132,16 +134,14 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state);
 
-    let pyodide = Router::new()
-        .fallback_service(ServeDir::new(&config.pyodide))
-        .layer(SetResponseHeaderLayer::overriding(
+    let pyodide =
+        Router::new().fallback_service(ServeDir::new(&config.pyodide)).layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ));
-    let site = Router::new().fallback_service(ServeDir::new(&config.www)).layer(SetResponseHeaderLayer::overriding(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    ));
+    let site = Router::new()
+        .fallback_service(ServeDir::new(&config.www))
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
 
     Ok(Router::new()
         .nest(tessera_protocol::API_PREFIX, api)
@@ -198,7 +198,10 @@ fn spawn_lease_reaper(state: AppState) {
     });
 }
 
-async fn register(State(state): State<AppState>, JsonBody(request): JsonBody<RegisterRequest>) -> Result<Json<RegisterResponse>> {
+async fn register(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<RegisterRequest>,
+) -> Result<Json<RegisterResponse>> {
     let user_agent = request.user_agent.clone();
     let sandboxes = request.sandboxes;
     let (worker_id, token) =
@@ -266,16 +269,22 @@ async fn submit_results(
     Ok(Json(ResultsResponse { acks }))
 }
 
-async fn deploy(State(state): State<AppState>, JsonBody(request): JsonBody<DeployRequest>) -> Result<Json<DeployResponse>> {
+async fn deploy(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<DeployRequest>,
+) -> Result<Json<DeployResponse>> {
     let mut job = validate_deploy(request, &state.config.deploy)?;
     // Python sources whose imports decide the packages: the program and the bundle's modules.
     let mut sources = job.program.clone();
     if let Some(sha256) = job.bundle.clone() {
         let bytes = state.with_store(move |store| store.bundle(&sha256)).await.map_err(|error| match error {
-            Error::NotFound { .. } => Error::invalid("bundle", "no bundle with this sha256 was uploaded (PUT /v1/bundles first)"),
+            Error::NotFound { .. } => {
+                Error::invalid("bundle", "no bundle with this sha256 was uploaded (PUT /v1/bundles first)")
+            }
             other => other,
         })?;
-        let entries = bundle::unpack(&bytes, &state.config.bundle).map_err(|error| Error::invalid("bundle", error.to_string()))?;
+        let entries = bundle::unpack(&bytes, &state.config.bundle)
+            .map_err(|error| Error::invalid("bundle", error.to_string()))?;
         for entry in entries {
             if let tessera_protocol::BundleEntry::File { path, bytes } = entry {
                 if path.ends_with(".py") {
@@ -311,7 +320,11 @@ struct PageQuery {
     limit: Option<u64>,
 }
 
-async fn job_results(State(state): State<AppState>, Path(id): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<ResultsPage>> {
+async fn job_results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<ResultsPage>> {
     let from = page.from.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
     let (results, total) = state.with_store(move |store| store.results(&id, from, limit)).await?;
@@ -319,7 +332,11 @@ async fn job_results(State(state): State<AppState>, Path(id): Path<String>, Quer
     Ok(Json(ResultsPage { results, next }))
 }
 
-async fn job_console(State(state): State<AppState>, Path(id): Path<String>, Query(page): Query<PageQuery>) -> Result<impl IntoResponse> {
+async fn job_console(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<impl IntoResponse> {
     let after = page.after.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
     let lines = state.with_store(move |store| store.console(&id, after, limit)).await?;

@@ -11,8 +11,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 use tessera_protocol::{
-    ConsoleLine, HeartbeatItem, JobDescriptor, JobState, JobStatus, JobSummary, Lease, ResultAck,
-    ResultItem, ResultStatus, SliceOutcome, SliceRecord, SliceStatus, Worktime,
+    ConsoleLine, HeartbeatItem, JobDescriptor, JobState, JobStatus, JobSummary, Lease, ResultAck, ResultItem,
+    ResultStatus, SliceOutcome, SliceRecord, SliceStatus, Worktime,
 };
 
 use crate::error::{Error, Result};
@@ -341,7 +341,12 @@ impl Store {
 
     /// Applies a batch of results atomically: an unknown lease or a wrong token refuses the whole
     /// batch; otherwise every item gets an ack (accepted, duplicate, stale or requeued).
-    pub fn submit_results(&mut self, worker_id: &str, items: &[ResultItem], policy: LeasePolicy) -> Result<Vec<ResultAck>> {
+    pub fn submit_results(
+        &mut self,
+        worker_id: &str,
+        items: &[ResultItem],
+        policy: LeasePolicy,
+    ) -> Result<Vec<ResultAck>> {
         let transaction = self.connection.transaction()?;
         let mut acks = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
@@ -406,7 +411,8 @@ impl Store {
             return Err(Error::NotFound { what: "job", id: job_id.into() });
         };
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut query = self.connection.prepare_cached("SELECT state, COUNT(*) FROM slices WHERE job_id = ?1 GROUP BY state")?;
+        let mut query =
+            self.connection.prepare_cached("SELECT state, COUNT(*) FROM slices WHERE job_id = ?1 GROUP BY state")?;
         for row in query.query_map([job_id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
             let (state, count) = row?;
             counts.insert(state, count as u64);
@@ -707,7 +713,8 @@ mod tests {
         let (worker, _) = store.register_worker(None, 1, 0).unwrap();
         let job_id = store.deploy(job(5), 0).unwrap();
         let (leases, _) = store.lease(&worker, 1, &[], &[], 0, POLICY).unwrap();
-        let failure = result(&leases[0], SliceOutcome::JobError { message: "SyntaxError".into(), stack: Some("line 1".into()) });
+        let failure =
+            result(&leases[0], SliceOutcome::JobError { message: "SyntaxError".into(), stack: Some("line 1".into()) });
         store.submit_results(&worker, &[failure], POLICY).unwrap();
         let status = store.job_status(&job_id).unwrap();
         assert_eq!(status.state, JobState::Failed);

@@ -35,10 +35,8 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
                 Err(Error::invalid("body", "the body must be a JSON object"))
             } else if path == "." {
                 let message = inner.to_string();
-                let missing = message
-                    .strip_prefix("missing field `")
-                    .and_then(|rest| rest.split('`').next())
-                    .map(str::to_string);
+                let missing =
+                    message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
                 Err(Error::invalid(missing.unwrap_or_else(|| "body".into()), message))
             } else {
                 Err(Error::invalid(path, inner.to_string()))
@@ -82,12 +80,18 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
     }
     for key in request.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(Error::invalid(format!("env.{key}"), "an environment variable name must be non-empty, without `=`"));
+            return Err(Error::invalid(
+                format!("env.{key}"),
+                "an environment variable name must be non-empty, without `=`",
+            ));
         }
     }
     if let Some(bundle) = &request.bundle {
         if bundle.len() != 64 || !bundle.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::invalid("bundle", "a bundle is named by the 64-hex-digit sha256 that PUT /v1/bundles returned"));
+            return Err(Error::invalid(
+                "bundle",
+                "a bundle is named by the 64-hex-digit sha256 that PUT /v1/bundles returned",
+            ));
         }
     }
     if worktime == Worktime::MapBasic && (request.bundle.is_some() || !request.packages.is_empty()) {

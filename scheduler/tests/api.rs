@@ -36,7 +36,13 @@ async fn start(max_body_bytes: usize) -> Server {
 }
 
 impl Server {
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}/v1{}", self.url, path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -79,7 +85,8 @@ impl Server {
 #[tokio::test]
 async fn deploy_lease_result_status_round_trip() {
     let server = start(1 << 20).await;
-    let (status, deployed) = server.post("/jobs", None, json!({"program": "(x) => x + 1", "slices": [1, 2, 3], "name": "inc"})).await;
+    let (status, deployed) =
+        server.post("/jobs", None, json!({"program": "(x) => x + 1", "slices": [1, 2, 3], "name": "inc"})).await;
     assert_eq!(status, 200, "{deployed}");
     let job_id = deployed["job_id"].as_str().unwrap().to_string();
     let worker = server.register().await;
@@ -189,7 +196,8 @@ async fn unknown_ids_and_wrong_tokens_are_refused() {
 #[tokio::test]
 async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
     let server = start(1 << 20).await;
-    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "range": {"start": 0, "end": 10}})).await;
+    let (_, deployed) =
+        server.post("/jobs", None, json!({"program": "(x) => x", "range": {"start": 0, "end": 10}})).await;
     let job_id = deployed["job_id"].as_str().unwrap();
     let (status, cancelled) = server.post(&format!("/jobs/{job_id}/cancel"), None, json!({})).await;
     assert_eq!((status, cancelled["state"].as_str()), (200, Some("cancelled")));
@@ -208,7 +216,6 @@ async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
         .unwrap();
     assert_eq!(cors.headers()["access-control-allow-origin"], "*");
 }
-
 
 #[tokio::test]
 async fn bad_bundles_are_refused_with_the_entry_named() {
@@ -231,11 +238,16 @@ async fn bad_bundles_are_refused_with_the_entry_named() {
     let response = server.http.put(format!("{}/v1/bundles", server.url)).body(too_big).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 413);
 
-    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File { path: "m.py".into(), bytes: b"X = 1".to_vec() }]).unwrap();
+    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File {
+        path: "m.py".into(),
+        bytes: b"X = 1".to_vec(),
+    }])
+    .unwrap();
     let response = server.http.put(format!("{}/v1/bundles", server.url)).body(good.clone()).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 201);
     let sha256 = response.json::<Value>().await.unwrap()["sha256"].as_str().unwrap().to_string();
-    let fetched = server.http.get(format!("{}/v1/bundles/{sha256}", server.url)).send().await.unwrap().bytes().await.unwrap();
+    let fetched =
+        server.http.get(format!("{}/v1/bundles/{sha256}", server.url)).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(fetched.as_ref(), good.as_slice());
     let (status, deployed) = server
         .post("/jobs", None, json!({"program": "import m", "slices": [1], "worktime": "pyodide", "bundle": sha256}))

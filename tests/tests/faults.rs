@@ -9,7 +9,8 @@ use tessera_e2e::{json_lines, text, Scheduler};
 #[test]
 fn a_killed_browser_worker_loses_no_slices() {
     let scheduler = Scheduler::start_with(&["--lease-ttl-ms", "3000"]);
-    let program = scheduler.file("slow.js", "async (x) => { await new Promise((r) => setTimeout(r, 25)); return x * 3; }");
+    let program =
+        scheduler.file("slow.js", "async (x) => { await new Promise((r) => setTimeout(r, 25)); return x * 3; }");
     let deployed = scheduler.tessera(&["deploy", &program, "--range", "0:300"]);
     assert!(deployed.status.success(), "{}", text(&deployed));
     let job_id = String::from_utf8_lossy(&deployed.stdout).trim().to_string();

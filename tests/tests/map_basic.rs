@@ -7,7 +7,8 @@ use tessera_e2e::{text, Scheduler};
 fn a_thousand_slices_return_every_result_once_in_order() {
     let scheduler = Scheduler::start();
     let program = scheduler.file("work.js", "async (x, k) => { progress(0.5); return { x, y: x * k }; }");
-    let (results, deployed, worker) = scheduler.run_job(2, &[&program, "--range", "0:1000", "--arg", "7", "--name", "thousand"]);
+    let (results, deployed, worker) =
+        scheduler.run_job(2, &[&program, "--range", "0:1000", "--arg", "7", "--name", "thousand"]);
     assert!(deployed.status.success(), "{}", text(&deployed));
     assert!(worker.status.success(), "{}", text(&worker));
     assert_eq!(results.len(), 1000, "{}", text(&deployed));
@@ -21,10 +22,8 @@ fn a_thousand_slices_return_every_result_once_in_order() {
 #[test]
 fn thrown_errors_are_reported_and_other_slices_succeed() {
     let scheduler = Scheduler::start();
-    let program = scheduler.file(
-        "throws.js",
-        "(x) => { if (x % 10 === 3) throw new Error('unlucky ' + x); return x * x; }",
-    );
+    let program =
+        scheduler.file("throws.js", "(x) => { if (x % 10 === 3) throw new Error('unlucky ' + x); return x * x; }");
     let slices = scheduler.file("slices.json", &serde_json::to_string(&(0..50).collect::<Vec<_>>()).unwrap());
     let (results, deployed, _) = scheduler.run_job(1, &[&program, "--slices", &slices]);
     assert!(deployed.status.success(), "{}", text(&deployed));

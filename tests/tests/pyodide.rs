@@ -46,8 +46,23 @@ fn a_dcp_style_program_with_argv_bundle_env_numpy_and_pandas() {
     let (results, deployed, worker) = scheduler.run_job(
         1,
         &[
-            "--worktime", "pyodide", &program, "--bundle", &bundle, "--range", "0:200", "--arg", "3", "--arg", "tag-7",
-            "--env", "ALPHA=a", "--env", "BETA=b=c", "--env", "GAMMA=γ",
+            "--worktime",
+            "pyodide",
+            &program,
+            "--bundle",
+            &bundle,
+            "--range",
+            "0:200",
+            "--arg",
+            "3",
+            "--arg",
+            "tag-7",
+            "--env",
+            "ALPHA=a",
+            "--env",
+            "BETA=b=c",
+            "--env",
+            "GAMMA=γ",
         ],
     );
     assert!(deployed.status.success(), "{}\n{}", text(&deployed), text(&worker));
@@ -72,7 +87,8 @@ fn a_program_without_a_slice_handler_fails_the_job_once() {
     let (results, deployed, _) = scheduler.run_job(1, &["--worktime", "pyodide", &program, "--range", "0:20"]);
     assert!(!deployed.status.success(), "a failed job exits non-zero");
     assert!(results.iter().all(|r| r["status"] == "pending"), "no slice ran: {results:?}");
-    let status: Value = serde_json::from_slice(&scheduler.tessera(&["status", "--json", &job_id(&scheduler)]).stdout).unwrap();
+    let status: Value =
+        serde_json::from_slice(&scheduler.tessera(&["status", "--json", &job_id(&scheduler)]).stdout).unwrap();
     assert_eq!(status["state"], "failed");
     assert!(status["error"].as_str().unwrap().contains("no slice handler registered"), "{status}");
 }
@@ -83,7 +99,8 @@ fn a_syntax_error_fails_the_job_with_the_traceback() {
     let program = scheduler.file("broken.py", "import dcp\n\ndef handler(x)\n    return x\n");
     let (_, deployed, _) = scheduler.run_job(1, &["--worktime", "pyodide", &program, "--range", "0:20"]);
     assert!(!deployed.status.success());
-    let status: Value = serde_json::from_slice(&scheduler.tessera(&["status", "--json", &job_id(&scheduler)]).stdout).unwrap();
+    let status: Value =
+        serde_json::from_slice(&scheduler.tessera(&["status", "--json", &job_id(&scheduler)]).stdout).unwrap();
     let error = status["error"].as_str().unwrap();
     assert_eq!(status["state"], "failed");
     assert!(error.contains("SyntaxError") && error.contains("broken.py") && error.contains("line 3"), "{error}");
@@ -135,7 +152,8 @@ fn printed_output_reaches_the_deployer() {
         assert!(stderr.contains(&format!("[slice {x} stderr] WARNING:root:careful with {x}")), "{stderr}");
     }
     let worker = scheduler.worker(1);
-    let quiet = scheduler.tessera(&["deploy", "--wait", "--quiet", "--worktime", "pyodide", &program, "--range", "0:2"]);
+    let quiet =
+        scheduler.tessera(&["deploy", "--wait", "--quiet", "--worktime", "pyodide", &program, "--range", "0:2"]);
     worker.wait_with_output().unwrap();
     assert!(quiet.status.success(), "{}", text(&quiet));
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("working on"), "--quiet hides console output");
@@ -170,7 +188,10 @@ fn unknown_packages_are_refused_at_deploy_with_the_list_of_available_ones() {
     let output = scheduler.tessera(&["deploy", &program, "--range", "0:3", "--package", "tensorflow"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown package `tensorflow`") && stderr.contains("numpy") && stderr.contains("pandas"), "{stderr}");
+    assert!(
+        stderr.contains("unknown package `tensorflow`") && stderr.contains("numpy") && stderr.contains("pandas"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let jobs = scheduler.tessera(&["jobs", "--json"]);
     assert!(jobs.stdout.is_empty(), "nothing stored");

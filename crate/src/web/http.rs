@@ -27,7 +27,12 @@ impl HttpSchedulerClient {
         format!("{}{}{}", self.base, tessera_protocol::API_PREFIX, path)
     }
 
-    fn post<B: Serialize + 'static, T: DeserializeOwned + 'static>(&self, path: &str, token: Option<&str>, body: B) -> Task<Result<T, WorkerError>> {
+    fn post<B: Serialize + 'static, T: DeserializeOwned + 'static>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: B,
+    ) -> Task<Result<T, WorkerError>> {
         let mut builder: RequestBuilder = Request::post(&self.url(path));
         if let Some(token) = token {
             builder = builder.header("Authorization", &format!("Bearer {token}"));
@@ -81,7 +86,8 @@ impl SchedulerClient for HttpSchedulerClient {
     fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
         let url = self.url(&format!("/bundles/{sha256}"));
         async move {
-            let response = Request::get(&url).send().await.map_err(|error| WorkerError::Unreachable(error.to_string()))?;
+            let response =
+                Request::get(&url).send().await.map_err(|error| WorkerError::Unreachable(error.to_string()))?;
             check(response).await?.binary().await.map_err(|error| WorkerError::Unreachable(error.to_string()))
         }
         .boxed_local()

@@ -74,12 +74,12 @@ impl TesseraWorker {
         let parsed: WorkerOptions = if options.is_undefined() || options.is_null() {
             WorkerOptions::default()
         } else {
-            serde_wasm_bindgen::from_value(options).map_err(|error| JsError::new(&format!("invalid options: {error}")))?
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|error| JsError::new(&format!("invalid options: {error}")))?
         };
-        let scheduler = parsed
-            .scheduler
-            .or_else(page_origin)
-            .ok_or_else(|| JsError::new(&WorkerError::Options("no scheduler URL and no page origin".into()).to_string()))?;
+        let scheduler = parsed.scheduler.or_else(page_origin).ok_or_else(|| {
+            JsError::new(&WorkerError::Options("no scheduler URL and no page origin".into()).to_string())
+        })?;
         let scheduler = scheduler.trim_end_matches('/').to_string();
         let sandboxes = parsed.sandboxes.map(|n| n as usize).unwrap_or_else(default_sandboxes).max(1);
         let mut config = SupervisorConfig::with_sandboxes(sandboxes);

@@ -92,13 +92,15 @@ impl Shared {
                     let _ = pending.reply.send(Reply::Done(Ok(json), self.take_console()));
                 }
             }
-            FromSandbox::Error { id, message, stack, heap } => match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
-                Some(pending) => {
-                    self.heap_bytes.set(heap.map(|bytes| bytes as u64));
-                    let _ = pending.reply.send(Reply::Done(Err((message, stack)), self.take_console()));
+            FromSandbox::Error { id, message, stack, heap } => {
+                match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
+                    Some(pending) => {
+                        self.heap_bytes.set(heap.map(|bytes| bytes as u64));
+                        let _ = pending.reply.send(Reply::Done(Err((message, stack)), self.take_console()));
+                    }
+                    None => self.crash(format!("sandbox protocol error: {message}")),
                 }
-                None => self.crash(format!("sandbox protocol error: {message}")),
-            },
+            }
             FromSandbox::Progress { id, value } => {
                 if let Some(pending) = id.and_then(|id| self.pending.borrow().get(&id).map(|p| p.progress.clone())) {
                     pending.set(value.or(pending.get()));
@@ -194,7 +196,11 @@ impl WebWorkerSandbox {
         Ok(receiver)
     }
 
-    fn send_run(&self, datum: &Value, progress: Rc<Cell<Option<f64>>>) -> Result<oneshot::Receiver<Reply>, WorkerError> {
+    fn send_run(
+        &self,
+        datum: &Value,
+        progress: Rc<Cell<Option<f64>>>,
+    ) -> Result<oneshot::Receiver<Reply>, WorkerError> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
         let message = Object::new();
@@ -206,7 +212,6 @@ impl WebWorkerSandbox {
         self.worker.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
-
 }
 
 fn set(target: &Object, key: &str, value: &JsValue) {
@@ -234,7 +239,11 @@ impl Sandbox for Rc<WebWorkerSandbox> {
         let sandbox = self.clone();
         async move {
             if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
-                return SliceRun { outcome: SliceOutcome::WorkerFault { message: reason }, console: vec![], heap_bytes: None };
+                return SliceRun {
+                    outcome: SliceOutcome::WorkerFault { message: reason },
+                    console: vec![],
+                    heap_bytes: None,
+                };
             }
             let mut console = Vec::new();
             let job_id = job.descriptor.job_id.clone();
@@ -251,10 +260,18 @@ impl Sandbox for Rc<WebWorkerSandbox> {
                         Reply::Done(Ok(_), lines) => console.extend(lines),
                         Reply::Done(Err((message, stack)), lines) => {
                             console.extend(lines);
-                            return SliceRun { outcome: SliceOutcome::JobError { message, stack }, console, heap_bytes: None };
+                            return SliceRun {
+                                outcome: SliceOutcome::JobError { message, stack },
+                                console,
+                                heap_bytes: None,
+                            };
                         }
                         Reply::Crashed(message) => {
-                            return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console, heap_bytes: None };
+                            return SliceRun {
+                                outcome: SliceOutcome::WorkerFault { message },
+                                console,
+                                heap_bytes: None,
+                            };
                         }
                     }
                 }
@@ -262,7 +279,9 @@ impl Sandbox for Rc<WebWorkerSandbox> {
             let (outcome, lines) = match wait(sandbox.send_run(&datum, progress)).await {
                 Reply::Done(Ok(json), lines) => match serde_json::from_str(&json) {
                     Ok(value) => (SliceOutcome::Ok { value }, lines),
-                    Err(error) => (SliceOutcome::Error { message: format!("result is not JSON: {error}"), stack: None }, lines),
+                    Err(error) => {
+                        (SliceOutcome::Error { message: format!("result is not JSON: {error}"), stack: None }, lines)
+                    }
                 },
                 Reply::Done(Err((message, stack)), lines) => (SliceOutcome::Error { message, stack }, lines),
                 Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
@@ -301,7 +320,8 @@ impl WebWorkerFactory {
         options.set_type("text/javascript");
         let blob = Blob::new_with_str_sequence_and_options(&parts, &options)
             .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
-        let script_url = Url::create_object_url_with_blob(&blob).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        let script_url =
+            Url::create_object_url_with_blob(&blob).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(WebWorkerFactory { script_url, pyodide_url: pyodide_url.to_string() })
     }
 }
