@@ -4,6 +4,7 @@
 //      result accepted) with 1 sandbox;
 //  (c) cold start: page open → first accepted result of a numpy job, against raw loadPyodide +
 //      loadPackage('numpy') in the same browser.
+// It repeats in ROUNDS rounds (each a fresh page open) and reports medians with their ranges.
 // Phase "warm" first fetches every file and loads Pyodide once, so both sides of (c) see the same
 // warm HTTP cache and compiled-code cache; the raw side of (c) is the mean of one load just before
 // the measured page opens and one after (b).
@@ -11,6 +12,8 @@ import init, { TesseraWorker } from '../pkg/tessera_worker.js';
 
 const params = new URLSearchParams(location.search);
 const N = parseInt(params.get('n') || '2000', 10);
+const ROUNDS = parseInt(params.get('rounds') || '3', 10);
+const ROUND = parseInt(params.get('round') || '1', 10);
 const PYODIDE = location.origin + '/pyodide/';
 const say = (text) => { console.log('[tessera] ' + text); document.getElementById('out').textContent += text + '\n'; };
 
@@ -36,6 +39,17 @@ self.onmessage = async (event) => {
   postMessage({ type: 'done', direct, json });
 };`;
 
+/** Opens the measuring page for `round`: every round starts from a fresh page open. */
+function next(round, rawBefore) {
+  location.replace(`${location.pathname}?phase=measure&n=${N}&rounds=${ROUNDS}&round=${round}&rawBefore=${rawBefore.toFixed(1)}`);
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
 async function deploy(body) {
   const response = await fetch('/v1/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   if (!response.ok) throw new Error('deploy: ' + await response.text());
@@ -50,7 +64,8 @@ async function warm() {
   await rawPyodide();
   // The raw side of (c) is measured on both sides of ours (here, and after (b)), and averaged.
   const before = await rawPyodide();
-  location.replace(location.pathname + '?phase=measure&n=' + N + '&rawBefore=' + before.ready.toFixed(1));
+  sessionStorage.removeItem('tessera-bench');
+  next(1, before.ready);
 }
 
 /** Runs a worker until idle; returns the times of its first accepted result and of the N-th. */
@@ -116,9 +131,23 @@ async function measure() {
     raw_cold_before_ms: parseFloat(params.get('rawBefore')),
     raw_cold_after_ms: raw.ready,
     cold_ratio: cold.firstAccepted / rawCold,
-    user_agent: navigator.userAgent,
   };
-  say('bench ' + JSON.stringify(results));
+  const rounds = JSON.parse(sessionStorage.getItem('tessera-bench') || '[]');
+  rounds.push(results);
+  sessionStorage.setItem('tessera-bench', JSON.stringify(rounds));
+  say(`round ${ROUND}/${ROUNDS}: ${systemPerSlice.toFixed(3)} ms/slice, cold ratio ${results.cold_ratio.toFixed(2)}`);
+  if (ROUND < ROUNDS) {
+    // The raw load that closed this round opens the next one's comparison.
+    next(ROUND + 1, raw.ready);
+    return;
+  }
+  const summary = { rounds: rounds.length, user_agent: navigator.userAgent };
+  for (const key of Object.keys(results)) {
+    summary[key] = median(rounds.map((round) => round[key]));
+    summary[key + '_range'] = [Math.min(...rounds.map((r) => r[key])), Math.max(...rounds.map((r) => r[key]))];
+  }
+  summary.each_round = rounds;
+  say('bench ' + JSON.stringify(summary));
   say('exit: bench done');
 }
 
