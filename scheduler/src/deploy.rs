@@ -12,20 +12,43 @@ use tessera_protocol::{
 use crate::client::Client;
 use crate::error::{Error, Result};
 
-/// Everything `tessera deploy` was told.
-#[derive(Clone, Debug)]
+/// Everything `tessera deploy` is told (the command line's options, parsed by clap).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DeployOptions {
-    pub worktime: Worktime,
+    /// The program: a JavaScript work function (map-basic) or a Python file (pyodide).
     pub program: PathBuf,
+    /// `map-basic` or `pyodide` (default: pyodide for a `.py` program, map-basic otherwise).
+    #[arg(long)]
+    pub worktime: Option<Worktime>,
+    /// A static argument (JSON if it parses, text otherwise); repeatable.
+    #[arg(long = "arg", allow_hyphen_values = true)]
     pub arguments: Vec<String>,
+    /// A file holding a JSON array: one element per slice.
+    #[arg(long, conflicts_with = "range")]
     pub slices: Option<PathBuf>,
+    /// Integer slices START:END[:STEP], END exclusive.
+    #[arg(long)]
     pub range: Option<Range>,
+    /// A name for people (default: the job id).
+    #[arg(long)]
     pub name: Option<String>,
+    /// KEY=VALUE for the Python program's os.environ; repeatable.
+    #[arg(long)]
     pub env: Vec<String>,
+    /// A Pyodide package to load; repeatable (imports are detected too).
+    #[arg(long = "package")]
     pub packages: Vec<String>,
+    /// A directory or .tar.gz unpacked into the sandbox filesystem (pyodide).
+    #[arg(long)]
     pub bundle: Option<PathBuf>,
+    /// Follow the job and print its results.
+    #[arg(long)]
     pub wait: bool,
+    /// Machine-readable output only.
+    #[arg(long)]
     pub json: bool,
+    /// Do not show the program's console output.
+    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -79,7 +102,7 @@ pub fn build_request(options: &DeployOptions) -> Result<DeployRequest> {
     let program_name = options.program.file_name().map(|name| name.to_string_lossy().into_owned());
     Ok(DeployRequest {
         name: options.name.clone(),
-        worktime: Some(options.worktime),
+        worktime: Some(options.worktime.unwrap_or_else(|| worktime_for(&options.program))),
         program,
         program_name,
         arguments: options.arguments.iter().map(|a| parse_argument(a)).collect(),
@@ -156,7 +179,7 @@ pub async fn deploy(client: &Client, options: DeployOptions) -> Result<bool> {
     }
     let show_console = output == Output::Human && !options.quiet;
     let status = wait_for(client, &deployed.job_id, output, show_console).await?;
-    print_results(client, &deployed.job_id, output).await?;
+    print_results(client, &deployed.job_id).await?;
     Ok(report(&status, output))
 }
 
@@ -234,7 +257,7 @@ pub fn result_line(record: &SliceRecord) -> String {
 }
 
 /// Prints every slice's result in slice order, as JSON lines on stdout.
-pub async fn print_results(client: &Client, job_id: &str, _output: Output) -> Result<()> {
+pub async fn print_results(client: &Client, job_id: &str) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut from = 0;
@@ -308,7 +331,7 @@ mod tests {
         std::fs::write(dir.path().join("p.js"), "(x) => x").unwrap();
         std::fs::write(dir.path().join("s.json"), "{\"a\": 1}").unwrap();
         let options = DeployOptions {
-            worktime: Worktime::MapBasic,
+            worktime: None,
             program: dir.path().join("p.js"),
             arguments: vec![],
             slices: Some(dir.path().join("s.json")),

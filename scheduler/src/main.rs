@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tessera_protocol::{BundleLimits, Range, Worktime};
+use tessera_protocol::BundleLimits;
 use tessera_scheduler::browser::{run_worker, WorkerOptions};
 use tessera_scheduler::client::Client;
 use tessera_scheduler::deploy::{self, DeployOptions, Output};
@@ -59,40 +59,8 @@ enum Command {
     Deploy {
         #[command(flatten)]
         scheduler: SchedulerArg,
-        /// The program: a JavaScript work function (map-basic) or a Python file (pyodide).
-        program: PathBuf,
-        /// `map-basic` or `pyodide` (default: pyodide for a `.py` program, map-basic otherwise).
-        #[arg(long)]
-        worktime: Option<Worktime>,
-        /// A static argument (JSON if it parses, text otherwise); repeatable.
-        #[arg(long = "arg", allow_hyphen_values = true)]
-        arguments: Vec<String>,
-        /// A file holding a JSON array: one element per slice.
-        #[arg(long, conflicts_with = "range")]
-        slices: Option<PathBuf>,
-        /// Integer slices START:END[:STEP], END exclusive.
-        #[arg(long)]
-        range: Option<Range>,
-        #[arg(long)]
-        name: Option<String>,
-        /// KEY=VALUE for the Python program's os.environ; repeatable.
-        #[arg(long)]
-        env: Vec<String>,
-        /// A Pyodide package to load; repeatable (imports are detected too).
-        #[arg(long = "package")]
-        packages: Vec<String>,
-        /// A directory or .tar.gz unpacked into the sandbox filesystem (pyodide).
-        #[arg(long)]
-        bundle: Option<PathBuf>,
-        /// Follow the job and print its results.
-        #[arg(long)]
-        wait: bool,
-        /// Machine-readable output only.
-        #[arg(long)]
-        json: bool,
-        /// Do not show the program's console output.
-        #[arg(long)]
-        quiet: bool,
+        #[command(flatten)]
+        options: DeployOptions,
     },
     /// Show a job's state and counts.
     Status {
@@ -174,38 +142,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             serve(addr, config).await?;
             Ok(true)
         }
-        Command::Deploy {
-            scheduler,
-            program,
-            worktime,
-            arguments,
-            slices,
-            range,
-            name,
-            env,
-            packages,
-            bundle,
-            wait,
-            json,
-            quiet,
-        } => {
-            let worktime = worktime.unwrap_or_else(|| deploy::worktime_for(&program));
-            let options = DeployOptions {
-                worktime,
-                program,
-                arguments,
-                slices,
-                range,
-                name,
-                env,
-                packages,
-                bundle,
-                wait,
-                json,
-                quiet,
-            };
-            deploy::deploy(&Client::new(&scheduler.scheduler), options).await
-        }
+        Command::Deploy { scheduler, options } => deploy::deploy(&Client::new(&scheduler.scheduler), options).await,
         Command::Status { scheduler, job, json } => {
             let status = Client::new(&scheduler.scheduler).status(&job).await?;
             if json {
@@ -219,7 +156,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
         Command::Results { scheduler, job, json } => {
             let client = Client::new(&scheduler.scheduler);
             let status = client.status(&job).await?;
-            deploy::print_results(&client, &job, if json { Output::Json } else { Output::Human }).await?;
+            deploy::print_results(&client, &job).await?;
             if !json {
                 deploy::report(&status, Output::Human);
             }

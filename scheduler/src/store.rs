@@ -388,6 +388,13 @@ impl Store {
         Ok(acks)
     }
 
+    /// A job's slice count, or `NotFound`: a cheap existence check for paged reads (no counting).
+    fn job_total(&self, job_id: &str) -> Result<u64> {
+        let total: Option<i64> =
+            self.connection.query_row("SELECT total FROM jobs WHERE id = ?1", [job_id], |row| row.get(0)).optional()?;
+        total.map(|total| total as u64).ok_or_else(|| Error::NotFound { what: "job", id: job_id.into() })
+    }
+
     /// A job's counts and state.
     pub fn job_status(&self, job_id: &str) -> Result<JobStatus> {
         let row = self
@@ -456,7 +463,7 @@ impl Store {
 
     /// Slices `from..from+limit` in order, with their outcome so far.
     pub fn results(&self, job_id: &str, from: u64, limit: u64) -> Result<(Vec<SliceRecord>, u64)> {
-        let total = self.job_status(job_id)?.total;
+        let total = self.job_total(job_id)?;
         let mut query = self.connection.prepare_cached(
             "SELECT idx, state, result, error, stack FROM slices WHERE job_id = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
         )?;
@@ -480,7 +487,7 @@ impl Store {
 
     /// Console lines of a job after sequence number `after`.
     pub fn console(&self, job_id: &str, after: u64, limit: u64) -> Result<Vec<ConsoleLine>> {
-        self.job_status(job_id)?;
+        self.job_total(job_id)?;
         let mut query = self.connection.prepare_cached(
             "SELECT seq, slice, stream, text FROM console WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
