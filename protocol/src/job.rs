@@ -114,7 +114,16 @@ pub struct DeployRequest {
     /// sha256 of a bundle uploaded with `PUT /v1/bundles`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<String>,
+    /// Longest one slice may run before the worker stops it (default [`DEFAULT_SLICE_TIMEOUT_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_timeout_ms: Option<u64>,
+    /// Longest a slice may run without calling `progress()`; none (the default) means no such limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_progress_timeout_ms: Option<u64>,
 }
+
+/// A slice's time limit when the deployer sets none: five minutes.
+pub const DEFAULT_SLICE_TIMEOUT_MS: u64 = 5 * 60_000;
 
 /// Answer to a deploy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,24 +136,62 @@ pub struct DeployResponse {
 }
 
 /// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Slices are still queued or leased.
-    Active,
-    /// Every slice has a final outcome.
+    Running,
+    /// Every slice has a result.
     Complete,
-    /// The program itself failed (no handler, syntax error): nothing more is handed out.
+    /// Every slice has a final outcome and at least one of them is an error.
+    CompleteWithErrors,
+    /// The program itself failed (no handler, syntax error confirmed by a second worker, bad
+    /// bundle): nothing more is handed out.
     Failed,
     /// The deployer cancelled it.
     Cancelled,
 }
 
 impl JobState {
+    /// Every state, in the order of its life.
+    pub const ALL: [JobState; 5] =
+        [JobState::Running, JobState::Complete, JobState::CompleteWithErrors, JobState::Failed, JobState::Cancelled];
+
     /// Whether no more slices will be handed out.
     pub fn is_final(self) -> bool {
-        self != JobState::Active
+        self != JobState::Running
     }
+
+    /// The name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Complete => "complete",
+            JobState::CompleteWithErrors => "complete_with_errors",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| format!("unknown job state `{text}`"))
+    }
+}
+
+/// A slice being worked on right now, with the progress its program last reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningSlice {
+    pub slice: u64,
+    pub worker_id: String,
+    /// 0.0..=1.0 from `dcp.progress(x)`, when the program reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
 }
 
 /// `GET /v1/jobs/{id}`: counts a deployer or progress bar needs.
@@ -165,6 +212,103 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_ms: u64,
+    /// The job's per-slice limits (see [`DeployRequest`]).
+    pub slice_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_progress_timeout_ms: Option<u64>,
+    /// Leased slices with their reported progress (at most 100, lowest slice first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<RunningSlice>,
+}
+
+/// How one attempt (lease) at a slice ended, in the slice's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Still leased.
+    Running,
+    /// Its result was accepted.
+    Ok,
+    /// Its program error was accepted as the slice's outcome.
+    Error,
+    /// The program failed to set up in that sandbox.
+    JobError,
+    /// The worker could not run it (sandbox crashed, runtime failed to load): retried elsewhere.
+    WorkerFault,
+    /// It ran past the job's time limit and was stopped.
+    TimedOut,
+    /// The worker gave it back unrun (stopping, tab closed): costs no attempt.
+    Released,
+    /// Its lease ran out without a result or heartbeat.
+    Expired,
+    /// Its job ended (cancelled, failed) while it was leased.
+    Abandoned,
+}
+
+impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 9] = [
+        AttemptOutcome::Running,
+        AttemptOutcome::Ok,
+        AttemptOutcome::Error,
+        AttemptOutcome::JobError,
+        AttemptOutcome::WorkerFault,
+        AttemptOutcome::TimedOut,
+        AttemptOutcome::Released,
+        AttemptOutcome::Expired,
+        AttemptOutcome::Abandoned,
+    ];
+
+    /// The name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::JobError => "job_error",
+            AttemptOutcome::WorkerFault => "worker_fault",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Released => "released",
+            AttemptOutcome::Expired => "expired",
+            AttemptOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcome {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        AttemptOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+            .ok_or_else(|| format!("unknown attempt outcome `{text}`"))
+    }
+}
+
+/// One attempt at a slice: who ran it, how long, how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub lease_id: String,
+    pub worker_id: String,
+    pub started_ms: u64,
+    /// When the attempt ended; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    pub outcome: AttemptOutcome,
+    /// The fault, error or release reason, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/slices/{slice}`: a slice's status and every attempt at it, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SliceHistory {
+    pub job_id: String,
+    pub slice: u64,
+    pub status: SliceStatus,
+    /// Attempts that counted against the job's `--max-attempts` (released ones do not).
+    pub attempts_counted: u32,
+    pub attempts: Vec<Attempt>,
 }
 
 /// One line of `GET /v1/jobs`.
@@ -255,6 +399,19 @@ mod tests {
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<DeployRequest>(&text).unwrap(), request);
+    }
+
+    #[test]
+    fn states_and_outcomes_spell_as_stored() {
+        for state in JobState::ALL {
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{}\"", state.as_str()));
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        }
+        for outcome in AttemptOutcome::ALL {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), format!("\"{}\"", outcome.as_str()));
+            assert_eq!(outcome.as_str().parse::<AttemptOutcome>(), Ok(outcome));
+        }
+        assert!("active".parse::<JobState>().is_err(), "no silent fallback for unknown states");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A lease is one attempt at one slice. It carries a fencing `token` that the heartbeat and the
 //! result must present; once a lease expires its slice is queued again under a new lease, and a
 //! result on the old token is refused (`stale`). A result for a slice already accepted is
-//! acknowledged as `duplicate` and ignored, so a worker may safely resend a batch.
+//! acknowledged as `duplicate` and ignored, so a worker may safely resend a batch. Each item of a
+//! batch is judged on its own: one bad item never costs the others.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,42 @@ pub struct RegisterResponse {
     pub lease_ttl_ms: u64,
     /// How often the worker should heartbeat its held leases.
     pub heartbeat_ms: u64,
+    /// What this scheduler accepts in one request: a worker never asks for more.
+    #[serde(default)]
+    pub limits: WorkerLimits,
+}
+
+/// Request limits a scheduler enforces on worker requests; sent at registration so a worker
+/// sizes its requests to fit instead of learning them from refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerLimits {
+    /// Most slices one lease request may ask for (`max_slices`).
+    pub max_lease_slices: u32,
+    /// Most leases one heartbeat may name.
+    pub max_heartbeat_leases: u32,
+    /// Most results one batch may carry.
+    pub max_results_per_batch: u32,
+    /// Largest JSON encoding of one result's value (or error) the scheduler stores; a larger one
+    /// becomes that slice's error.
+    pub max_result_bytes: u64,
+    /// Largest request body the scheduler reads.
+    pub max_request_bytes: u64,
+    /// Longest a lease request may wait for work.
+    pub max_wait_ms: u64,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        WorkerLimits {
+            max_lease_slices: 1_000,
+            max_heartbeat_leases: 10_000,
+            max_results_per_batch: 1_000,
+            max_result_bytes: 4 * 1024 * 1024,
+            max_request_bytes: 64 * 1024 * 1024,
+            max_wait_ms: 20_000,
+        }
+    }
 }
 
 /// `POST /v1/leases`: ask for up to `max_slices` slices, waiting up to `wait_ms` when there are none.
@@ -78,6 +115,16 @@ pub struct JobDescriptor {
     /// sha256 of the job's bundle, fetched from `GET /v1/bundles/{sha256}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<String>,
+    /// Longest one slice may run; the worker interrupts, then replaces, a sandbox that overruns.
+    #[serde(default = "default_slice_timeout")]
+    pub slice_timeout_ms: u64,
+    /// Longest a slice may run without reporting progress, when the deployer set such a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_progress_timeout_ms: Option<u64>,
+}
+
+fn default_slice_timeout() -> u64 {
+    crate::job::DEFAULT_SLICE_TIMEOUT_MS
 }
 
 /// Answer to a lease request: the leases, and descriptors of jobs the worker did not know yet.
@@ -86,6 +133,10 @@ pub struct LeaseResponse {
     pub leases: Vec<Lease>,
     #[serde(default)]
     pub jobs: Vec<JobDescriptor>,
+    /// Jobs named in `known_jobs` that are no longer running (cancelled, failed, complete): the
+    /// worker stops their running slices, drops their queued ones and forgets them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_jobs: Vec<String>,
 }
 
 /// One held lease in a heartbeat.
@@ -110,6 +161,9 @@ pub struct HeartbeatResponse {
     pub extended: Vec<String>,
     pub lost: Vec<String>,
     pub ttl_ms: u64,
+    /// Jobs of the named leases that are no longer running: stop their slices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_jobs: Vec<String>,
 }
 
 /// How one attempt at a slice ended.
@@ -124,14 +178,37 @@ pub enum SliceOutcome {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stack: Option<String>,
     },
-    /// The program could not be set up at all (syntax error, no slice handler): the whole job fails.
+    /// The program failed while setting up (syntax error, no slice handler, an exception at import).
+    /// The slice goes back unharmed; the job fails once a second opinion confirms the same error
+    /// (another worker, or a second fresh sandbox when no other worker is connected).
     JobError {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stack: Option<String>,
     },
-    /// The worker could not run the slice (sandbox crashed, timed out, stopping): try it elsewhere.
+    /// The worker could not run the slice (sandbox crashed, the runtime or a package failed to
+    /// load, out of memory): it costs an attempt and is tried on another worker.
     WorkerFault { message: String },
+    /// The slice ran past its job's time limit and was stopped: it costs an attempt; after the
+    /// last one the slice's error says it timed out.
+    TimedOut { message: String },
+    /// The worker gives the slice back unrun or unfinished through no fault of the slice
+    /// (stopping, tab closed): queued again at once, costing no attempt.
+    Released { reason: String },
+}
+
+impl SliceOutcome {
+    /// The outcome's `kind` on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SliceOutcome::Ok { .. } => "ok",
+            SliceOutcome::Error { .. } => "error",
+            SliceOutcome::JobError { .. } => "job_error",
+            SliceOutcome::WorkerFault { .. } => "worker_fault",
+            SliceOutcome::TimedOut { .. } => "timed_out",
+            SliceOutcome::Released { .. } => "released",
+        }
+    }
 }
 
 /// One finished lease in a results batch.
@@ -148,6 +225,10 @@ pub struct ResultItem {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultsRequest {
     pub results: Vec<ResultItem>,
+    /// The worker token, for a batch sent with `navigator.sendBeacon` (which cannot set the
+    /// `Authorization` header) as the page closes. Ignored when the header is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_token: Option<String>,
 }
 
 /// What became of one submitted result.
@@ -160,8 +241,14 @@ pub enum ResultStatus {
     Duplicate,
     /// The lease had expired or its job ended; the outcome was not stored.
     Stale,
-    /// A worker fault: the slice was queued again (or failed after too many attempts).
+    /// A worker fault, time-out or set-up error: the slice was queued again (or became an error
+    /// after too many attempts).
     Requeued,
+    /// Given back without cost: the slice was queued again.
+    Released,
+    /// The item itself was refused (unknown lease, wrong token, another worker's lease); `message`
+    /// says why. Nothing was stored for it; the rest of the batch is unaffected.
+    Refused,
 }
 
 /// The answer for one submitted result.
@@ -169,6 +256,10 @@ pub enum ResultStatus {
 pub struct ResultAck {
     pub lease_id: String,
     pub status: ResultStatus,
+    /// Why an item was refused, or what the scheduler changed (e.g. a result over the size limit
+    /// stored as the slice's error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Answer to a results batch, one ack per item in the same order.
@@ -189,6 +280,17 @@ mod tests {
         assert_eq!(error, SliceOutcome::Error { message: "boom".into(), stack: Some("at f".into()) });
         let fault: SliceOutcome = serde_json::from_str(r#"{"kind":"worker_fault","message":"crashed"}"#).unwrap();
         assert_eq!(fault, SliceOutcome::WorkerFault { message: "crashed".into() });
+        let released = SliceOutcome::Released { reason: "page closed".into() };
+        assert_eq!(serde_json::to_string(&released).unwrap(), r#"{"kind":"released","reason":"page closed"}"#);
+        assert_eq!(released.kind(), "released");
+    }
+
+    #[test]
+    fn an_old_register_answer_gets_default_limits() {
+        let answer: RegisterResponse =
+            serde_json::from_str(r#"{"worker_id":"w","token":"t","lease_ttl_ms":30000,"heartbeat_ms":10000}"#)
+                .unwrap();
+        assert_eq!(answer.limits, WorkerLimits::default());
     }
 
     #[test]
@@ -212,7 +314,10 @@ mod tests {
                 env: BTreeMap::from([("K".into(), "V".into())]),
                 packages: vec!["numpy".into()],
                 bundle: None,
+                slice_timeout_ms: 60_000,
+                no_progress_timeout_ms: Some(5_000),
             }],
+            ended_jobs: vec!["j0".into()],
         };
         let text = serde_json::to_string(&response).unwrap();
         assert_eq!(serde_json::from_str::<LeaseResponse>(&text).unwrap(), response);

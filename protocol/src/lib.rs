@@ -10,13 +10,13 @@ pub mod lease;
 
 pub use bundle::{BundleEntry, BundleError, BundleLimits};
 pub use job::{
-    ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range, ResultsPage, SliceRecord,
-    SliceStatus, Worktime,
+    Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range,
+    ResultsPage, RunningSlice, SliceHistory, SliceRecord, SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,
 };
 pub use lease::{
     HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse,
     RegisterRequest, RegisterResponse, ResultAck, ResultItem, ResultStatus, ResultsRequest, ResultsResponse,
-    SliceOutcome,
+    SliceOutcome, WorkerLimits,
 };
 
 use serde::{Deserialize, Serialize};
