@@ -27,6 +27,10 @@ pub struct WorkerOptions {
     /// The page to open, relative to the scheduler's root (the contribute page by default; the
     /// benchmark opens `bench/`).
     pub page: String,
+    /// Ask the page to log every slice it runs (`logSlices=1`), for debugging.
+    pub log_slices: bool,
+    /// Extra query parameters for the page (e.g. `pyodideUrl`), URL-encoded when added.
+    pub page_params: Vec<(String, String)>,
 }
 
 /// Flags that make Chromium behave on a closed network as root (see docs/ARCHITECTURE.md).
@@ -73,20 +77,52 @@ pub fn page_message(log_line: &str) -> Option<&str> {
     (end > start).then(|| &log_line[start..end])
 }
 
-/// Runs the browser worker until the page says it is done, the browser dies, or Ctrl-C.
+/// The page URL with its query: autostart, idle rules, sandboxes, slice logging and any extra
+/// parameters, each URL-encoded.
+pub fn page_url(options: &WorkerOptions) -> Result<String> {
+    let base = format!("{}/{}", options.scheduler.trim_end_matches('/'), options.page.trim_start_matches('/'));
+    let mut url = reqwest::Url::parse(&base)
+        .map_err(|error| Error::Usage(format!("--scheduler `{}` is not a usable URL: {error}", options.scheduler)))?;
+    {
+        let mut query = url.query_pairs_mut();
+        query.append_pair("autostart", "1");
+        query.append_pair("exitWhenIdle", if options.exit_when_idle { "1" } else { "0" });
+        query.append_pair("idleMs", &options.idle_ms.to_string());
+        if let Some(sandboxes) = options.sandboxes {
+            query.append_pair("sandboxes", &sandboxes.to_string());
+        }
+        if options.log_slices {
+            query.append_pair("logSlices", "1");
+        }
+        for (key, value) in &options.page_params {
+            query.append_pair(key, value);
+        }
+    }
+    Ok(url.into())
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_requested() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the worker cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Runs the browser worker until the page says it is done, the browser dies, Ctrl-C or SIGTERM.
+/// The browser is ended and its temporary profile removed on every path out.
 pub async fn run_worker(options: WorkerOptions) -> Result<()> {
     let chromium = find_chromium(options.chromium.clone())?;
+    let url = page_url(&options)?;
     let profile = tempfile::tempdir().map_err(Error::io("creating a browser profile directory"))?;
-    let mut url = format!(
-        "{}/{}?autostart=1&exitWhenIdle={}&idleMs={}",
-        options.scheduler.trim_end_matches('/'),
-        options.page.trim_start_matches('/'),
-        u8::from(options.exit_when_idle),
-        options.idle_ms
-    );
-    if let Some(sandboxes) = options.sandboxes {
-        url.push_str(&format!("&sandboxes={sandboxes}"));
-    }
     let mut child = Command::new(&chromium)
         .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -103,6 +139,8 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
     let mut started = false;
     let startup = tokio::time::sleep(options.startup_timeout);
     tokio::pin!(startup);
+    let stop = stop_requested();
+    tokio::pin!(stop);
 
     let outcome = loop {
         tokio::select! {
@@ -130,17 +168,41 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
                     options.startup_timeout, options.scheduler
                 )));
             }
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = &mut stop => {
+                eprintln!("tessera worker: stopping");
+                break Ok(());
+            }
         }
     };
-    // Stop the browser by its own PID (never by name).
+    // Stop the browser by its own PID (never by name), wait for it, then remove its profile.
     let _ = child.kill().await;
+    drop(profile);
     outcome
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_url_encodes_its_parameters() {
+        let options = WorkerOptions {
+            scheduler: "http://127.0.0.1:8080/".into(),
+            sandboxes: Some(2),
+            exit_when_idle: true,
+            idle_ms: 3_000,
+            chromium: None,
+            startup_timeout: Duration::from_secs(1),
+            page: "".into(),
+            log_slices: true,
+            page_params: vec![("pyodideUrl".into(), "http://h:1/py dir/?a=b&c".into())],
+        };
+        assert_eq!(
+            page_url(&options).unwrap(),
+            "http://127.0.0.1:8080/?autostart=1&exitWhenIdle=1&idleMs=3000&sandboxes=2&logSlices=1\
+             &pyodideUrl=http%3A%2F%2Fh%3A1%2Fpy+dir%2F%3Fa%3Db%26c"
+        );
+    }
 
     #[test]
     fn extracts_page_messages_from_chromium_logs() {

@@ -68,6 +68,11 @@ impl Client {
         self.get(&format!("/jobs/{job_id}")).await
     }
 
+    /// A slice's status and every attempt at it.
+    pub async fn slice_history(&self, job_id: &str, slice: u64) -> Result<tessera_protocol::SliceHistory> {
+        self.get(&format!("/jobs/{job_id}/slices/{slice}")).await
+    }
+
     pub async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         self.post(&format!("/jobs/{job_id}/cancel"), &serde_json::json!({})).await
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tessera_protocol::{
-    bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceRecord, SliceStatus, Worktime,
+    bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceHistory, SliceRecord, SliceStatus, Worktime,
 };
 
 use crate::client::Client;
@@ -41,6 +41,12 @@ pub struct DeployOptions {
     /// A directory or .tar.gz unpacked into the sandbox filesystem (pyodide).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
+    /// Longest one slice may run, e.g. `500ms`, `30s`, `5m`, `1h` or plain seconds (default 5m).
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub slice_timeout: Option<u64>,
+    /// Longest a slice may run without reporting progress (same forms; default: no limit).
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub no_progress_timeout: Option<u64>,
     /// Follow the job and print its results.
     #[arg(long)]
     pub wait: bool,
@@ -67,6 +73,27 @@ pub fn worktime_for(program: &Path) -> Worktime {
         Some("py") => Worktime::Pyodide,
         _ => Worktime::MapBasic,
     }
+}
+
+/// A duration in milliseconds from `500ms`, `30s`, `5m`, `1h` or plain seconds (`90`, `1.5`).
+pub fn parse_duration_ms(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 1.0,
+        "" | "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m or h (e.g. 30s, 5m)")),
+    };
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration; use e.g. 500ms, 30s, 5m, 1h or seconds"))?;
+    let ms = (value * scale).round();
+    if !ms.is_finite() || ms < 1.0 || ms > u64::MAX as f64 {
+        return Err(format!("`{text}` is not a usable duration"));
+    }
+    Ok(ms as u64)
 }
 
 /// A `--arg` value: JSON when it parses as JSON, otherwise the text itself.
@@ -111,6 +138,8 @@ pub fn build_request(options: &DeployOptions) -> Result<DeployRequest> {
         env,
         packages: options.packages.clone(),
         bundle: None,
+        slice_timeout_ms: options.slice_timeout,
+        no_progress_timeout_ms: options.no_progress_timeout,
     })
 }
 
@@ -274,27 +303,118 @@ pub async fn print_results(client: &Client, job_id: &str) -> Result<()> {
     out.flush().map_err(Error::io("writing results"))
 }
 
-/// The one-line summary on stderr; returns whether the job completed.
+/// How a job's state reads in summaries.
+pub fn state_word(state: JobState) -> &'static str {
+    match state {
+        JobState::Running => "running",
+        JobState::Complete => "complete",
+        JobState::CompleteWithErrors => "complete with errors",
+        JobState::Failed => "FAILED",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// The one-line summary on stderr (with the job's error when it failed); returns whether the job
+/// did not end badly: false for failed and cancelled jobs.
 pub fn report(status: &JobStatus, output: Output) -> bool {
     if output == Output::Human {
-        eprintln!(
+        let mut line = format!(
             "job {} {}: {} ok, {} errors of {} slices",
             status.job_id,
-            match status.state {
-                JobState::Active => "active",
-                JobState::Complete => "complete",
-                JobState::Failed => "FAILED",
-                JobState::Cancelled => "cancelled",
-            },
+            state_word(status.state),
             status.done,
             status.errors,
             status.total
         );
+        if status.state == JobState::Running {
+            line.push_str(&format!(" ({} queued, {} running)", status.queued, status.leased));
+        }
+        if status.state == JobState::CompleteWithErrors {
+            line.push_str(&format!(
+                "; {} slice{} ended in an error (see `tessera results {}`)",
+                status.errors,
+                if status.errors == 1 { "" } else { "s" },
+                status.job_id
+            ));
+        }
+        eprintln!("{line}");
         if let Some(error) = &status.error {
             eprintln!("{error}");
         }
     }
-    status.state == JobState::Complete
+    !matches!(status.state, JobState::Failed | JobState::Cancelled)
+}
+
+/// `tessera status JOB` for people: counts, state, limits, and the progress of running slices.
+pub fn print_status(status: &JobStatus) {
+    println!("job {} ({}, {})", status.job_id, status.name, status.worktime.as_str());
+    println!("state: {}", state_word(status.state));
+    println!(
+        "slices: {} total, {} ok, {} errors, {} queued, {} running",
+        status.total, status.done, status.errors, status.queued, status.leased
+    );
+    let mut limits = format!("slice timeout {}", format_ms(status.slice_timeout_ms));
+    if let Some(ms) = status.no_progress_timeout_ms {
+        limits.push_str(&format!(", no-progress timeout {}", format_ms(ms)));
+    }
+    println!("limits: {limits}");
+    if let Some(error) = &status.error {
+        println!("error: {error}");
+    }
+    if !status.running.is_empty() {
+        println!("running slices (lowest {}):", status.running.len());
+        for slice in &status.running {
+            let progress = match slice.progress {
+                Some(progress) => format!("{:>5.1}%", progress * 100.0),
+                None => "    -".into(),
+            };
+            println!("  slice {:>8}  {progress}  worker {}", slice.slice, slice.worker_id);
+        }
+    }
+}
+
+/// `tessera status JOB --slice N` for people: every attempt, oldest first.
+pub fn print_history(history: &SliceHistory) {
+    println!(
+        "job {} slice {}: {} ({} attempt{} counted)",
+        history.job_id,
+        history.slice,
+        match history.status {
+            SliceStatus::Ok => "ok",
+            SliceStatus::Error => "error",
+            SliceStatus::Pending => "pending",
+        },
+        history.attempts_counted,
+        if history.attempts_counted == 1 { "" } else { "s" }
+    );
+    for (number, attempt) in history.attempts.iter().enumerate() {
+        let took = attempt
+            .ended_ms
+            .map(|ended| format!("after {}", format_ms(ended.saturating_sub(attempt.started_ms))))
+            .unwrap_or_else(|| "still running".into());
+        let mut line = format!(
+            "  #{} {} on worker {} (lease {}), {took}",
+            number + 1,
+            attempt.outcome.as_str(),
+            attempt.worker_id,
+            attempt.lease_id
+        );
+        if let Some(message) = &attempt.message {
+            line.push_str(&format!(": {}", message.lines().next().unwrap_or_default()));
+        }
+        println!("{line}");
+    }
+}
+
+/// A duration for people: `250ms`, `30s`, `5m`, `1h 30m`.
+pub fn format_ms(ms: u64) -> String {
+    match ms {
+        ms if ms < 1_000 => format!("{ms}ms"),
+        ms if ms < 60_000 => format!("{}s", (ms as f64 / 1_000.0 * 10.0).round() / 10.0),
+        ms if ms < 3_600_000 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms < 3_600_000 => format!("{}m {}s", ms / 60_000, (ms % 60_000) / 1_000),
+        ms => format!("{}h {}m", ms / 3_600_000, (ms % 3_600_000) / 60_000),
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +426,20 @@ mod tests {
         assert_eq!(parse_argument("3"), Value::from(3));
         assert_eq!(parse_argument("[1,2]"), serde_json::json!([1, 2]));
         assert_eq!(parse_argument("hello"), Value::from("hello"));
+    }
+
+    #[test]
+    fn durations_take_units_or_seconds() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("90"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1.5"), Ok(1_500));
+        assert!(parse_duration_ms("5 minutes").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration_ms("fast").is_err());
+        assert!(parse_duration_ms("0s").is_err());
+        assert_eq!(format_ms(300_000), "5m");
     }
 
     #[test]
@@ -340,6 +474,8 @@ mod tests {
             env: vec![],
             packages: vec![],
             bundle: None,
+            slice_timeout: None,
+            no_progress_timeout: None,
             wait: false,
             json: false,
             quiet: false,

@@ -24,7 +24,14 @@ pub enum Error {
     WrongToken { field: String, message: String },
     /// The store failed; the request changed nothing.
     #[error("database: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
+    /// The database holds a value this scheduler does not know (an unknown state, unreadable
+    /// JSON, a newer schema): refused rather than guessed at.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The store's writer could not run or commit the operation; nothing was changed.
+    #[error("store: {0}")]
+    Store(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     /// The scheduler answered a CLI request with an error.
@@ -72,9 +79,13 @@ impl Error {
                 ApiError { code: "wrong_token".into(), field: Some(field.clone()), message: message.clone() },
             ),
             Error::Api(api) => (StatusCode::BAD_GATEWAY, api.clone()),
-            Error::Database(_) | Error::Io { .. } | Error::Unreachable(_) | Error::Usage(_) | Error::Browser(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None))
-            }
+            Error::Database(_)
+            | Error::Corrupt(_)
+            | Error::Store(_)
+            | Error::Io { .. }
+            | Error::Unreachable(_)
+            | Error::Usage(_)
+            | Error::Browser(_) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None)),
         }
     }
 }
@@ -86,6 +97,18 @@ impl IntoResponse for Error {
             tracing::error!(error = %self, "request failed");
         }
         (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    /// A stored value that failed to parse (see `store::CorruptValue`) becomes [`Error::Corrupt`].
+    fn from(error: rusqlite::Error) -> Self {
+        if let rusqlite::Error::FromSqlConversionFailure(column, _, inner) = &error {
+            if let Some(corrupt) = inner.downcast_ref::<crate::store::CorruptValue>() {
+                return Error::Corrupt(format!("column {column}: {}", corrupt.0));
+            }
+        }
+        Error::Database(error)
     }
 }
 

@@ -1,8 +1,8 @@
 //! Tessera's scheduler and command-line tool.
 //!
-//! - [`store`]: the durable SQLite store; every state change is one committed transaction.
+//! - [`store`]: the durable SQLite store; every state change is committed (grouped) before it is answered.
 //! - [`server`]: protocol v1 over HTTP (axum), the Pyodide distribution and the static site.
-//! - [`validate`], [`packages`]: deploy-time checks, pure and unit-tested.
+//! - [`validate`], [`packages`], [`syntax`]: deploy-time checks, unit-tested.
 //! - [`client`], [`deploy`], [`browser`]: the CLI's deployer commands and `tessera worker`.
 
 pub mod browser;
@@ -12,6 +12,7 @@ pub mod error;
 pub mod packages;
 pub mod server;
 pub mod store;
+pub mod syntax;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tessera_protocol::BundleLimits;
+use tessera_protocol::{BundleLimits, WorkerLimits};
 use tessera_scheduler::browser::{run_worker, WorkerOptions};
 use tessera_scheduler::client::Client;
 use tessera_scheduler::deploy::{self, DeployOptions, Output};
@@ -54,6 +54,13 @@ enum Command {
         /// Largest request body accepted, in bytes.
         #[arg(long, default_value_t = 64 * 1024 * 1024)]
         max_body_bytes: usize,
+        /// Largest result (its JSON, or an error with its stack) stored as given, in bytes; a
+        /// larger one becomes that slice's error.
+        #[arg(long, default_value_t = WorkerLimits::default().max_result_bytes)]
+        max_result_bytes: u64,
+        /// Most slices one lease request may ask for.
+        #[arg(long, default_value_t = WorkerLimits::default().max_lease_slices)]
+        max_lease_slices: u32,
     },
     /// Deploy a job; with --wait, follow it and print its results as JSON lines.
     Deploy {
@@ -62,11 +69,15 @@ enum Command {
         #[command(flatten)]
         options: DeployOptions,
     },
-    /// Show a job's state and counts.
+    /// Show a job's state, counts, limits and running slices; with --slice, one slice's attempts.
     Status {
         #[command(flatten)]
         scheduler: SchedulerArg,
         job: String,
+        /// Show this slice's history: every attempt, its worker, times and outcome.
+        #[arg(long)]
+        slice: Option<u64>,
+        /// JSON only.
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +125,12 @@ enum Command {
         /// Seconds the page may take to report that it started.
         #[arg(long, default_value_t = 60)]
         startup_timeout: u64,
+        /// Ask the page to log every slice it runs (`logSlices=1`).
+        #[arg(long, hide = true)]
+        log_slices: bool,
+        /// KEY=VALUE added to the page's query string (URL-encoded); repeatable.
+        #[arg(long = "page-param", hide = true, value_name = "KEY=VALUE")]
+        page_params: Vec<String>,
     },
 }
 
@@ -128,28 +145,49 @@ fn default_pyodide_dir() -> PathBuf {
 
 async fn run(cli: Cli) -> Result<bool, Error> {
     match cli.command {
-        Command::Serve { addr, db, www, pyodide, lease_ttl_ms, max_attempts, max_body_bytes } => {
+        Command::Serve {
+            addr,
+            db,
+            www,
+            pyodide,
+            lease_ttl_ms,
+            max_attempts,
+            max_body_bytes,
+            max_result_bytes,
+            max_lease_slices,
+        } => {
+            if max_lease_slices == 0 {
+                return Err(Error::Usage("--max-lease-slices must be at least 1".into()));
+            }
             let config = ServerConfig {
                 database: db,
                 www,
                 pyodide: pyodide.unwrap_or_else(default_pyodide_dir),
-                lease: LeasePolicy { ttl_ms: lease_ttl_ms, max_attempts },
+                lease: LeasePolicy { ttl_ms: lease_ttl_ms, max_attempts, max_result_bytes },
                 max_body_bytes,
                 deploy: DeployLimits::default(),
                 bundle: BundleLimits::default(),
-                max_wait_ms: 20_000,
+                worker_limits: WorkerLimits { max_lease_slices, ..WorkerLimits::default() },
             };
             serve(addr, config).await?;
             Ok(true)
         }
         Command::Deploy { scheduler, options } => deploy::deploy(&Client::new(&scheduler.scheduler), options).await,
-        Command::Status { scheduler, job, json } => {
+        Command::Status { scheduler, job, slice: Some(slice), json } => {
+            let history = Client::new(&scheduler.scheduler).slice_history(&job, slice).await?;
+            if json {
+                println!("{}", serde_json::to_string(&history).unwrap_or_default());
+            } else {
+                deploy::print_history(&history);
+            }
+            Ok(true)
+        }
+        Command::Status { scheduler, job, slice: None, json } => {
             let status = Client::new(&scheduler.scheduler).status(&job).await?;
             if json {
                 println!("{}", serde_json::to_string(&status).unwrap_or_default());
             } else {
-                deploy::report(&status, Output::Human);
-                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                deploy::print_status(&status);
             }
             Ok(true)
         }
@@ -168,9 +206,9 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                     println!("{}", serde_json::to_string(&job).unwrap_or_default());
                 } else {
                     println!(
-                        "{}  {:<9} {:>7}/{:<7} {:>5} errors  {}",
+                        "{}  {:<20} {:>7}/{:<7} {:>5} errors  {}",
                         job.job_id,
-                        format!("{:?}", job.state).to_lowercase(),
+                        job.state.as_str(),
                         job.done,
                         job.total,
                         job.errors,
@@ -185,7 +223,24 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             deploy::report(&status, Output::Human);
             Ok(true)
         }
-        Command::Worker { scheduler, cores, exit_when_idle, idle_ms, chromium, page, startup_timeout } => {
+        Command::Worker {
+            scheduler,
+            cores,
+            exit_when_idle,
+            idle_ms,
+            chromium,
+            page,
+            startup_timeout,
+            log_slices,
+            page_params,
+        } => {
+            let mut params = Vec::new();
+            for pair in page_params {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| Error::Usage(format!("--page-param `{pair}` is not KEY=VALUE")))?;
+                params.push((key.to_string(), value.to_string()));
+            }
             run_worker(WorkerOptions {
                 scheduler: scheduler.scheduler,
                 sandboxes: cores,
@@ -194,6 +249,8 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 chromium,
                 startup_timeout: Duration::from_secs(startup_timeout),
                 page,
+                log_slices,
+                page_params: params,
             })
             .await?;
             Ok(true)

@@ -3,7 +3,7 @@
 //! Pure functions (no I/O), so every bad input is unit-tested without a server.
 
 use serde_json::Value;
-use tessera_protocol::{DeployRequest, Worktime};
+use tessera_protocol::{DeployRequest, Worktime, DEFAULT_SLICE_TIMEOUT_MS};
 
 use crate::error::{Error, Result};
 use crate::store::NewJob;
@@ -18,6 +18,20 @@ pub struct DeployLimits {
 impl Default for DeployLimits {
     fn default() -> Self {
         DeployLimits { max_slices: 1_000_000, max_program_bytes: 4 * 1024 * 1024 }
+    }
+}
+
+/// Shortest time limit a job may set for its slices.
+pub const MIN_TIMEOUT_MS: u64 = 100;
+/// Longest time limit a job may set for its slices: one day.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A per-slice time limit within [`MIN_TIMEOUT_MS`]..=[`MAX_TIMEOUT_MS`], or an error naming `field`.
+fn timeout(field: &str, ms: u64) -> Result<u64> {
+    if (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(Error::invalid(field, format!("{ms} ms is outside 100 ms ..= 24 h ({MIN_TIMEOUT_MS}..={MAX_TIMEOUT_MS})")))
     }
 }
 
@@ -97,6 +111,9 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
     if worktime == Worktime::MapBasic && (request.bundle.is_some() || !request.packages.is_empty()) {
         return Err(Error::invalid("worktime", "bundles and packages need the pyodide worktime"));
     }
+    let slice_timeout_ms = timeout("slice_timeout_ms", request.slice_timeout_ms.unwrap_or(DEFAULT_SLICE_TIMEOUT_MS))?;
+    let no_progress_timeout_ms =
+        request.no_progress_timeout_ms.map(|ms| timeout("no_progress_timeout_ms", ms)).transpose()?;
     let default_name = match worktime {
         Worktime::MapBasic => "work.js",
         Worktime::Pyodide => "main.py",
@@ -111,6 +128,8 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
         packages: request.packages,
         bundle: request.bundle.map(|b| b.to_ascii_lowercase()),
         slices,
+        slice_timeout_ms,
+        no_progress_timeout_ms,
     })
 }
 
@@ -135,6 +154,12 @@ mod tests {
     fn accepts_a_plain_job() {
         let job = request(json!({"program": "(x) => x", "slices": [1, 2, 3]})).unwrap();
         assert_eq!((job.worktime, job.slices.len()), (Worktime::MapBasic, 3));
+        assert_eq!((job.slice_timeout_ms, job.no_progress_timeout_ms), (DEFAULT_SLICE_TIMEOUT_MS, None));
+        let job = request(
+            json!({"program": "f", "slices": [1], "slice_timeout_ms": 100, "no_progress_timeout_ms": 86_400_000u64}),
+        )
+        .unwrap();
+        assert_eq!((job.slice_timeout_ms, job.no_progress_timeout_ms), (100, Some(86_400_000)));
         let job = request(json!({"program": "(x) => x", "range": {"start": 0, "end": 10, "step": 2}})).unwrap();
         assert_eq!(job.slices, vec![json!(0), json!(2), json!(4), json!(6), json!(8)]);
     }
@@ -150,6 +175,12 @@ mod tests {
         assert_eq!(field_of(request(json!({"slices": [1]}))), "program");
         assert_eq!(field_of(request(json!(["not", "an", "object"]))), "body");
         assert_eq!(field_of(request(json!({"program": "f", "range": {"start": 0, "end": 5, "step": 0}}))), "range");
+        assert_eq!(
+            field_of(request(json!({"program": "f", "slices": [1], "slice_timeout_ms": 99}))),
+            "slice_timeout_ms"
+        );
+        let day_and_a_bit = json!({"program": "f", "slices": [1], "no_progress_timeout_ms": 86_400_001u64});
+        assert_eq!(field_of(request(day_and_a_bit)), "no_progress_timeout_ms");
     }
 
     #[test]

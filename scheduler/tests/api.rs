@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
-use tessera_protocol::{BundleLimits, LeaseResponse, RegisterResponse, ResultsResponse};
+use tessera_protocol::{BundleLimits, LeaseResponse, RegisterResponse, ResultsResponse, SliceHistory, WorkerLimits};
 use tessera_scheduler::server::{router, ServerConfig};
-use tessera_scheduler::store::LeasePolicy;
-use tessera_scheduler::validate::DeployLimits;
+use tessera_scheduler::store::{LeasePolicy, Store};
+use tessera_scheduler::validate::{validate_deploy, DeployLimits};
 
 struct Server {
     url: String,
@@ -16,19 +16,22 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-async fn start(max_body_bytes: usize) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
+fn config(dir: &tempfile::TempDir, max_body_bytes: usize) -> ServerConfig {
+    ServerConfig {
         database: dir.path().join("api.db"),
         www: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www"),
         pyodide: dir.path().join("no-pyodide"),
-        lease: LeasePolicy { ttl_ms: 60_000, max_attempts: 3 },
+        lease: LeasePolicy { ttl_ms: 60_000, max_attempts: 3, max_result_bytes: 1_000 },
         max_body_bytes,
         deploy: DeployLimits::default(),
         bundle: BundleLimits::default(),
-        max_wait_ms: 2_000,
-    };
-    let app = router(config).unwrap();
+        worker_limits: WorkerLimits { max_lease_slices: 50, max_wait_ms: 2_000, ..WorkerLimits::default() },
+    }
+}
+
+async fn start(max_body_bytes: usize) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(config(&dir, max_body_bytes)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -184,11 +187,14 @@ async fn unknown_ids_and_wrong_tokens_are_refused() {
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 1})).await;
     let lease_id = leased["leases"][0]["lease_id"].as_str().unwrap();
     let wrong = json!({"results": [{"lease_id": lease_id, "token": "wrong", "outcome": {"kind": "ok", "value": 1}}]});
-    let (status, error) = server.post("/results", Some(&worker.token), wrong).await;
-    assert_eq!((status, error["field"].as_str()), (403, Some("results[0].token")));
+    let (status, answer) = server.post("/results", Some(&worker.token), wrong).await;
+    assert_eq!((status, answer["acks"][0]["status"].as_str()), (200, Some("refused")), "{answer}");
+    assert!(answer["acks"][0]["message"].as_str().unwrap().contains("token"), "{answer}");
     let unknown = json!({"results": [{"lease_id": "lnope", "token": "t", "outcome": {"kind": "ok", "value": 1}}]});
-    let (status, error) = server.post("/results", Some(&worker.token), unknown).await;
-    assert_eq!((status, error["code"].as_str()), (404, Some("not_found")));
+    let (status, answer) = server.post("/results", Some(&worker.token), unknown).await;
+    assert_eq!((status, answer["acks"][0]["status"].as_str()), (200, Some("refused")), "{answer}");
+    let (status, error) = server.post("/results", Some("forged"), json!({"results": []})).await;
+    assert_eq!((status, error["field"].as_str()), (403, Some("authorization")));
     let (status, error) = server.post("/leases", Some(&worker.token), json!({"max_slices": "many"})).await;
     assert_eq!((status, error["field"].as_str()), (400, Some("max_slices")));
 }
@@ -253,4 +259,186 @@ async fn bad_bundles_are_refused_with_the_entry_named() {
         .post("/jobs", None, json!({"program": "import m", "slices": [1], "worktime": "pyodide", "bundle": sha256}))
         .await;
     assert_eq!(status, 200, "{deployed}");
+}
+
+fn ok_item(lease: &Value, value: Value) -> Value {
+    json!({"lease_id": lease["lease_id"], "token": lease["token"], "outcome": {"kind": "ok", "value": value}})
+}
+
+#[tokio::test]
+async fn a_batch_is_judged_per_item() {
+    let server = start(1 << 20).await;
+    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1, 2, 3]})).await;
+    let job_id = deployed["job_id"].as_str().unwrap();
+    let worker = server.register().await;
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 3})).await;
+    let leases = leased["leases"].as_array().unwrap();
+    let mut forged = ok_item(&leases[1], json!(0));
+    forged["token"] = json!("forged");
+    let big = json!("x".repeat(2_000));
+    let batch = json!({"results": [ok_item(&leases[0], big), forged, ok_item(&leases[2], json!(3))]});
+    let (status, answer) = server.post("/results", Some(&worker.token), batch).await;
+    assert_eq!(status, 200, "{answer}");
+    let acks: Vec<_> = answer["acks"].as_array().unwrap().iter().map(|a| a["status"].as_str().unwrap()).collect();
+    assert_eq!(acks, vec!["accepted", "refused", "accepted"]);
+    assert!(answer["acks"][0]["message"].as_str().unwrap().contains("1000-byte limit"), "{answer}");
+    let (_, page) = server.get(&format!("/jobs/{job_id}/results")).await;
+    assert_eq!(page["results"][0]["status"], "error", "{page}");
+    assert_eq!(page["results"][1]["status"], "pending", "the refused item stored nothing: {page}");
+    assert_eq!(page["results"][2]["value"], 3);
+    // The refused slice is still leased; its real result completes the job, with one error.
+    let (_, answer) =
+        server.post("/results", Some(&worker.token), json!({"results": [ok_item(&leases[1], json!(2))]})).await;
+    assert_eq!(answer["acks"][0]["status"], "accepted");
+    let (_, status) = server.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!((status["state"].as_str(), status["errors"].as_u64()), (Some("complete_with_errors"), Some(1)));
+}
+
+#[tokio::test]
+async fn limits_are_announced_and_enforced() {
+    let server = start(1 << 20).await;
+    let worker = server.register().await;
+    assert_eq!(worker.limits.max_lease_slices, 50);
+    assert_eq!(worker.limits.max_request_bytes, 1 << 20);
+    assert_eq!(worker.limits.max_result_bytes, 1_000);
+    assert_eq!(worker.limits.max_wait_ms, 2_000);
+    let (status, error) = server.post("/leases", Some(&worker.token), json!({"max_slices": 51})).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("max_slices")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("50"), "{error}");
+    let (status, _) = server.post("/leases", Some(&worker.token), json!({"max_slices": 50})).await;
+    assert_eq!(status, 200);
+    let beats: Vec<Value> = (0..10_001).map(|i| json!({"lease_id": format!("l{i}"), "token": "t"})).collect();
+    let (status, error) = server.post("/leases/heartbeat", Some(&worker.token), json!({"leases": beats})).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("leases")), "{error}");
+}
+
+#[tokio::test]
+async fn cancel_ends_the_job_for_lease_and_heartbeat() {
+    let server = start(1 << 20).await;
+    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1, 2, 3]})).await;
+    let job_id = deployed["job_id"].as_str().unwrap();
+    let worker = server.register().await;
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 2})).await;
+    let lease = leased["leases"][0].clone();
+    let (_, cancelled) = server.post(&format!("/jobs/{job_id}/cancel"), None, json!({})).await;
+    assert_eq!(cancelled["state"], "cancelled");
+    let beat = json!({"leases": [{"lease_id": lease["lease_id"], "token": lease["token"]}]});
+    let (_, answer) = server.post("/leases/heartbeat", Some(&worker.token), beat).await;
+    assert_eq!(answer["lost"], json!([lease["lease_id"]]));
+    assert_eq!(answer["ended_jobs"], json!([job_id]));
+    let ask = json!({"max_slices": 2, "wait_ms": 10_000, "known_jobs": [job_id]});
+    let (_, answer) = server.post("/leases", Some(&worker.token), ask).await;
+    assert_eq!(answer["ended_jobs"], json!([job_id]), "answered at once: {answer}");
+    let (_, answer) =
+        server.post("/results", Some(&worker.token), json!({"results": [ok_item(&lease, json!(1))]})).await;
+    assert_eq!(answer["acks"][0]["status"], "stale");
+}
+
+#[tokio::test]
+async fn slice_history_shows_every_attempt() {
+    let server = start(1 << 20).await;
+    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1]})).await;
+    let job_id = deployed["job_id"].as_str().unwrap();
+    let worker = server.register().await;
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 1})).await;
+    let lease = &leased["leases"][0];
+    let released = json!({"results": [{"lease_id": lease["lease_id"], "token": lease["token"],
+        "outcome": {"kind": "released", "reason": "tab closed"}}]});
+    let (_, answer) = server.post("/results", Some(&worker.token), released).await;
+    assert_eq!(answer["acks"][0]["status"], "released");
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 1})).await;
+    server.post("/results", Some(&worker.token), json!({"results": [ok_item(&leased["leases"][0], json!(1))]})).await;
+    let (status, history) = server.get(&format!("/jobs/{job_id}/slices/0")).await;
+    assert_eq!(status, 200, "{history}");
+    let history: SliceHistory = serde_json::from_value(history).unwrap();
+    assert_eq!(history.attempts_counted, 1);
+    let outcomes: Vec<_> = history.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["released", "ok"]);
+    assert_eq!(history.attempts[0].message.as_deref(), Some("tab closed"));
+    let (status, _) = server.get(&format!("/jobs/{job_id}/slices/7")).await;
+    assert_eq!(status, 404);
+    let (status, error) = server.get(&format!("/jobs/{job_id}/slices/x")).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("slice")));
+}
+
+#[tokio::test]
+async fn job_limits_are_validated_stored_and_sent() {
+    let server = start(1 << 20).await;
+    let (status, error) =
+        server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1], "slice_timeout_ms": 50})).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("slice_timeout_ms")), "{error}");
+    let body = json!({"program": "(x) => x", "slices": [1], "slice_timeout_ms": 1_500, "no_progress_timeout_ms": 900});
+    let (_, deployed) = server.post("/jobs", None, body).await;
+    let job_id = deployed["job_id"].as_str().unwrap();
+    let (_, status) = server.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(
+        (status["slice_timeout_ms"].as_u64(), status["no_progress_timeout_ms"].as_u64()),
+        (Some(1_500), Some(900))
+    );
+    let worker = server.register().await;
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 1})).await;
+    assert_eq!(leased["jobs"][0]["slice_timeout_ms"], 1_500);
+    assert_eq!(leased["jobs"][0]["no_progress_timeout_ms"], 900);
+}
+
+#[tokio::test]
+async fn python_syntax_errors_are_refused_at_deploy() {
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 is not installed; skipping");
+        return;
+    }
+    let server = start(1 << 20).await;
+    let broken = json!({"worktime": "pyodide", "program": "import dcp\n\ndef handler(x)\n    return x\n",
+        "program_name": "broken.py", "slices": [1]});
+    let (status, error) = server.post("/jobs", None, broken).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("program")), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("broken.py, line 3: SyntaxError"), "{message}");
+    let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File {
+        path: "lib/helper.py".into(),
+        bytes: b"def f(:\n    pass\n".to_vec(),
+    }])
+    .unwrap();
+    let response = server.http.put(format!("{}/v1/bundles", server.url)).body(good).send().await.unwrap();
+    let sha256 = response.json::<Value>().await.unwrap()["sha256"].as_str().unwrap().to_string();
+    let (status, error) = server
+        .post("/jobs", None, json!({"program": "import dcp", "slices": [1], "worktime": "pyodide", "bundle": sha256}))
+        .await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("bundle")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("lib/helper.py, line 1"), "{error}");
+    let (_, jobs) = server.get("/jobs").await;
+    assert_eq!(jobs.as_array().unwrap().len(), 0, "nothing stored: {jobs}");
+}
+
+#[tokio::test]
+async fn a_restarted_server_keeps_leases_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, 1 << 20);
+    config.lease.ttl_ms = 1;
+    // Before the restart: a lease taken with a 1 ms ttl, long overdue by the time the server starts.
+    let (job_id, token, lease) = {
+        let mut store = Store::open(&config.database).unwrap();
+        let (worker, token) = store.register_worker(None, 1, 0).unwrap();
+        let job = validate_deploy(
+            serde_json::from_value(json!({"program": "(x) => x", "slices": [1]})).unwrap(),
+            &DeployLimits::default(),
+        )
+        .unwrap();
+        let job_id = store.deploy(job, 0).unwrap();
+        let leased = store.lease(&worker, 1, &[], &[], 0, config.lease).unwrap();
+        (job_id, token, serde_json::to_value(&leased.leases[0]).unwrap())
+    };
+    // The server extends it at start, before its reaper's first pass, so the result still lands.
+    config.lease.ttl_ms = 60_000;
+    let app = router(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = Server { url, http: reqwest::Client::new(), _dir: dir };
+    // Let the new reaper run at least once.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (_, answer) = server.post("/results", Some(&token), json!({"results": [ok_item(&lease, json!(1))]})).await;
+    assert_eq!(answer["acks"][0]["status"], "accepted", "{answer}");
+    let (_, status) = server.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(status["state"], "complete");
 }

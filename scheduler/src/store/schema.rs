@@ -1,0 +1,208 @@
+//! The database layout and its migrations.
+//!
+//! The schema version lives in `PRAGMA user_version`. A new database is created at the latest
+//! version directly; an older one runs every migration after its version, in order, inside one
+//! `BEGIN IMMEDIATE` transaction, so a failed migration leaves the file as it was.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// The schema this code reads and writes.
+pub const LATEST_VERSION: i64 = 1;
+
+/// The latest schema. States are checked by SQL so no unknown value can be written.
+const SCHEMA: &str = r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    worktime TEXT NOT NULL CHECK (worktime IN ('map-basic', 'pyodide')),
+    program TEXT NOT NULL,
+    program_name TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    env TEXT NOT NULL,
+    packages TEXT NOT NULL,
+    bundle TEXT,
+    state TEXT NOT NULL CHECK (state IN ('running', 'complete', 'complete_with_errors', 'failed', 'cancelled')),
+    error TEXT,
+    total INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_leased_ms INTEGER NOT NULL DEFAULT 0,
+    slice_timeout_ms INTEGER NOT NULL DEFAULT 300000,
+    no_progress_timeout_ms INTEGER
+);
+CREATE TABLE slices (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    idx INTEGER NOT NULL,
+    datum TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'ok', 'error')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    current_lease TEXT,
+    result TEXT,
+    error TEXT,
+    stack TEXT,
+    last_fault_worker TEXT,
+    retry_after_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX slices_by_state ON slices(job_id, state, idx);
+CREATE TABLE leases (
+    id TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'ended')),
+    outcome TEXT NOT NULL CHECK (outcome IN
+        ('running', 'ok', 'error', 'job_error', 'worker_fault', 'timed_out', 'released', 'expired', 'abandoned')),
+    message TEXT,
+    started_ms INTEGER NOT NULL DEFAULT 0,
+    ended_ms INTEGER,
+    progress REAL
+);
+CREATE INDEX leases_by_state ON leases(state, deadline_ms);
+CREATE INDEX leases_by_slice ON leases(job_id, idx);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    user_agent TEXT,
+    sandboxes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workers_by_last_seen ON workers(last_seen_ms);
+CREATE TABLE IF NOT EXISTS console (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    slice INTEGER,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_by_job ON console(job_id, seq);
+CREATE TABLE IF NOT EXISTS bundles (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE setup_errors (
+    job_id TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX setup_errors_by_job ON setup_errors(job_id, message);
+"#;
+
+/// One step from version `n` to `n + 1`, at index `n`.
+type Migration = fn(&Transaction) -> Result<()>;
+
+/// Every migration, in order.
+const MIGRATIONS: [Migration; 1] = [from_v0];
+
+/// Version 0 is the first release's layout (no version set): job state `active`, lease states
+/// `active | completed | expired`, no CHECK constraints. Tables whose shape changed are rebuilt
+/// (SQLite cannot add a CHECK to an existing table) and their rows copied across.
+fn from_v0(transaction: &Transaction) -> Result<()> {
+    transaction.execute_batch(
+        r#"
+        DROP INDEX IF EXISTS slices_by_state;
+        DROP INDEX IF EXISTS active_leases_by_deadline;
+        ALTER TABLE jobs RENAME TO jobs_v0;
+        ALTER TABLE slices RENAME TO slices_v0;
+        ALTER TABLE leases RENAME TO leases_v0;
+        "#,
+    )?;
+    transaction.execute_batch(SCHEMA)?;
+    transaction.execute_batch(
+        r#"
+        INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, bundle, state,
+                          error, total, created_ms, last_leased_ms)
+        SELECT id, name, worktime, program, program_name, arguments, env, packages, bundle,
+               CASE
+                 WHEN state = 'active' THEN 'running'
+                 WHEN state = 'complete' AND EXISTS
+                   (SELECT 1 FROM slices_v0 s WHERE s.job_id = jobs_v0.id AND s.state = 'error')
+                   THEN 'complete_with_errors'
+                 ELSE state
+               END,
+               error, total, created_ms, last_leased_ms
+        FROM jobs_v0;
+        INSERT INTO slices (job_id, idx, datum, state, attempts, current_lease, result, error, stack)
+        SELECT job_id, idx, datum, state, attempts, current_lease, result, error, stack FROM slices_v0;
+        INSERT INTO leases (id, token, job_id, idx, worker_id, deadline_ms, state, outcome, progress)
+        SELECT l.id, l.token, l.job_id, l.idx, l.worker_id, l.deadline_ms,
+               CASE l.state WHEN 'active' THEN 'active' ELSE 'ended' END,
+               CASE l.state
+                 WHEN 'active' THEN 'running'
+                 WHEN 'expired' THEN 'expired'
+                 WHEN 'completed' THEN
+                   CASE (SELECT s.state FROM slices_v0 s WHERE s.job_id = l.job_id AND s.idx = l.idx)
+                     WHEN 'error' THEN 'error' ELSE 'ok' END
+                 ELSE l.state
+               END,
+               l.progress
+        FROM leases_v0 l;
+        DROP TABLE leases_v0;
+        DROP TABLE slices_v0;
+        DROP TABLE jobs_v0;
+        "#,
+    )?;
+    Ok(())
+}
+
+/// Brings the database to [`LATEST_VERSION`], or refuses one made by a newer scheduler.
+pub fn migrate(connection: &mut Connection) -> Result<()> {
+    // Tables are renamed and rebuilt: foreign keys are checked once at the end instead.
+    connection.pragma_update(None, "foreign_keys", "OFF")?;
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > LATEST_VERSION {
+        return Err(Error::Corrupt(format!(
+            "the database is at schema version {version}, newer than this scheduler's {LATEST_VERSION}"
+        )));
+    }
+    if version < LATEST_VERSION {
+        let has_jobs: Option<String> = transaction
+            .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'jobs'", [], |row| row.get(0))
+            .optional()?;
+        if has_jobs.is_none() {
+            transaction.execute_batch(SCHEMA)?;
+        } else {
+            for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                migration(&transaction)?;
+                tracing::info!(from, to = from + 1, "migrated the database schema");
+            }
+        }
+        let broken: Option<String> =
+            transaction.query_row("PRAGMA foreign_key_check", [], |row| row.get(0)).optional()?;
+        if let Some(table) = broken {
+            return Err(Error::Corrupt(format!("table `{table}` has rows whose job does not exist")));
+        }
+        transaction.pragma_update(None, "user_version", LATEST_VERSION)?;
+    }
+    transaction.commit()?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// The first release's schema, for migration tests.
+#[cfg(test)]
+pub const SCHEMA_V0: &str = r#"
+CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, worktime TEXT NOT NULL, program TEXT NOT NULL,
+    program_name TEXT NOT NULL, arguments TEXT NOT NULL, env TEXT NOT NULL, packages TEXT NOT NULL, bundle TEXT,
+    state TEXT NOT NULL, error TEXT, total INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+    last_leased_ms INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE slices (job_id TEXT NOT NULL REFERENCES jobs(id), idx INTEGER NOT NULL, datum TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, current_lease TEXT, result TEXT, error TEXT,
+    stack TEXT, PRIMARY KEY (job_id, idx)) WITHOUT ROWID;
+CREATE INDEX slices_by_state ON slices(job_id, state, idx);
+CREATE TABLE leases (id TEXT PRIMARY KEY, token TEXT NOT NULL, job_id TEXT NOT NULL, idx INTEGER NOT NULL,
+    worker_id TEXT NOT NULL, deadline_ms INTEGER NOT NULL, state TEXT NOT NULL, progress REAL);
+CREATE INDEX active_leases_by_deadline ON leases(state, deadline_ms);
+CREATE TABLE workers (id TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, user_agent TEXT,
+    sandboxes INTEGER NOT NULL, created_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL);
+CREATE TABLE console (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, slice INTEGER,
+    stream TEXT NOT NULL, text TEXT NOT NULL);
+CREATE INDEX console_by_job ON console(job_id, seq);
+CREATE TABLE bundles (sha256 TEXT PRIMARY KEY, bytes BLOB NOT NULL);
+"#;

@@ -1,0 +1,526 @@
+//! Store unit tests on a real SQLite file, with explicit clocks.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use tessera_protocol::{
+    AttemptOutcome, JobState, Lease, ResultItem, ResultStatus, SliceOutcome, SliceStatus, Worktime,
+};
+
+use super::*;
+use tessera_protocol::ResultAck;
+
+const POLICY: LeasePolicy = LeasePolicy { ttl_ms: 1_000, max_attempts: 2, max_result_bytes: 1_000 };
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    (dir, store)
+}
+
+fn job(slices: usize) -> NewJob {
+    NewJob {
+        name: None,
+        worktime: Worktime::MapBasic,
+        program: "(x) => x".into(),
+        program_name: "main.js".into(),
+        arguments: vec![],
+        env: BTreeMap::new(),
+        packages: vec![],
+        bundle: None,
+        slices: (0..slices).map(|i| json!(i)).collect(),
+        slice_timeout_ms: 60_000,
+        no_progress_timeout_ms: None,
+    }
+}
+
+fn result(lease: &Lease, outcome: SliceOutcome) -> ResultItem {
+    ResultItem { lease_id: lease.lease_id.clone(), token: lease.token.clone(), outcome, console: vec![] }
+}
+
+fn ok(lease: &Lease, value: Value) -> ResultItem {
+    result(lease, SliceOutcome::Ok { value })
+}
+
+fn fault(lease: &Lease) -> ResultItem {
+    result(lease, SliceOutcome::WorkerFault { message: "sandbox crashed".into() })
+}
+
+fn setup_error(lease: &Lease) -> ResultItem {
+    result(lease, SliceOutcome::JobError { message: "SyntaxError: bad".into(), stack: Some("line 1".into()) })
+}
+
+fn lease(store: &mut Store, worker: &str, max: usize, now: u64) -> Vec<Lease> {
+    store.lease(worker, max, &[], &[], now, POLICY).unwrap().leases
+}
+
+fn submit(store: &mut Store, worker: &str, items: &[ResultItem], now: u64) -> Vec<ResultAck> {
+    store.submit_results(worker, items, now, POLICY).unwrap()
+}
+
+fn statuses(acks: &[ResultAck]) -> Vec<ResultStatus> {
+    acks.iter().map(|ack| ack.status).collect()
+}
+
+fn column(store: &Store, sql: &str, lease_id: &str) -> String {
+    store.connection.query_row(sql, [lease_id], |row| row.get(0)).unwrap()
+}
+
+#[test]
+fn lease_and_accept_completes_the_job() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    let answer = store.lease(&worker, 10, &[], &[], 0, POLICY).unwrap();
+    assert_eq!((answer.leases.len(), answer.jobs.len()), (3, 1));
+    assert_eq!(answer.jobs[0].slice_timeout_ms, 60_000);
+    let results: Vec<_> = answer.leases.iter().map(|l| ok(l, l.datum.clone())).collect();
+    assert!(submit(&mut store, &worker, &results, 1).iter().all(|a| a.status == ResultStatus::Accepted));
+    assert!(submit(&mut store, &worker, &results, 2).iter().all(|a| a.status == ResultStatus::Duplicate));
+    let status = store.job_status(&job_id).unwrap();
+    assert_eq!((status.state, status.done), (JobState::Complete, 3));
+    let outcome = column(&store, "SELECT outcome FROM leases WHERE id = ?1", &answer.leases[0].lease_id);
+    assert_eq!(outcome, "ok");
+}
+
+#[test]
+fn expired_leases_are_requeued_and_stale_results_refused() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    store.deploy(job(1), 0).unwrap();
+    let first = lease(&mut store, &worker, 1, 0);
+    assert_eq!(store.reap(5_000, None, POLICY).unwrap(), Reaped { extended: 0, expired: 1 });
+    let answer = store.lease(&worker, 1, &[], &[first[0].job_id.clone()], 5_000, POLICY).unwrap();
+    assert_eq!(answer.leases[0].slice, first[0].slice, "alone, the faulting worker gets its slice back");
+    assert!(answer.jobs.is_empty(), "a known job is not described again");
+    let stale = submit(&mut store, &worker, &[ok(&first[0], json!(1))], 5_001);
+    assert_eq!(stale[0].status, ResultStatus::Stale);
+    let fresh = submit(&mut store, &worker, &[ok(&answer.leases[0], json!(2))], 5_002);
+    assert_eq!(fresh[0].status, ResultStatus::Accepted);
+    let outcome = column(&store, "SELECT outcome FROM leases WHERE id = ?1", &first[0].lease_id);
+    assert_eq!(outcome, "expired");
+}
+
+#[test]
+fn a_forged_item_is_refused_alone() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let (other, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(4), 0).unwrap();
+    let mine = lease(&mut store, &worker, 3, 0);
+    let theirs = lease(&mut store, &other, 1, 0);
+    let mut forged = ok(&mine[1], json!(0));
+    forged.token = "forged".into();
+    let unknown = ResultItem { lease_id: "lnope".into(), ..ok(&mine[0], json!(0)) };
+    let batch = [ok(&mine[0], json!(0)), forged, ok(&mine[2], json!(2)), unknown, ok(&theirs[0], json!(3))];
+    let acks = submit(&mut store, &worker, &batch, 1);
+    use ResultStatus::*;
+    assert_eq!(statuses(&acks), vec![Accepted, Refused, Accepted, Refused, Refused]);
+    assert!(acks[1].message.as_deref().unwrap().contains("token"), "{:?}", acks[1]);
+    assert!(acks[3].message.as_deref().unwrap().contains("unknown lease"), "{:?}", acks[3]);
+    assert!(acks[4].message.as_deref().unwrap().contains("another worker"), "{:?}", acks[4]);
+    let status = store.job_status(&job_id).unwrap();
+    assert_eq!((status.done, status.leased), (2, 2), "the refused items changed nothing");
+}
+
+#[test]
+fn an_oversized_result_becomes_its_slices_error() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(2), 0).unwrap();
+    let leases = lease(&mut store, &worker, 2, 0);
+    let big = json!("x".repeat(2_000));
+    let acks = submit(&mut store, &worker, &[ok(&leases[0], big), ok(&leases[1], json!(1))], 1);
+    assert_eq!(statuses(&acks), vec![ResultStatus::Accepted, ResultStatus::Accepted]);
+    assert!(acks[0].message.as_deref().unwrap().contains("over the scheduler's 1000-byte limit"), "{:?}", acks[0]);
+    let (records, _) = store.results(&job_id, 0, 10).unwrap();
+    assert_eq!(records[0].status, SliceStatus::Error);
+    assert_eq!(records[0].error.as_deref(), Some("result is 2002 bytes, over the scheduler's 1000-byte limit"));
+    assert_eq!(records[1].value, Some(json!(1)));
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::CompleteWithErrors);
+}
+
+#[test]
+fn console_output_per_item_is_capped() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(1), 0).unwrap();
+    let leases = lease(&mut store, &worker, 1, 0);
+    let line = |i: usize| tessera_protocol::ConsoleLine {
+        slice: Some(0),
+        stream: "stdout".into(),
+        text: format!("line {i}"),
+        seq: None,
+    };
+    let mut item = ok(&leases[0], json!(0));
+    item.console = (0..MAX_CONSOLE_LINES + 5).map(line).collect();
+    submit(&mut store, &worker, &[item], 1);
+    let lines = store.console(&job_id, 0, 10_000).unwrap();
+    assert_eq!(lines.len(), MAX_CONSOLE_LINES + 1);
+    assert!(lines.last().unwrap().text.contains("5 more console lines dropped"), "{:?}", lines.last());
+}
+
+#[test]
+fn worker_faults_retry_then_give_up() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(1), 0).unwrap();
+    for attempt in 1..=2 {
+        let leases = lease(&mut store, &worker, 1, 0);
+        assert_eq!(leases.len(), 1, "attempt {attempt}");
+        assert_eq!(submit(&mut store, &worker, &[fault(&leases[0])], 0)[0].status, ResultStatus::Requeued);
+    }
+    let status = store.job_status(&job_id).unwrap();
+    assert_eq!((status.state, status.errors), (JobState::CompleteWithErrors, 1));
+    let (records, _) = store.results(&job_id, 0, 1).unwrap();
+    assert_eq!(records[0].error.as_deref(), Some("gave up after 2 attempts; last: sandbox crashed"));
+}
+
+#[test]
+fn time_outs_count_and_say_so_at_the_end() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(1), 0).unwrap();
+    for _ in 0..2 {
+        let leases = lease(&mut store, &worker, 1, 0);
+        let timed_out = result(&leases[0], SliceOutcome::TimedOut { message: "ran past 60s".into() });
+        assert_eq!(submit(&mut store, &worker, &[timed_out], 0)[0].status, ResultStatus::Requeued);
+        assert_eq!(column(&store, "SELECT outcome FROM leases WHERE id = ?1", &leases[0].lease_id), "timed_out");
+    }
+    let (records, _) = store.results(&job_id, 0, 1).unwrap();
+    assert_eq!(records[0].error.as_deref(), Some("timed out after 2 attempts: ran past 60s"));
+}
+
+#[test]
+fn a_release_costs_no_attempt() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(1), 0).unwrap();
+    for _ in 0..5 {
+        let leases = lease(&mut store, &worker, 1, 0);
+        assert_eq!(leases.len(), 1, "released slices come straight back");
+        let released = result(&leases[0], SliceOutcome::Released { reason: "page closed".into() });
+        assert_eq!(submit(&mut store, &worker, &[released], 0)[0].status, ResultStatus::Released);
+    }
+    let history = store.slice_history(&job_id, 0).unwrap();
+    assert_eq!(history.attempts_counted, 0);
+    assert_eq!(history.attempts.len(), 5);
+    assert!(history.attempts.iter().all(|a| a.outcome == AttemptOutcome::Released));
+    assert_eq!(history.attempts[0].message.as_deref(), Some("page closed"));
+    let leases = lease(&mut store, &worker, 1, 0);
+    assert_eq!(submit(&mut store, &worker, &[ok(&leases[0], json!(7))], 0)[0].status, ResultStatus::Accepted);
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Complete);
+}
+
+#[test]
+fn a_faulted_slice_prefers_another_connected_worker() {
+    let (_dir, mut store) = store();
+    let (first, _) = store.register_worker(None, 1, 0).unwrap();
+    store.deploy(job(1), 0).unwrap();
+    let leases = lease(&mut store, &first, 1, 0);
+    submit(&mut store, &first, &[fault(&leases[0])], 10);
+    // Alone, the faulting worker may take it again at once.
+    let again = lease(&mut store, &first, 1, 20);
+    assert_eq!(again.len(), 1);
+    submit(&mut store, &first, &[fault(&again[0])], 30);
+    // (Two faults at max_attempts 2 finish it; use a fresh job with another worker connected.)
+    let (second, _) = store.register_worker(None, 1, 40).unwrap();
+    let job_id = store.deploy(job(1), 40).unwrap();
+    let leases = store.lease(&first, 1, std::slice::from_ref(&job_id), &[], 50, POLICY).unwrap().leases;
+    submit(&mut store, &first, &[fault(&leases[0])], 60);
+    assert!(lease(&mut store, &first, 1, 70).is_empty(), "passed over while another worker is connected");
+    let taken = lease(&mut store, &second, 1, 80);
+    assert_eq!((taken.len(), taken[0].job_id.as_str()), (1, job_id.as_str()));
+}
+
+#[test]
+fn a_faulted_slice_returns_to_its_worker_once_the_others_are_gone() {
+    let (_dir, mut store) = store();
+    let (first, _) = store.register_worker(None, 1, 0).unwrap();
+    store.register_worker(None, 1, 0).unwrap();
+    store.deploy(job(1), 0).unwrap();
+    let leases = lease(&mut store, &first, 1, 0);
+    submit(&mut store, &first, &[fault(&leases[0])], 10);
+    assert!(lease(&mut store, &first, 1, 20).is_empty());
+    // The other worker has not been seen for over a ttl (1 s): the slice comes back.
+    assert_eq!(lease(&mut store, &first, 1, 1_500).len(), 1);
+}
+
+#[test]
+fn one_setup_error_does_not_fail_the_job_a_second_worker_does() {
+    let (_dir, mut store) = store();
+    let (first, _) = store.register_worker(None, 1, 0).unwrap();
+    let (second, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    let leases = lease(&mut store, &first, 1, 0);
+    let ack = &submit(&mut store, &first, &[setup_error(&leases[0])], 1)[0];
+    assert_eq!(ack.status, ResultStatus::Requeued);
+    let status = store.job_status(&job_id).unwrap();
+    assert_eq!((status.state, status.queued), (JobState::Running, 3));
+    assert_eq!(store.slice_history(&job_id, 0).unwrap().attempts_counted, 0, "a set-up error costs no attempt");
+    assert_eq!(column(&store, "SELECT outcome FROM leases WHERE id = ?1", &leases[0].lease_id), "job_error");
+    let leases = lease(&mut store, &second, 1, 2);
+    assert_eq!(leases[0].slice, 0, "the second opinion comes from the other worker");
+    let ack = &submit(&mut store, &second, &[setup_error(&leases[0])], 3)[0];
+    assert_eq!(ack.status, ResultStatus::Accepted);
+    let status = store.job_status(&job_id).unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert_eq!(status.error.as_deref(), Some("SyntaxError: bad\nline 1"));
+    assert!(lease(&mut store, &first, 5, 4).is_empty(), "a failed job hands nothing out");
+}
+
+#[test]
+fn the_same_worker_twice_fails_the_job_when_alone() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    for (round, expected) in [(0, ResultStatus::Requeued), (1, ResultStatus::Accepted)] {
+        let leases = lease(&mut store, &worker, 1, round);
+        assert_eq!(submit(&mut store, &worker, &[setup_error(&leases[0])], round)[0].status, expected);
+    }
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Failed);
+}
+
+#[test]
+fn three_reports_fail_the_job_even_with_others_connected() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    // The other worker stays connected but never takes the slices: the same worker reports
+    // three times (it takes other slices, passing over the one it reported on).
+    let leases = lease(&mut store, &worker, 3, 0);
+    let acks = submit(&mut store, &worker, &[setup_error(&leases[0]), setup_error(&leases[1])], 1);
+    assert_eq!(statuses(&acks), vec![ResultStatus::Requeued, ResultStatus::Requeued]);
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Running);
+    let acks = submit(&mut store, &worker, &[setup_error(&leases[2])], 2);
+    assert_eq!(acks[0].status, ResultStatus::Accepted);
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Failed);
+}
+
+#[test]
+fn cancel_abandons_leases_and_reports_ended_jobs() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    let leases = lease(&mut store, &worker, 2, 0);
+    let status = store.cancel(&job_id, 1).unwrap();
+    assert_eq!((status.state, status.leased), (JobState::Cancelled, 0));
+    assert_eq!(column(&store, "SELECT outcome FROM leases WHERE id = ?1", &leases[0].lease_id), "abandoned");
+    let beat: Vec<_> = leases
+        .iter()
+        .map(|l| tessera_protocol::HeartbeatItem {
+            lease_id: l.lease_id.clone(),
+            token: l.token.clone(),
+            progress: None,
+        })
+        .collect();
+    let answer = store.heartbeat(&worker, &beat, 2, POLICY).unwrap();
+    assert_eq!((answer.extended.len(), answer.lost.len()), (0, 2));
+    assert_eq!(answer.ended_jobs, vec![job_id.clone()]);
+    let answer = store.lease(&worker, 5, &[], &[job_id.clone(), "jgone".into()], 3, POLICY).unwrap();
+    assert!(answer.leases.is_empty());
+    assert_eq!(answer.ended_jobs, vec![job_id.clone(), "jgone".to_string()]);
+    let acks = submit(&mut store, &worker, &[ok(&leases[0], json!(0))], 4);
+    assert_eq!(acks[0].status, ResultStatus::Stale);
+    assert_eq!(store.slice_history(&job_id, 0).unwrap().attempts_counted, 0, "abandoning costs no attempt");
+}
+
+#[test]
+fn restart_extends_active_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let (worker, leases) = {
+        let mut store = Store::open(&path).unwrap();
+        let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+        store.deploy(job(2), 0).unwrap();
+        let leases = lease(&mut store, &worker, 2, 0);
+        (worker, leases)
+    };
+    // Reopened long after the leases' deadlines (1 s): the server extends them first.
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.extend_active_leases(60_000 + POLICY.ttl_ms).unwrap(), 2);
+    assert_eq!(store.reap(60_000, None, POLICY).unwrap().expired, 0);
+    let acks = submit(&mut store, &worker, &[ok(&leases[0], json!(0)), ok(&leases[1], json!(1))], 60_100);
+    assert_eq!(statuses(&acks), vec![ResultStatus::Accepted, ResultStatus::Accepted]);
+}
+
+#[test]
+fn a_paused_reaper_extends_leases_by_the_gap() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    store.deploy(job(1), 0).unwrap();
+    let leases = lease(&mut store, &worker, 1, 0);
+    assert_eq!(store.reap(500, None, POLICY).unwrap(), Reaped::default());
+    // Ticked at 500, next at 60 500: a 60 s pause. Deadline 1 000 + 60 000 is still ahead.
+    assert_eq!(store.reap(60_500, Some(500), POLICY).unwrap(), Reaped { extended: 1, expired: 0 });
+    assert_eq!(submit(&mut store, &worker, &[ok(&leases[0], json!(0))], 60_600)[0].status, ResultStatus::Accepted);
+    // Without a gap, an overdue lease expires.
+    store.deploy(job(1), 70_000).unwrap();
+    lease(&mut store, &worker, 1, 70_000);
+    assert_eq!(store.reap(72_000, Some(71_000), POLICY).unwrap(), Reaped { extended: 0, expired: 1 });
+}
+
+#[test]
+fn slice_history_lists_attempts_oldest_first() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(1), 0).unwrap();
+    let first = lease(&mut store, &worker, 1, 10);
+    submit(&mut store, &worker, &[fault(&first[0])], 20);
+    let second = lease(&mut store, &worker, 1, 30);
+    let running = store.slice_history(&job_id, 0).unwrap();
+    assert_eq!(running.attempts[1].outcome, AttemptOutcome::Running);
+    assert_eq!(running.attempts[1].ended_ms, None);
+    submit(&mut store, &worker, &[ok(&second[0], json!(1))], 40);
+    let history = store.slice_history(&job_id, 0).unwrap();
+    assert_eq!((history.status, history.attempts_counted), (SliceStatus::Ok, 2));
+    let summary: Vec<_> =
+        history.attempts.iter().map(|a| (a.outcome, a.started_ms, a.ended_ms, a.worker_id == worker)).collect();
+    assert_eq!(
+        summary,
+        vec![(AttemptOutcome::WorkerFault, 10, Some(20), true), (AttemptOutcome::Ok, 30, Some(40), true)]
+    );
+    assert!(matches!(store.slice_history(&job_id, 9), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn status_lists_running_slices_with_progress() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    let leases = lease(&mut store, &worker, 2, 0);
+    let beat = [tessera_protocol::HeartbeatItem {
+        lease_id: leases[1].lease_id.clone(),
+        token: leases[1].token.clone(),
+        progress: Some(0.25),
+    }];
+    assert_eq!(store.heartbeat(&worker, &beat, 1, POLICY).unwrap().extended.len(), 1);
+    let running = store.job_status(&job_id).unwrap().running;
+    let seen: Vec<_> = running.iter().map(|r| (r.slice, r.progress)).collect();
+    assert_eq!(seen, vec![(0, None), (1, Some(0.25))]);
+}
+
+#[test]
+fn leasing_round_robins_and_prefers_warm_jobs() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let first = store.deploy(job(10), 0).unwrap();
+    let second = store.deploy(job(10), 1).unwrap();
+    let leases = lease(&mut store, &worker, 4, 2);
+    assert_eq!(leases.iter().filter(|l| l.job_id == first).count(), 2, "four slices split across two jobs");
+    let leases = store.lease(&worker, 4, std::slice::from_ref(&second), &[], 3, POLICY).unwrap().leases;
+    assert!(leases.iter().all(|l| l.job_id == second));
+}
+
+#[test]
+fn last_seen_is_written_at_most_every_five_seconds() {
+    let (_dir, mut store) = store();
+    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let last_seen = |store: &Store| -> i64 {
+        store.connection.query_row("SELECT last_seen_ms FROM workers WHERE id = ?1", [&worker], |r| r.get(0)).unwrap()
+    };
+    lease(&mut store, &worker, 1, 4_000);
+    assert_eq!(last_seen(&store), 0);
+    lease(&mut store, &worker, 1, 5_000);
+    assert_eq!(last_seen(&store), 5_000);
+    lease(&mut store, &worker, 1, 9_999);
+    assert_eq!(last_seen(&store), 5_000);
+}
+
+#[test]
+fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let job_id = {
+        let mut store = Store::open(&path).unwrap();
+        store.deploy(job(2), 0).unwrap()
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.job_status(&job_id).unwrap().queued, 2);
+}
+
+#[test]
+fn an_old_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(schema::SCHEMA_V0).unwrap();
+        old.execute_batch(
+            r#"
+            INSERT INTO jobs VALUES ('j1', 'old', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', NULL,
+                                     'active', NULL, 3, 5, 0);
+            INSERT INTO jobs VALUES ('j2', 'done', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', NULL,
+                                     'complete', NULL, 1, 6, 0);
+            INSERT INTO slices VALUES ('j1', 0, '10', 'ok', 1, NULL, '11', NULL, NULL);
+            INSERT INTO slices VALUES ('j1', 1, '20', 'leased', 1, 'l2', NULL, NULL, NULL);
+            INSERT INTO slices VALUES ('j1', 2, '30', 'queued', 0, NULL, NULL, NULL, NULL);
+            INSERT INTO slices VALUES ('j2', 0, '1', 'error', 1, NULL, NULL, 'boom', NULL);
+            INSERT INTO leases VALUES ('l1', 't1', 'j1', 0, 'w1', 100, 'completed', NULL);
+            INSERT INTO leases VALUES ('l2', 't2', 'j1', 1, 'w1', 100, 'active', 0.5);
+            INSERT INTO workers VALUES ('w1', 'tw', NULL, 1, 0, 0);
+            "#,
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    let version: i64 = store.connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, schema::LATEST_VERSION);
+    let status = store.job_status("j1").unwrap();
+    assert_eq!((status.state, status.done, status.leased, status.queued), (JobState::Running, 1, 1, 1));
+    assert_eq!(status.slice_timeout_ms, tessera_protocol::DEFAULT_SLICE_TIMEOUT_MS);
+    assert_eq!(status.running[0].progress, Some(0.5));
+    assert_eq!(store.job_status("j2").unwrap().state, JobState::CompleteWithErrors);
+    assert_eq!(column(&store, "SELECT outcome FROM leases WHERE id = ?1", "l1"), "ok");
+    assert_eq!(column(&store, "SELECT state FROM leases WHERE id = ?1", "l1"), "ended");
+    // The migrated lease still works.
+    let (worker, lease) = (
+        "w1",
+        Lease { lease_id: "l2".into(), token: "t2".into(), job_id: "j1".into(), slice: 1, datum: json!(20), ttl_ms: 1 },
+    );
+    assert_eq!(submit(&mut store, worker, &[ok(&lease, json!(21))], 200)[0].status, ResultStatus::Accepted);
+    drop(store);
+    // Opening again is a no-op.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.job_status("j1").unwrap().done, 2);
+}
+
+#[test]
+fn unknown_stored_states_are_errors_not_defaults() {
+    let (_dir, mut store) = store();
+    let job_id = store.deploy(job(1), 0).unwrap();
+    let refused = store.connection.execute("UPDATE jobs SET state = 'active' WHERE id = ?1", [&job_id]);
+    assert!(refused.is_err(), "the CHECK constraint refuses unknown states");
+    store.connection.pragma_update(None, "ignore_check_constraints", "ON").unwrap();
+    store.connection.execute("UPDATE jobs SET state = 'active' WHERE id = ?1", [&job_id]).unwrap();
+    let error = store.job_status(&job_id).unwrap_err();
+    assert!(matches!(&error, Error::Corrupt(message) if message.contains("unknown job state `active`")), "{error:?}");
+    store.connection.execute("UPDATE jobs SET state = 'running' WHERE id = ?1", [&job_id]).unwrap();
+    store.connection.execute("UPDATE slices SET state = 'lost' WHERE job_id = ?1", [&job_id]).unwrap();
+    let error = store.job_status(&job_id).unwrap_err();
+    assert!(matches!(&error, Error::Corrupt(message) if message.contains("unknown slice state `lost`")), "{error:?}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(Store::open(&path).unwrap());
+    Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    assert!(matches!(Store::open(&path), Err(Error::Corrupt(message)) if message.contains("version 99")));
+}
+
+#[test]
+fn a_failing_operation_in_a_group_rolls_back_alone() {
+    let (_dir, mut store) = store();
+    store.begin_group().unwrap();
+    let kept = store.deploy(job(1), 0).unwrap();
+    let failed = store.write(|connection, _| {
+        connection.execute("UPDATE jobs SET total = 99", [])?;
+        Err::<(), _>(Error::Store("refused".into()))
+    });
+    assert!(failed.is_err());
+    store.commit_group().unwrap();
+    assert_eq!(store.job_status(&kept).unwrap().total, 1, "the failed operation's change was rolled back");
+}
