@@ -228,7 +228,8 @@ pub fn job_status(connection: &Connection, job_id: &str) -> Result<JobStatus> {
         counts[state as usize] = count as u64;
     }
     let mut query = connection.prepare_cached(
-        "SELECT s.idx, l.worker_id, l.progress FROM slices s JOIN leases l ON l.id = s.current_lease
+        "SELECT s.idx, l.worker_id, l.progress FROM slices s INDEXED BY slices_by_state
+         JOIN leases l ON l.id = s.current_lease
          WHERE s.job_id = ?1 AND s.state = 'leased' ORDER BY s.idx LIMIT ?2",
     )?;
     let running = query
@@ -339,7 +340,7 @@ pub fn slice_history(connection: &Connection, job_id: &str, slice: u64) -> Resul
     };
     let mut query = connection.prepare_cached(
         "SELECT id, worker_id, started_ms, ended_ms, outcome, message FROM leases
-         WHERE job_id = ?1 AND idx = ?2 ORDER BY started_ms, rowid",
+         WHERE job_id = ?1 AND idx = ?2 ORDER BY started_ms, id",
     )?;
     let attempts = query
         .query_map(params![job_id, slice as i64], |row| {

@@ -31,6 +31,15 @@ pub const REAPER_GAP_MS: u64 = 5_000;
 /// Reported setup errors with the same message that fail a job however they are spread.
 const SETUP_ERRORS_TO_FAIL: i64 = 3;
 
+/// A new lease id: the time, a counter and a random tail, so ids sort by creation (new leases go
+/// to the end of the table's B-tree instead of random pages) and never repeat. The token, not
+/// the id, is the secret.
+fn lease_id(now: u64) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff;
+    format!("l{now:011x}{count:04x}{}", random_id("", 2))
+}
+
 /// What one reaper pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -120,9 +129,11 @@ impl Store {
                 }
                 let share = if prefer_jobs.contains(job_id) { remaining } else { remaining.div_ceil(jobs_left) };
                 jobs_left -= 1;
+                // The state index finds queued slices directly; the planner would otherwise walk the
+                // primary key from slice 0 past every finished slice.
                 let picked: Vec<(i64, Json<Value>)> = connection
                     .prepare_cached(
-                        "SELECT idx, datum FROM slices WHERE job_id = ?1 AND state = 'queued'
+                        "SELECT idx, datum FROM slices INDEXED BY slices_by_state WHERE job_id = ?1 AND state = 'queued'
                          AND NOT (?2 AND last_fault_worker IS ?3 AND retry_after_ms > ?4)
                          ORDER BY idx LIMIT ?5",
                     )?
@@ -142,7 +153,7 @@ impl Store {
                      WHERE job_id = ?2 AND idx = ?3 AND state = 'queued'",
                 )?;
                 for (index, datum) in picked {
-                    let lease_id = random_id("l", 8);
+                    let lease_id = lease_id(now);
                     let token = random_id("", 12);
                     insert.execute(params![
                         lease_id,
@@ -262,7 +273,8 @@ impl Store {
             }
             let expired: Vec<(String, String, i64, String)> = connection
                 .prepare_cached(
-                    "SELECT id, job_id, idx, worker_id FROM leases WHERE state = 'active' AND deadline_ms < ?1",
+                    "SELECT id, job_id, idx, worker_id FROM leases INDEXED BY active_leases_by_deadline
+                     WHERE state = 'active' AND deadline_ms < ?1",
                 )?
                 .query_map([now as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -327,7 +339,9 @@ fn judge(
             _ => (ResultStatus::Duplicate, None),
         });
     }
-    if !matches!(job_state(connection, &lease.job_id)?, Some(JobState::Running)) {
+    if !touched_jobs.contains(&lease.job_id)
+        && !matches!(job_state(connection, &lease.job_id)?, Some(JobState::Running))
+    {
         return Ok((ResultStatus::Stale, Some("the job is no longer running".into())));
     }
     let attempt = Attempt { lease_id: &item.lease_id, job_id: &lease.job_id, index: lease.index, worker_id, now };
@@ -354,7 +368,13 @@ fn judge(
         return Ok((ResultStatus::Stale, Some("the slice is no longer held by this lease".into())));
     };
     store_console(connection, &lease.job_id, &item.console)?;
-    touched_jobs.insert(lease.job_id);
+    // Jobs in `touched_jobs` are known to be running for the rest of the batch, unless this item
+    // just ended it (a confirmed set-up error).
+    if matches!(item.outcome, SliceOutcome::JobError { .. }) && status == ResultStatus::Accepted {
+        touched_jobs.remove(&lease.job_id);
+    } else {
+        touched_jobs.insert(lease.job_id);
+    }
     Ok((status, message))
 }
 

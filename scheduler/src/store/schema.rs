@@ -60,8 +60,8 @@ CREATE TABLE leases (
     started_ms INTEGER NOT NULL DEFAULT 0,
     ended_ms INTEGER,
     progress REAL
-);
-CREATE INDEX leases_by_state ON leases(state, deadline_ms);
+) WITHOUT ROWID;
+CREATE INDEX active_leases_by_deadline ON leases(deadline_ms) WHERE state = 'active';
 CREATE INDEX leases_by_slice ON leases(job_id, idx);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,

@@ -81,11 +81,20 @@ fn run(mut store: Store, receiver: mpsc::Receiver<Operation>) {
             drop(group);
             continue;
         }
+        let size = group.len();
+        let started = std::time::Instant::now();
         let replies: Vec<Reply> = group.into_iter().map(|operation| operation(&mut store)).collect();
+        let ran = started.elapsed();
         let failure = store.commit_group().err().map(|error| {
             tracing::error!(%error, "group commit failed");
             error.to_string()
         });
+        tracing::trace!(
+            size,
+            run_us = ran.as_micros() as u64,
+            commit_us = (started.elapsed() - ran).as_micros() as u64,
+            "group committed"
+        );
         for reply in replies {
             reply(failure.as_deref());
         }
