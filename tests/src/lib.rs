@@ -29,7 +29,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
 }
 
-/// Polls `check` every 100 ms until it gives a value; panics with `what` after `timeout`.
+/// Polls `check` every 200 ms until it gives a value; panics with `what` after `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: impl Fn() -> String, mut check: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
     loop {
@@ -37,7 +37,7 @@ pub fn wait_until<T>(timeout: Duration, what: impl Fn() -> String, mut check: im
             return value;
         }
         assert!(started.elapsed() < timeout, "waited {timeout:?} for {}", what());
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -51,8 +51,13 @@ pub struct Scheduler {
     /// The SQLite store the scheduler writes.
     pub db: PathBuf,
     options: Vec<String>,
+    /// Output of the workers started with [`Scheduler::worker_with`], for failure messages.
+    worker_outputs: Mutex<Vec<WorkerOutput>>,
     pub dir: tempfile::TempDir,
 }
+
+/// Where a worker's output is collected: its PID, stdout lines and stderr.
+type WorkerOutput = (u32, Arc<Mutex<Vec<Line>>>, Arc<Mutex<String>>);
 
 impl Scheduler {
     pub fn start() -> Scheduler {
@@ -67,7 +72,7 @@ impl Scheduler {
         let (child, url) = spawn_scheduler(dir.path(), &db, "127.0.0.1:0", &options)
             .unwrap_or_else(|log| panic!("tessera serve did not start:\n{log}"));
         let port = url.rsplit(':').next().and_then(|port| port.trim_end_matches('/').parse().ok()).expect("port");
-        Scheduler { child: Some(child), url, port, db, options, dir }
+        Scheduler { child: Some(child), url, port, db, options, worker_outputs: Mutex::new(Vec::new()), dir }
     }
 
     /// The scheduler's process id, while it runs.
@@ -105,11 +110,27 @@ impl Scheduler {
         self.child = Some(child);
     }
 
-    /// The scheduler's log (stderr and any stdout after the first line), for assertion messages.
+    /// The scheduler's log (stderr and any stdout after the first line) and the last lines of
+    /// every worker started with [`Scheduler::worker_with`], for assertion messages.
     pub fn log(&self) -> String {
         let mut text = std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default();
         if text.len() > 8_000 {
-            text = format!("…{}", &text[text.len() - 8_000..]);
+            let mut cut = text.len() - 8_000;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text = format!("…{}", &text[cut..]);
+        }
+        for (pid, lines, stderr) in self.worker_outputs.lock().expect("workers").iter() {
+            let lines = lines.lock().expect("lines");
+            let tail: Vec<&str> = lines[lines.len().saturating_sub(40)..].iter().map(|l| l.text.as_str()).collect();
+            text.push_str(&format!(
+                "\n--- worker {pid}: last {} of {} lines\n{}\n--- its stderr:\n{}",
+                tail.len(),
+                lines.len(),
+                tail.join("\n"),
+                stderr.lock().expect("stderr")
+            ));
         }
         text
     }
@@ -197,6 +218,7 @@ impl Scheduler {
                 }
             }
         });
+        self.worker_outputs.lock().expect("workers").push((pid, lines.clone(), stderr.clone()));
         Worker { child: Some(child), pid, lines, stderr, seen: BTreeMap::new() }
     }
 
@@ -245,7 +267,7 @@ impl Scheduler {
         let last = Mutex::new(Value::Null);
         wait_until(
             timeout,
-            || format!("{done} slices of {job_id} done; last status {}", last.lock().unwrap()),
+            || format!("{done} slices of {job_id} done; last status {}\n{}", last.lock().unwrap(), self.log()),
             || {
                 let status = self.status(job_id);
                 let reached = status["done"].as_u64().unwrap_or(0) >= done;
@@ -647,7 +669,7 @@ impl Store {
             .connection
             .prepare(
                 "SELECT id, idx, worker_id, state, outcome, message, started_ms, ended_ms
-                 FROM leases WHERE job_id = ?1 ORDER BY started_ms, rowid",
+                 FROM leases WHERE job_id = ?1 ORDER BY started_ms, id",
             )
             .unwrap_or_else(|error| panic!("the store has no leases table of the expected shape: {error}"));
         let rows = statement

@@ -38,6 +38,7 @@ fn an_oversubscribed_worker_finishes_5000_tiny_slices_then_idles_quietly() {
     let tree = worker.process_tree();
     assert!(tree.len() > 1, "the worker's browser runs under it: {tree:?}");
     let (share, detail) = tree_cpu_share(worker.pid(), Duration::from_secs(5));
+    println!("idle worker CPU: {:.1} % of one core ({detail})", share * 100.0);
     assert!(
         share < 0.15,
         "an idle worker (launcher + Chromium) used {:.1} % of one core over 5 s; expected under 15 %\n{detail}\n{}",

@@ -1,31 +1,36 @@
 //! The scheduler dies (`kill -9`) mid-job and comes back on the same database and port: workers
 //! reconnect, the work they held is not wasted (no lease expires across the restart, results
 //! finished during the outage are delivered), nothing is lost and nothing accepted twice.
+//!
+//! The kill comes when no slice is queued: a lease request in flight at that moment can then not
+//! have been granted slices whose answer the kill swallowed (such a lease would rightly expire).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tessera_e2e::Scheduler;
+use tessera_e2e::{now_ms, wait_until, Scheduler};
 
 #[test]
 fn a_scheduler_killed_mid_job_restarts_on_the_same_db_and_port_without_loss_or_waste() {
-    const TOTAL: u64 = 150;
+    const TOTAL: u64 = 60;
     // A lease lifetime (8 s) shorter than the outage plus the workers' reconnect backoff: only
     // the restart's extension of active leases keeps the held work from expiring.
     let mut scheduler = Scheduler::start_with(&["--lease-ttl-ms", "8000"]);
     let program =
-        scheduler.file("nap.js", "async (x) => { await new Promise((r) => setTimeout(r, 300)); return x * 5; }");
+        scheduler.file("nap.js", "async (x) => { await new Promise((r) => setTimeout(r, 500)); return x * 5; }");
     let job_id = scheduler.deploy(&[&program, "--range", &format!("0:{TOTAL}")]);
     let workers = [scheduler.worker_with(2, &[]), scheduler.worker_with(2, &[])];
-    scheduler.wait_for_done(&job_id, 30, Duration::from_secs(90));
+    wait_for_all_leased(&scheduler, &job_id, 4);
 
     scheduler.kill();
+    let killed_ms = now_ms();
     let held: BTreeSet<String> =
         scheduler.store().leases(&job_id).into_iter().filter(|l| l.state == "active").map(|l| l.id).collect();
     assert!(!held.is_empty(), "work was in progress at the kill");
     std::thread::sleep(Duration::from_secs(5));
     scheduler.start_again();
+    let when = format!("killed at {killed_ms} ms, restarted at {} ms", now_ms());
 
     let status = scheduler.wait_for_state(&job_id, "complete", Duration::from_secs(120));
     assert_eq!(status["done"], TOTAL, "{status}");
@@ -37,9 +42,9 @@ fn a_scheduler_killed_mid_job_restarts_on_the_same_db_and_port_without_loss_or_w
     store.assert_accepted_exactly_once(&job_id, TOTAL);
     let leases = store.leases(&job_id);
     let expired: Vec<_> = leases.iter().filter(|lease| lease.outcome == "expired").collect();
-    assert!(expired.is_empty(), "no lease expired across the restart: {expired:#?}");
+    assert!(expired.is_empty(), "no lease expired across the restart ({when}): {expired:#?}");
     let wasted: Vec<_> = leases.iter().filter(|lease| held.contains(&lease.id) && lease.outcome != "ok").collect();
-    assert!(wasted.is_empty(), "every lease held at the kill ended with its result: {wasted:#?}");
+    assert!(wasted.is_empty(), "every lease held at the kill ended with its result ({when}): {wasted:#?}");
     drop(workers);
 }
 
@@ -52,16 +57,18 @@ fn results_finished_while_the_scheduler_is_down_for_30_s_are_delivered_after_its
         scheduler.file("nap.js", "async (x) => { await new Promise((r) => setTimeout(r, 1500)); return x + 1000; }");
     let job_id = scheduler.deploy(&[&program, "--range", &format!("0:{TOTAL}")]);
     let worker = scheduler.worker_with(2, &["--log-slices"]);
-    scheduler.wait_for_done(&job_id, 2, Duration::from_secs(90));
+    wait_for_all_leased(&scheduler, &job_id, 2);
 
     scheduler.kill();
     let killed_at = Instant::now();
+    let killed_ms = now_ms();
     let held: BTreeSet<String> =
         scheduler.store().leases(&job_id).into_iter().filter(|l| l.state == "active").map(|l| l.id).collect();
     assert!(!held.is_empty(), "the worker held leases at the kill");
     std::thread::sleep(Duration::from_secs(30));
     let restarted_at = Instant::now();
     scheduler.start_again();
+    let when = format!("killed at {killed_ms} ms, restarted at {} ms", now_ms());
 
     let status = scheduler.wait_for_state(&job_id, "complete", Duration::from_secs(120));
     assert_eq!(status["done"], TOTAL, "{status}");
@@ -98,7 +105,24 @@ fn results_finished_while_the_scheduler_is_down_for_30_s_are_delivered_after_its
     }
     let leases: Vec<_> = by_slice.values().flatten().collect();
     let expired: Vec<_> = leases.iter().filter(|lease| lease.outcome == "expired").collect();
-    assert!(expired.is_empty(), "no lease expired across the outage: {expired:#?}");
+    assert!(expired.is_empty(), "no lease expired across the outage ({when}): {expired:#?}");
     let wasted: Vec<_> = leases.iter().filter(|lease| held.contains(&lease.id) && lease.outcome != "ok").collect();
-    assert!(wasted.is_empty(), "every lease held at the kill ended with its result: {wasted:#?}");
+    assert!(wasted.is_empty(), "every lease held at the kill ended with its result ({when}): {wasted:#?}");
+}
+
+/// Waits until `done` slices have results and every other slice is leased (none queued).
+fn wait_for_all_leased(scheduler: &Scheduler, job_id: &str, done: u64) {
+    let last = std::sync::Mutex::new(serde_json::Value::Null);
+    wait_until(
+        Duration::from_secs(120),
+        || format!("{done} slices done and none queued; last status {}\n{}", last.lock().unwrap(), scheduler.log()),
+        || {
+            let status = scheduler.status(job_id);
+            let ready = status["done"].as_u64() >= Some(done)
+                && status["queued"].as_u64() == Some(0)
+                && status["leased"].as_u64() > Some(0);
+            *last.lock().unwrap() = status;
+            ready.then_some(())
+        },
+    );
 }
