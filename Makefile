@@ -55,7 +55,9 @@ test-e2e:
 	TESSERA_BIN=$(CURDIR)/$(TESSERA) cargo test -p tessera-e2e -- --test-threads=1
 
 bench: build
+	cargo build --release -p tessera-load
 	@scripts/bench
+	@scripts/bench-load
 
 clean:
 	cargo clean
