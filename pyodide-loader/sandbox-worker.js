@@ -2,12 +2,17 @@
 //
 // The worker core (Rust, crate/src/web/sandbox.rs) embeds this file, starts it from a Blob URL and
 // talks to it with postMessage. A sandbox serves one job for its whole life:
-//   core → sandbox  {type:'init', worktime, pyodideUrl}      (Pyodide starts loading at once)
+//   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?}  (Pyodide starts loading at once)
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'run', id, datum}                   (one slice; datum as JSON text)
-//   sandbox → core  {type:'setup-done'} | {type:'setup-error', message, stack}
+//   sandbox → core  {type:'setup-done'}
+//                   {type:'setup-error', message, stack}      (the program failed: its fault)
+//                   {type:'setup-fault', message}             (runtime/packages/files failed: not its fault)
 //                   {type:'result', id, json, heap} | {type:'error', id, message, stack, heap}
 //                   {type:'progress', id, value} | {type:'console', stream, text}
+//                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
+// interruptBuffer (a SharedArrayBuffer, when the page is cross-origin isolated) is handed to
+// Pyodide: the core writes 2 into it to raise KeyboardInterrupt in a slice that overran.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
 'use strict';
 
@@ -18,6 +23,10 @@ let pyodideLoading = null;
 let pyodide = null;
 let runSlice = null;
 let currentRun = null;
+let interruptBuffer = null;
+
+/** A set-up failure that is not the program's fault (the runtime, a package or a file). */
+class SetupFault extends Error {}
 
 function text(part) {
   if (typeof part === 'string') return part;
@@ -163,31 +172,60 @@ function pythonError(error) {
   return { message, stack: full };
 }
 
+/** Message and stack of a JavaScript error, the same text in every browser. */
+function describeError(error) {
+  if (!(error instanceof Error)) return { message: String(error), stack: undefined };
+  const header = (error.name || 'Error') + ': ' + error.message;
+  const stack = String(error.stack || '');
+  return { message: error.message, stack: stack.startsWith(header) ? stack : header + '\n' + stack };
+}
+
+/** Whether Pyodide declared itself unusable after this error. */
+function isFatal(error) {
+  return Boolean(error && (error.pyodide_fatal_error || /fatal error/i.test(String(error.message || ''))));
+}
+
 /** Bytes of the Python heap (wasm memory), reported with every answer so the core can recycle
  *  a sandbox whose memory has grown too much; null for map-basic. */
 function heapBytes() {
   return pyodide ? pyodide._module.HEAPU8.length : null;
 }
 
-async function setupPyodide(job, files) {
-  pyodide = await startPyodide();
-  const stream = (name) => ({ batched: (line) => post({ type: 'console', stream: name, text: line }) });
-  pyodide.setStdout(stream('stdout'));
-  pyodide.setStderr(stream('stderr'));
-  if (job.packages && job.packages.length) await pyodide.loadPackage(job.packages, { messageCallback: () => {} });
-  const root = '/home/pyodide/job';
-  pyodide.FS.mkdirTree(root);
-  for (const file of files) {
-    const path = root + '/' + file.path;
-    if (file.bytes === undefined) {
-      pyodide.FS.mkdirTree(path);
-    } else {
-      pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
-      pyodide.FS.writeFile(path, file.bytes);
+const JOB_ROOT = '/home/pyodide/job';
+
+/** Loads the runtime, the job's packages and its bundle: any failure here is a SetupFault. */
+async function loadPyodideFor(job, files) {
+  try {
+    pyodide = await startPyodide();
+    if (interruptBuffer) pyodide.setInterruptBuffer(interruptBuffer);
+    const stream = (name) => ({ batched: (line) => post({ type: 'console', stream: name, text: line }) });
+    pyodide.setStdout(stream('stdout'));
+    pyodide.setStderr(stream('stderr'));
+    if (job.packages && job.packages.length) {
+      const failures = [];
+      await pyodide.loadPackage(job.packages, { messageCallback: () => {}, errorCallback: (text) => failures.push(text) });
+      if (failures.length) throw new Error('packages failed to load: ' + failures.join('; '));
     }
+    pyodide.FS.mkdirTree(JOB_ROOT);
+    for (const file of files) {
+      const path = JOB_ROOT + '/' + file.path;
+      if (file.bytes === undefined) {
+        pyodide.FS.mkdirTree(path);
+      } else {
+        pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
+        pyodide.FS.writeFile(path, file.bytes);
+      }
+    }
+    pyodide.globals.set('_tessera_host_progress', (value) => self.progress(value === undefined ? null : value));
+    pyodide.runPython(PYTHON_RUNTIME);
+  } catch (error) {
+    throw new SetupFault('the Python runtime could not be set up: ' + String((error && error.message) || error));
   }
-  pyodide.globals.set('_tessera_host_progress', (value) => self.progress(value === undefined ? null : value));
-  pyodide.runPython(PYTHON_RUNTIME);
+}
+
+async function setupPyodide(job, files) {
+  await loadPyodideFor(job, files);
+  const root = JOB_ROOT;
   const setup = pyodide.globals.get('_tessera_setup');
   try {
     setup(job.program, job.programName, JSON.stringify(job.arguments || []), JSON.stringify(job.env || {}), root);
@@ -211,6 +249,7 @@ async function handle(message) {
     case 'init':
       worktime = message.worktime;
       pyodideUrl = message.pyodideUrl;
+      interruptBuffer = message.interruptBuffer || null;
       if (worktime === 'pyodide') startPyodide().catch(() => {});
       return;
     case 'setup':
@@ -219,17 +258,27 @@ async function handle(message) {
         else setupMapBasic(message.job);
         post({ type: 'setup-done' });
       } catch (error) {
-        const described = worktime === 'pyodide' ? pythonError(error) : { message: String(error && error.message || error), stack: error && error.stack };
+        if (error instanceof SetupFault) {
+          post({ type: 'setup-fault', message: error.message });
+          return;
+        }
+        const described = worktime === 'pyodide' ? pythonError(error) : describeError(error);
         post({ type: 'setup-error', message: described.message, stack: described.stack });
       }
       return;
     case 'run':
       currentRun = message.id;
+      // A stop request that came after the previous slice ended must not hit this one.
+      if (interruptBuffer) Atomics.store(interruptBuffer, 0, 0);
       try {
         const json = await runSlice(message.datum);
         post({ type: 'result', id: message.id, json, heap: heapBytes() });
       } catch (error) {
-        const described = worktime === 'pyodide' ? pythonError(error) : { message: String(error && error.message || error), stack: error && error.stack };
+        if (pyodide && isFatal(error)) {
+          post({ type: 'fatal', message: 'Pyodide suffered a fatal error: ' + String((error && error.message) || error) });
+          return;
+        }
+        const described = worktime === 'pyodide' ? pythonError(error) : describeError(error);
         post({ type: 'error', id: message.id, message: described.message, stack: described.stack, heap: heapBytes() });
       } finally {
         currentRun = null;

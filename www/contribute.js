@@ -1,5 +1,6 @@
 // The contribute page: loads the wasm worker core and shows what it does.
-// Query parameters (used by `tessera worker`): autostart=1, sandboxes=N, exitWhenIdle=1, idleMs=N.
+// Query parameters (used by `tessera worker`): autostart=1, sandboxes=N, exitWhenIdle=1, idleMs=N,
+// logSlices=1 (a line per slice start and end, watchdog interrupt and ended job), pyodideUrl=URL.
 // Lines starting with "[tessera]" are also written to the console, where `tessera worker` reads them.
 import init, { TesseraWorker } from './pkg/tessera_worker.js';
 
@@ -20,19 +21,29 @@ function show() {
   for (const key of Object.keys(counts)) $(key).textContent = counts[key];
 }
 
+const logSlices = params.get('logSlices') === '1';
+
 function onEvent(event) {
   switch (event.type) {
     case 'registered': log(`registered as ${event.worker_id} with ${event.sandboxes} sandbox(es)`); break;
     case 'leased': log(`leased ${event.count} slice(s)`); break;
-    case 'slice_started': counts.running++; break;
+    case 'slice_started':
+      counts.running++;
+      if (logSlices) log(`slice-start job=${event.job} slice=${event.slice} sandbox=${event.sandbox}`);
+      break;
     case 'slice_finished':
       counts.running = Math.max(0, counts.running - 1);
       if (event.outcome === 'ok') counts.done++; else counts.errors++;
+      if (logSlices) log(`slice-end job=${event.job} slice=${event.slice} sandbox=${event.sandbox} outcome=${event.outcome} ms=${event.ms}`);
       break;
-    case 'submitted': log(`submitted: ${event.accepted} accepted, ${event.duplicate} duplicate, ${event.stale} stale, ${event.requeued} requeued (${counts.done} done, ${counts.errors} errors)`); break;
+    case 'slice_interrupted': log(`interrupted job=${event.job} slice=${event.slice} sandbox=${event.sandbox} (${event.reason})`); break;
+    case 'job_ended': log(`job-ended job=${event.job}`); break;
+    case 'submitted': log(`submitted: ${event.accepted} accepted, ${event.duplicate} duplicate, ${event.stale} stale, ${event.requeued} requeued, ${event.released} released, ${event.refused} refused (${counts.done} done, ${counts.errors} errors)`); break;
     case 'sandbox_created': log(`sandbox ${event.sandbox} created (${event.worktime})`); break;
-    case 'sandbox_removed': log(`sandbox ${event.sandbox} removed: ${event.reason}`); break;
-    case 'scheduler_unreachable': log(`scheduler unreachable (${event.message}); retrying in ${event.retry_ms} ms`); break;
+    case 'sandbox_removed': log(logSlices ? `sandbox-removed sandbox=${event.sandbox} reason=${event.reason}` : `sandbox ${event.sandbox} removed: ${event.reason}`); break;
+    case 'scheduler_unreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retry_ms} ms`); break;
+    case 'request_refused': log(`the scheduler refused a ${event.request} request (a bug; not retried): ${event.message}`); break;
+    case 'sandboxes_failing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pause_ms} ms`); break;
     case 'idle': log('no work; idle'); break;
     case 'stopped': log(`stopped (${event.reason})`); break;
   }
@@ -44,6 +55,7 @@ async function start() {
   const sandboxes = parseInt($('sandboxes').value, 10);
   if (sandboxes > 0) options.sandboxes = sandboxes;
   if (params.get('exitWhenIdle') === '1') options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
+  if (params.get('pyodideUrl')) options.pyodideUrl = params.get('pyodideUrl');
   worker = new TesseraWorker(options);
   $('sandboxes').value = worker.sandboxes;
   $('start').disabled = true;

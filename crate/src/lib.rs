@@ -1,14 +1,21 @@
 //! Tessera's worker core: pulls slices from a scheduler and runs them in sandboxes.
 //!
-//! Decisions live in plain Rust, tested natively with `cargo test`:
-//! [`supervisor`] (the lease → dispatch → submit loop behind small traits), [`pool`] (which
-//! sandbox runs a slice), [`backoff`]. Effects live in `web` (wasm32 only): HTTP with `fetch`,
-//! sandboxes as Web Workers, browser timers, and the JavaScript API the contribute page uses.
+//! Decisions live in plain Rust, tested natively with `cargo test`: [`supervisor`] (the loop
+//! behind small traits) over its parts — [`lease_book`] (what is held), [`outbox`] (results on
+//! their way), [`jobs`] (known jobs, bounded), [`pool`] (which sandbox runs a slice), [`gate`]
+//! (per-request-kind backoff), [`watchdog`] (slice limits) and [`backoff`]. Effects live in `web`
+//! (wasm32 only): HTTP with `fetch`, sandboxes as Web Workers, browser timers, and the JavaScript
+//! API the contribute page uses.
 
 pub mod backoff;
 pub mod error;
+pub mod gate;
+pub mod jobs;
+pub mod lease_book;
+pub mod outbox;
 pub mod pool;
 pub mod supervisor;
+pub mod watchdog;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -1,12 +1,17 @@
-//! The supervisor: leases slices in batches, dispatches them to sandboxes, heartbeats held
-//! leases and submits results in batches, until stopped or idle.
+//! The supervisor: leases slices in batches, dispatches them to sandboxes, watches them, heartbeats
+//! held leases and delivers results, until stopped or idle.
+//!
+//! It is a short loop over small owned parts, each tested alone: a [`LeaseBook`] (what is held),
+//! an [`Outbox`] (finished results on their way), a [`JobCache`] (descriptors and bundles), a
+//! [`Pool`] (which sandbox runs what), one [`RequestGate`] per request kind, and the
+//! [`watchdog`](crate::watchdog) rules. One timer wakes the loop, whatever happens.
 //!
 //! It is platform-neutral: the scheduler, the sandboxes and time sit behind the traits below.
 //! The web build plugs in `fetch`, Web Workers and browser timers (`crate::web`); the native
 //! tests plug in in-memory doubles and drive the same loop with a plain executor.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::future::{self, Either, LocalBoxFuture};
@@ -15,14 +20,21 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde_json::Value;
 use tessera_protocol::{
-    bundle, BundleEntry, BundleLimits, ConsoleLine, HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor,
-    Lease, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultItem, ResultStatus, ResultsRequest,
-    ResultsResponse, SliceOutcome, Worktime,
+    bundle, BundleLimits, ConsoleLine, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest,
+    LeaseResponse, RegisterRequest, RegisterResponse, ResultItem, ResultStatus, ResultsRequest, ResultsResponse,
+    SliceOutcome, WorkerLimits, Worktime,
 };
 
 use crate::backoff::Backoff;
 use crate::error::WorkerError;
+use crate::gate::RequestGate;
+pub use crate::jobs::PreparedJob;
+use crate::jobs::{JobCache, JobEntry};
+pub use crate::lease_book::{Farewell, SliceProgress};
+use crate::lease_book::LeaseBook;
+use crate::outbox::{cap_console, fit_outcome, Outbox};
 use crate::pool::{Placement, Pool, PoolLimits};
+use crate::watchdog::{throttled, SliceLimits, INTERRUPT_GRACE_MS, SECOND_LOOK_MS};
 
 /// A future the supervisor can hold across loop turns (single-threaded, so not `Send`).
 pub type Task<T> = LocalBoxFuture<'static, T>;
@@ -39,17 +51,11 @@ pub trait SchedulerClient {
 
 /// Time and randomness, so tests can run the loop on a simulated clock.
 pub trait Clock {
+    /// Milliseconds on a clock that never goes backwards.
     fn now_ms(&self) -> u64;
     fn sleep(&self, ms: u64) -> Task<()>;
     /// A uniform sample in [0, 1).
     fn random(&self) -> f64;
-}
-
-/// A job ready to set up in a sandbox: its descriptor and its validated bundle.
-#[derive(Debug)]
-pub struct PreparedJob {
-    pub descriptor: JobDescriptor,
-    pub bundle: Vec<BundleEntry>,
 }
 
 /// What one slice produced in a sandbox.
@@ -62,11 +68,29 @@ pub struct SliceRun {
     pub heap_bytes: Option<u64>,
 }
 
+/// How a sandbox's set-up of its job ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SetupOutcome {
+    /// The program ran and registered its slice handler.
+    Ready { console: Vec<ConsoleLine> },
+    /// The program itself failed (syntax error, exception, no handler): a second opinion decides.
+    ProgramFailed { message: String, stack: Option<String>, console: Vec<ConsoleLine> },
+    /// The sandbox could not get that far (runtime, package or bundle failed to load): not the
+    /// program's fault.
+    Fault { message: String },
+}
+
 /// One isolated executor, bound to one job for its whole life.
 pub trait Sandbox {
-    /// Runs one slice, setting `job` up first when this sandbox has not done so yet. Progress the
-    /// program reports is written to `progress`. Never fails: faults come back as outcomes.
-    fn run(&self, job: Rc<PreparedJob>, slice: u64, datum: Value, progress: Rc<Cell<Option<f64>>>) -> Task<SliceRun>;
+    /// Sets `job` up: runtime, packages, bundle, and the program run once. Called once, before
+    /// the sandbox's first slice. Never fails: problems come back as outcomes.
+    fn prepare(&self, job: Rc<PreparedJob>) -> Task<SetupOutcome>;
+    /// Runs one slice of the job the sandbox was prepared for. Progress the program reports is
+    /// written to `progress`. Never fails: faults come back as outcomes.
+    fn run(&self, slice: u64, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun>;
+    /// Asks the running program to stop (Python's `KeyboardInterrupt`); false when this sandbox
+    /// cannot be interrupted and must be terminated instead.
+    fn interrupt(&self) -> bool;
     /// Stops the sandbox at once (a running slice is abandoned).
     fn terminate(&self);
 }
@@ -86,8 +110,17 @@ pub enum WorkerEvent {
     SandboxRemoved { sandbox: usize, reason: String },
     SliceStarted { job: String, slice: u64, sandbox: usize },
     SliceFinished { job: String, slice: u64, sandbox: usize, outcome: &'static str, ms: u64 },
-    Submitted { accepted: usize, duplicate: usize, stale: usize, requeued: usize },
-    SchedulerUnreachable { message: String, retry_ms: u64 },
+    /// The watchdog interrupted a slice that overran (the sandbox is kept).
+    SliceInterrupted { job: String, slice: u64, sandbox: usize, reason: String },
+    /// The scheduler said the job ended: its slices here were stopped and dropped.
+    JobEnded { job: String },
+    Submitted { accepted: usize, duplicate: usize, stale: usize, requeued: usize, released: usize, refused: usize },
+    /// A request failed on the network; that kind of request is retried after `retry_ms`.
+    SchedulerUnreachable { request: &'static str, message: String, retry_ms: u64 },
+    /// The scheduler refused a request as malformed: a bug, reported once; that kind of request stops.
+    RequestRefused { request: &'static str, message: String },
+    /// Sandboxes keep failing to start here: leasing pauses so other workers get the slices.
+    SandboxesFailing { failures: u32, pause_ms: u64 },
     Idle,
     Stopped { reason: String },
 }
@@ -107,21 +140,26 @@ pub struct SupervisorConfig {
     pub submit_batch: usize,
     /// …or once the oldest waited this long (ms), or when nothing else is running.
     pub submit_delay_ms: u64,
+    /// Finished results kept while the scheduler is unreachable; no more slices are leased
+    /// beyond this.
+    pub max_undelivered: usize,
     /// How long a lease request may wait for work when the worker has nothing to do.
     pub long_poll_ms: u64,
     /// Stop after this long without work; `None` runs until stopped.
     pub idle_exit_ms: Option<u64>,
-    /// A slice (including its sandbox's set-up) running longer than this is abandoned.
-    pub slice_timeout_ms: u64,
+    /// How long a sandbox may take to load its runtime and set a job up.
+    pub setup_timeout_ms: u64,
     pub max_slices_per_sandbox: u32,
     /// Recycle a sandbox whose heap has grown past this many bytes.
     pub max_sandbox_heap_bytes: u64,
     pub max_sandbox_idle_ms: u64,
     /// Slices a warm sandbox may hold at once: the next one waits in its message queue, so the
-    /// round trip to the sandbox is hidden. A slice's timeout starts when it is sent.
+    /// round trip to the sandbox is hidden.
     pub pipeline_depth: u32,
     /// Keep one Pyodide sandbox loaded ahead of need while working on Pyodide jobs.
     pub prewarm_spare: bool,
+    /// Jobs remembered (descriptor and bundle) beyond those in use.
+    pub job_cache: usize,
     pub bundle_limits: BundleLimits,
 }
 
@@ -135,14 +173,16 @@ impl SupervisorConfig {
             max_held_per_sandbox: 250,
             submit_batch: 200,
             submit_delay_ms: 200,
+            max_undelivered: 10_000,
             long_poll_ms: 10_000,
             idle_exit_ms: None,
-            slice_timeout_ms: 5 * 60_000,
+            setup_timeout_ms: 120_000,
             max_slices_per_sandbox: 10_000,
             max_sandbox_heap_bytes: 1 << 30,
             max_sandbox_idle_ms: 60_000,
             pipeline_depth: 2,
             prewarm_spare: true,
+            job_cache: 16,
             bundle_limits: BundleLimits::default(),
         }
     }
@@ -161,30 +201,34 @@ impl StopHandle {
     }
 }
 
+/// How the watchdog dealt with a slice.
+#[derive(Clone, Debug, PartialEq)]
+enum Watch {
+    /// The slice ended by itself.
+    Quiet,
+    /// It overran and was interrupted; the sandbox is kept.
+    Interrupted(String),
+    /// It overran and could not be interrupted: the sandbox must go.
+    Terminate(String),
+}
+
 enum Event {
     Registered(Result<RegisterResponse, WorkerError>),
     Leased(Result<LeaseResponse, WorkerError>),
     BundleFetched(String, Result<Vec<u8>, WorkerError>),
-    SliceDone { sandbox: usize, generation: u64, lease: Lease, run: SliceRun, timed_out: bool, ms: u64 },
-    Submitted(Result<ResultsResponse, WorkerError>, Vec<ResultItem>),
+    SliceDone { slot: usize, generation: u64, lease: Lease, run: SliceRun, watch: Watch, ms: u64 },
+    Submitted(Result<ResultsResponse, WorkerError>),
     Heartbeat(Result<HeartbeatResponse, WorkerError>),
-    Wake,
 }
 
-/// A lease this worker holds: its fencing token and the progress its program last reported.
-struct HeldLease {
-    token: String,
-    progress: Rc<Cell<Option<f64>>>,
-}
+/// Longest the loop sleeps without looking (a safety net; everything due sooner wakes it sooner).
+const MAX_SLEEP_MS: u64 = 1_000;
 
-/// A job's state on this worker.
-enum JobEntry {
-    /// Descriptor known; its bundle is being fetched.
-    Preparing(JobDescriptor),
-    Ready(Rc<PreparedJob>),
-    /// The job cannot run here (bad bundle): its slices report this as a job error.
-    Broken(String),
-}
+/// How long stopping waits for requests still in flight.
+const SHUTDOWN_GRACE_MS: u64 = 2_000;
+
+/// Consecutive worker faults after which leasing pauses.
+const FAULTS_BEFORE_PAUSE: u32 = 2;
 
 /// The supervisor's whole state; `run` drives it.
 pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
@@ -196,32 +240,32 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     stop: StopHandle,
 
     identity: Option<RegisterResponse>,
-    jobs: HashMap<String, JobEntry>,
-    queue: VecDeque<Lease>,
-    /// Leases this worker holds (queued or running), by lease id.
-    held: HashMap<String, HeldLease>,
-    finished: Vec<ResultItem>,
+    limits: WorkerLimits,
+    jobs: JobCache,
+    book: LeaseBook,
+    outbox: Outbox,
     pool: Pool,
     /// Live sandboxes by slot, with the generation that tells a replaced one from its successor.
     sandboxes: HashMap<usize, (u64, Rc<dyn Sandbox>)>,
     generation: u64,
+    /// Slices sent to sandboxes, by lease id: the slot and generation running them.
+    running: HashMap<String, (usize, u64)>,
+    /// Running slices whose sandbox was stopped for another slice's fault: given back free.
+    bystanders: HashMap<String, String>,
     tasks: FuturesUnordered<Task<Event>>,
-    lease_in_flight: bool,
-    submit_in_flight: bool,
-    /// A copy of the batch being submitted, resent at shutdown if the answer never came.
-    submitting: Vec<ResultItem>,
-    heartbeat_in_flight: bool,
-    register_in_flight: bool,
+    register_gate: RequestGate,
+    lease_gate: RequestGate,
+    heartbeat_gate: RequestGate,
+    submit_gate: RequestGate,
     next_lease_at: u64,
     next_heartbeat_at: u64,
     last_work_at: u64,
-    backoff: Backoff,
-    retry_at: u64,
     last_worktime: Option<Worktime>,
     /// Moving average of slice durations (ms), once one was measured.
     slice_ms: Option<f64>,
-    /// When the oldest result in `finished` was finished.
-    first_finished_at: u64,
+    /// Consecutive worker faults, and the pause they earn.
+    faults_in_row: u32,
+    fault_pause: Backoff,
 }
 
 /// Slices to hold per sandbox: enough for `buffer_ms` of work at the measured pace, so fast
@@ -244,6 +288,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             pipeline_depth: config.pipeline_depth.max(1),
         });
         let now = clock.now_ms();
+        let limits = WorkerLimits::default();
         Supervisor {
             client: Rc::new(client),
             factory,
@@ -252,27 +297,27 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             on_event,
             stop: StopHandle::default(),
             identity: None,
-            jobs: HashMap::new(),
-            queue: VecDeque::new(),
-            held: HashMap::new(),
-            finished: Vec::new(),
+            limits,
+            jobs: JobCache::new(config.job_cache),
+            book: LeaseBook::default(),
+            outbox: Outbox::new(config.submit_batch, (limits.max_request_bytes / 2) as usize),
             pool,
             sandboxes: HashMap::new(),
             generation: 0,
+            running: HashMap::new(),
+            bystanders: HashMap::new(),
             tasks: FuturesUnordered::new(),
-            lease_in_flight: false,
-            submit_in_flight: false,
-            submitting: Vec::new(),
-            heartbeat_in_flight: false,
-            register_in_flight: false,
+            register_gate: RequestGate::new(250, 30_000),
+            lease_gate: RequestGate::new(250, 30_000),
+            heartbeat_gate: RequestGate::new(250, 5_000),
+            submit_gate: RequestGate::new(250, 10_000),
             next_lease_at: 0,
             next_heartbeat_at: 0,
             last_work_at: now,
-            backoff: Backoff::new(250, 30_000),
-            retry_at: 0,
             last_worktime: None,
             slice_ms: None,
-            first_finished_at: 0,
+            faults_in_row: 0,
+            fault_pause: Backoff::new(1_000, 60_000),
         }
     }
 
@@ -281,13 +326,17 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.stop.clone()
     }
 
+    /// A handle that gives every unacknowledged lease back at once, for a closing page.
+    pub fn farewell(&self) -> Farewell {
+        self.book.farewell()
+    }
+
     fn emit(&self, event: WorkerEvent) {
         (self.on_event)(&event);
     }
 
     /// Runs until stopped or (with `idle_exit_ms`) idle; returns why it stopped.
     pub async fn run(mut self) -> String {
-        self.spawn_wake(0);
         let reason = loop {
             if self.stop.is_stopped() {
                 break "stopped".to_string();
@@ -295,9 +344,15 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             if let Some(reason) = self.step() {
                 break reason;
             }
-            match self.tasks.next().await {
-                Some(event) => self.handle(event),
-                None => self.spawn_wake(100),
+            // One timer: until the next thing falls due, or an answer comes first.
+            let now = self.clock.now_ms();
+            let timer = self.clock.sleep(self.next_wake(now).saturating_sub(now).max(1));
+            if self.tasks.is_empty() {
+                timer.await;
+                continue;
+            }
+            if let Either::Left((Some(event), _)) = future::select(self.tasks.next(), timer).await {
+                self.handle(event);
             }
         };
         self.shut_down(&reason).await;
@@ -305,21 +360,67 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         reason
     }
 
+    /// Slices held and not finished: queued plus sent to sandboxes.
+    fn holding(&self) -> usize {
+        self.book.queued() + self.pool.in_flight()
+    }
+
+    fn wanted(&self) -> usize {
+        self.config.sandboxes * held_per_sandbox(&self.config, self.slice_ms)
+    }
+
+    /// Whether a lease request would be sent if its gate were open.
+    fn lease_wanted(&self) -> bool {
+        self.holding() <= self.wanted() / 2 && self.outbox.len() < self.config.max_undelivered
+    }
+
+    fn nothing_running(&self) -> bool {
+        self.book.queued() == 0 && self.pool.in_flight() == 0
+    }
+
+    /// When the loop must look again: the earliest of everything that falls due.
+    fn next_wake(&self, now: u64) -> u64 {
+        let mut wake = now + MAX_SLEEP_MS;
+        let mut consider = |at: Option<u64>| {
+            if let Some(at) = at {
+                wake = wake.min(at.max(now + 1));
+            }
+        };
+        if self.identity.is_none() {
+            consider(self.register_gate.opens_at());
+            return wake;
+        }
+        if let (Some(oldest), Some(open)) = (self.outbox.oldest_at(), self.submit_gate.opens_at()) {
+            let due = if self.nothing_running() { now } else { oldest + self.config.submit_delay_ms };
+            consider(Some(due.max(open)));
+        }
+        if self.book.held() > 0 {
+            consider(self.heartbeat_gate.opens_at().map(|open| open.max(self.next_heartbeat_at)));
+        }
+        if self.lease_wanted() {
+            consider(self.lease_gate.opens_at().map(|open| open.max(self.next_lease_at)));
+        }
+        if let Some(limit) = self.config.idle_exit_ms {
+            consider(Some(self.last_work_at + limit));
+        }
+        wake
+    }
+
     /// Starts whatever work is due; returns a reason when the supervisor should stop.
     fn step(&mut self) -> Option<String> {
         let now = self.clock.now_ms();
-        if now < self.retry_at {
-            return None;
-        }
         let Some(identity) = self.identity.clone() else {
-            if !self.register_in_flight {
-                self.register_in_flight = true;
+            if self.register_gate.ready(now) {
+                self.register_gate.begin();
                 let request = RegisterRequest { user_agent: None, sandboxes: self.config.sandboxes as u32 };
                 let task = self.client.register(request);
                 self.tasks.push(task.map(Event::Registered).boxed_local());
             }
             return None;
         };
+        if let Some(message) = self.submit_gate.refused() {
+            return Some(format!("the scheduler refused results: {message}"));
+        }
         self.recycle(now);
         self.dispatch();
         self.prewarm();
@@ -330,255 +431,365 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     /// Submits finished results once enough are ready, the oldest waited long enough, or nothing runs.
     fn submit_if_due(&mut self, now: u64, identity: &RegisterResponse) {
-        let nothing_running = self.queue.is_empty() && self.pool.in_flight() == 0;
-        let submit_due = self.finished.len() >= self.config.submit_batch
-            || now.saturating_sub(self.first_finished_at) >= self.config.submit_delay_ms
-            || nothing_running;
-        if !self.finished.is_empty() && !self.submit_in_flight && submit_due {
-            self.submit_in_flight = true;
-            let items = std::mem::take(&mut self.finished);
-            self.submitting = items.clone();
-            let task = self.client.submit(&identity.token, ResultsRequest { results: items.clone() });
-            self.tasks.push(task.map(move |answer| Event::Submitted(answer, items)).boxed_local());
+        let Some(oldest) = self.outbox.oldest_at() else { return };
+        let due = self.outbox.waiting() >= self.config.submit_batch
+            || now.saturating_sub(oldest) >= self.config.submit_delay_ms
+            || self.nothing_running();
+        if due && self.submit_gate.ready(now) {
+            self.submit_gate.begin();
+            let results = self.outbox.take_batch();
+            let task = self.client.submit(&identity.token, ResultsRequest { results, worker_token: None });
+            self.tasks.push(task.map(Event::Submitted).boxed_local());
         }
     }
 
     /// Extends every held lease each `heartbeat_ms`, with the progress programs reported.
     fn heartbeat_if_due(&mut self, now: u64, identity: &RegisterResponse) {
-        if !self.held.is_empty() && now >= self.next_heartbeat_at && !self.heartbeat_in_flight {
-            self.heartbeat_in_flight = true;
-            self.next_heartbeat_at = now + identity.heartbeat_ms.max(100);
-            let leases = self
-                .held
-                .iter()
-                .map(|(lease_id, held)| HeartbeatItem {
-                    lease_id: lease_id.clone(),
-                    token: held.token.clone(),
-                    progress: held.progress.get(),
-                })
-                .collect();
-            let task = self.client.heartbeat(&identity.token, HeartbeatRequest { leases });
-            self.tasks.push(task.map(Event::Heartbeat).boxed_local());
+        if self.book.held() == 0 || now < self.next_heartbeat_at || !self.heartbeat_gate.ready(now) {
+            return;
         }
+        self.heartbeat_gate.begin();
+        self.next_heartbeat_at = now + identity.heartbeat_ms.max(100);
+        let requests: Vec<_> = self
+            .book
+            .heartbeat_chunks(self.limits.max_heartbeat_leases as usize)
+            .into_iter()
+            .map(|leases| self.client.heartbeat(&identity.token, HeartbeatRequest { leases }))
+            .collect();
+        let task = future::join_all(requests).map(|answers| {
+            let mut merged = HeartbeatResponse::default();
+            for answer in answers {
+                let answer = answer?;
+                merged.extended.extend(answer.extended);
+                merged.lost.extend(answer.lost);
+                merged.ended_jobs.extend(answer.ended_jobs);
+                merged.ttl_ms = answer.ttl_ms;
+            }
+            Ok(merged)
+        });
+        self.tasks.push(task.map(Event::Heartbeat).boxed_local());
     }
 
     /// Leases more work when half of what is held is done; stops the loop when idle long enough.
     fn lease_if_due(&mut self, now: u64, identity: &RegisterResponse) -> Option<String> {
-        let holding = self.queue.len() + self.pool.in_flight();
-        let want = self.config.sandboxes * held_per_sandbox(&self.config, self.slice_ms);
-        // Ask again once half the held work is done, so fast slices come in large batches.
-        if !self.lease_in_flight && holding <= want / 2 && now >= self.next_lease_at {
-            let idle = holding == 0 && self.finished.is_empty() && !self.submit_in_flight;
-            if idle {
-                if let Some(limit) = self.config.idle_exit_ms {
-                    if now.saturating_sub(self.last_work_at) >= limit {
-                        self.emit(WorkerEvent::Idle);
-                        return Some("idle".into());
-                    }
+        let idle = self.holding() == 0 && self.outbox.is_empty();
+        if let Some(message) = self.lease_gate.refused() {
+            return idle.then(|| format!("the scheduler refused lease requests: {message}"));
+        }
+        if !self.lease_wanted() || now < self.next_lease_at || !self.lease_gate.ready(now) {
+            return None;
+        }
+        if idle {
+            if let Some(limit) = self.config.idle_exit_ms {
+                if now.saturating_sub(self.last_work_at) >= limit {
+                    self.emit(WorkerEvent::Idle);
+                    return Some("idle".into());
                 }
             }
-            self.lease_in_flight = true;
-            let wait_ms = if idle {
-                let left = self.config.idle_exit_ms.map(|limit| limit.saturating_sub(now - self.last_work_at));
-                left.map_or(self.config.long_poll_ms, |left| left.min(self.config.long_poll_ms))
-            } else {
-                0
-            };
-            let request = LeaseRequest {
-                max_slices: (want - holding) as u32,
-                wait_ms,
-                known_jobs: self.jobs.keys().cloned().collect(),
-                prefer_jobs: self.pool.warm_jobs(),
-            };
-            let task = self.client.lease(&identity.token, request);
-            self.tasks.push(task.map(Event::Leased).boxed_local());
         }
+        let wait_ms = if idle {
+            let left = self.config.idle_exit_ms.map(|limit| limit.saturating_sub(now - self.last_work_at));
+            left.map_or(self.config.long_poll_ms, |left| left.min(self.config.long_poll_ms))
+        } else {
+            0
+        }
+        .min(self.limits.max_wait_ms);
+        let max_slices = (self.wanted() - self.holding()).clamp(1, self.limits.max_lease_slices.max(1) as usize);
+        self.lease_gate.begin();
+        let request = LeaseRequest {
+            max_slices: max_slices as u32,
+            wait_ms,
+            known_jobs: self.jobs.ids(),
+            prefer_jobs: self.pool.warm_jobs(),
+        };
+        let task = self.client.lease(&identity.token, request);
+        self.tasks.push(task.map(Event::Leased).boxed_local());
         None
     }
 
     fn handle(&mut self, event: Event) {
         let now = self.clock.now_ms();
         match event {
-            Event::Wake => self.spawn_wake(250),
-            Event::Registered(answer) => {
-                self.register_in_flight = false;
-                match answer {
-                    Ok(identity) => {
-                        self.backoff.reset();
-                        self.last_work_at = now;
-                        self.emit(WorkerEvent::Registered {
-                            worker_id: identity.worker_id.clone(),
-                            sandboxes: self.config.sandboxes,
-                        });
-                        self.identity = Some(identity);
-                    }
-                    Err(error) => self.unreachable(error),
+            Event::Registered(answer) => match answer {
+                Ok(identity) => {
+                    self.register_gate.succeeded();
+                    self.last_work_at = now;
+                    self.limits = identity.limits;
+                    self.outbox.set_limits(
+                        self.config.submit_batch.min(self.limits.max_results_per_batch as usize),
+                        (self.limits.max_request_bytes / 2) as usize,
+                    );
+                    self.book.set_worker_token(Some(identity.token.clone()));
+                    self.emit(WorkerEvent::Registered {
+                        worker_id: identity.worker_id.clone(),
+                        sandboxes: self.config.sandboxes,
+                    });
+                    self.identity = Some(identity);
                 }
-            }
-            Event::Leased(answer) => {
-                self.lease_in_flight = false;
-                match answer {
-                    Ok(response) => {
-                        self.backoff.reset();
-                        if response.leases.is_empty() {
-                            // Nothing now: while slices still run, ask again in a second rather than spin.
-                            self.next_lease_at = now + if self.pool.busy() > 0 { 1_000 } else { 0 };
-                            return;
-                        }
-                        self.last_work_at = now;
-                        self.emit(WorkerEvent::Leased { count: response.leases.len() });
-                        for descriptor in response.jobs {
-                            self.learn_job(descriptor);
-                        }
-                        for lease in response.leases {
-                            self.held.insert(
-                                lease.lease_id.clone(),
-                                HeldLease { token: lease.token.clone(), progress: Rc::default() },
-                            );
-                            self.queue.push_back(lease);
-                        }
-                    }
-                    Err(WorkerError::Rejected(error)) if error.code == "wrong_token" => {
-                        // The scheduler forgot us (new database): register again.
-                        self.identity = None;
-                        self.jobs.clear();
-                    }
-                    Err(error) => self.unreachable(error),
+                Err(WorkerError::Rejected(error)) => {
+                    self.register_gate.refuse(error.to_string());
+                    self.emit(WorkerEvent::RequestRefused { request: "register", message: error.to_string() });
+                    self.stop.stop();
                 }
-            }
-            Event::BundleFetched(job_id, answer) => {
-                let Some(JobEntry::Preparing(descriptor)) = self.jobs.remove(&job_id) else { return };
-                let entry = match answer
-                    .and_then(|bytes| bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle))
-                {
-                    Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
-                    Err(WorkerError::Unreachable(message)) => {
-                        // A network failure says nothing about the bundle: fetch it again later.
-                        let delay = self.backoff.next_delay(self.clock.random());
-                        self.emit(WorkerEvent::SchedulerUnreachable { message, retry_ms: delay });
-                        self.fetch_bundle(&descriptor, delay);
-                        JobEntry::Preparing(descriptor)
-                    }
-                    Err(error) => JobEntry::Broken(format!("bundle refused: {error}")),
-                };
-                self.jobs.insert(job_id, entry);
-            }
-            Event::SliceDone { sandbox, generation, lease, run, timed_out, ms } => {
-                self.last_work_at = now;
-                let outcome_name = match &run.outcome {
-                    SliceOutcome::Ok { .. } => "ok",
-                    SliceOutcome::Error { .. } => "error",
-                    SliceOutcome::JobError { .. } => "job_error",
-                    SliceOutcome::WorkerFault { .. } => "worker_fault",
-                };
-                self.emit(WorkerEvent::SliceFinished {
-                    job: lease.job_id.clone(),
-                    slice: lease.slice,
-                    sandbox,
-                    outcome: outcome_name,
-                    ms,
-                });
-                // The slot may hold a newer sandbox by now (this one was removed while it ran).
-                let current = self.sandboxes.get(&sandbox).is_some_and(|(live, _)| *live == generation);
-                // The pace of work, from warm sandboxes only: a first slice also paid for the set-up.
-                let warm = current && self.pool.slot(sandbox).is_some_and(|slot| slot.served > 0);
-                if warm && matches!(run.outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
-                    let sample = ms.max(1) as f64;
-                    self.slice_ms = Some(self.slice_ms.map_or(sample, |average| 0.8 * average + 0.2 * sample));
-                }
-                let crashed = matches!(run.outcome, SliceOutcome::WorkerFault { .. });
-                let job_failed = matches!(run.outcome, SliceOutcome::JobError { .. });
-                let removal = if timed_out {
-                    Some("slice timed out")
-                } else if crashed {
-                    Some("sandbox fault")
-                } else if job_failed {
-                    Some("job failed")
-                } else {
-                    None
-                };
-                match (current, removal) {
-                    (false, _) => {}
-                    (true, Some(reason)) => self.remove_sandbox(sandbox, reason),
-                    (true, None) => self.pool.finished(sandbox, now, run.heap_bytes),
-                }
-                if job_failed {
-                    // The job is over: its other slices here would only fail the same way.
-                    self.jobs.insert(lease.job_id.clone(), JobEntry::Broken("job failed".into()));
-                    self.drop_queued_of(&lease.job_id);
-                }
-                if self.held.remove(&lease.lease_id).is_some() {
-                    if self.finished.is_empty() {
-                        self.first_finished_at = now;
-                    }
-                    self.finished.push(ResultItem {
-                        lease_id: lease.lease_id,
-                        token: lease.token,
-                        outcome: run.outcome,
-                        console: run.console,
+                Err(error) => {
+                    let retry_ms = self.register_gate.failed(now, self.clock.random());
+                    self.emit(WorkerEvent::SchedulerUnreachable {
+                        request: "register",
+                        message: error.to_string(),
+                        retry_ms,
                     });
                 }
+            },
+            Event::Leased(answer) => self.on_leased(answer, now),
+            Event::BundleFetched(job_id, answer) => self.on_bundle(job_id, answer, now),
+            Event::SliceDone { slot, generation, lease, run, watch, ms } => {
+                self.on_slice_done(slot, generation, lease, run, watch, ms, now)
             }
-            Event::Submitted(answer, items) => {
-                self.submit_in_flight = false;
-                self.submitting.clear();
-                match answer {
-                    Ok(response) => {
-                        self.backoff.reset();
-                        let count = |status| response.acks.iter().filter(|ack| ack.status == status).count();
-                        self.emit(WorkerEvent::Submitted {
-                            accepted: count(ResultStatus::Accepted),
-                            duplicate: count(ResultStatus::Duplicate),
-                            stale: count(ResultStatus::Stale),
-                            requeued: count(ResultStatus::Requeued),
-                        });
+            Event::Submitted(answer) => self.on_submitted(answer, now),
+            Event::Heartbeat(answer) => match answer {
+                Ok(response) => {
+                    self.heartbeat_gate.succeeded();
+                    for lease_id in &response.lost {
+                        self.book.lose(lease_id);
                     }
-                    Err(WorkerError::Rejected(error)) => {
-                        // The scheduler refused the batch as a whole; resending it cannot help.
-                        self.emit(WorkerEvent::SchedulerUnreachable { message: error.to_string(), retry_ms: 0 });
-                    }
-                    Err(error) => {
-                        // Keep the results and send them again: acceptance is idempotent per lease.
-                        self.finished.splice(0..0, items);
-                        self.unreachable(error);
+                    for job_id in response.ended_jobs {
+                        self.end_job(&job_id);
                     }
                 }
+                Err(error) => self.request_failed("heartbeat", error, now),
+            },
+        }
+    }
+
+    /// A failed request of `kind`: a refusal closes that kind for good, anything else backs it off.
+    fn request_failed(&mut self, kind: &'static str, error: WorkerError, now: u64) {
+        let gate = match kind {
+            "lease" => &mut self.lease_gate,
+            "heartbeat" => &mut self.heartbeat_gate,
+            _ => &mut self.submit_gate,
+        };
+        match error {
+            WorkerError::Rejected(error) => {
+                gate.refuse(error.to_string());
+                self.emit(WorkerEvent::RequestRefused { request: kind, message: error.to_string() });
             }
-            Event::Heartbeat(answer) => {
-                self.heartbeat_in_flight = false;
-                if let Ok(response) = answer {
-                    for lease_id in response.lost {
-                        self.held.remove(&lease_id);
-                        self.queue.retain(|lease| lease.lease_id != lease_id);
-                    }
-                }
+            error => {
+                let retry_ms = gate.failed(now, self.clock.random());
+                self.emit(WorkerEvent::SchedulerUnreachable { request: kind, message: error.to_string(), retry_ms });
             }
         }
     }
 
-    fn unreachable(&mut self, error: WorkerError) {
-        let delay = self.backoff.next_delay(self.clock.random());
-        self.retry_at = self.clock.now_ms() + delay;
-        self.emit(WorkerEvent::SchedulerUnreachable { message: error.to_string(), retry_ms: delay });
-        self.spawn_wake(delay);
+    fn on_leased(&mut self, answer: Result<LeaseResponse, WorkerError>, now: u64) {
+        match answer {
+            Ok(response) => {
+                self.lease_gate.succeeded();
+                for job_id in &response.ended_jobs {
+                    self.end_job(job_id);
+                }
+                if response.leases.is_empty() {
+                    // Nothing now: while slices still run, ask again in a second rather than spin.
+                    self.next_lease_at = now + if self.holding() > 0 { 1_000 } else { 0 };
+                    return;
+                }
+                self.last_work_at = now;
+                self.emit(WorkerEvent::Leased { count: response.leases.len() });
+                for descriptor in response.jobs {
+                    self.learn_job(descriptor, now);
+                }
+                for lease in response.leases {
+                    self.jobs.touch(&lease.job_id, now);
+                    self.book.add(lease);
+                }
+            }
+            Err(WorkerError::Rejected(error)) if error.code == "wrong_token" => {
+                // The scheduler forgot us (new database): what we hold means nothing there now.
+                self.lease_gate.succeeded();
+                self.identity = None;
+                self.book.clear();
+                self.jobs = JobCache::new(self.config.job_cache);
+            }
+            Err(error) => self.request_failed("lease", error, now),
+        }
     }
 
-    fn spawn_wake(&mut self, ms: u64) {
-        self.tasks.push(self.clock.sleep(ms).map(|_| Event::Wake).boxed_local());
+    fn on_bundle(&mut self, job_id: String, answer: Result<Vec<u8>, WorkerError>, now: u64) {
+        let Some(JobEntry::Preparing(descriptor)) = self.jobs.take(&job_id) else { return };
+        let entry =
+            match answer.and_then(|bytes| bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle))
+            {
+                Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
+                Err(WorkerError::Unreachable(message)) => {
+                    // A network failure says nothing about the bundle: fetch it again later.
+                    let retry_ms = self.fault_pause.next_delay(self.clock.random());
+                    self.emit(WorkerEvent::SchedulerUnreachable { request: "bundle", message, retry_ms });
+                    self.fetch_bundle(&descriptor, retry_ms);
+                    JobEntry::Preparing(descriptor)
+                }
+                Err(error) => JobEntry::Broken { message: format!("bundle refused: {error}"), stack: None },
+            };
+        self.jobs.insert(job_id, entry, now);
     }
 
-    fn learn_job(&mut self, descriptor: JobDescriptor) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_slice_done(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        lease: Lease,
+        run: SliceRun,
+        watch: Watch,
+        ms: u64,
+        now: u64,
+    ) {
+        self.last_work_at = now;
+        self.running.remove(&lease.lease_id);
+        let mut outcome = run.outcome;
+        match &watch {
+            Watch::Quiet => {}
+            Watch::Interrupted(reason) => {
+                self.emit(WorkerEvent::SliceInterrupted {
+                    job: lease.job_id.clone(),
+                    slice: lease.slice,
+                    sandbox: slot,
+                    reason: reason.clone(),
+                });
+                // The program stopped with KeyboardInterrupt (or some other error): it timed out.
+                if !matches!(outcome, SliceOutcome::Ok { .. }) {
+                    outcome = SliceOutcome::TimedOut { message: reason.clone() };
+                }
+            }
+            Watch::Terminate(reason) => outcome = SliceOutcome::TimedOut { message: reason.clone() },
+        }
+        if let Some(reason) = self.bystanders.remove(&lease.lease_id) {
+            if matches!(outcome, SliceOutcome::WorkerFault { .. }) {
+                outcome = SliceOutcome::Released { reason };
+            }
+        }
+        self.emit(WorkerEvent::SliceFinished {
+            job: lease.job_id.clone(),
+            slice: lease.slice,
+            sandbox: slot,
+            outcome: outcome.kind(),
+            ms,
+        });
+        // The slot may hold a newer sandbox by now (this one was removed while it ran).
+        let current = self.sandboxes.get(&slot).is_some_and(|(live, _)| *live == generation);
+        // The pace of work, from warm sandboxes only: a first slice also paid for the imports.
+        let warm = current && self.pool.slot(slot).is_some_and(|s| s.served > 0);
+        if warm && matches!(outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
+            let sample = ms.max(1) as f64;
+            self.slice_ms = Some(self.slice_ms.map_or(sample, |average| 0.8 * average + 0.2 * sample));
+        }
+        let removal = match (&watch, &outcome) {
+            (Watch::Terminate(_), _) => Some("slice timed out"),
+            (_, SliceOutcome::WorkerFault { .. }) => Some("sandbox fault"),
+            (_, SliceOutcome::JobError { .. }) => Some("the program failed to set up"),
+            _ => None,
+        };
+        match (current, removal) {
+            (false, _) => {}
+            (true, Some(reason)) => self.remove_sandbox(slot, reason),
+            (true, None) => self.pool.finished(slot, now, run.heap_bytes),
+        }
+        self.count_fault(&outcome, now);
+        if let SliceOutcome::JobError { message, stack } = &outcome {
+            if self.jobs.setup_failed(&lease.job_id, message, stack.as_deref(), now) {
+                // Failed in two fresh sandboxes here: its other slices would only fail the same way.
+                self.report_broken_queued(&lease.job_id, now);
+            }
+        }
+        if self.book.finish(&lease.lease_id) {
+            let item = ResultItem {
+                lease_id: lease.lease_id,
+                token: lease.token,
+                outcome: fit_outcome(outcome, self.limits.max_result_bytes),
+                console: cap_console(run.console),
+            };
+            self.outbox.push(item, now);
+        }
+    }
+
+    /// Worker faults in a row pause leasing, so a machine whose sandboxes cannot start stops
+    /// taking slices from workers that can run them.
+    fn count_fault(&mut self, outcome: &SliceOutcome, now: u64) {
+        match outcome {
+            SliceOutcome::WorkerFault { .. } => {
+                self.faults_in_row += 1;
+                if self.faults_in_row >= FAULTS_BEFORE_PAUSE {
+                    let pause_ms = self.fault_pause.next_delay(self.clock.random());
+                    self.lease_gate.hold_until(now + pause_ms);
+                    self.emit(WorkerEvent::SandboxesFailing { failures: self.faults_in_row, pause_ms });
+                }
+            }
+            SliceOutcome::Ok { .. } | SliceOutcome::Error { .. } => {
+                self.faults_in_row = 0;
+                self.fault_pause.reset();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_submitted(&mut self, answer: Result<ResultsResponse, WorkerError>, now: u64) {
+        match answer {
+            Ok(response) => {
+                self.submit_gate.succeeded();
+                self.outbox.delivered();
+                for ack in &response.acks {
+                    self.book.acknowledged(&ack.lease_id);
+                }
+                let count = |status| response.acks.iter().filter(|ack| ack.status == status).count();
+                self.emit(WorkerEvent::Submitted {
+                    accepted: count(ResultStatus::Accepted),
+                    duplicate: count(ResultStatus::Duplicate),
+                    stale: count(ResultStatus::Stale),
+                    requeued: count(ResultStatus::Requeued),
+                    released: count(ResultStatus::Released),
+                    refused: count(ResultStatus::Refused),
+                });
+            }
+            Err(WorkerError::Rejected(error)) if error.code == "too_large" => {
+                // Send smaller batches: the results themselves are fine.
+                self.outbox.undelivered(now);
+                self.outbox.shrink();
+                self.submit_gate.succeeded();
+            }
+            Err(error) => {
+                // Kept and sent again: acceptance is idempotent per lease.
+                self.outbox.undelivered(now);
+                self.request_failed("submit", error, now);
+            }
+        }
+    }
+
+    /// The scheduler ended a job: stop its slices here and forget it.
+    fn end_job(&mut self, job_id: &str) {
+        if !self.jobs.contains(job_id) && self.book.drop_job(job_id) == 0 {
+            return;
+        }
+        self.book.drop_job(job_id);
+        self.jobs.forget(job_id);
+        for slot in self.pool.live() {
+            if self.pool.slot(slot).and_then(|s| s.job.as_deref()) == Some(job_id) {
+                self.remove_sandbox(slot, "its job ended");
+            }
+        }
+        self.emit(WorkerEvent::JobEnded { job: job_id.to_string() });
+    }
+
+    fn learn_job(&mut self, descriptor: JobDescriptor, now: u64) {
         let job_id = descriptor.job_id.clone();
-        match descriptor.bundle {
+        let entry = match descriptor.bundle {
             Some(_) => {
                 self.fetch_bundle(&descriptor, 0);
-                self.jobs.insert(job_id, JobEntry::Preparing(descriptor));
+                JobEntry::Preparing(descriptor)
             }
-            None => {
-                let prepared = PreparedJob { descriptor, bundle: Vec::new() };
-                self.jobs.insert(job_id, JobEntry::Ready(Rc::new(prepared)));
-            }
-        }
+            None => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: Vec::new() })),
+        };
+        self.jobs.insert(job_id, entry, now);
+        let mut in_use = self.book.held_jobs();
+        in_use.extend(self.pool.warm_jobs());
+        self.jobs.evict(|id| in_use.contains(id));
     }
 
     /// Downloads a job's bundle (once per worker, shared by its sandboxes) after `delay_ms`.
@@ -592,36 +803,40 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.tasks.push(task.boxed_local());
     }
 
-    fn drop_queued_of(&mut self, job_id: &str) {
-        let (dropped, kept): (Vec<Lease>, Vec<Lease>) = self.queue.drain(..).partition(|lease| lease.job_id == job_id);
-        self.queue = kept.into();
-        for lease in dropped {
-            self.held.remove(&lease.lease_id);
+    /// Reports every queued slice of a job that cannot run here with the job's error.
+    fn report_broken_queued(&mut self, job_id: &str, now: u64) {
+        let Some(JobEntry::Broken { message, stack }) = self.jobs.get(job_id) else { return };
+        let outcome = SliceOutcome::JobError { message: message.clone(), stack: stack.clone() };
+        for lease in self.book.take_queued_of(job_id) {
+            if self.book.finish(&lease.lease_id) {
+                let item =
+                    ResultItem { lease_id: lease.lease_id, token: lease.token, outcome: outcome.clone(), console: vec![] };
+                self.outbox.push(item, now);
+            }
         }
     }
 
     /// Sends queued slices to sandboxes, in lease order, skipping jobs not ready yet.
     fn dispatch(&mut self) {
+        let now = self.clock.now_ms();
         let mut index = 0;
-        while index < self.queue.len() {
-            let job_id = self.queue[index].job_id.clone();
+        while index < self.book.queued() {
+            let Some(job_id) = self.book.queued_job(index).map(str::to_string) else { return };
             let job = match self.jobs.get(&job_id) {
                 Some(JobEntry::Ready(job)) => job.clone(),
-                Some(JobEntry::Broken(reason)) => {
-                    let reason = reason.clone();
-                    if let Some(lease) = self.queue.remove(index) {
-                        self.held.remove(&lease.lease_id);
-                        self.finished.push(ResultItem {
-                            lease_id: lease.lease_id,
-                            token: lease.token,
-                            outcome: SliceOutcome::JobError { message: reason, stack: None },
-                            console: vec![],
-                        });
-                    }
+                Some(JobEntry::Broken { .. }) => {
+                    self.report_broken_queued(&job_id, now);
                     continue;
                 }
-                Some(JobEntry::Preparing(_)) | None => {
+                Some(JobEntry::Preparing(_)) => {
                     index += 1;
+                    continue;
+                }
+                None => {
+                    // Not described to us (forgotten): give it back so a fresh lease brings the job.
+                    if let Some((lease, _)) = self.book.start(index) {
+                        self.give_back(lease, "the worker no longer knew the job", now);
+                    }
                     continue;
                 }
             };
@@ -641,8 +856,17 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     }
                 }
             };
-            let Some(lease) = self.queue.remove(index) else { return };
-            self.start_slice(slot, job, lease);
+            let Some((lease, progress)) = self.book.start(index) else { return };
+            self.start_slice(slot, job, lease, progress);
+        }
+    }
+
+    /// Hands a lease back unrun, at no cost to the slice.
+    fn give_back(&mut self, lease: Lease, reason: &str, now: u64) {
+        if self.book.finish(&lease.lease_id) {
+            let outcome = SliceOutcome::Released { reason: reason.to_string() };
+            let item = ResultItem { lease_id: lease.lease_id, token: lease.token, outcome, console: vec![] };
+            self.outbox.push(item, now);
         }
     }
 
@@ -662,8 +886,14 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
     }
 
+    /// Terminates a sandbox; slices it was still running go back at no cost (not their fault).
     fn remove_sandbox(&mut self, slot: usize, reason: &str) {
-        if let Some((_, sandbox)) = self.sandboxes.remove(&slot) {
+        if let Some((generation, sandbox)) = self.sandboxes.remove(&slot) {
+            for (lease_id, (running_slot, running_generation)) in &self.running {
+                if *running_slot == slot && *running_generation == generation {
+                    self.bystanders.insert(lease_id.clone(), format!("its sandbox was stopped: {reason}"));
+                }
+            }
             sandbox.terminate();
         }
         self.pool.removed(slot);
@@ -682,7 +912,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         if !self.config.prewarm_spare || self.last_worktime != Some(Worktime::Pyodide) {
             return;
         }
-        if (self.queue.is_empty() && self.pool.busy() == 0) || !self.pool.any_warm() {
+        if (self.book.queued() == 0 && self.pool.busy() == 0) || !self.pool.any_warm() {
             return;
         }
         if !self.pool.has_spare(Worktime::Pyodide) {
@@ -692,67 +922,82 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
     }
 
-    fn start_slice(&mut self, slot: usize, job: Rc<PreparedJob>, lease: Lease) {
+    fn start_slice(&mut self, slot: usize, job: Rc<PreparedJob>, lease: Lease, progress: Rc<SliceProgress>) {
         let Some((generation, sandbox)) = self.sandboxes.get(&slot).cloned() else { return };
+        let needs_setup = self.pool.slot(slot).is_some_and(|s| s.job.is_none());
         self.last_worktime = Some(job.descriptor.worktime);
         self.pool.started(slot, &lease.job_id);
+        self.running.insert(lease.lease_id.clone(), (slot, generation));
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });
-        let progress = self.held.get(&lease.lease_id).map(|held| held.progress.clone()).unwrap_or_default();
-        let run = sandbox.run(job, lease.slice, lease.datum.clone(), progress);
-        let timeout = self.clock.sleep(self.config.slice_timeout_ms);
         let clock = self.clock.clone();
-        let started = clock.now_ms();
-        let limit = self.config.slice_timeout_ms;
+        let limits = SliceLimits::of(&job.descriptor);
+        let setup_timeout = self.config.setup_timeout_ms;
         let task = async move {
-            let (run, timed_out) = match future::select(run, timeout).await {
-                Either::Left((run, _)) => (run, false),
-                Either::Right(_) => (
-                    SliceRun {
-                        outcome: SliceOutcome::WorkerFault { message: format!("slice ran longer than {limit} ms") },
-                        console: vec![],
-                        heap_bytes: None,
-                    },
-                    true,
-                ),
-            };
-            Event::SliceDone {
-                sandbox: slot,
-                generation,
-                lease,
-                run,
-                timed_out,
-                ms: clock.now_ms().saturating_sub(started),
+            let mut console = Vec::new();
+            if needs_setup {
+                let setup = sandbox.prepare(job);
+                let outcome = match future::select(setup, clock.sleep(setup_timeout)).await {
+                    Either::Left((SetupOutcome::Ready { console: lines }, _)) => {
+                        console.extend(lines);
+                        None
+                    }
+                    Either::Left((SetupOutcome::ProgramFailed { message, stack, console: lines }, _)) => {
+                        console.extend(lines);
+                        Some(SliceOutcome::JobError { message, stack })
+                    }
+                    Either::Left((SetupOutcome::Fault { message }, _)) => Some(SliceOutcome::WorkerFault { message }),
+                    Either::Right(_) => Some(SliceOutcome::WorkerFault {
+                        message: format!("the sandbox did not load its runtime within {setup_timeout} ms"),
+                    }),
+                };
+                if let Some(outcome) = outcome {
+                    let run = SliceRun { outcome, console, heap_bytes: None };
+                    return Event::SliceDone { slot, generation, lease, run, watch: Watch::Quiet, ms: 0 };
+                }
             }
+            let started = clock.now_ms();
+            let run = sandbox.run(lease.slice, lease.datum.clone(), progress.clone());
+            let (mut run, watch) = watch_slice(run, sandbox.as_ref(), clock.as_ref(), limits, &progress, started).await;
+            console.append(&mut run.console);
+            run.console = console;
+            let ms = clock.now_ms().saturating_sub(started);
+            Event::SliceDone { slot, generation, lease, run, watch, ms }
         };
         self.tasks.push(task.boxed_local());
     }
 
-    /// Returns unfinished slices to the scheduler (so they are retried at once elsewhere),
-    /// delivers finished results, and terminates every sandbox.
+    /// Returns unfinished slices to the scheduler at no cost (so they are retried at once
+    /// elsewhere), delivers finished results, and terminates every sandbox.
     async fn shut_down(&mut self, reason: &str) {
         for slot in self.pool.live() {
             self.remove_sandbox(slot, reason);
         }
         self.drain_in_flight().await;
-        let unfinished: Vec<(String, String)> =
-            self.held.iter().map(|(lease_id, held)| (lease_id.clone(), held.token.clone())).collect();
-        for (lease_id, token) in unfinished {
-            self.finished.push(ResultItem {
-                lease_id,
-                token,
-                outcome: SliceOutcome::WorkerFault { message: format!("worker {reason}") },
-                console: vec![],
-            });
+        let released = SliceOutcome::Released { reason: format!("the worker {reason}") };
+        let now = self.clock.now_ms();
+        for item in self.book.release_all(&released) {
+            self.outbox.push(item, now);
         }
-        self.held.clear();
-        self.queue.clear();
         self.tasks = FuturesUnordered::new();
-        // A batch whose answer never came is sent again: acceptance is idempotent per lease.
-        let unanswered = std::mem::take(&mut self.submitting);
-        self.finished.splice(0..0, unanswered);
-        if let (Some(identity), false) = (&self.identity, self.finished.is_empty()) {
-            let items = std::mem::take(&mut self.finished);
-            let _ = self.client.submit(&identity.token, ResultsRequest { results: items }).await;
+        let Some(identity) = self.identity.clone() else { return };
+        // Bounded: each round either delivers a batch or gives up.
+        for _ in 0..64 {
+            if self.outbox.is_empty() || self.submit_gate.refused().is_some() {
+                return;
+            }
+            let mut batch = self.outbox.take_batch();
+            for item in &mut batch {
+                item.console.clear();
+            }
+            let submit = self.client.submit(&identity.token, ResultsRequest { results: batch, worker_token: None });
+            match future::select(submit, self.clock.sleep(SHUTDOWN_GRACE_MS)).await {
+                Either::Left((Ok(_), _)) => self.outbox.delivered(),
+                Either::Left((Err(WorkerError::Rejected(error)), _)) if error.code == "too_large" => {
+                    self.outbox.undelivered(now);
+                    self.outbox.shrink();
+                }
+                _ => return,
+            }
         }
     }
 
@@ -760,32 +1005,64 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     /// last moment are returned too instead of waiting out their lease.
     async fn drain_in_flight(&mut self) {
         let mut grace = self.clock.sleep(SHUTDOWN_GRACE_MS);
-        while self.lease_in_flight || self.submit_in_flight {
+        while self.lease_gate.in_flight() || self.submit_gate.in_flight() {
             let event = match future::select(self.tasks.next(), &mut grace).await {
                 Either::Left((Some(event), _)) => event,
                 Either::Left((None, _)) | Either::Right(_) => return,
             };
+            let now = self.clock.now_ms();
             match event {
-                Event::Leased(answer) => {
-                    self.lease_in_flight = false;
-                    for lease in answer.map(|response| response.leases).unwrap_or_default() {
-                        self.held.insert(lease.lease_id, HeldLease { token: lease.token, progress: Rc::default() });
-                    }
-                }
-                Event::Submitted(answer, _) => {
-                    self.submit_in_flight = false;
-                    if answer.is_ok() {
-                        self.submitting.clear();
-                    }
-                }
+                Event::Leased(answer) => self.on_leased(answer, now),
+                Event::Submitted(answer) => self.on_submitted(answer, now),
                 _ => {}
             }
         }
     }
 }
 
-/// How long stopping waits for requests still in flight.
-const SHUTDOWN_GRACE_MS: u64 = 2_000;
+/// Waits for a running slice under its job's limits: on overrun, interrupts it, and when that
+/// does not stop it within the grace period, gives up on the sandbox.
+async fn watch_slice<K: Clock>(
+    mut run: Task<SliceRun>,
+    sandbox: &dyn Sandbox,
+    clock: &K,
+    limits: SliceLimits,
+    progress: &SliceProgress,
+    started: u64,
+) -> (SliceRun, Watch) {
+    let mut reports = progress.reports();
+    let mut heard = started;
+    let mut second_look_until = 0;
+    let reason = loop {
+        let due = limits.check_at(started, heard).max(second_look_until);
+        let timer = clock.sleep(due.saturating_sub(clock.now_ms()).max(1));
+        match future::select(run, timer).await {
+            Either::Left((result, _)) => return (result, Watch::Quiet),
+            Either::Right((_, pending)) => run = pending,
+        }
+        let now = clock.now_ms();
+        if progress.reports() != reports {
+            reports = progress.reports();
+            heard = now;
+            continue;
+        }
+        if throttled(due, now) && second_look_until < due {
+            // The page was throttled, not the slice slow: let queued answers arrive first.
+            second_look_until = now + SECOND_LOOK_MS;
+            continue;
+        }
+        if let Some(reason) = limits.overrun(now, started, heard) {
+            break reason;
+        }
+    };
+    if sandbox.interrupt() {
+        if let Either::Left((result, _)) = future::select(run, clock.sleep(INTERRUPT_GRACE_MS)).await {
+            return (result, Watch::Interrupted(reason));
+        }
+    }
+    let run = SliceRun { outcome: SliceOutcome::TimedOut { message: reason.clone() }, console: vec![], heap_bytes: None };
+    (run, Watch::Terminate(reason))
+}
 
 #[cfg(test)]
 mod tests {

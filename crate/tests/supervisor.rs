@@ -1,38 +1,82 @@
 //! The supervisor loop against in-memory doubles of the scheduler, the sandboxes and the clock.
+//!
+//! The scheduler double enforces the real scheduler's rules (docs/PROTOCOL.md): a lease cap
+//! from the register answer, worker and lease tokens, per-item refusals, attempts that only
+//! faults cost, the second opinion on set-up errors, ended jobs. A kinder double is how a worker
+//! that asked for more than the scheduler allows once slipped through.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
+use futures::channel::oneshot;
 use futures::FutureExt;
 use serde_json::{json, Value};
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::{
     ApiError, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse, RegisterRequest,
-    RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome, Worktime,
+    RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome, WorkerLimits, Worktime,
 };
 use tessera_worker::supervisor::{
-    Clock, PreparedJob, Sandbox, SandboxFactory, SchedulerClient, SliceRun, Supervisor, SupervisorConfig, Task,
-    WorkerEvent,
+    Clock, PreparedJob, Sandbox, SandboxFactory, SchedulerClient, SetupOutcome, SliceProgress, SliceRun, StopHandle,
+    Supervisor, SupervisorConfig, Task, WorkerEvent,
 };
 use tessera_worker::WorkerError;
 
-/// A scheduler holding slices in memory with the real protocol's acceptance rules.
-#[derive(Default)]
+const WORKER_TOKEN: &str = "worker-token";
+const MAX_ATTEMPTS: u32 = 2;
+
+/// A scheduler holding slices in memory with the real protocol's rules.
 struct Scheduler {
-    queued: RefCell<Vec<(String, u64, Value)>>,
+    limits: WorkerLimits,
+    /// The simulated clock of the run: a lease request with nothing to hand out waits on it.
+    clock: FakeClock,
+    queued: RefCell<Vec<(String, u64)>>,
+    data: RefCell<HashMap<(String, u64), Value>>,
     jobs: RefCell<HashMap<String, JobDescriptor>>,
-    leases: RefCell<HashMap<String, (String, u64)>>,
+    /// Active leases: id → (token, job, slice).
+    leases: RefCell<HashMap<String, (String, String, u64)>>,
     accepted: RefCell<BTreeMap<(String, u64), SliceOutcome>>,
+    attempts: RefCell<HashMap<(String, u64), u32>>,
+    setup_reports: RefCell<HashMap<String, u32>>,
+    ended: RefCell<HashSet<String>>,
+    /// Cancel this job once this many of its slices were accepted.
+    cancel_after: RefCell<Option<(String, usize)>>,
+    /// Requests that fail on the network before any answer (register, lease, submit).
     failures_left: Cell<u32>,
+    lease_failures_left: Cell<u32>,
+    lease_calls: Cell<u32>,
+    largest_ask: Cell<u32>,
     /// Served for every bundle request.
     bundle: RefCell<Option<Vec<u8>>>,
     next_id: Cell<u64>,
 }
 
 impl Scheduler {
+    fn new(limits: WorkerLimits) -> Rc<Scheduler> {
+        Rc::new(Scheduler {
+            limits,
+            clock: FakeClock::default(),
+            queued: RefCell::default(),
+            data: RefCell::default(),
+            jobs: RefCell::default(),
+            leases: RefCell::default(),
+            accepted: RefCell::default(),
+            attempts: RefCell::default(),
+            setup_reports: RefCell::default(),
+            ended: RefCell::default(),
+            cancel_after: RefCell::default(),
+            failures_left: Cell::new(0),
+            lease_failures_left: Cell::new(0),
+            lease_calls: Cell::new(0),
+            largest_ask: Cell::new(0),
+            bundle: RefCell::default(),
+            next_id: Cell::new(0),
+        })
+    }
+
     fn with_job(job: &str, slices: impl IntoIterator<Item = Value>) -> Rc<Scheduler> {
-        let scheduler = Rc::new(Scheduler::default());
+        let scheduler = Scheduler::new(WorkerLimits::default());
         scheduler.add_job(job, slices);
         scheduler
     }
@@ -50,11 +94,18 @@ impl Scheduler {
                 env: BTreeMap::new(),
                 packages: vec![],
                 bundle: None,
+                slice_timeout_ms: 5_000,
+                no_progress_timeout_ms: None,
             },
         );
         for (index, datum) in slices.into_iter().enumerate() {
-            self.queued.borrow_mut().push((job.into(), index as u64, datum));
+            self.queued.borrow_mut().push((job.into(), index as u64));
+            self.data.borrow_mut().insert((job.into(), index as u64), datum);
         }
+    }
+
+    fn set_program(&self, job: &str, program: &str) {
+        self.jobs.borrow_mut().get_mut(job).unwrap().program = program.into();
     }
 
     fn fail(&self) -> Option<WorkerError> {
@@ -64,6 +115,29 @@ impl Scheduler {
             WorkerError::Unreachable("connection refused".into())
         })
     }
+
+    fn end_job(&self, job: &str) {
+        self.ended.borrow_mut().insert(job.into());
+        self.queued.borrow_mut().retain(|(j, _)| j != job);
+        self.leases.borrow_mut().retain(|_, (_, j, _)| j != job);
+    }
+
+    fn requeue(&self, job: String, slice: u64, cost: bool) {
+        if !cost {
+            *self.attempts.borrow_mut().entry((job.clone(), slice)).or_default() -= 1;
+        }
+        let attempts = self.attempts.borrow()[&(job.clone(), slice)];
+        if attempts >= MAX_ATTEMPTS && cost {
+            let error = SliceOutcome::Error { message: format!("gave up after {attempts} attempts"), stack: None };
+            self.accepted.borrow_mut().insert((job, slice), error);
+        } else {
+            self.queued.borrow_mut().push((job, slice));
+        }
+    }
+}
+
+fn refused(code: &str, message: &str) -> WorkerError {
+    WorkerError::Rejected(ApiError { code: code.into(), field: None, message: message.into() })
 }
 
 struct Client(Rc<Scheduler>);
@@ -78,57 +152,143 @@ impl SchedulerClient for Client {
             Some(error) => Err(error),
             None => Ok(RegisterResponse {
                 worker_id: "w1".into(),
-                token: "t".into(),
+                token: WORKER_TOKEN.into(),
                 lease_ttl_ms: 30_000,
                 heartbeat_ms: 10_000,
+                limits: self.0.limits,
             }),
         })
     }
 
-    fn lease(&self, _: &str, request: LeaseRequest) -> Task<Result<LeaseResponse, WorkerError>> {
-        if let Some(error) = self.0.fail() {
+    fn lease(&self, token: &str, request: LeaseRequest) -> Task<Result<LeaseResponse, WorkerError>> {
+        let s = &self.0;
+        s.lease_calls.set(s.lease_calls.get() + 1);
+        if let Some(error) = s.fail() {
             return ready(Err(error));
         }
-        let mut queued = self.0.queued.borrow_mut();
-        let take = (request.max_slices as usize).min(queued.len());
-        let mut response = LeaseResponse::default();
-        for (job, slice, datum) in queued.drain(..take) {
-            let id = self.0.next_id.get();
-            self.0.next_id.set(id + 1);
-            let lease_id = format!("l{id}");
-            self.0.leases.borrow_mut().insert(lease_id.clone(), (job.clone(), slice));
-            if !request.known_jobs.contains(&job) && !response.jobs.iter().any(|j| j.job_id == job) {
-                response.jobs.push(self.0.jobs.borrow()[&job].clone());
+        if s.lease_failures_left.get() > 0 {
+            s.lease_failures_left.set(s.lease_failures_left.get() - 1);
+            return ready(Err(WorkerError::Unreachable("lease timed out".into())));
+        }
+        if token != WORKER_TOKEN {
+            return ready(Err(refused("wrong_token", "unknown worker token")));
+        }
+        if request.max_slices == 0 || request.max_slices > s.limits.max_lease_slices {
+            let message = format!("ask for 1 to {} slices", s.limits.max_lease_slices);
+            return ready(Err(refused("invalid_field", &message)));
+        }
+        s.largest_ask.set(s.largest_ask.get().max(request.max_slices));
+        let mut response = LeaseResponse {
+            ended_jobs: request.known_jobs.iter().filter(|job| s.ended.borrow().contains(*job)).cloned().collect(),
+            ..LeaseResponse::default()
+        };
+        if s.queued.borrow().is_empty() && response.ended_jobs.is_empty() {
+            // A long poll that found nothing: the answer comes after `wait_ms`.
+            let wait = s.clock.sleep(request.wait_ms);
+            return async move {
+                wait.await;
+                Ok(response)
             }
-            response.leases.push(Lease { lease_id, token: "tok".into(), job_id: job, slice, datum, ttl_ms: 30_000 });
+            .boxed_local();
+        }
+        let mut queued = s.queued.borrow_mut();
+        let take = (request.max_slices as usize).min(queued.len());
+        for (job, slice) in queued.drain(..take) {
+            let id = s.next_id.get();
+            s.next_id.set(id + 1);
+            let (lease_id, lease_token) = (format!("l{id}"), format!("lease-token-{id}"));
+            s.leases.borrow_mut().insert(lease_id.clone(), (lease_token.clone(), job.clone(), slice));
+            *s.attempts.borrow_mut().entry((job.clone(), slice)).or_default() += 1;
+            if !request.known_jobs.contains(&job) && !response.jobs.iter().any(|j| j.job_id == job) {
+                response.jobs.push(s.jobs.borrow()[&job].clone());
+            }
+            let datum = s.data.borrow()[&(job.clone(), slice)].clone();
+            response.leases.push(Lease { lease_id, token: lease_token, job_id: job, slice, datum, ttl_ms: 30_000 });
         }
         ready(Ok(response))
     }
 
-    fn heartbeat(&self, _: &str, request: HeartbeatRequest) -> Task<Result<HeartbeatResponse, WorkerError>> {
-        let extended = request.leases.into_iter().map(|item| item.lease_id).collect();
-        ready(Ok(HeartbeatResponse { extended, lost: vec![], ttl_ms: 30_000 }))
+    fn heartbeat(&self, token: &str, request: HeartbeatRequest) -> Task<Result<HeartbeatResponse, WorkerError>> {
+        if token != WORKER_TOKEN {
+            return ready(Err(refused("wrong_token", "unknown worker token")));
+        }
+        if request.leases.len() > self.0.limits.max_heartbeat_leases as usize {
+            return ready(Err(refused("invalid_field", "too many leases")));
+        }
+        let leases = self.0.leases.borrow();
+        let (extended, lost): (Vec<_>, Vec<_>) = request
+            .leases
+            .into_iter()
+            .partition(|item| leases.get(&item.lease_id).is_some_and(|(token, _, _)| *token == item.token));
+        ready(Ok(HeartbeatResponse {
+            extended: extended.into_iter().map(|item| item.lease_id).collect(),
+            lost: lost.into_iter().map(|item| item.lease_id).collect(),
+            ttl_ms: 30_000,
+            ended_jobs: vec![],
+        }))
     }
 
-    fn submit(&self, _: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>> {
-        if let Some(error) = self.0.fail() {
+    fn submit(&self, token: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>> {
+        let s = &self.0;
+        if let Some(error) = s.fail() {
             return ready(Err(error));
+        }
+        if token != WORKER_TOKEN {
+            return ready(Err(refused("wrong_token", "unknown worker token")));
+        }
+        if request.results.len() > s.limits.max_results_per_batch as usize {
+            return ready(Err(refused("invalid_field", "too many results")));
         }
         let mut acks = Vec::new();
         for item in request.results {
-            let Some((job, slice)) = self.0.leases.borrow_mut().remove(&item.lease_id) else {
-                acks.push(ResultAck { lease_id: item.lease_id, status: ResultStatus::Duplicate });
+            let lease = s.leases.borrow().get(&item.lease_id).cloned();
+            let Some((lease_token, job, slice)) = lease else {
+                acks.push(ResultAck { lease_id: item.lease_id, status: ResultStatus::Refused, message: None });
                 continue;
             };
-            let status = if let SliceOutcome::WorkerFault { .. } = item.outcome {
-                self.0.queued.borrow_mut().push((job, slice, json!(slice)));
-                ResultStatus::Requeued
-            } else {
-                let previous = self.0.accepted.borrow_mut().insert((job, slice), item.outcome);
-                assert!(previous.is_none(), "a slice was accepted twice");
-                ResultStatus::Accepted
+            if lease_token != item.token {
+                acks.push(ResultAck { lease_id: item.lease_id, status: ResultStatus::Refused, message: None });
+                continue;
+            }
+            s.leases.borrow_mut().remove(&item.lease_id);
+            let status = match item.outcome {
+                SliceOutcome::WorkerFault { .. } | SliceOutcome::TimedOut { .. } => {
+                    s.requeue(job, slice, true);
+                    ResultStatus::Requeued
+                }
+                SliceOutcome::Released { .. } => {
+                    s.requeue(job, slice, false);
+                    ResultStatus::Released
+                }
+                SliceOutcome::JobError { .. } => {
+                    let reports = {
+                        let mut reports = s.setup_reports.borrow_mut();
+                        let count = reports.entry(job.clone()).or_default();
+                        *count += 1;
+                        *count
+                    };
+                    if reports >= 2 {
+                        s.end_job(&job);
+                        ResultStatus::Accepted
+                    } else {
+                        s.requeue(job, slice, false);
+                        ResultStatus::Requeued
+                    }
+                }
+                outcome => {
+                    let previous = s.accepted.borrow_mut().insert((job.clone(), slice), outcome);
+                    assert!(previous.is_none(), "a slice was accepted twice");
+                    let cancel = s.cancel_after.borrow().clone();
+                    if let Some((victim, after)) = cancel {
+                        let done = s.accepted.borrow().keys().filter(|(j, _)| *j == victim).count();
+                        if victim == job && done >= after {
+                            s.end_job(&victim);
+                        }
+                    }
+                    ResultStatus::Accepted
+                }
             };
-            acks.push(ResultAck { lease_id: item.lease_id, status });
+            acks.push(ResultAck { lease_id: item.lease_id, status, message: None });
         }
         ready(Ok(ResultsResponse { acks }))
     }
@@ -137,21 +297,39 @@ impl SchedulerClient for Client {
         if let Some(bytes) = self.0.bundle.borrow().clone() {
             return ready(Ok(bytes));
         }
-        ready(Err(WorkerError::Rejected(ApiError { code: "not_found".into(), field: None, message: sha256.into() })))
+        ready(Err(refused("not_found", sha256)))
     }
 }
 
-/// Simulated time: sleeping advances the clock and returns at once.
+/// Simulated time: sleeping advances the clock and returns at once. Counts the timers alive at
+/// once, so a test can tell one wake-up timer from a growing number of them.
 #[derive(Clone, Default)]
-struct FakeClock(Rc<Cell<u64>>);
+struct FakeClock {
+    now: Rc<Cell<u64>>,
+    alive: Rc<Cell<usize>>,
+    most_alive: Rc<Cell<usize>>,
+}
+
+/// A pending simulated sleep; dropping it (fired or abandoned) ends the timer.
+struct Timer(Rc<Cell<usize>>);
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
 
 impl Clock for FakeClock {
     fn now_ms(&self) -> u64 {
-        self.0.get()
+        self.now.get()
     }
     fn sleep(&self, ms: u64) -> Task<()> {
-        let now = self.0.clone();
+        self.alive.set(self.alive.get() + 1);
+        self.most_alive.set(self.most_alive.get().max(self.alive.get()));
+        let timer = Timer(self.alive.clone());
+        let now = self.now.clone();
         async move {
+            let _timer = timer;
             now.set(now.get() + ms.max(1));
         }
         .boxed_local()
@@ -161,34 +339,57 @@ impl Clock for FakeClock {
     }
 }
 
-/// Doubles numbers; throws on negative ones; never answers for `"hang"`.
+/// Doubles numbers; throws on negative ones; never answers for `"hang"` (unless interrupted,
+/// when it can be). Its job's program decides how set-up goes: `"broken"` fails like a syntax
+/// error, `"no-runtime"` fails like a runtime that cannot load.
 struct DoublingSandbox {
     setups: Rc<RefCell<Vec<String>>>,
-    bound: RefCell<Option<String>>,
+    interruptible: bool,
+    hung: RefCell<Option<oneshot::Sender<()>>>,
 }
 
 impl Sandbox for DoublingSandbox {
-    fn run(&self, job: Rc<PreparedJob>, _: u64, datum: Value, _: Rc<Cell<Option<f64>>>) -> Task<SliceRun> {
-        let job_id = job.descriptor.job_id.clone();
-        let mut bound = self.bound.borrow_mut();
-        match bound.as_ref() {
-            None => {
-                self.setups.borrow_mut().push(job_id.clone());
-                *bound = Some(job_id);
-            }
-            Some(existing) => assert_eq!(existing, &job_id, "a sandbox served two jobs"),
-        }
+    fn prepare(&self, job: Rc<PreparedJob>) -> Task<SetupOutcome> {
+        self.setups.borrow_mut().push(job.descriptor.job_id.clone());
+        ready(match job.descriptor.program.as_str() {
+            "broken" => SetupOutcome::ProgramFailed {
+                message: "SyntaxError: invalid syntax".into(),
+                stack: Some("line 1".into()),
+                console: vec![],
+            },
+            "no-runtime" => SetupOutcome::Fault { message: "Pyodide failed to load".into() },
+            _ => SetupOutcome::Ready { console: vec![] },
+        })
+    }
+
+    fn run(&self, _: u64, datum: Value, _: Rc<SliceProgress>) -> Task<SliceRun> {
         if datum == json!("hang") {
-            return futures::future::pending().boxed_local();
+            if !self.interruptible {
+                return futures::future::pending().boxed_local();
+            }
+            let (sender, receiver) = oneshot::channel();
+            self.hung.replace(Some(sender));
+            return async move {
+                let _ = receiver.await;
+                let outcome = SliceOutcome::Error { message: "KeyboardInterrupt".into(), stack: None };
+                SliceRun { outcome, console: vec![], heap_bytes: None }
+            }
+            .boxed_local();
         }
         let outcome = match datum.as_i64() {
-            Some(n) if n < 0 => {
-                SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) }
-            }
+            Some(n) if n < 0 => SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) },
             Some(n) => SliceOutcome::Ok { value: json!(n * 2) },
+            None if datum.is_string() => SliceOutcome::Ok { value: datum },
             None => SliceOutcome::Error { message: "not a number".into(), stack: None },
         };
         ready(SliceRun { outcome, console: vec![], heap_bytes: None })
+    }
+
+    fn interrupt(&self) -> bool {
+        match self.hung.borrow_mut().take() {
+            Some(sender) => sender.send(()).is_ok(),
+            None => self.interruptible,
+        }
     }
 
     fn terminate(&self) {}
@@ -198,12 +399,17 @@ impl Sandbox for DoublingSandbox {
 struct Factory {
     setups: Rc<RefCell<Vec<String>>>,
     created: Rc<Cell<usize>>,
+    interruptible: bool,
 }
 
 impl SandboxFactory for Factory {
     fn create(&self, _: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
         self.created.set(self.created.get() + 1);
-        Ok(Rc::new(DoublingSandbox { setups: self.setups.clone(), bound: RefCell::new(None) }))
+        Ok(Rc::new(DoublingSandbox {
+            setups: self.setups.clone(),
+            interruptible: self.interruptible,
+            hung: RefCell::new(None),
+        }))
     }
 }
 
@@ -211,19 +417,42 @@ fn config(sandboxes: usize) -> SupervisorConfig {
     SupervisorConfig { idle_exit_ms: Some(2_000), ..SupervisorConfig::with_sandboxes(sandboxes) }
 }
 
-fn run(scheduler: &Rc<Scheduler>, factory: Factory, config: SupervisorConfig) -> (String, Vec<WorkerEvent>) {
+/// Runs a supervisor to its end; `on_event` may act on events (e.g. stop it).
+fn run_with(
+    scheduler: &Rc<Scheduler>,
+    factory: Factory,
+    config: SupervisorConfig,
+    on_event: impl Fn(&WorkerEvent, &StopHandle) + 'static,
+) -> (String, Vec<WorkerEvent>) {
     let events = Rc::new(RefCell::new(Vec::new()));
     let log = events.clone();
+    let handle = Rc::new(RefCell::new(None::<StopHandle>));
+    let stop = handle.clone();
     let supervisor = Supervisor::new(
         Client(scheduler.clone()),
         factory,
-        FakeClock::default(),
+        scheduler.clock.clone(),
         config,
-        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
+        Rc::new(move |event: &WorkerEvent| {
+            if std::env::var_os("DEBUG_EVENTS").is_some() { eprintln!("{event:?}"); }
+            log.borrow_mut().push(event.clone());
+            if let Some(stop) = stop.borrow().as_ref() {
+                on_event(event, stop);
+            }
+        }),
     );
+    *handle.borrow_mut() = Some(supervisor.stop_handle());
     let reason = futures::executor::block_on(supervisor.run());
     let events = events.borrow().clone();
     (reason, events)
+}
+
+fn run(scheduler: &Rc<Scheduler>, factory: Factory, config: SupervisorConfig) -> (String, Vec<WorkerEvent>) {
+    run_with(scheduler, factory, config, |_, _| {})
+}
+
+fn key(job: &str, slice: u64) -> (String, u64) {
+    (job.to_string(), slice)
 }
 
 #[test]
@@ -239,15 +468,37 @@ fn every_slice_is_run_and_accepted_once() {
 }
 
 #[test]
+fn many_sandboxes_never_ask_for_more_than_the_scheduler_allows() {
+    let scheduler = Scheduler::new(WorkerLimits { max_lease_slices: 1_000, ..WorkerLimits::default() });
+    scheduler.add_job("j", (0..5_000).map(|n| json!(n)));
+    // 8 sandboxes × 250 fast slices each would be 2,000 per lease: over the cap.
+    let (reason, events) = run(&scheduler, Factory::default(), config(8));
+    assert_eq!(reason, "idle");
+    assert_eq!(scheduler.accepted.borrow().len(), 5_000);
+    assert!(scheduler.largest_ask.get() <= 1_000, "asked for {}", scheduler.largest_ask.get());
+    assert!(!events.iter().any(|e| matches!(e, WorkerEvent::RequestRefused { .. })), "{events:?}");
+}
+
+#[test]
+fn a_refused_lease_request_is_reported_once_and_not_retried() {
+    // A scheduler that refuses any ask (its cap is below the worker's smallest batch of one).
+    let scheduler = Scheduler::new(WorkerLimits { max_lease_slices: 0, ..WorkerLimits::default() });
+    scheduler.add_job("j", (0..10).map(|n| json!(n)));
+    let (reason, events) = run(&scheduler, Factory::default(), SupervisorConfig { idle_exit_ms: None, ..config(1) });
+    assert!(reason.contains("refused lease requests"), "{reason}");
+    assert_eq!(scheduler.lease_calls.get(), 1, "a 4xx is a bug report, not an outage to retry");
+    let refusals = events.iter().filter(|e| matches!(e, WorkerEvent::RequestRefused { request: "lease", .. }));
+    assert_eq!(refusals.count(), 1);
+}
+
+#[test]
 fn errors_are_reported_and_other_slices_succeed() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!(-2), json!(3)]);
     run(&scheduler, Factory::default(), config(1));
     let accepted = scheduler.accepted.borrow();
-    assert_eq!(accepted[&("j".to_string(), 0)], SliceOutcome::Ok { value: json!(2) });
-    assert!(
-        matches!(&accepted[&("j".to_string(), 1)], SliceOutcome::Error { message, .. } if message == "negative: -2")
-    );
-    assert_eq!(accepted[&("j".to_string(), 2)], SliceOutcome::Ok { value: json!(6) });
+    assert_eq!(accepted[&key("j", 0)], SliceOutcome::Ok { value: json!(2) });
+    assert!(matches!(&accepted[&key("j", 1)], SliceOutcome::Error { message, .. } if message == "negative: -2"));
+    assert_eq!(accepted[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
 }
 
 #[test]
@@ -263,10 +514,11 @@ fn sandboxes_stay_warm_and_never_mix_jobs() {
 }
 
 #[test]
-fn backs_off_while_the_scheduler_is_unreachable() {
+fn backs_off_while_the_scheduler_is_unreachable_with_one_timer() {
     let scheduler = Scheduler::with_job("j", (0..10).map(|n| json!(n)));
-    scheduler.failures_left.set(4);
-    let (_, events) = run(&scheduler, Factory::default(), config(1));
+    scheduler.failures_left.set(12);
+    let clock = scheduler.clock.clone();
+    let (_, events) = run_with(&scheduler, Factory::default(), config(1), |_, _| {});
     let delays: Vec<u64> = events
         .iter()
         .filter_map(|event| match event {
@@ -274,26 +526,112 @@ fn backs_off_while_the_scheduler_is_unreachable() {
             _ => None,
         })
         .collect();
-    assert_eq!(delays.len(), 4);
-    assert!(delays.windows(2).all(|pair| pair[1] > pair[0]), "growing delays: {delays:?}");
+    assert_eq!(delays.len(), 12);
+    assert!(delays.windows(2).take(5).all(|pair| pair[1] > pair[0]), "growing delays: {delays:?}");
     assert_eq!(scheduler.accepted.borrow().len(), 10);
+    // The loop's one timer, plus at most one per running slice: failures never add timers.
+    assert!(clock.most_alive.get() <= 3, "{} timers alive at once", clock.most_alive.get());
 }
 
 #[test]
-fn a_hung_slice_times_out_and_its_sandbox_is_replaced() {
+fn a_failing_lease_call_does_not_hold_back_results() {
+    let scheduler = Scheduler::with_job("j", (0..4).map(|n| json!(n)));
+    // After the first lease, every further lease attempt fails for a long while.
+    scheduler.lease_failures_left.set(0);
+    let (_, events) = run_with(&scheduler, Factory::default(), config(2), {
+        let scheduler = scheduler.clone();
+        move |event, _| {
+            if matches!(event, WorkerEvent::Leased { .. }) {
+                scheduler.lease_failures_left.set(50);
+            }
+        }
+    });
+    // The first batch was delivered while leasing kept failing.
+    assert!(!scheduler.accepted.borrow().is_empty());
+    let first_failure = events.iter().position(|e| matches!(e, WorkerEvent::SchedulerUnreachable { .. })).unwrap();
+    let delivered_after = events[first_failure..].iter().any(|e| matches!(e, WorkerEvent::Submitted { .. }));
+    assert!(delivered_after, "results went out between failed lease calls: {events:?}");
+    assert!(events.iter().all(|e| !matches!(e, WorkerEvent::SchedulerUnreachable { request: "submit", .. })));
+}
+
+#[test]
+fn a_hung_slice_that_cannot_be_interrupted_times_out_and_its_sandbox_is_replaced() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3)]);
     let factory = Factory::default();
     let created = factory.created.clone();
-    let config = SupervisorConfig { slice_timeout_ms: 5_000, ..config(1) };
-    let (_, events) = run(&scheduler, factory, config);
+    let (_, events) = run(&scheduler, factory, config(1));
     assert!(events
         .iter()
         .any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
     assert!(created.get() >= 2, "a fresh sandbox replaced the hung one");
-    // The hung slice went back to the queue (worker fault) and slices 0 and 2 were accepted.
     let accepted = scheduler.accepted.borrow();
-    assert_eq!(accepted[&("j".to_string(), 0)], SliceOutcome::Ok { value: json!(2) });
-    assert_eq!(accepted[&("j".to_string(), 2)], SliceOutcome::Ok { value: json!(6) });
+    assert_eq!(accepted[&key("j", 0)], SliceOutcome::Ok { value: json!(2) });
+    assert_eq!(accepted[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
+    // Timed out on every attempt: the scheduler gave up on it.
+    assert!(matches!(&accepted[&key("j", 1)], SliceOutcome::Error { message, .. } if message.contains("gave up")));
+    assert_eq!(scheduler.attempts.borrow()[&key("j", 1)], MAX_ATTEMPTS);
+}
+
+#[test]
+fn a_hung_slice_that_can_be_interrupted_keeps_its_sandbox() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3)]);
+    let factory = Factory { interruptible: true, ..Factory::default() };
+    let created = factory.created.clone();
+    let (_, events) = run(&scheduler, factory, SupervisorConfig { pipeline_depth: 1, ..config(1) });
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::SliceInterrupted { slice: 1, .. })), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
+    assert_eq!(created.get(), 1, "interrupted, not replaced");
+    let timed_out = events.iter().filter(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "timed_out", .. }));
+    assert_eq!(timed_out.count() as u32, MAX_ATTEMPTS);
+    assert_eq!(scheduler.accepted.borrow()[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
+}
+
+#[test]
+fn a_program_that_fails_to_set_up_gets_a_second_fresh_sandbox_then_fails_the_job() {
+    let scheduler = Scheduler::with_job("j", (0..6).map(|n| json!(n)));
+    scheduler.set_program("j", "broken");
+    let factory = Factory::default();
+    let setups = factory.setups.clone();
+    run(&scheduler, factory, config(1));
+    assert_eq!(setups.borrow().len(), 2, "tried in two fresh sandboxes, no more");
+    assert!(scheduler.ended.borrow().contains("j"), "the second report failed the job");
+    assert!(scheduler.accepted.borrow().is_empty());
+    assert!(scheduler.attempts.borrow().values().all(|attempts| *attempts <= 1), "set-up errors cost no attempt");
+}
+
+#[test]
+fn a_runtime_that_cannot_load_is_a_worker_fault_and_pauses_leasing() {
+    let scheduler = Scheduler::with_job("j", (0..3).map(|n| json!(n)));
+    scheduler.set_program("j", "no-runtime");
+    let (_, events) = run(&scheduler, Factory::default(), config(1));
+    assert!(!scheduler.ended.borrow().contains("j"), "not blamed on the program");
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "worker_fault", .. })));
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::SandboxesFailing { .. })), "{events:?}");
+}
+
+#[test]
+fn an_oversized_result_is_that_slices_error_and_the_rest_are_accepted() {
+    let scheduler = Scheduler::new(WorkerLimits { max_result_bytes: 100, ..WorkerLimits::default() });
+    scheduler.add_job("j", [json!(1), json!("x".repeat(300)), json!(3)]);
+    run(&scheduler, Factory::default(), config(1));
+    let accepted = scheduler.accepted.borrow();
+    assert_eq!(accepted[&key("j", 0)], SliceOutcome::Ok { value: json!(2) });
+    assert!(matches!(&accepted[&key("j", 1)], SliceOutcome::Error { message, .. } if message.contains("limit of 100")));
+    assert_eq!(accepted[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
+}
+
+#[test]
+fn an_ended_job_stops_running_here() {
+    let scheduler = Scheduler::with_job("j", (0..400).map(|n| json!(n)));
+    *scheduler.cancel_after.borrow_mut() = Some(("j".into(), 50));
+    let (_, events) = run(&scheduler, Factory::default(), config(2));
+    let ended = events.iter().position(|e| matches!(e, WorkerEvent::JobEnded { job } if job == "j"));
+    let ended = ended.expect("the worker learned that the job ended");
+    assert!(
+        !events[ended..].iter().any(|e| matches!(e, WorkerEvent::SliceStarted { .. })),
+        "no slice of it started afterwards"
+    );
+    assert!(scheduler.accepted.borrow().len() < 400);
 }
 
 #[test]
@@ -303,15 +641,9 @@ fn the_worker_refuses_a_bad_bundle_again_and_never_runs_the_job() {
     *scheduler.bundle.borrow_mut() = Some(raw_archive("../evil.p", EntryType::Regular));
     let factory = Factory::default();
     let created = factory.created.clone();
-    run(&scheduler, factory, config(1));
+    let (_, events) = run(&scheduler, factory, config(1));
     assert_eq!(created.get(), 0, "no sandbox ever saw the bundle");
-    for outcome in scheduler.accepted.borrow().values() {
-        assert!(
-            matches!(outcome, SliceOutcome::JobError { message, .. } if message.contains("`../evil.p`")),
-            "{outcome:?}"
-        );
-    }
-    assert_eq!(scheduler.accepted.borrow().len(), 2);
+    assert!(scheduler.ended.borrow().contains("j"), "reported as the job's error: {events:?}");
 }
 
 #[test]
@@ -324,14 +656,13 @@ fn a_bundle_download_that_fails_on_the_network_is_retried_not_blamed_on_the_job(
     }])
     .unwrap();
     *scheduler.bundle.borrow_mut() = Some(good);
-    // Register and lease succeed; then the bundle download fails twice.
     let events = Rc::new(RefCell::new(Vec::new()));
     let log = events.clone();
     let client = FlakyBundles { inner: Client(scheduler.clone()), failures: Cell::new(2) };
     let supervisor = Supervisor::new(
         client,
         Factory::default(),
-        FakeClock::default(),
+        scheduler.clock.clone(),
         config(1),
         Rc::new(move |e: &WorkerEvent| log.borrow_mut().push(e.clone())),
     );
@@ -339,7 +670,8 @@ fn a_bundle_download_that_fails_on_the_network_is_retried_not_blamed_on_the_job(
     let accepted = scheduler.accepted.borrow();
     assert_eq!(accepted.len(), 2);
     assert!(accepted.values().all(|outcome| matches!(outcome, SliceOutcome::Ok { .. })), "{accepted:?}");
-    assert_eq!(events.borrow().iter().filter(|e| matches!(e, WorkerEvent::SchedulerUnreachable { .. })).count(), 2);
+    let unreachable = events.borrow().iter().filter(|e| matches!(e, WorkerEvent::SchedulerUnreachable { .. })).count();
+    assert_eq!(unreachable, 2);
 }
 
 /// A client whose first bundle downloads fail with a network error.
@@ -371,33 +703,58 @@ impl SchedulerClient for FlakyBundles {
 }
 
 #[test]
-fn stopping_returns_unfinished_slices_to_the_scheduler() {
+fn stopping_releases_unfinished_slices_at_no_cost() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3), json!(4)]);
+    scheduler.jobs.borrow_mut().get_mut("j").unwrap().slice_timeout_ms = u64::MAX / 4;
+    let config = SupervisorConfig { idle_exit_ms: None, ..config(1) };
+    let (reason, events) = run_with(&scheduler, Factory::default(), config, |event, stop| {
+        if matches!(event, WorkerEvent::SliceStarted { slice: 1, .. }) {
+            stop.stop();
+        }
+    });
+    assert_eq!(reason, "stopped");
+    // Slice 0 was accepted; the hung slice 1 and whatever else was held went back, free.
+    assert_eq!(scheduler.accepted.borrow().len(), 1);
+    let queued: Vec<u64> = scheduler.queued.borrow().iter().map(|(_, slice)| *slice).collect();
+    assert!(queued.contains(&1), "the running slice was returned: {queued:?}");
+    assert!(scheduler.leases.borrow().is_empty(), "no lease is left dangling");
+    for slice in queued {
+        assert_eq!(scheduler.attempts.borrow().get(&key("j", slice)).copied().unwrap_or(0), 0, "slice {slice} lost no attempt");
+    }
+    assert!(matches!(events.last(), Some(WorkerEvent::Stopped { reason }) if reason == "stopped"));
+}
+
+#[test]
+fn a_closing_page_can_give_back_every_unacknowledged_lease_at_once() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3)]);
+    scheduler.jobs.borrow_mut().get_mut("j").unwrap().slice_timeout_ms = u64::MAX / 4;
+    let farewells = Rc::new(RefCell::new(Vec::new()));
+    let seen = farewells.clone();
     let events = Rc::new(RefCell::new(Vec::new()));
     let log = events.clone();
-    let stopper = Rc::new(RefCell::new(None::<tessera_worker::supervisor::StopHandle>));
-    let stop = stopper.clone();
-    let config = SupervisorConfig { idle_exit_ms: None, slice_timeout_ms: u64::MAX / 4, ..config(1) };
+    let handle = Rc::new(RefCell::new(None::<(StopHandle, tessera_worker::supervisor::Farewell)>));
+    let hooks = handle.clone();
     let supervisor = Supervisor::new(
         Client(scheduler.clone()),
         Factory::default(),
-        FakeClock::default(),
-        config,
+        scheduler.clock.clone(),
+        SupervisorConfig { idle_exit_ms: None, ..config(1) },
         Rc::new(move |event: &WorkerEvent| {
+            log.borrow_mut().push(event.clone());
             if matches!(event, WorkerEvent::SliceStarted { slice: 1, .. }) {
-                if let Some(handle) = stop.borrow().as_ref() {
-                    handle.stop();
+                if let Some((stop, farewell)) = hooks.borrow().as_ref() {
+                    seen.borrow_mut().push(farewell.batch("page closed", 100));
+                    stop.stop();
                 }
             }
-            log.borrow_mut().push(event.clone());
         }),
     );
-    *stopper.borrow_mut() = Some(supervisor.stop_handle());
-    assert_eq!(futures::executor::block_on(supervisor.run()), "stopped");
-    // Slice 0 was accepted; the hung slice 1 and whatever else was held went back to the queue.
-    assert_eq!(scheduler.accepted.borrow().len(), 1);
-    let queued: Vec<u64> = scheduler.queued.borrow().iter().map(|(_, slice, _)| *slice).collect();
-    assert!(queued.contains(&1), "the running slice was returned: {queued:?}");
-    assert!(scheduler.leases.borrow().is_empty(), "no lease is left dangling");
-    assert!(matches!(events.borrow().last(), Some(WorkerEvent::Stopped { reason }) if reason == "stopped"));
+    *handle.borrow_mut() = Some((supervisor.stop_handle(), supervisor.farewell()));
+    futures::executor::block_on(supervisor.run());
+    let batch = farewells.borrow()[0].clone().expect("held leases to give back");
+    assert_eq!(batch.worker_token.as_deref(), Some(WORKER_TOKEN), "the beacon carries the worker token");
+    assert!(batch.results.iter().all(|item| item.outcome == SliceOutcome::Released { reason: "page closed".into() }));
+    let leased: HashSet<String> = (0..3).map(|n| format!("l{n}")).collect();
+    let named: HashSet<String> = batch.results.iter().map(|item| item.lease_id.clone()).collect();
+    assert!(named.is_subset(&leased) && named.contains("l1"), "{named:?}");
 }

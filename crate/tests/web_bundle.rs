@@ -9,7 +9,7 @@ use serde_json::json;
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::bundle::{pack, unpack, BundleEntry, BundleError, BundleLimits};
 use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
-use tessera_worker::supervisor::{PreparedJob, SandboxFactory};
+use tessera_worker::supervisor::{PreparedJob, SandboxFactory, SetupOutcome};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
@@ -58,12 +58,16 @@ async fn a_bundle_is_written_into_the_pyodide_filesystem() {
             env: BTreeMap::new(),
             packages: vec![],
             bundle: Some("0".repeat(64)),
+            slice_timeout_ms: 60_000,
+            no_progress_timeout_ms: None,
         },
         bundle: entries,
     });
     let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
-    let run = sandbox.run(job, 0, json!(2), Rc::default()).await;
+    let setup = sandbox.prepare(job).await;
+    assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
+    let run = sandbox.run(0, json!(2), Rc::default()).await;
     assert_eq!(run.outcome, SliceOutcome::Ok { value: json!(["hi from pkg", 12, true]) }, "{:?}", run.console);
     assert!(
         run.heap_bytes.is_some_and(|bytes| bytes > 1 << 20),

@@ -1,13 +1,12 @@
 //! A real Web Worker sandbox (the embedded sandbox script) running map-basic slices.
 #![cfg(target_arch = "wasm32")]
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::json;
 use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
-use tessera_worker::supervisor::{PreparedJob, SandboxFactory};
+use tessera_worker::supervisor::{PreparedJob, SandboxFactory, SetupOutcome, SliceProgress};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
@@ -25,6 +24,8 @@ fn job(program: &str, arguments: Vec<serde_json::Value>) -> Rc<PreparedJob> {
             env: BTreeMap::new(),
             packages: vec![],
             bundle: None,
+            slice_timeout_ms: 60_000,
+            no_progress_timeout_ms: None,
         },
         bundle: vec![],
     })
@@ -35,15 +36,16 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
     let factory = WebWorkerFactory::new("/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     let job = job("async (x, k) => { globalThis.calls = (globalThis.calls || 0) + 1; progress(0.5); console.log('x is', x); return { y: x * k, calls: globalThis.calls, bytes: new Uint8Array([1, 2]) }; }", vec![json!(3)]);
-    let progress = Rc::new(Cell::new(None));
-    let first = sandbox.run(job.clone(), 0, json!(2), progress.clone()).await;
+    let progress = Rc::new(SliceProgress::default());
+    assert!(matches!(sandbox.prepare(job).await, SetupOutcome::Ready { .. }));
+    let first = sandbox.run(0, json!(2), progress.clone()).await;
     assert_eq!(first.outcome, SliceOutcome::Ok { value: json!({"y": 6, "calls": 1, "bytes": {"$bytes": "AQI="}}) });
     assert_eq!(first.console.len(), 1);
     assert_eq!(first.console[0].text, "x is 2");
     assert_eq!(first.console[0].slice, Some(0));
-    assert_eq!(progress.get(), Some(0.5));
+    assert_eq!((progress.value(), progress.reports()), (Some(0.5), 1));
     assert_eq!(first.heap_bytes, None, "a JavaScript sandbox has no heap to report");
-    let second = sandbox.run(job, 1, json!(5), progress).await;
+    let second = sandbox.run(1, json!(5), progress).await;
     assert_eq!(second.outcome, SliceOutcome::Ok { value: json!({"y": 15, "calls": 2, "bytes": {"$bytes": "AQI="}}) });
     sandbox.terminate();
 }
@@ -52,36 +54,52 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
 async fn a_thrown_error_is_a_slice_error_with_its_stack() {
     let factory = WebWorkerFactory::new("/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
-    let run =
-        sandbox.run(job("(x) => { throw new RangeError('too big: ' + x); }", vec![]), 0, json!(9), Rc::default()).await;
+    sandbox.prepare(job("(x) => { throw new RangeError('too big: ' + x); }", vec![])).await;
+    let run = sandbox.run(0, json!(9), Rc::default()).await;
     match run.outcome {
         SliceOutcome::Error { message, stack } => {
             assert_eq!(message, "too big: 9");
-            assert!(stack.unwrap_or_default().contains("RangeError"));
+            assert!(stack.unwrap_or_default().starts_with("RangeError: too big: 9"), "the same header in every browser");
         }
         other => panic!("expected a slice error, got {other:?}"),
     }
 }
 
 #[wasm_bindgen_test]
-async fn a_program_that_is_not_a_function_is_a_job_error() {
+async fn a_program_that_is_not_a_function_fails_its_set_up() {
     let factory = WebWorkerFactory::new("/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
-    let run = sandbox.run(job("42", vec![]), 0, json!(1), Rc::default()).await;
+    let setup = sandbox.prepare(job("42", vec![])).await;
     assert!(
-        matches!(run.outcome, SliceOutcome::JobError { ref message, .. } if message.contains("not a function")),
-        "{run:?}"
+        matches!(setup, SetupOutcome::ProgramFailed { ref message, .. } if message.contains("not a function")),
+        "{setup:?}"
     );
     let broken = factory.create(Worktime::MapBasic).unwrap();
-    let run = broken.run(job("(x) => {", vec![]), 0, json!(1), Rc::default()).await;
-    assert!(matches!(run.outcome, SliceOutcome::JobError { .. }), "syntax error: {run:?}");
+    let setup = broken.prepare(job("(x) => {", vec![])).await;
+    assert!(matches!(setup, SetupOutcome::ProgramFailed { .. }), "syntax error: {setup:?}");
+}
+
+#[wasm_bindgen_test]
+async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
+    // Nothing listens on port 1: Pyodide's import fails the way a flaky network would.
+    let factory = WebWorkerFactory::new("http://127.0.0.1:1/").unwrap();
+    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let mut python = (*job("import dcp\ndcp.set_slice_handler(lambda x: x)\n", vec![])).descriptor.clone();
+    python.worktime = Worktime::Pyodide;
+    let setup = sandbox.prepare(Rc::new(PreparedJob { descriptor: python, bundle: vec![] })).await;
+    assert!(
+        matches!(setup, SetupOutcome::Fault { ref message } if message.contains("could not be set up")),
+        "{setup:?}"
+    );
+    assert!(!sandbox.interrupt(), "the test page is not cross-origin isolated: no interrupt buffer");
 }
 
 #[wasm_bindgen_test]
 async fn a_terminated_sandbox_reports_a_worker_fault() {
     let factory = WebWorkerFactory::new("/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
-    let hanging = sandbox.run(job("(x) => new Promise(() => {})", vec![]), 0, json!(1), Rc::default());
+    sandbox.prepare(job("(x) => new Promise(() => {})", vec![])).await;
+    let hanging = sandbox.run(0, json!(1), Rc::default());
     let stopper = sandbox.clone();
     wasm_bindgen_futures::spawn_local(async move {
         gloo_timers::future::TimeoutFuture::new(200).await;

@@ -42,7 +42,7 @@ async fn leases_runs_and_submits_a_whole_job() {
     let supervisor = Supervisor::new(
         HttpSchedulerClient::new(scheduler()),
         WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap(),
-        BrowserClock,
+        BrowserClock::new(),
         config,
         Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
     );

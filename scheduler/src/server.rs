@@ -168,9 +168,19 @@ pub fn router(config: ServerConfig) -> Result<Router> {
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ));
+    // The site is cross-origin isolated (COOP + COEP), so its sandboxes can share an interrupt
+    // buffer with Pyodide: a runaway slice is stopped with KeyboardInterrupt, not by killing it.
     let site = Router::new()
         .fallback_service(ServeDir::new(&config.www))
-        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::HeaderName::from_static("cross-origin-embedder-policy"),
+            HeaderValue::from_static("require-corp"),
+        ));
 
     Ok(Router::new()
         .nest(tessera_protocol::API_PREFIX, api)

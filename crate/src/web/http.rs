@@ -1,4 +1,8 @@
 //! Protocol v1 over `fetch` (gloo-net): the browser's [`SchedulerClient`].
+//!
+//! Every request has a deadline (an `AbortController`): a scheduler that was suspended or a
+//! network that silently drops packets must not leave a request hanging forever, since the
+//! supervisor sends one request of each kind at a time.
 
 use futures::FutureExt;
 use gloo_net::http::{Request, RequestBuilder, Response};
@@ -32,19 +36,61 @@ impl HttpSchedulerClient {
         path: &str,
         token: Option<&str>,
         body: B,
+        deadline_ms: u32,
     ) -> Task<Result<T, WorkerError>> {
         let mut builder: RequestBuilder = Request::post(&self.url(path));
         if let Some(token) = token {
             builder = builder.header("Authorization", &format!("Bearer {token}"));
         }
         async move {
-            let request = builder.json(&body).map_err(|error| WorkerError::Unreachable(error.to_string()))?;
-            let response = request.send().await.map_err(|error| WorkerError::Unreachable(error.to_string()))?;
+            let deadline = Deadline::new(deadline_ms)?;
+            let request = builder
+                .abort_signal(Some(&deadline.signal()))
+                .json(&body)
+                .map_err(|error| WorkerError::Unreachable(error.to_string()))?;
+            let response = request.send().await.map_err(|error| deadline.explain(error))?;
             decode(response).await
         }
         .boxed_local()
     }
+
+    /// The URL results go to; a closing page sends its farewell there with `sendBeacon`.
+    pub fn results_url(&self) -> String {
+        self.url("/results")
+    }
 }
+
+/// Aborts a request that has not answered within its time.
+struct Deadline {
+    controller: web_sys::AbortController,
+    _timer: gloo_timers::callback::Timeout,
+    ms: u32,
+}
+
+impl Deadline {
+    fn new(ms: u32) -> Result<Deadline, WorkerError> {
+        let controller = web_sys::AbortController::new()
+            .map_err(|_| WorkerError::Unreachable("this browser cannot abort requests".into()))?;
+        let aborter = controller.clone();
+        let timer = gloo_timers::callback::Timeout::new(ms, move || aborter.abort());
+        Ok(Deadline { controller, _timer: timer, ms })
+    }
+
+    fn signal(&self) -> web_sys::AbortSignal {
+        self.controller.signal()
+    }
+
+    fn explain(&self, error: gloo_net::Error) -> WorkerError {
+        if self.controller.signal().aborted() {
+            WorkerError::Unreachable(format!("no answer within {} ms", self.ms))
+        } else {
+            WorkerError::Unreachable(error.to_string())
+        }
+    }
+}
+
+/// Time allowed for a request that should answer at once.
+const REQUEST_DEADLINE_MS: u32 = 30_000;
 
 async fn check(response: Response) -> Result<Response, WorkerError> {
     if response.ok() {
@@ -68,26 +114,32 @@ async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, WorkerErro
 
 impl SchedulerClient for HttpSchedulerClient {
     fn register(&self, request: RegisterRequest) -> Task<Result<RegisterResponse, WorkerError>> {
-        self.post("/workers", None, request)
+        self.post("/workers", None, request, REQUEST_DEADLINE_MS)
     }
 
     fn lease(&self, token: &str, request: LeaseRequest) -> Task<Result<LeaseResponse, WorkerError>> {
-        self.post("/leases", Some(token), request)
+        // A long poll answers within its wait; allow that plus the usual time.
+        let deadline = REQUEST_DEADLINE_MS.saturating_add(request.wait_ms.min(u32::MAX as u64) as u32);
+        self.post("/leases", Some(token), request, deadline)
     }
 
     fn heartbeat(&self, token: &str, request: HeartbeatRequest) -> Task<Result<HeartbeatResponse, WorkerError>> {
-        self.post("/leases/heartbeat", Some(token), request)
+        self.post("/leases/heartbeat", Some(token), request, REQUEST_DEADLINE_MS)
     }
 
     fn submit(&self, token: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>> {
-        self.post("/results", Some(token), request)
+        self.post("/results", Some(token), request, REQUEST_DEADLINE_MS)
     }
 
     fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
         let url = self.url(&format!("/bundles/{sha256}"));
         async move {
-            let response =
-                Request::get(&url).send().await.map_err(|error| WorkerError::Unreachable(error.to_string()))?;
+            let deadline = Deadline::new(REQUEST_DEADLINE_MS * 4)?;
+            let response = Request::get(&url)
+                .abort_signal(Some(&deadline.signal()))
+                .send()
+                .await
+                .map_err(|error| deadline.explain(error))?;
             check(response).await?.binary().await.map_err(|error| WorkerError::Unreachable(error.to_string()))
         }
         .boxed_local()

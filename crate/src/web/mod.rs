@@ -11,7 +11,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::supervisor::{StopHandle, Supervisor, SupervisorConfig, WorkerEvent};
+use crate::supervisor::{Farewell, StopHandle, Supervisor, SupervisorConfig, WorkerEvent};
 use crate::WorkerError;
 use clock::BrowserClock;
 use http::HttpSchedulerClient;
@@ -27,7 +27,6 @@ struct WorkerOptions {
     sandboxes: Option<u32>,
     /// Stop after this many ms without work.
     idle_exit_ms: Option<u64>,
-    slice_timeout_ms: Option<u64>,
     max_slices_per_sandbox: Option<u32>,
     /// Recycle a sandbox whose heap grew past this many bytes.
     max_sandbox_heap_bytes: Option<u64>,
@@ -36,6 +35,8 @@ struct WorkerOptions {
     /// Where the Pyodide distribution is served; defaults to `<scheduler>/pyodide/`.
     pyodide_url: Option<String>,
     prewarm_spare: Option<bool>,
+    /// How long a sandbox may take to load its runtime and set a job up (ms).
+    setup_timeout_ms: Option<u64>,
 }
 
 /// `navigator.hardwareConcurrency − 1`, at least 1: leave one core to the person using the machine.
@@ -54,12 +55,34 @@ fn page_origin() -> Option<String> {
     js_sys::Reflect::get(&location, &"origin".into()).ok()?.as_string()
 }
 
+/// The most leases one farewell beacon names: `sendBeacon` bodies are limited to 64 KiB.
+const FAREWELL_MAX_LEASES: usize = 300;
+
 /// A browser worker: `new TesseraWorker(options)`, then `await worker.run()`; `worker.stop()` ends it.
+/// When the page goes away (`pagehide`), every lease it holds is given back at once with
+/// `navigator.sendBeacon`, so the slices are retried elsewhere without waiting for their leases
+/// to expire and without costing them an attempt.
 #[wasm_bindgen]
 pub struct TesseraWorker {
     supervisor: RefCell<Option<Supervisor<HttpSchedulerClient, WebWorkerFactory, BrowserClock>>>,
     stop: StopHandle,
     sandboxes: usize,
+    on_pagehide: Option<Closure<dyn FnMut()>>,
+}
+
+/// Stops the worker and sends the farewell beacon; runs synchronously inside `pagehide`.
+fn say_farewell(stop: &StopHandle, farewell: &Farewell, results_url: &str) {
+    stop.stop();
+    let Some(batch) = farewell.batch("the page was closed", FAREWELL_MAX_LEASES) else { return };
+    let Ok(json) = serde_json::to_string(&batch) else { return };
+    let Some(window) = web_sys::window() else { return };
+    // text/plain keeps the beacon a simple request (no CORS preflight) from any page.
+    let options = web_sys::BlobPropertyBag::new();
+    options.set_type("text/plain");
+    let parts = js_sys::Array::of1(&JsValue::from_str(&json));
+    if let Ok(blob) = web_sys::Blob::new_with_str_sequence_and_options(&parts, &options) {
+        let _ = window.navigator().send_beacon_with_opt_blob(results_url, Some(&blob));
+    }
 }
 
 #[wasm_bindgen]
@@ -84,9 +107,6 @@ impl TesseraWorker {
         let sandboxes = parsed.sandboxes.map(|n| n as usize).unwrap_or_else(default_sandboxes).max(1);
         let mut config = SupervisorConfig::with_sandboxes(sandboxes);
         config.idle_exit_ms = parsed.idle_exit_ms;
-        if let Some(timeout) = parsed.slice_timeout_ms {
-            config.slice_timeout_ms = timeout;
-        }
         if let Some(max) = parsed.max_slices_per_sandbox {
             config.max_slices_per_sandbox = max.max(1);
         }
@@ -99,6 +119,9 @@ impl TesseraWorker {
         if let Some(prewarm) = parsed.prewarm_spare {
             config.prewarm_spare = prewarm;
         }
+        if let Some(timeout) = parsed.setup_timeout_ms {
+            config.setup_timeout_ms = timeout.max(1);
+        }
         let pyodide_url = parsed.pyodide_url.unwrap_or_else(|| format!("{scheduler}/pyodide/"));
         let factory = WebWorkerFactory::new(&pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
         let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
@@ -109,9 +132,17 @@ impl TesseraWorker {
                 }
             }
         });
-        let supervisor = Supervisor::new(HttpSchedulerClient::new(&scheduler), factory, BrowserClock, config, listener);
+        let client = HttpSchedulerClient::new(&scheduler);
+        let results_url = client.results_url();
+        let supervisor = Supervisor::new(client, factory, BrowserClock::new(), config, listener);
         let stop = supervisor.stop_handle();
-        Ok(TesseraWorker { supervisor: RefCell::new(Some(supervisor)), stop, sandboxes })
+        let on_pagehide = web_sys::window().map(|window| {
+            let (stop, farewell) = (stop.clone(), supervisor.farewell());
+            let closure = Closure::<dyn FnMut()>::new(move || say_farewell(&stop, &farewell, &results_url));
+            let _ = window.add_event_listener_with_callback("pagehide", closure.as_ref().unchecked_ref());
+            closure
+        });
+        Ok(TesseraWorker { supervisor: RefCell::new(Some(supervisor)), stop, sandboxes, on_pagehide })
     }
 
     /// Runs until stopped or idle; resolves with the reason (`"stopped"`, `"idle"`).
@@ -133,5 +164,13 @@ impl TesseraWorker {
     #[wasm_bindgen(getter)]
     pub fn sandboxes(&self) -> usize {
         self.sandboxes
+    }
+}
+
+impl Drop for TesseraWorker {
+    fn drop(&mut self) {
+        if let (Some(window), Some(closure)) = (web_sys::window(), &self.on_pagehide) {
+            let _ = window.remove_event_listener_with_callback("pagehide", closure.as_ref().unchecked_ref());
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! Sandboxes as Web Workers: a classic Blob worker running `pyodide-loader/sandbox-worker.js`.
 //!
 //! The worker script is embedded in the wasm, so the core needs nothing but its own bytes to
-//! start a sandbox. Each worker is bound to one job; the set-up (program run once) happens on
-//! its first slice, every later slice of the job is one message round trip.
+//! start a sandbox. Each worker is bound to one job: `prepare` sets it up once (runtime,
+//! packages, bundle, program), every slice after that is one message round trip. When the page is
+//! cross-origin isolated, each Pyodide sandbox gets an interrupt buffer (a `SharedArrayBuffer`),
+//! so a runaway slice can be stopped with `KeyboardInterrupt` instead of losing the sandbox.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -10,7 +12,7 @@ use std::rc::Rc;
 
 use futures::channel::oneshot;
 use futures::FutureExt;
-use js_sys::{Array, Object, Reflect, Uint8Array};
+use js_sys::{Array, Int32Array, Object, Reflect, SharedArrayBuffer, Uint8Array};
 use serde::Deserialize;
 use serde_json::Value;
 use tessera_protocol::{BundleEntry, ConsoleLine, SliceOutcome, Worktime};
@@ -18,7 +20,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{Blob, BlobPropertyBag, ErrorEvent, MessageEvent, Url, Worker};
 
-use crate::supervisor::{PreparedJob, Sandbox, SandboxFactory, SliceRun, Task};
+use crate::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SliceProgress, SliceRun, Task};
 use crate::WorkerError;
 
 /// The sandbox script, embedded at build time.
@@ -29,23 +31,30 @@ pub const SANDBOX_SCRIPT: &str = include_str!("../../../pyodide-loader/sandbox-w
 #[serde(tag = "type", rename_all = "kebab-case")]
 enum FromSandbox {
     SetupDone,
+    /// The program failed while setting up.
     SetupError { message: String, stack: Option<String> },
+    /// The sandbox could not set up for reasons not the program's (runtime, packages, files).
+    SetupFault { message: String },
     Result { id: u32, json: String, heap: Option<f64> },
     Error { id: Option<u32>, message: String, stack: Option<String>, heap: Option<f64> },
     Progress { id: Option<u32>, value: Option<f64> },
     Console { stream: String, text: String },
+    /// The runtime is unusable (e.g. a fatal Pyodide error): the sandbox must be replaced.
+    Fatal { message: String },
 }
 
 /// How a request to the sandbox ended, with the output printed before the answer came.
 enum Reply {
     Done(Result<String, (String, Option<String>)>, Vec<ConsoleLine>),
+    /// The sandbox could not do it, through no fault of the program.
+    Fault(String),
     Crashed(String),
 }
 
 /// A slice sent to the sandbox and not answered yet.
 struct Pending {
     reply: oneshot::Sender<Reply>,
-    progress: Rc<Cell<Option<f64>>>,
+    progress: Rc<SliceProgress>,
 }
 
 /// State shared between the sandbox handle and its message handlers.
@@ -86,6 +95,11 @@ impl Shared {
                     let _ = sender.send(Reply::Done(Err((message, stack)), self.take_console()));
                 }
             }
+            FromSandbox::SetupFault { message } => {
+                if let Some(sender) = self.setup.borrow_mut().take() {
+                    let _ = sender.send(Reply::Fault(message));
+                }
+            }
             FromSandbox::Result { id, json, heap } => {
                 self.heap_bytes.set(heap.map(|bytes| bytes as u64));
                 if let Some(pending) = self.pending.borrow_mut().remove(&id) {
@@ -102,10 +116,11 @@ impl Shared {
                 }
             }
             FromSandbox::Progress { id, value } => {
-                if let Some(pending) = id.and_then(|id| self.pending.borrow().get(&id).map(|p| p.progress.clone())) {
-                    pending.set(value.or(pending.get()));
+                if let Some(progress) = id.and_then(|id| self.pending.borrow().get(&id).map(|p| p.progress.clone())) {
+                    progress.report(value);
                 }
             }
+            FromSandbox::Fatal { message } => self.crash(message),
             FromSandbox::Console { stream, text } => {
                 self.console.borrow_mut().push(ConsoleLine { slice: None, stream, text, seq: None })
             }
@@ -117,7 +132,8 @@ impl Shared {
 pub struct WebWorkerSandbox {
     worker: Worker,
     shared: Rc<Shared>,
-    bound_job: RefCell<Option<String>>,
+    /// Shared with Pyodide (`setInterruptBuffer`): writing 2 raises `KeyboardInterrupt`.
+    interrupt_buffer: Option<Int32Array>,
     next_id: Cell<u32>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_error: Closure<dyn FnMut(ErrorEvent)>,
@@ -125,6 +141,8 @@ pub struct WebWorkerSandbox {
 
 impl WebWorkerSandbox {
     fn start(script_url: &str, worktime: Worktime, pyodide_url: &str) -> Result<WebWorkerSandbox, WorkerError> {
+        let interrupt_buffer = (worktime == Worktime::Pyodide && cross_origin_isolated())
+            .then(|| Int32Array::new(&SharedArrayBuffer::new(4)));
         let worker = Worker::new(script_url).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         let shared = Rc::new(Shared::default());
         let receiver = shared.clone();
@@ -145,11 +163,14 @@ impl WebWorkerSandbox {
         set(&init, "type", &"init".into());
         set(&init, "worktime", &worktime.as_str().into());
         set(&init, "pyodideUrl", &pyodide_url.into());
+        if let Some(buffer) = &interrupt_buffer {
+            set(&init, "interruptBuffer", buffer);
+        }
         worker.post_message(&init).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(WebWorkerSandbox {
             worker,
             shared,
-            bound_job: RefCell::new(None),
+            interrupt_buffer,
             next_id: Cell::new(1),
             _on_message: on_message,
             _on_error: on_error,
@@ -196,11 +217,7 @@ impl WebWorkerSandbox {
         Ok(receiver)
     }
 
-    fn send_run(
-        &self,
-        datum: &Value,
-        progress: Rc<Cell<Option<f64>>>,
-    ) -> Result<oneshot::Receiver<Reply>, WorkerError> {
+    fn send_run(&self, datum: &Value, progress: Rc<SliceProgress>) -> Result<oneshot::Receiver<Reply>, WorkerError> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
         let message = Object::new();
@@ -212,6 +229,11 @@ impl WebWorkerSandbox {
         self.worker.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
+}
+
+/// Whether the page may share memory with its workers (COOP/COEP served): interrupts need it.
+fn cross_origin_isolated() -> bool {
+    Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).ok().and_then(|value| value.as_bool()).unwrap_or(false)
 }
 
 fn set(target: &Object, key: &str, value: &JsValue) {
@@ -235,46 +257,26 @@ async fn wait(receiver: Result<oneshot::Receiver<Reply>, WorkerError>) -> Reply 
 }
 
 impl Sandbox for Rc<WebWorkerSandbox> {
-    fn run(&self, job: Rc<PreparedJob>, slice: u64, datum: Value, progress: Rc<Cell<Option<f64>>>) -> Task<SliceRun> {
+    fn prepare(&self, job: Rc<PreparedJob>) -> Task<SetupOutcome> {
         let sandbox = self.clone();
         async move {
             if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
-                return SliceRun {
-                    outcome: SliceOutcome::WorkerFault { message: reason },
-                    console: vec![],
-                    heap_bytes: None,
-                };
+                return SetupOutcome::Fault { message: reason };
             }
-            let mut console = Vec::new();
-            let job_id = job.descriptor.job_id.clone();
-            let bound = sandbox.bound_job.borrow().clone();
-            match bound {
-                Some(bound) if bound != job_id => {
-                    let message = format!("sandbox is bound to job {bound}, not {job_id}");
-                    return SliceRun { outcome: SliceOutcome::WorkerFault { message }, console, heap_bytes: None };
-                }
-                Some(_) => {}
-                None => {
-                    sandbox.bound_job.replace(Some(job_id));
-                    match wait(sandbox.send_setup(&job)).await {
-                        Reply::Done(Ok(_), lines) => console.extend(lines),
-                        Reply::Done(Err((message, stack)), lines) => {
-                            console.extend(lines);
-                            return SliceRun {
-                                outcome: SliceOutcome::JobError { message, stack },
-                                console,
-                                heap_bytes: None,
-                            };
-                        }
-                        Reply::Crashed(message) => {
-                            return SliceRun {
-                                outcome: SliceOutcome::WorkerFault { message },
-                                console,
-                                heap_bytes: None,
-                            };
-                        }
-                    }
-                }
+            match wait(sandbox.send_setup(&job)).await {
+                Reply::Done(Ok(_), console) => SetupOutcome::Ready { console },
+                Reply::Done(Err((message, stack)), console) => SetupOutcome::ProgramFailed { message, stack, console },
+                Reply::Fault(message) | Reply::Crashed(message) => SetupOutcome::Fault { message },
+            }
+        }
+        .boxed_local()
+    }
+
+    fn run(&self, slice: u64, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun> {
+        let sandbox = self.clone();
+        async move {
+            if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
+                return SliceRun { outcome: SliceOutcome::WorkerFault { message: reason }, console: vec![], heap_bytes: None };
             }
             let (outcome, lines) = match wait(sandbox.send_run(&datum, progress)).await {
                 Reply::Done(Ok(json), lines) => match serde_json::from_str(&json) {
@@ -284,12 +286,20 @@ impl Sandbox for Rc<WebWorkerSandbox> {
                     }
                 },
                 Reply::Done(Err((message, stack)), lines) => (SliceOutcome::Error { message, stack }, lines),
-                Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
+                Reply::Fault(message) | Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
             };
-            console.extend(lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }));
+            let console = lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }).collect();
             SliceRun { outcome, console, heap_bytes: sandbox.shared.heap_bytes.get() }
         }
         .boxed_local()
+    }
+
+    fn interrupt(&self) -> bool {
+        match &self.interrupt_buffer {
+            // 2 is SIGINT: Pyodide raises KeyboardInterrupt at the next bytecode boundary.
+            Some(buffer) => js_sys::Atomics::store(buffer, 0, 2).is_ok(),
+            None => false,
+        }
     }
 
     fn terminate(&self) {
