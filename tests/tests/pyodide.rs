@@ -94,16 +94,15 @@ fn a_program_without_a_slice_handler_fails_the_job_once() {
 }
 
 #[test]
-fn a_syntax_error_fails_the_job_with_the_traceback() {
+fn a_syntax_error_is_refused_at_deploy_with_the_file_and_line() {
+    // The scheduler checks Python syntax at deploy time: nothing reaches a worker.
     let scheduler = Scheduler::start();
     let program = scheduler.file("broken.py", "import dcp\n\ndef handler(x)\n    return x\n");
-    let (_, deployed, _) = scheduler.run_job(1, &["--worktime", "pyodide", &program, "--range", "0:20"]);
-    assert!(!deployed.status.success());
-    let status: Value =
-        serde_json::from_slice(&scheduler.tessera(&["status", "--json", &job_id(&scheduler)]).stdout).unwrap();
-    let error = status["error"].as_str().unwrap();
-    assert_eq!(status["state"], "failed");
+    let deployed = scheduler.tessera(&["deploy", "--worktime", "pyodide", &program, "--range", "0:20"]);
+    assert!(!deployed.status.success(), "{}", text(&deployed));
+    let error = String::from_utf8_lossy(&deployed.stderr);
     assert!(error.contains("SyntaxError") && error.contains("broken.py") && error.contains("line 3"), "{error}");
+    assert!(scheduler.tessera(&["jobs", "--json"]).stdout.is_empty(), "nothing stored");
 }
 
 #[test]
