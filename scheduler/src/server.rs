@@ -99,12 +99,24 @@ impl AppState {
         }
         let key = token.clone();
         let id = self.readers.run(move |connection| read::worker_by_token(connection, &key)).await?;
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(token, id.clone());
-        }
+        self.remember_token(token, id.clone());
         Ok(id)
     }
+
+    /// Caches a worker token, bounded: past [`MAX_CACHED_TOKENS`] the cache starts over and
+    /// refills from the database, so anonymous volunteers coming and going cannot grow it forever.
+    fn remember_token(&self, token: String, worker_id: String) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            if tokens.len() >= MAX_CACHED_TOKENS {
+                tokens.clear();
+            }
+            tokens.insert(token, worker_id);
+        }
+    }
 }
+
+/// Worker tokens kept in memory at most.
+const MAX_CACHED_TOKENS: usize = 100_000;
 
 /// A JSON body within the size limit, with errors that name the field at fault.
 struct JsonBody<T>(T);
@@ -258,9 +270,7 @@ async fn register(
     let sandboxes = request.sandboxes;
     let (worker_id, token) =
         state.writer.run(move |store| store.register_worker(user_agent.as_deref(), sandboxes, now_ms())).await?;
-    if let Ok(mut tokens) = state.tokens.lock() {
-        tokens.insert(token.clone(), worker_id.clone());
-    }
+    state.remember_token(token.clone(), worker_id.clone());
     tracing::info!(worker = %worker_id, sandboxes, "worker registered");
     let ttl = state.config.lease.ttl_ms;
     Ok(Json(RegisterResponse { worker_id, token, lease_ttl_ms: ttl, heartbeat_ms: ttl / 3, limits: state.limits }))

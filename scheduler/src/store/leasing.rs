@@ -263,7 +263,8 @@ impl Store {
     /// could not have reached us either. Then every lease past its deadline expires, counting as
     /// a fault of its worker.
     pub fn reap(&mut self, now: u64, last_tick_ms: Option<u64>, policy: LeasePolicy) -> Result<Reaped> {
-        self.write(|connection, _| {
+        self.write(|connection, memory| {
+            memory.forget_unseen(now.saturating_sub(2 * policy.ttl_ms));
             let mut reaped = Reaped::default();
             if let Some(last) = last_tick_ms.filter(|last| now > last + REAPER_GAP_MS) {
                 reaped.extended = connection.execute(

@@ -196,6 +196,14 @@ pub(crate) struct Memory {
     seen: HashMap<String, Seen>,
 }
 
+impl Memory {
+    /// Forgets workers not seen since `before` (the database keeps their `last_seen_ms`), so the
+    /// map holds connected workers only.
+    pub(crate) fn forget_unseen(&mut self, before: u64) {
+        self.seen.retain(|_, seen| seen.seen_ms >= before);
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     seen_ms: u64,
