@@ -4,6 +4,7 @@
 //! and in the worker core before anything reaches a sandbox, so a bundle that slipped past one
 //! check is still refused by the other.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::path::{Component, Path};
 
@@ -61,6 +62,10 @@ pub enum BundleError {
     ForbiddenKind { entry: String, kind: &'static str },
     #[error("bundle entry `{entry}` has a path that is not UTF-8 or is empty")]
     BadPath { entry: String },
+    /// The decompressed stream went past [`stream_cap`]: a gzip bomb, or a tar whose headers,
+    /// long names or PAX records claim more than the bundle may hold. Refused while reading.
+    #[error("bundle decompresses to more than {limit} bytes (tar headers included); refused while reading")]
+    Inflated { limit: u64 },
     #[error("bundle is not a readable tar.gz: {reason}")]
     Unreadable { reason: String },
 }
@@ -71,12 +76,68 @@ pub fn content_address(bytes: &[u8]) -> String {
 }
 
 /// Checks a tar.gz against `limits` and returns its entries, or the first problem found.
+///
+/// Hostile input costs little: the decompressed stream is capped while it is read (see
+/// [`stream_cap`]), so a gzip bomb or a tar whose GNU long-name or PAX record claims gigabytes is
+/// refused after at most the cap has been inflated, and no allocation is ever sized from a header.
 pub fn unpack(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
     if tar_gz.len() > limits.max_compressed_bytes {
         return Err(BundleError::TooLarge { size: tar_gz.len() as u64, limit: limits.max_compressed_bytes as u64 });
     }
-    let unreadable = |error: std::io::Error| BundleError::Unreadable { reason: error.to_string() };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tar_gz));
+    unpack_tar(flate2::read::GzDecoder::new(tar_gz), limits)
+}
+
+/// Most bytes of decompressed tar stream read for a bundle: the unpacked limit plus room for
+/// headers, block padding and modest long-name/PAX records of every allowed entry. The `tar`
+/// crate buffers long names and PAX records whole, so capping the stream it reads from is what
+/// bounds that buffering (and the inflation of a gzip bomb).
+pub fn stream_cap(limits: &BundleLimits) -> u64 {
+    const BASE_SLACK: u64 = 64 * 1024;
+    const PER_ENTRY_SLACK: u64 = 3 * 1024;
+    limits.max_unpacked_bytes.saturating_add(BASE_SLACK).saturating_add(PER_ENTRY_SLACK * limits.max_entries as u64)
+}
+
+/// A reader that fails once more than `remaining` bytes were asked of it, and says so in `tripped`
+/// (the error itself is wrapped by `tar` and cannot be recognised reliably).
+struct CappedReader<'a, R> {
+    inner: R,
+    remaining: u64,
+    tripped: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for CappedReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            // One probe byte tells a stream that ends exactly at the cap from one that goes on.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.tripped.set(true);
+                    Err(std::io::Error::other("bundle stream over its size cap"))
+                }
+            };
+        }
+        let most = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut buf[..most])?;
+        self.remaining -= read as u64;
+        Ok(read)
+    }
+}
+
+/// Validates a decompressed tar stream; split from [`unpack`] so tests can feed endless streams.
+fn unpack_tar(stream: impl Read, limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
+    let cap = stream_cap(limits);
+    let tripped = Cell::new(false);
+    let capped = CappedReader { inner: stream, remaining: cap, tripped: &tripped };
+    let unreadable = |error: std::io::Error| {
+        if tripped.get() {
+            BundleError::Inflated { limit: cap }
+        } else {
+            BundleError::Unreadable { reason: error.to_string() }
+        }
+    };
+    let mut archive = tar::Archive::new(capped);
     let mut entries = Vec::new();
     let mut unpacked: u64 = 0;
     for entry in archive.entries().map_err(unreadable)? {
@@ -99,13 +160,22 @@ pub fn unpack(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, 
         if path.is_empty() {
             return Err(BundleError::BadPath { entry: raw_path });
         }
-        let size = entry.header().size().map_err(unreadable)?;
-        unpacked = unpacked.saturating_add(size);
+        // The header's size (or a PAX `size`) is a claim: it refuses early but sizes nothing.
+        let claimed = entry.size();
+        if unpacked.saturating_add(claimed) > limits.max_unpacked_bytes {
+            return Err(BundleError::TooLarge {
+                size: unpacked.saturating_add(claimed),
+                limit: limits.max_unpacked_bytes,
+            });
+        }
+        // Read at most one byte past what is left of the budget; the vector grows as data arrives.
+        let budget = limits.max_unpacked_bytes - unpacked;
+        let mut bytes = Vec::new();
+        (&mut entry).take(budget.saturating_add(1)).read_to_end(&mut bytes).map_err(unreadable)?;
+        unpacked = unpacked.saturating_add(bytes.len() as u64);
         if unpacked > limits.max_unpacked_bytes {
             return Err(BundleError::TooLarge { size: unpacked, limit: limits.max_unpacked_bytes });
         }
-        let mut bytes = Vec::with_capacity(size as usize);
-        entry.read_to_end(&mut bytes).map_err(unreadable)?;
         entries.push(BundleEntry::File { path, bytes });
     }
     Ok(entries)
@@ -247,6 +317,105 @@ mod tests {
         assert!(matches!(unpack(&bytes, &limits), Err(BundleError::TooLarge { .. })));
         let limits = BundleLimits { max_compressed_bytes: 10, ..BundleLimits::default() };
         assert!(matches!(unpack(&bytes, &limits), Err(BundleError::TooLarge { .. })));
+    }
+
+    /// A tar header of `kind` claiming `size` bytes of data.
+    fn header(kind: EntryType, size: u64) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        header.as_bytes().to_vec()
+    }
+
+    /// An endless decompressed tar stream: `prefix`, then `fill` forever; counts what was read.
+    struct Endless {
+        prefix: Vec<u8>,
+        fill: u8,
+        read: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let at = self.read as usize;
+            let n = if at < self.prefix.len() {
+                let n = buf.len().min(self.prefix.len() - at);
+                buf[..n].copy_from_slice(&self.prefix[at..at + n]);
+                n
+            } else {
+                buf.fill(self.fill);
+                buf.len()
+            };
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn small() -> BundleLimits {
+        BundleLimits { max_compressed_bytes: 1024 * 1024, max_unpacked_bytes: 256 * 1024, max_entries: 16 }
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_while_inflating() {
+        // A long-name record claiming 10 MiB of zeros: ~10 KiB compressed.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &header(EntryType::GNULongName, 10 * 1024 * 1024)).unwrap();
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..10 {
+            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+        let err = unpack(&bomb, &small()).unwrap_err();
+        assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
+        assert!(err.to_string().contains("decompresses to more than"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_gnu_long_name_is_refused_after_reading_at_most_the_cap() {
+        let mut stream = Endless { prefix: header(EntryType::GNULongName, 100_000_000), fill: b'a', read: 0 };
+        let err = unpack_tar(&mut stream, &small()).unwrap_err();
+        assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
+        assert!(stream.read <= stream_cap(&small()) + 1, "read {} bytes", stream.read);
+    }
+
+    #[test]
+    fn a_huge_pax_record_is_refused_after_reading_at_most_the_cap() {
+        let mut prefix = header(EntryType::XHeader, 100_000_000);
+        prefix.extend_from_slice(b"100000000 path=");
+        let mut stream = Endless { prefix, fill: b'a', read: 0 };
+        let err = unpack_tar(&mut stream, &small()).unwrap_err();
+        assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
+        assert!(stream.read <= stream_cap(&small()) + 1, "read {} bytes", stream.read);
+    }
+
+    #[test]
+    fn a_file_header_claiming_too_much_is_refused_before_its_data_is_read() {
+        let mut prefix = header(EntryType::Regular, 100_000_000);
+        prefix[..8].copy_from_slice(b"big.txt\0");
+        let mut raw = tar::Header::from_byte_slice(&prefix).clone();
+        raw.set_cksum();
+        let mut stream = Endless { prefix: raw.as_bytes().to_vec(), fill: b'x', read: 0 };
+        let err = unpack_tar(&mut stream, &small()).unwrap_err();
+        assert_eq!(err, BundleError::TooLarge { size: 100_000_000, limit: small().max_unpacked_bytes });
+        assert!(stream.read < 64 * 1024, "read {} bytes", stream.read);
+    }
+
+    #[test]
+    fn a_stream_ending_exactly_at_the_cap_is_not_refused_for_size() {
+        let limits = small();
+        let mut bytes = Vec::new();
+        let mut capped = CappedReader { inner: &[7u8; 10][..], remaining: 10, tripped: &Cell::new(false) };
+        capped.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len(), 10);
+        let tripped = Cell::new(false);
+        let mut over = CappedReader { inner: &[7u8; 11][..], remaining: 10, tripped: &tripped };
+        assert!(over.read_to_end(&mut Vec::new()).is_err() && tripped.get());
+        // A legitimate bundle right at the unpacked limit still unpacks.
+        let exact = pack(&[file("exact.txt", &"y".repeat(limits.max_unpacked_bytes as usize))]).unwrap();
+        assert_eq!(unpack(&exact, &limits).unwrap().len(), 1);
     }
 
     #[test]
