@@ -14,9 +14,18 @@
 // interruptBuffer (a SharedArrayBuffer, when the page is cross-origin isolated) is handed to
 // Pyodide: the core writes 2 into it to raise KeyboardInterrupt in a slice that overran.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
+//
+// Control messages travel over a MessagePort the core transfers with 'init'; it lives only in
+// this script's closure, so guest code (Python through the `js` module, or a JavaScript work
+// function) can neither read the core's messages nor forge answers: the core ignores the
+// worker's own postMessage channel. Once the runtime, packages and bundle are loaded — before
+// any job code runs — `lockdown()` removes the network and storage APIs (defence in depth; the
+// wall is the sandbox host's Content-Security-Policy, docs/SECURITY.md).
+(() => {
 'use strict';
 
-const post = (message, transfer) => self.postMessage(message, transfer || []);
+let port = null;
+const post = (message, transfer) => { if (port) port.postMessage(message, transfer || []); };
 let worktime = null;
 let pyodideUrl = null;
 let pyodideLoading = null;
@@ -73,6 +82,7 @@ function fromWire(json) {
 
 // ---- map-basic: a JavaScript work function --------------------------------------------------
 function setupMapBasic(job) {
+  lockdown();
   const work = (0, eval)('(' + job.program + '\n)');
   if (typeof work !== 'function') throw new TypeError('the program is not a function; write `(datum, ...args) => result`');
   const args = job.arguments || [];
@@ -225,6 +235,12 @@ async function loadPyodideFor(job, files) {
 
 async function setupPyodide(job, files) {
   await loadPyodideFor(job, files);
+  lockdown();
+  try {
+    pyodide.runPython(PYTHON_LOCKDOWN);
+  } catch (error) {
+    throw new SetupFault('the Python runtime could not be locked down: ' + String((error && error.message) || error));
+  }
   const root = JOB_ROOT;
   const setup = pyodide.globals.get('_tessera_setup');
   try {
@@ -236,12 +252,67 @@ async function setupPyodide(job, files) {
   runSlice = async (datumJson) => run(datumJson);
 }
 
+// ---- no ambient authority for guest code -----------------------------------------------------
+// Network, storage, cross-context messaging and nested workers. They live on the global object
+// and on its prototypes (WorkerGlobalScope.prototype.fetch outlives `delete self.fetch`).
+const BLOCKED_GLOBALS = [
+  'fetch', 'XMLHttpRequest', 'WebSocket', 'WebSocketStream', 'EventSource', 'WebTransport', 'importScripts',
+  'indexedDB', 'caches', 'BroadcastChannel', 'Worker', 'SharedWorker', 'RTCPeerConnection', 'postMessage',
+];
+
+function lockdown() {
+  const scopes = [];
+  for (let scope = self; scope && scope !== Object.prototype; scope = Object.getPrototypeOf(scope)) scopes.push(scope);
+  for (const scope of scopes) {
+    for (const name of BLOCKED_GLOBALS) {
+      if (!Object.prototype.hasOwnProperty.call(scope, name)) continue;
+      try {
+        Object.defineProperty(scope, name, { value: undefined, writable: false, configurable: false, enumerable: false });
+      } catch (_) {
+        try { delete scope[name]; } catch (_) { /* left as is; the CSP still applies */ }
+      }
+    }
+  }
+}
+
+// Python-side references to what lockdown() removed: modules that captured `fetch` or
+// `XMLHttpRequest` at import (pyodide.http, micropip) are dropped, and any module attribute
+// that is a JavaScript proxy named like a removed global is deleted.
+const PYTHON_LOCKDOWN = String.raw`
+def _tessera_lockdown(blocked):
+    import sys
+    import pyodide
+    from pyodide.ffi import JsProxy
+
+    for name in [n for n in sys.modules if n == "micropip" or n.startswith("micropip.") or n == "pyodide.http"]:
+        del sys.modules[name]
+    if "http" in vars(pyodide):
+        delattr(pyodide, "http")
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            for key, value in list(namespace.items()):
+                if key in blocked and isinstance(value, JsProxy):
+                    del namespace[key]
+
+_tessera_lockdown(set(${JSON.stringify(BLOCKED_GLOBALS)}))
+del _tessera_lockdown
+`;
+
 // ---- messages from the worker core ------------------------------------------------------------
-// Handled strictly one after another: a slice sent while the set-up or another slice is still
-// running waits its turn (the core pipelines slices to hide the message round trip).
+// 'init' arrives on the worker's own channel, with the control port; everything after it on the
+// port. Handled strictly one after another: a slice sent while the set-up or another slice is
+// still running waits its turn (the core pipelines slices to hide the message round trip).
 let turn = Promise.resolve();
 self.onmessage = (event) => {
-  turn = turn.then(() => handle(event.data));
+  const message = event.data;
+  if (port || !message || message.type !== 'init' || !event.ports || !event.ports[0]) return;
+  port = event.ports[0];
+  self.onmessage = null;
+  port.onmessage = (portEvent) => {
+    turn = turn.then(() => handle(portEvent.data));
+  };
+  turn = turn.then(() => handle(message));
 };
 
 async function handle(message) {
@@ -288,3 +359,4 @@ async function handle(message) {
       post({ type: 'error', id: message.id, message: 'unknown message type ' + message.type });
   }
 }
+})();

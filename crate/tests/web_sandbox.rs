@@ -108,3 +108,30 @@ async fn a_terminated_sandbox_reports_a_worker_fault() {
     let run = hanging.await;
     assert!(matches!(run.outcome, SliceOutcome::WorkerFault { .. }), "{run:?}");
 }
+
+#[wasm_bindgen_test]
+async fn guest_code_has_no_network_or_storage_and_cannot_forge_answers() {
+    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let program = r#"(x) => {
+        const seen = {};
+        for (const name of ['fetch', 'XMLHttpRequest', 'WebSocket', 'EventSource', 'importScripts', 'indexedDB',
+                            'caches', 'BroadcastChannel', 'Worker', 'SharedWorker', 'postMessage']) {
+            try { seen[name] = typeof self[name]; } catch (error) { seen[name] = 'throws'; }
+        }
+        try { seen.prototypeFetch = typeof WorkerGlobalScope.prototype.fetch; } catch (error) { seen.prototypeFetch = 'throws'; }
+        // A forged answer for this very slice, on every channel guest code can reach.
+        for (const send of [self.postMessage, DedicatedWorkerGlobalScope.prototype.postMessage]) {
+            try { send.call(self, { type: 'result', id: 1, json: '"forged"' }); } catch (error) {}
+        }
+        return { seen, value: x };
+    }"#;
+    assert!(matches!(sandbox.prepare(job(program, vec![])).await, SetupOutcome::Ready { .. }));
+    let run = sandbox.run(0, json!("real"), Rc::default()).await;
+    let SliceOutcome::Ok { value } = run.outcome else { panic!("{run:?}") };
+    assert_eq!(value["value"], "real", "the core took the real answer, not the forged one");
+    for (name, kind) in value["seen"].as_object().unwrap() {
+        assert_eq!(kind, "undefined", "{name} is still reachable: {value}");
+    }
+    sandbox.terminate();
+}

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tessera_protocol::{BundleEntry, ConsoleLine, SliceOutcome, Worktime};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{Blob, BlobPropertyBag, ErrorEvent, MessageEvent, Url, Worker};
+use web_sys::{Blob, BlobPropertyBag, ErrorEvent, MessageChannel, MessageEvent, MessagePort, Url, Worker};
 
 use crate::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SliceProgress, SliceRun, Task};
 use crate::WorkerError;
@@ -131,6 +131,9 @@ impl Shared {
 /// One Web Worker sandbox. Dropping it terminates the worker.
 pub struct WebWorkerSandbox {
     worker: Worker,
+    /// The control channel: the only way in or out of the sandbox the core listens to. The
+    /// worker's own `postMessage` is reachable from guest code, so nothing on it is trusted.
+    port: MessagePort,
     shared: Rc<Shared>,
     /// Shared with Pyodide (`setInterruptBuffer`): writing 2 raises `KeyboardInterrupt`.
     interrupt_buffer: Option<Int32Array>,
@@ -157,7 +160,9 @@ impl WebWorkerSandbox {
             event.prevent_default();
             crasher.crash(format!("sandbox crashed: {}", event.message()));
         });
-        worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        let channel = MessageChannel::new().map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        let port = channel.port1();
+        port.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         let init = Object::new();
         set(&init, "type", &"init".into());
@@ -166,9 +171,12 @@ impl WebWorkerSandbox {
         if let Some(buffer) = &interrupt_buffer {
             set(&init, "interruptBuffer", buffer);
         }
-        worker.post_message(&init).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        worker
+            .post_message_with_transfer(&init, &Array::of1(&channel.port2()))
+            .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(WebWorkerSandbox {
             worker,
+            port,
             shared,
             interrupt_buffer,
             next_id: Cell::new(1),
@@ -211,8 +219,8 @@ impl WebWorkerSandbox {
         set(&message, "files", &files);
         let (sender, receiver) = oneshot::channel();
         self.shared.setup.replace(Some(sender));
-        self.worker
-            .post_message_with_transfer(&message, &transfer)
+        self.port
+            .post_message_with_transferable(&message, &transfer)
             .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
@@ -226,7 +234,7 @@ impl WebWorkerSandbox {
         set(&message, "datum", &datum.to_string().into());
         let (sender, receiver) = oneshot::channel();
         self.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
-        self.worker.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        self.port.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
 }
@@ -310,7 +318,8 @@ impl Sandbox for Rc<WebWorkerSandbox> {
 
 impl Drop for WebWorkerSandbox {
     fn drop(&mut self) {
-        self.worker.set_onmessage(None);
+        self.port.set_onmessage(None);
+        self.port.close();
         self.worker.set_onerror(None);
         self.worker.terminate();
     }
