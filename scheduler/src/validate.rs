@@ -2,22 +2,30 @@
 //!
 //! Pure functions (no I/O), so every bad input is unit-tested without a server.
 
-use serde_json::Value;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 use tessera_protocol::{DeployRequest, Worktime, DEFAULT_SLICE_TIMEOUT_MS};
 
 use crate::error::{Error, Result};
 use crate::store::NewJob;
 
-/// Bounds a deploy must stay within.
+/// Bounds a deploy must stay within. `max_slices` and `max_json_values` are enforced while the
+/// body is parsed, so a body of millions of tiny values is refused before it is materialised.
 #[derive(Clone, Copy, Debug)]
 pub struct DeployLimits {
     pub max_slices: usize,
     pub max_program_bytes: usize,
+    /// Most JSON values (every number, string, array, object, at any depth) in a deploy body: a
+    /// parsed value costs tens of bytes, so this bounds the memory a deploy costs while parsing.
+    pub max_json_values: usize,
 }
 
 impl Default for DeployLimits {
     fn default() -> Self {
-        DeployLimits { max_slices: 1_000_000, max_program_bytes: 4 * 1024 * 1024 }
+        DeployLimits { max_slices: 1_000_000, max_program_bytes: 4 * 1024 * 1024, max_json_values: 4_000_000 }
     }
 }
 
@@ -38,24 +46,214 @@ fn timeout(field: &str, ms: u64) -> Result<u64> {
 /// Parses a JSON body into `T`, naming the field at fault when the shape is wrong.
 pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize(&mut deserializer) {
-        Ok(value) => Ok(value),
-        Err(error) => {
-            let path = error.path().to_string();
-            let inner = error.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                Err(Error::MalformedJson(inner.to_string()))
-            } else if path.starts_with('[') {
-                Err(Error::invalid("body", "the body must be a JSON object"))
-            } else if path == "." {
-                let message = inner.to_string();
-                let missing =
-                    message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
-                Err(Error::invalid(missing.unwrap_or_else(|| "body".into()), message))
+    serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)
+}
+
+/// Turns a located serde error into the error naming the field at fault.
+fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        Error::MalformedJson(inner.to_string())
+    } else if path.starts_with('[') {
+        Error::invalid("body", "the body must be a JSON object")
+    } else if path == "." {
+        let message = inner.to_string();
+        let named = message
+            .strip_prefix("missing field `")
+            .or_else(|| message.strip_prefix("duplicate field `"))
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        Error::invalid(named.unwrap_or_else(|| "body".into()), message)
+    } else {
+        Error::invalid(path, inner.to_string())
+    }
+}
+
+/// Parses a deploy body, counting while parsing: past `max_slices` slices or `max_json_values`
+/// values in all, it is refused at that point (field named) without building the rest.
+pub fn parse_deploy(bytes: &[u8], limits: &DeployLimits) -> Result<DeployRequest> {
+    let budget = Cell::new(limits.max_json_values);
+    let seed = DeploySeed { max_slices: limits.max_slices, budget: &budget };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = seed.deserialize(serde_path_to_error::Deserializer::new(&mut deserializer, &mut track));
+    let (fields, slices) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return Err(field_error(serde_path_to_error::Error::new(track.path(), error))),
+    };
+    deserializer.end().map_err(|error| Error::MalformedJson(error.to_string()))?;
+    let mut request: DeployRequest = serde_path_to_error::deserialize(Value::Object(fields)).map_err(field_error)?;
+    request.slices = slices;
+    Ok(request)
+}
+
+/// The deploy body's top level: `slices` through [`SlicesSeed`], every other field kept as a
+/// counted [`Value`] for the derived `DeployRequest` to check afterwards.
+struct DeploySeed<'a> {
+    max_slices: usize,
+    budget: &'a Cell<usize>,
+}
+
+type DeployParts = (Map<String, Value>, Option<Vec<Value>>);
+
+impl<'de> DeserializeSeed<'de> for DeploySeed<'_> {
+    type Value = DeployParts;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<DeployParts, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DeploySeed<'_> {
+    type Value = DeployParts;
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DeployParts, A::Error> {
+        let mut fields = Map::new();
+        let mut slices = None;
+        let mut seen_slices = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "slices" {
+                if seen_slices {
+                    return Err(A::Error::duplicate_field("slices"));
+                }
+                seen_slices = true;
+                slices = map.next_value_seed(SlicesSeed { max_slices: self.max_slices, budget: self.budget })?;
             } else {
-                Err(Error::invalid(path, inner.to_string()))
+                if fields.contains_key(&key) {
+                    return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                }
+                let value = map.next_value_seed(CountedValue { budget: self.budget })?;
+                fields.insert(key, value);
             }
         }
+        Ok((fields, slices))
+    }
+}
+
+/// `slices`: null or an array of at most `max_slices` values, counted as they arrive.
+struct SlicesSeed<'a> {
+    max_slices: usize,
+    budget: &'a Cell<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for SlicesSeed<'_> {
+    type Value = Option<Vec<Value>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SlicesSeed<'_> {
+    type Value = Option<Vec<Value>>;
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON array of slice inputs")
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut slices = Vec::new();
+        while let Some(slice) = seq.next_element_seed(CountedValue { budget: self.budget })? {
+            if slices.len() >= self.max_slices {
+                return Err(A::Error::custom(format!(
+                    "more than {} slices; this scheduler's limit is {} per job",
+                    self.max_slices, self.max_slices
+                )));
+            }
+            slices.push(slice);
+        }
+        Ok(Some(slices))
+    }
+}
+
+/// Any JSON value, each of its nodes taken from a budget shared by the whole body.
+struct CountedValue<'a> {
+    budget: &'a Cell<usize>,
+}
+
+impl CountedValue<'_> {
+    fn take<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.budget.get().checked_sub(1) {
+            Some(left) => {
+                self.budget.set(left);
+                Ok(())
+            }
+            None => Err(E::custom("the body holds more JSON values than this scheduler accepts in one deploy")),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for CountedValue<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CountedValue<'_> {
+    type Value = Value;
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Bool(value))
+    }
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(value))
+    }
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(value))
+    }
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(value))
+    }
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(value.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(value))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(CountedValue { budget: self.budget })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(CountedValue { budget: self.budget })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -139,7 +337,7 @@ mod tests {
     use serde_json::json;
 
     fn request(body: Value) -> Result<NewJob> {
-        let request: DeployRequest = parse_body(body.to_string().as_bytes())?;
+        let request = parse_deploy(body.to_string().as_bytes(), &DeployLimits::default())?;
         validate_deploy(request, &DeployLimits::default())
     }
 
@@ -181,6 +379,48 @@ mod tests {
         );
         let day_and_a_bit = json!({"program": "f", "slices": [1], "no_progress_timeout_ms": 86_400_001u64});
         assert_eq!(field_of(request(day_and_a_bit)), "no_progress_timeout_ms");
+    }
+
+    #[test]
+    fn too_many_slices_are_refused_while_parsing() {
+        let limits = DeployLimits { max_slices: 3, ..DeployLimits::default() };
+        let err = parse_deploy(br#"{"program": "f", "slices": [1, 2, 3, 4]}"#, &limits).unwrap_err();
+        match err {
+            Error::InvalidField { field, message } => {
+                assert_eq!(field, "slices");
+                assert!(message.contains("more than 3 slices"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused at the fourth slice: what follows it is never parsed (here: not even valid JSON).
+        let err = parse_deploy(br#"{"program": "f", "slices": [1, 2, 3, 4, !!!"#, &limits).unwrap_err();
+        assert!(matches!(err, Error::InvalidField { ref field, .. } if field == "slices"), "{err:?}");
+        let request = parse_deploy(br#"{"program": "f", "slices": [1, 2, 3]}"#, &limits).unwrap();
+        assert_eq!(request.slices.map(|slices| slices.len()), Some(3));
+        let request = parse_deploy(br#"{"program": "f", "slices": null, "range": {"start": 0, "end": 2}}"#, &limits);
+        assert!(request.unwrap().slices.is_none());
+    }
+
+    #[test]
+    fn too_many_json_values_are_refused_while_parsing() {
+        let limits = DeployLimits { max_json_values: 10, ..DeployLimits::default() };
+        let nested = json!({"program": "f", "slices": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]});
+        let err = parse_deploy(nested.to_string().as_bytes(), &limits).unwrap_err();
+        assert!(matches!(err, Error::InvalidField { ref field, .. } if field.starts_with("slices")), "{err:?}");
+        let arguments = json!({"program": "f", "slices": [1], "arguments": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]});
+        let err = parse_deploy(arguments.to_string().as_bytes(), &limits).unwrap_err();
+        assert!(matches!(err, Error::InvalidField { ref field, .. } if field.starts_with("arguments")), "{err:?}");
+    }
+
+    #[test]
+    fn duplicate_and_trailing_input_is_refused() {
+        let limits = DeployLimits::default();
+        let err = parse_deploy(br#"{"program": "f", "slices": [1], "slices": [2]}"#, &limits).unwrap_err();
+        assert!(matches!(err, Error::InvalidField { ref field, .. } if field == "slices"), "{err:?}");
+        let err = parse_deploy(br#"{"program": "f", "slices": [1]} {}"#, &limits).unwrap_err();
+        assert!(matches!(err, Error::MalformedJson(_)), "{err:?}");
+        let err = parse_deploy(br#"{"program": "f", "program": "g", "slices": [1]}"#, &limits).unwrap_err();
+        assert!(matches!(err, Error::InvalidField { ref field, .. } if field == "program"), "{err:?}");
     }
 
     #[test]
