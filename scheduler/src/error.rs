@@ -16,6 +16,16 @@ pub enum Error {
     /// The body is over the configured size limit.
     #[error("request body is over the {limit}-byte limit")]
     TooLarge { limit: usize },
+    /// Too many requests are being served; retry shortly. Refused before reading the body.
+    #[error("the scheduler is busy; retry shortly")]
+    Busy,
+    /// The request took longer than its route allows (slow body, slow work); answered so a slow
+    /// client cannot hold a connection and its memory for ever.
+    #[error("the request took longer than {ms} ms")]
+    Timeout { ms: u64 },
+    /// A blocking task (bundle unpacking, body parsing) panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
     /// No such job, lease, bundle or worker.
     #[error("{what} `{id}` does not exist")]
     NotFound { what: &'static str, id: String },
@@ -74,6 +84,8 @@ impl Error {
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, body("malformed_json", None)),
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, body("too_large", None)),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, body("not_found", None)),
+            Error::Busy => (StatusCode::SERVICE_UNAVAILABLE, body("busy", None)),
+            Error::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, body("timeout", None)),
             Error::WrongToken { field, message } => (
                 StatusCode::FORBIDDEN,
                 ApiError { code: "wrong_token".into(), field: Some(field.clone()), message: message.clone() },
@@ -82,6 +94,7 @@ impl Error {
             Error::Database(_)
             | Error::Corrupt(_)
             | Error::Store(_)
+            | Error::Task(_)
             | Error::Io { .. }
             | Error::Unreachable(_)
             | Error::Usage(_)

@@ -2,6 +2,7 @@
 //! `/pyodide/`, and the static site (contribute page, worker core) everywhere else.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera_protocol::{
@@ -19,7 +21,7 @@ use tessera_protocol::{
     LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus, ResultsPage, ResultsRequest, ResultsResponse,
     SliceHistory, WorkerLimits, Worktime,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tower_http::cors::CorsLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -29,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::store::{read, LeasePolicy, Readers, Store, Writer};
 use crate::syntax::{check_python, PythonFile};
-use crate::validate::{parse_body, validate_deploy, DeployLimits};
+use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
 
 /// Everything `tessera serve` can be told.
 #[derive(Clone, Debug)]
@@ -123,16 +125,105 @@ struct JsonBody<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
-    async fn from_request(request: Request, state: &S) -> Result<Self> {
-        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
-        let bytes = Bytes::from_request(request, state).await.map_err(|_| Error::TooLarge { limit })?;
+    async fn from_request(request: Request, _state: &S) -> Result<Self> {
+        let bytes = read_body(request).await?;
         parse_body(&bytes).map(JsonBody)
     }
 }
 
-/// The configured body limit, made visible to extractors so their errors can state it.
+/// The route's body limit, made visible to extractors so their errors can state it.
 #[derive(Clone, Copy)]
 struct BodyLimit(usize);
+
+/// Reads a request body within its route's [`BodyLimit`]. A `Content-Length` over the limit is
+/// refused before a byte of the body is read, so a body claiming a gigabyte costs nothing; a body
+/// without one is cut off as soon as it passes the limit.
+async fn read_body(request: Request) -> Result<Bytes> {
+    let limit = request.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
+    let claimed = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if claimed.is_some_and(|claimed| claimed > limit as u64) {
+        return Err(Error::TooLarge { limit });
+    }
+    Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::TooLarge { limit }
+        } else {
+            Error::invalid("body", rejection.body_text())
+        }
+    })
+}
+
+/// Largest `POST /v1/workers` body: a registration is a few fields.
+pub const REGISTER_BODY_BYTES: usize = 64 * 1024;
+/// Largest `POST /v1/leases` body (its job lists are short).
+pub const LEASE_BODY_BYTES: usize = 1024 * 1024;
+/// Room per lease in a heartbeat body (id, token, progress and JSON punctuation, generously).
+const HEARTBEAT_BYTES_PER_LEASE: usize = 256;
+/// Largest body of the routes that take none (GETs, cancel).
+const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Requests served at once, outside long-polls and uploads; more wait up to [`QUEUE_WAIT`].
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Deploys and bundle uploads served at once: each may hold a body of `--max-body-bytes` and its
+/// parsed form, so this bounds their memory.
+pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+/// Lease long-polls waiting at once: they are many and cheap (a task and a wake-up), so they
+/// have their own, larger pool and cannot starve the other routes.
+pub const MAX_LONG_POLLS: usize = 20_000;
+/// Longest a request waits for a slot in its pool before it is answered 503 `busy`.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// Longest any request except uploads and long-polls may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a deploy, bundle upload or result batch may take, body included (large bodies on slow links).
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// A long-poll may take its capped wait plus this.
+pub const LONG_POLL_GRACE: Duration = Duration::from_secs(30);
+
+/// A pool of request slots with a time limit: the global concurrency limit and request timeout
+/// of the routes it guards. Separate pools keep long-polls from exhausting the others.
+#[derive(Clone)]
+struct Gate {
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Gate {
+    fn new(slots: usize, timeout: Duration) -> Self {
+        Gate { slots: Arc::new(Semaphore::new(slots)), timeout }
+    }
+
+    /// `route` behind this gate, reading bodies of at most `body_limit` bytes.
+    fn guard(&self, route: MethodRouter<AppState>, body_limit: usize) -> MethodRouter<AppState> {
+        route
+            .layer::<_, Infallible>(axum::middleware::from_fn_with_state(self.clone(), pass_gate))
+            .layer::<_, Infallible>(DefaultBodyLimit::max(body_limit))
+            .layer(axum::Extension(BodyLimit(body_limit)))
+    }
+}
+
+/// Takes a slot (or answers 503 after [`QUEUE_WAIT`]) and runs the request within the gate's
+/// time limit (or answers 408); the slot is freed when the response head is ready.
+async fn pass_gate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let slot = match tokio::time::timeout(QUEUE_WAIT, gate.slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(_)) | Err(_) => return Error::Busy.into_response(),
+    };
+    let response = match tokio::time::timeout(gate.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Error::Timeout { ms: gate.timeout.as_millis() as u64 }.into_response(),
+    };
+    drop(slot);
+    response
+}
+
+/// Runs CPU-heavy work (body parsing, bundle unpacking) off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| Error::Task(error.to_string()))?
+}
 
 /// Builds the router; separate from `serve` so tests can drive it on their own listener.
 ///
@@ -156,23 +247,32 @@ pub fn router(config: ServerConfig) -> Result<Router> {
     };
     spawn_lease_reaper(state.clone());
 
+    // Hostile input costs little: every route has its own body limit, time limit and pool of
+    // slots (docs/SECURITY.md, "Hostile input").
+    let general = Gate::new(MAX_CONCURRENT_REQUESTS, REQUEST_TIMEOUT);
+    let uploads = Gate::new(MAX_CONCURRENT_UPLOADS, UPLOAD_TIMEOUT);
+    let results = Gate::new(MAX_CONCURRENT_REQUESTS, UPLOAD_TIMEOUT);
+    let polls = Gate::new(MAX_LONG_POLLS, Duration::from_millis(limits.max_wait_ms) + LONG_POLL_GRACE);
+    let max_body = config.max_body_bytes;
+    let heartbeat_body = (limits.max_heartbeat_leases as usize)
+        .saturating_mul(HEARTBEAT_BYTES_PER_LEASE)
+        .max(LEASE_BODY_BYTES)
+        .min(max_body);
     let api = Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
-        .route("/workers", post(register))
-        .route("/leases", post(lease))
-        .route("/leases/heartbeat", post(heartbeat))
-        .route("/results", post(submit_results))
-        .route("/jobs", post(deploy).get(list_jobs))
-        .route("/jobs/{id}", get(job_status))
-        .route("/jobs/{id}/results", get(job_results))
-        .route("/jobs/{id}/console", get(job_console))
-        .route("/jobs/{id}/slices/{slice}", get(slice_history))
-        .route("/jobs/{id}/cancel", post(cancel_job))
-        .route("/bundles", put(upload_bundle))
-        .route("/bundles/{sha256}", get(download_bundle))
-        .route("/packages", get(list_packages))
-        .layer(axum::Extension(BodyLimit(config.max_body_bytes)))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .route("/health", general.guard(get(|| async { Json(serde_json::json!({"ok": true})) }), SMALL_BODY_BYTES))
+        .route("/workers", general.guard(post(register), REGISTER_BODY_BYTES.min(max_body)))
+        .route("/leases", polls.guard(post(lease), LEASE_BODY_BYTES.min(max_body)))
+        .route("/leases/heartbeat", general.guard(post(heartbeat), heartbeat_body))
+        .route("/results", results.guard(post(submit_results), max_body))
+        .route("/jobs", uploads.guard(post(deploy), max_body).merge(general.guard(get(list_jobs), SMALL_BODY_BYTES)))
+        .route("/jobs/{id}", general.guard(get(job_status), SMALL_BODY_BYTES))
+        .route("/jobs/{id}/results", general.guard(get(job_results), SMALL_BODY_BYTES))
+        .route("/jobs/{id}/console", general.guard(get(job_console), SMALL_BODY_BYTES))
+        .route("/jobs/{id}/slices/{slice}", general.guard(get(slice_history), SMALL_BODY_BYTES))
+        .route("/jobs/{id}/cancel", general.guard(post(cancel_job), SMALL_BODY_BYTES))
+        .route("/bundles", uploads.guard(put(upload_bundle), max_body))
+        .route("/bundles/{sha256}", general.guard(get(download_bundle), SMALL_BODY_BYTES))
+        .route("/packages", general.guard(get(list_packages), SMALL_BODY_BYTES))
         .with_state(state);
 
     let pyodide =
@@ -194,10 +294,13 @@ pub fn router(config: ServerConfig) -> Result<Router> {
             HeaderValue::from_static("require-corp"),
         ));
 
-    Ok(Router::new()
-        .nest(tessera_protocol::API_PREFIX, api)
+    let static_files = Router::new()
         .nest("/pyodide", pyodide)
         .merge(site)
+        .layer(axum::middleware::from_fn_with_state(general, pass_gate));
+    Ok(Router::new()
+        .nest(tessera_protocol::API_PREFIX, api)
+        .merge(static_files)
         .layer(SetResponseHeaderLayer::if_not_present(
             header::HeaderName::from_static("cross-origin-resource-policy"),
             HeaderValue::from_static("cross-origin"),
@@ -349,11 +452,14 @@ async fn submit_results(
     Ok(Json(ResultsResponse { acks }))
 }
 
-async fn deploy(
-    State(state): State<AppState>,
-    JsonBody(request): JsonBody<DeployRequest>,
-) -> Result<Json<DeployResponse>> {
-    let mut job = validate_deploy(request, &state.config.deploy)?;
+async fn deploy(State(state): State<AppState>, request: Request) -> Result<Json<DeployResponse>> {
+    let body = read_body(request).await?;
+    let limits = state.config.deploy;
+    let mut job = blocking(move || {
+        let request: DeployRequest = parse_deploy(&body, &limits)?;
+        validate_deploy(request, &limits)
+    })
+    .await?;
     // Python sources: the program and the bundle's modules (their imports decide the packages).
     let mut python = vec![PythonFile { name: job.program_name.clone(), source: job.program.clone(), is_program: true }];
     if let Some(sha256) = job.bundle.clone() {
@@ -366,8 +472,11 @@ async fn deploy(
                     other => other,
                 },
             )?;
-        let entries = bundle::unpack(&bytes, &state.config.bundle)
-            .map_err(|error| Error::invalid("bundle", error.to_string()))?;
+        let limits = state.config.bundle;
+        let entries = blocking(move || {
+            bundle::unpack(&bytes, &limits).map_err(|error| Error::invalid("bundle", error.to_string()))
+        })
+        .await?;
         for entry in entries {
             if let tessera_protocol::BundleEntry::File { path, bytes } = entry {
                 if path.ends_with(".py") {
@@ -383,9 +492,7 @@ async fn deploy(
     if job.worktime == Worktime::Pyodide {
         let sources: Vec<&str> = python.iter().map(|file| file.source.as_str()).collect();
         job.packages = state.packages.resolve(&job.packages, &sources.join("\n"))?;
-        let problem = tokio::task::spawn_blocking(move || check_python(&python))
-            .await
-            .map_err(|error| Error::Store(format!("syntax check task failed: {error}")))?;
+        let problem = blocking(move || Ok(check_python(&python))).await?;
         if let Some(problem) = problem {
             return Err(Error::invalid(problem.field, problem.message));
         }
@@ -451,10 +558,14 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
 }
 
 async fn upload_bundle(State(state): State<AppState>, request: Request) -> Result<impl IntoResponse> {
-    let limit = state.config.max_body_bytes;
-    let bytes = Bytes::from_request(request, &()).await.map_err(|_| Error::TooLarge { limit })?;
-    bundle::unpack(&bytes, &state.config.bundle).map_err(|error| Error::invalid("bundle", error.to_string()))?;
-    let sha256 = bundle::content_address(&bytes);
+    let bytes = read_body(request).await?;
+    let limits = state.config.bundle;
+    let (bytes, sha256) = blocking(move || {
+        bundle::unpack(&bytes, &limits).map_err(|error| Error::invalid("bundle", error.to_string()))?;
+        let sha256 = bundle::content_address(&bytes);
+        Ok((bytes, sha256))
+    })
+    .await?;
     let key = sha256.clone();
     state.writer.run(move |store| store.put_bundle(&key, &bytes)).await?;
     tracing::info!(%sha256, "bundle stored");
