@@ -263,6 +263,35 @@ pub mod testing {
         let _ = std::io::Write::write_all(&mut encoder, &tar);
         encoder.finish().unwrap_or_default()
     }
+
+    /// A tar.gz whose first record is a GNU long name (`EntryType::GNULongName`) or a PAX record
+    /// (`EntryType::XHeader`) claiming `len` bytes of `fill`: a bomb that inflates to `len` bytes
+    /// from a few KiB per MiB. Streamed through the encoder, so making it costs no `len` of memory.
+    pub fn metadata_bomb(kind: EntryType, len: u64, fill: u8) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        if let Some(gnu) = header.as_gnu_mut() {
+            gnu.name[..13].copy_from_slice(b"././@LongLink");
+        }
+        header.set_entry_type(kind);
+        header.set_size(len);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = std::io::Write::write_all(&mut encoder, header.as_bytes());
+        let mut left = len;
+        if kind == EntryType::XHeader {
+            let record = format!("{len} path=");
+            let _ = std::io::Write::write_all(&mut encoder, record.as_bytes());
+            left = left.saturating_sub(record.len() as u64);
+        }
+        let chunk = vec![fill; 1024 * 1024];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            let _ = std::io::Write::write_all(&mut encoder, &chunk[..n]);
+            left -= n as u64;
+        }
+        encoder.finish().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -360,13 +389,7 @@ mod tests {
     #[test]
     fn a_gzip_bomb_is_refused_while_inflating() {
         // A long-name record claiming 10 MiB of zeros: ~10 KiB compressed.
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut encoder, &header(EntryType::GNULongName, 10 * 1024 * 1024)).unwrap();
-        let zeros = vec![0u8; 1024 * 1024];
-        for _ in 0..10 {
-            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
-        }
-        let bomb = encoder.finish().unwrap();
+        let bomb = super::testing::metadata_bomb(EntryType::GNULongName, 10 * 1024 * 1024, 0);
         assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
         let err = unpack(&bomb, &small()).unwrap_err();
         assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
