@@ -2,10 +2,15 @@
 //!
 //! The page reports through `console.log("[tessera] …")`; Chromium's `--enable-logging=stderr`
 //! relays those lines, which this module prints and watches for the page's exit signal.
+//!
+//! Chromium always runs with its own sandbox (namespaces + seccomp), because the page runs code
+//! that anyone who can reach the scheduler deployed. Chromium refuses to sandbox itself as root, so
+//! a root worker starts it as `nobody` instead (see [`plan_sandbox`] and docs/SECURITY.md).
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -31,12 +36,15 @@ pub struct WorkerOptions {
     pub log_slices: bool,
     /// Extra query parameters for the page (e.g. `pyodideUrl`), URL-encoded when added.
     pub page_params: Vec<(String, String)>,
+    /// `--unsafe-no-browser-sandbox`: run Chromium with `--no-sandbox`, as the current user. The
+    /// operator's explicit choice for machines where Chromium's sandbox cannot work.
+    pub unsafe_no_sandbox: bool,
 }
 
-/// Flags that make Chromium behave on a closed network as root (see docs/ARCHITECTURE.md).
+/// Flags that make Chromium behave headless on a closed network (see docs/ARCHITECTURE.md). No
+/// `--no-sandbox`: that is added only for `--unsafe-no-browser-sandbox`.
 pub const CHROMIUM_FLAGS: &[&str] = &[
     "--headless",
-    "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
@@ -49,6 +57,163 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--enable-logging=stderr",
     "--v=0",
 ];
+
+/// The user (and group) Chromium runs as when the worker is root: `nobody`, uid and gid 65534, the
+/// kernel's overflow ids. It owns nothing on the system, so a compromised renderer that also
+/// escaped Chromium's sandbox would still hold no privileges; and it is the same number everywhere,
+/// so no passwd lookup is needed.
+pub const UNPRIVILEGED_ID: u32 = 65534;
+
+/// How Chromium's own sandbox is arranged for this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrowserSandbox {
+    /// Not root: Chromium runs as the current user, with its sandbox.
+    AsIs,
+    /// Root: Chromium runs as this unprivileged user and group, with its sandbox.
+    DropTo { uid: u32, gid: u32 },
+    /// `--unsafe-no-browser-sandbox`: Chromium runs as the current user with `--no-sandbox`.
+    Disabled,
+}
+
+/// What to tell an operator whose machine cannot give Chromium its sandbox.
+const HOW_TO_SANDBOX: &str =
+    "run `tessera worker` as a normal (non-root) user, or enable unprivileged user namespaces \
+     (sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0; on Ubuntu also \
+     kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for Chromium); \
+     --unsafe-no-browser-sandbox runs Chromium without its sandbox, so guest code that exploits \
+     the browser would run unconfined";
+
+/// Whether unprivileged user namespaces are available, from the two sysctls that turn them off:
+/// Debian's `kernel.unprivileged_userns_clone` (absent elsewhere) and `user.max_user_namespaces`.
+/// `Err` says which one is off. A file that cannot be read is no evidence either way.
+pub fn user_namespaces(
+    unprivileged_userns_clone: Option<&str>,
+    max_user_namespaces: Option<&str>,
+) -> Result<(), String> {
+    if unprivileged_userns_clone.map(str::trim) == Some("0") {
+        return Err("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)".into());
+    }
+    if max_user_namespaces.map(str::trim) == Some("0") {
+        return Err("user namespaces are disabled (user.max_user_namespaces = 0)".into());
+    }
+    Ok(())
+}
+
+/// [`user_namespaces`] on this machine's /proc/sys.
+fn user_namespaces_here() -> Result<(), String> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    user_namespaces(
+        read("/proc/sys/kernel/unprivileged_userns_clone").as_deref(),
+        read("/proc/sys/user/max_user_namespaces").as_deref(),
+    )
+}
+
+/// Decides how Chromium runs. Chromium will not sandbox itself as root, and an unprivileged
+/// Chromium sandboxes itself with user namespaces (Debian ships no setuid `chrome-sandbox`), so:
+/// not root → as is; root with user namespaces → as `nobody`; root without them → refused, unless
+/// the operator explicitly passed `--unsafe-no-browser-sandbox`, which always wins.
+pub fn plan_sandbox(euid: u32, user_namespaces: Result<(), String>, unsafe_no_sandbox: bool) -> Result<BrowserSandbox> {
+    if unsafe_no_sandbox {
+        return Ok(BrowserSandbox::Disabled);
+    }
+    if euid != 0 {
+        return Ok(BrowserSandbox::AsIs);
+    }
+    match user_namespaces {
+        Ok(()) => Ok(BrowserSandbox::DropTo { uid: UNPRIVILEGED_ID, gid: UNPRIVILEGED_ID }),
+        Err(reason) => {
+            Err(Error::Browser(format!("cannot give Chromium its sandbox as root: {reason}; {HOW_TO_SANDBOX}")))
+        }
+    }
+}
+
+/// Whether a line Chromium printed says its sandbox could not start (no user namespaces and no
+/// setuid helper, or root without `--no-sandbox`).
+pub fn is_sandbox_failure(log_line: &str) -> bool {
+    log_line.contains("No usable sandbox")
+        || log_line.contains("without --no-sandbox is not supported")
+        || (log_line.contains("FATAL") && log_line.to_ascii_lowercase().contains("sandbox"))
+}
+
+/// The temporary profile: Chromium's `--user-data-dir`, which also holds the `home/` and `tmp/`
+/// given to an unprivileged Chromium as HOME, XDG dirs and TMPDIR (root's are not writable to it).
+/// Everything Chromium writes stays inside, and the whole folder is removed afterwards.
+struct Profile {
+    dir: tempfile::TempDir,
+}
+
+impl Profile {
+    /// Creates the profile, owned by `owner` (uid, gid) when given. Made by us, chowned to it.
+    fn create(owner: Option<(u32, u32)>) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-worker-")
+            .tempdir()
+            .map_err(Error::io("creating a browser profile directory"))?;
+        let profile = Profile { dir };
+        for sub in [profile.home(), profile.tmp()] {
+            std::fs::create_dir(&sub).map_err(Error::io(format!("creating {}", sub.display())))?;
+        }
+        if let Some((uid, gid)) = owner {
+            for path in [profile.path().to_path_buf(), profile.home(), profile.tmp()] {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(Error::io(format!("giving {} to uid {uid}", path.display())))?;
+            }
+        }
+        Ok(profile)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn home(&self) -> PathBuf {
+        self.path().join("home")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.path().join("tmp")
+    }
+
+    /// Removes the profile once no process names it on its command line any more (Chromium's
+    /// helpers, e.g. crashpad handlers that daemonized, outlive the browser by a moment and would
+    /// write into a half-removed folder). We made it, so as root we can remove whatever `nobody`
+    /// wrote inside.
+    async fn remove(self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut users = processes_naming(self.path());
+        while !users.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            users = processes_naming(self.path());
+        }
+        if !users.is_empty() {
+            eprintln!("tessera worker: browser processes {users:?} still running; removing the profile anyway");
+        }
+        let path = self.path().to_path_buf();
+        let mut outcome = self.dir.close();
+        if outcome.is_err() && path.exists() {
+            // A helper may have written a file while the folder was being removed: once more.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            outcome = std::fs::remove_dir_all(&path);
+        }
+        if let Err(error) = outcome {
+            eprintln!("tessera worker: cannot remove the browser profile {}: {error}", path.display());
+        }
+    }
+}
+
+/// PIDs of the processes whose command line mentions `path` (empty where /proc is unavailable).
+fn processes_naming(path: &Path) -> Vec<u32> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.windows(needle.len()).any(|window| window == needle))
+        })
+        .collect()
+}
 
 /// The system Chromium: `--chromium`, `$CHROMIUM`, or the first of the usual names on PATH.
 pub fn find_chromium(explicit: Option<PathBuf>) -> Result<PathBuf> {
@@ -122,20 +287,92 @@ async fn stop_requested() {
 pub async fn run_worker(options: WorkerOptions) -> Result<()> {
     let chromium = find_chromium(options.chromium.clone())?;
     let url = page_url(&options)?;
-    let profile = tempfile::tempdir().map_err(Error::io("creating a browser profile directory"))?;
-    let mut child = Command::new(&chromium)
-        .args(CHROMIUM_FLAGS)
+    let sandbox = plan_sandbox(effective_uid()?, user_namespaces_here(), options.unsafe_no_sandbox)?;
+    let owner = match sandbox {
+        BrowserSandbox::DropTo { uid, gid } => Some((uid, gid)),
+        BrowserSandbox::AsIs | BrowserSandbox::Disabled => None,
+    };
+    let profile = Profile::create(owner)?;
+    let outcome = drive_browser(&options, &chromium, &url, sandbox, &profile).await;
+    profile.remove().await;
+    outcome
+}
+
+/// This process's effective uid (the second `Uid:` field of /proc/self/status): whether we are
+/// root decides how Chromium gets its sandbox.
+fn effective_uid() -> Result<u32> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(Error::io("reading /proc/self/status to learn whether we run as root"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| Error::Browser("/proc/self/status has no effective uid".into()))
+}
+
+/// Starts Chromium on `url` with `profile` and follows its console until the page exits, fails, the
+/// browser dies or we are asked to stop; the browser is killed (by its PID) before this returns.
+async fn drive_browser(
+    options: &WorkerOptions,
+    chromium: &Path,
+    url: &str,
+    sandbox: BrowserSandbox,
+    profile: &Profile,
+) -> Result<()> {
+    let mut command = Command::new(chromium);
+    command.args(CHROMIUM_FLAGS);
+    match sandbox {
+        BrowserSandbox::AsIs => {}
+        BrowserSandbox::Disabled => {
+            eprintln!(
+                "tessera worker: WARNING: --unsafe-no-browser-sandbox: Chromium runs without its sandbox; guest code \
+                 that exploits the browser runs with this user's privileges"
+            );
+            command.arg("--no-sandbox");
+        }
+        BrowserSandbox::DropTo { uid, gid } => {
+            // Set directly on the spawned process (no sudo/su in between), so the PID we hold is
+            // Chromium's (/usr/bin/chromium execs it) and killing it ends the browser. std drops
+            // root's supplementary groups when it changes the uid. Root's HOME, runtime dir and
+            // session bus are unusable to `nobody`: everything points into the profile instead.
+            let home = profile.home();
+            command
+                .uid(uid)
+                .gid(gid)
+                .current_dir(profile.path())
+                .env("HOME", &home)
+                .env("XDG_CONFIG_HOME", home.join(".config"))
+                .env("XDG_CACHE_HOME", home.join(".cache"))
+                .env("XDG_DATA_HOME", home.join(".local/share"))
+                .env("TMPDIR", profile.tmp())
+                .env_remove("XDG_RUNTIME_DIR")
+                .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        }
+    }
+    let mut child = command
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
+        .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|error| Error::Browser(format!("cannot start {}: {error}", chromium.display())))?;
-    eprintln!("tessera worker: {} on {url}", chromium.display());
+    let how = match sandbox {
+        BrowserSandbox::AsIs => "its own sandbox".to_string(),
+        BrowserSandbox::DropTo { uid, .. } => format!("its own sandbox as uid {uid}"),
+        BrowserSandbox::Disabled => "NO sandbox".to_string(),
+    };
+    eprintln!(
+        "tessera worker: {} (pid {}, {how}, profile {}) on {url}",
+        chromium.display(),
+        child.id().unwrap_or_default(),
+        profile.path().display()
+    );
     let stderr = child.stderr.take().ok_or_else(|| Error::Browser("no stderr pipe".into()))?;
     let mut lines = BufReader::new(stderr).lines();
+    // Chromium's own last lines, to explain an early exit (bounded: the browser logs a lot).
+    let mut recent: VecDeque<String> = VecDeque::new();
+    let mut sandbox_failure: Option<String> = None;
     let mut started = false;
     let startup = tokio::time::sleep(options.startup_timeout);
     tokio::pin!(startup);
@@ -146,7 +383,16 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(line)) => {
-                    let Some(message) = page_message(&line) else { continue };
+                    let Some(message) = page_message(&line) else {
+                        if sandbox_failure.is_none() && is_sandbox_failure(&line) {
+                            sandbox_failure = Some(line.clone());
+                        }
+                        if recent.len() == 8 {
+                            recent.pop_front();
+                        }
+                        recent.push_back(line);
+                        continue;
+                    };
                     println!("{message}");
                     let body = message.trim_start_matches("[tessera] ");
                     if body.starts_with("started") {
@@ -159,7 +405,16 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
                 }
                 Ok(None) | Err(_) => {
                     let status = child.wait().await.map_err(Error::io("waiting for the browser"))?;
-                    break Err(Error::Browser(format!("Chromium exited unexpectedly ({status})")));
+                    if let Some(line) = sandbox_failure {
+                        break Err(Error::Browser(format!(
+                            "Chromium could not start its sandbox ({status}): {line}\n{HOW_TO_SANDBOX}"
+                        )));
+                    }
+                    let tail: Vec<String> = recent.drain(..).collect();
+                    break Err(Error::Browser(format!(
+                        "Chromium exited unexpectedly ({status}); its last lines:\n{}",
+                        tail.join("\n")
+                    )));
                 }
             },
             _ = &mut startup, if !started => {
@@ -174,9 +429,8 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
             }
         }
     };
-    // Stop the browser by its own PID (never by name), wait for it, then remove its profile.
+    // Stop the browser by its own PID (never by name) and wait for it; its helpers follow it.
     let _ = child.kill().await;
-    drop(profile);
     outcome
 }
 
@@ -196,6 +450,7 @@ mod tests {
             page: "".into(),
             log_slices: true,
             page_params: vec![("pyodideUrl".into(), "http://h:1/py dir/?a=b&c".into())],
+            unsafe_no_sandbox: false,
         };
         assert_eq!(
             page_url(&options).unwrap(),
@@ -210,5 +465,63 @@ mod tests {
         assert_eq!(page_message(line), Some("[tessera] started 1 sandbox"));
         assert_eq!(page_message(r#"[1:1:INFO:CONSOLE:1] "other", source: x (1)"#), None);
         assert_eq!(page_message("[1:1:ERROR:gpu] \"[tessera] x\", source: y"), None);
+    }
+
+    #[test]
+    fn root_with_user_namespaces_drops_to_nobody() {
+        assert_eq!(
+            plan_sandbox(0, Ok(()), false).unwrap(),
+            BrowserSandbox::DropTo { uid: UNPRIVILEGED_ID, gid: UNPRIVILEGED_ID }
+        );
+        assert_eq!(UNPRIVILEGED_ID, 65534);
+    }
+
+    #[test]
+    fn root_without_user_namespaces_is_refused_unless_the_operator_opts_out() {
+        let off = user_namespaces(Some("0\n"), Some("63000\n"));
+        let Err(Error::Browser(message)) = plan_sandbox(0, off.clone(), false) else {
+            panic!("root without user namespaces must be refused");
+        };
+        assert!(message.contains("kernel.unprivileged_userns_clone = 0"), "{message}");
+        assert!(message.contains("as a normal (non-root) user"), "{message}");
+        assert!(message.contains("--unsafe-no-browser-sandbox"), "{message}");
+        assert_eq!(plan_sandbox(0, off, true).unwrap(), BrowserSandbox::Disabled);
+        let none = user_namespaces(None, Some("0"));
+        assert!(none.as_ref().is_err_and(|reason| reason.contains("user.max_user_namespaces = 0")));
+        assert!(plan_sandbox(0, none, false).is_err());
+    }
+
+    #[test]
+    fn not_root_runs_chromium_plainly_with_its_sandbox() {
+        assert_eq!(plan_sandbox(1000, Ok(()), false).unwrap(), BrowserSandbox::AsIs);
+        // User namespaces matter only for dropping root; a normal user just runs Chromium.
+        assert_eq!(plan_sandbox(1000, Err("off".into()), false).unwrap(), BrowserSandbox::AsIs);
+        assert_eq!(plan_sandbox(1000, Ok(()), true).unwrap(), BrowserSandbox::Disabled);
+    }
+
+    #[test]
+    fn user_namespaces_are_available_unless_a_sysctl_turns_them_off() {
+        assert_eq!(user_namespaces(Some("1\n"), Some("96364\n")), Ok(()));
+        assert_eq!(user_namespaces(None, None), Ok(()));
+        assert!(user_namespaces(Some("1"), Some("0\n")).is_err());
+    }
+
+    #[test]
+    fn recognises_chromium_sandbox_failures() {
+        assert!(is_sandbox_failure(
+            "[1:1:1127/1.2:FATAL:zygote_host_impl_linux.cc(128)] No usable sandbox! If you are running on Ubuntu"
+        ));
+        assert!(is_sandbox_failure(
+            "[1:1:FATAL:zygote_host_impl_linux.cc(90)] Running as root without --no-sandbox is not supported."
+        ));
+        assert!(!is_sandbox_failure("[1:1:ERROR:dbus/bus.cc:405] Failed to connect to the bus"));
+        assert!(!CHROMIUM_FLAGS.contains(&"--no-sandbox"));
+    }
+
+    #[test]
+    fn effective_uid_matches_the_owner_of_what_we_create() {
+        use std::os::unix::fs::MetadataExt;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(effective_uid().unwrap(), file.path().metadata().unwrap().uid());
     }
 }

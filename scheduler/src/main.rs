@@ -131,6 +131,10 @@ enum Command {
         /// KEY=VALUE added to the page's query string (URL-encoded); repeatable.
         #[arg(long = "page-param", hide = true, value_name = "KEY=VALUE")]
         page_params: Vec<String>,
+        /// Run Chromium with --no-sandbox (as the current user, even root), for machines where its
+        /// sandbox cannot work. Unsafe: guest code that exploits the browser runs unconfined.
+        #[arg(long)]
+        unsafe_no_browser_sandbox: bool,
     },
 }
 
@@ -233,6 +237,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             startup_timeout,
             log_slices,
             page_params,
+            unsafe_no_browser_sandbox,
         } => {
             let mut params = Vec::new();
             for pair in page_params {
@@ -251,6 +256,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 page,
                 log_slices,
                 page_params: params,
+                unsafe_no_sandbox: unsafe_no_browser_sandbox,
             })
             .await?;
             Ok(true)
