@@ -764,10 +764,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     /// The scheduler ended a job: stop its slices here and forget it.
     fn end_job(&mut self, job_id: &str) {
-        if !self.jobs.contains(job_id) && self.book.drop_job(job_id) == 0 {
+        let dropped = self.book.drop_job(job_id);
+        if dropped == 0 && !self.jobs.contains(job_id) {
             return;
         }
-        self.book.drop_job(job_id);
         self.jobs.forget(job_id);
         for slot in self.pool.live() {
             if self.pool.slot(slot).and_then(|s| s.job.as_deref()) == Some(job_id) {

@@ -442,3 +442,43 @@ async fn a_restarted_server_keeps_leases_alive() {
     let (_, status) = server.get(&format!("/jobs/{job_id}")).await;
     assert_eq!(status["state"], "complete");
 }
+
+#[tokio::test]
+async fn a_closing_pages_beacon_releases_its_leases_at_no_cost() {
+    let server = start(1 << 20).await;
+    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1, 2]})).await;
+    let job_id = deployed["job_id"].as_str().unwrap();
+    let worker = server.register().await;
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 2})).await;
+    let released: Vec<Value> = leased["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|lease| {
+            json!({"lease_id": lease["lease_id"], "token": lease["token"],
+                   "outcome": {"kind": "released", "reason": "the page was closed"}})
+        })
+        .collect();
+    // What navigator.sendBeacon sends: text/plain, no Authorization header, the token in the body.
+    let beacon = json!({"results": released, "worker_token": worker.token}).to_string();
+    let response = server
+        .http
+        .post(format!("{}/v1/results", server.url))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(beacon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let acks: Vec<_> = answer["acks"].as_array().unwrap().iter().map(|a| a["status"].as_str().unwrap()).collect();
+    assert_eq!(acks, vec!["released", "released"], "{answer}");
+    let (_, history) = server.get(&format!("/jobs/{job_id}/slices/0")).await;
+    assert_eq!(history["attempts_counted"], 0, "a release costs no attempt: {history}");
+    let (_, status) = server.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(status["queued"], 2, "queued again at once: {status}");
+    // Without a token anywhere, the beacon is refused.
+    let bare = json!({"results": []}).to_string();
+    let response = server.http.post(format!("{}/v1/results", server.url)).body(bare).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+}
