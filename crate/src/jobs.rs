@@ -24,7 +24,10 @@ pub enum JobEntry {
     Ready(Rc<PreparedJob>),
     /// The job cannot run here: its slices report this error (a bad bundle, or a program that
     /// failed to set up in two fresh sandboxes).
-    Broken { message: String, stack: Option<String> },
+    Broken {
+        message: String,
+        stack: Option<String>,
+    },
 }
 
 /// Set-up failures of one job's program on this worker, for the second opinion.

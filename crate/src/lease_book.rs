@@ -142,7 +142,12 @@ impl LeaseBook {
         let mut items: Vec<ResultItem> = self
             .held
             .drain()
-            .map(|(lease_id, held)| ResultItem { lease_id, token: held.token, outcome: outcome.clone(), console: vec![] })
+            .map(|(lease_id, held)| ResultItem {
+                lease_id,
+                token: held.token,
+                outcome: outcome.clone(),
+                console: vec![],
+            })
             .collect();
         items.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
         items

@@ -79,7 +79,8 @@ impl Outbox {
     pub fn take_batch(&mut self) -> Vec<ResultItem> {
         let mut bytes = 0;
         while let Some((_, size)) = self.waiting.front() {
-            let full = self.sending.len() >= self.max_items || (!self.sending.is_empty() && bytes + size > self.max_bytes);
+            let full =
+                self.sending.len() >= self.max_items || (!self.sending.is_empty() && bytes + size > self.max_bytes);
             if full {
                 break;
             }
@@ -230,7 +231,9 @@ mod tests {
         assert_eq!(fit_outcome(small.clone(), 100), small);
         let big = fit_outcome(SliceOutcome::Ok { value: json!("x".repeat(300)) }, 100);
         match big {
-            SliceOutcome::Error { message, .. } => assert!(message.contains("302 bytes") && message.contains("100"), "{message}"),
+            SliceOutcome::Error { message, .. } => {
+                assert!(message.contains("302 bytes") && message.contains("100"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }

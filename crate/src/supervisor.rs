@@ -30,8 +30,8 @@ use crate::error::WorkerError;
 use crate::gate::RequestGate;
 pub use crate::jobs::PreparedJob;
 use crate::jobs::{JobCache, JobEntry};
-pub use crate::lease_book::{Farewell, SliceProgress};
 use crate::lease_book::LeaseBook;
+pub use crate::lease_book::{Farewell, SliceProgress};
 use crate::outbox::{cap_console, fit_outcome, Outbox};
 use crate::pool::{Placement, Pool, PoolLimits};
 use crate::watchdog::{throttled, SliceLimits, INTERRUPT_GRACE_MS, SECOND_LOOK_MS};
@@ -104,25 +104,72 @@ pub trait SandboxFactory {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
-    Registered { worker_id: String, sandboxes: usize },
-    Leased { count: usize },
-    SandboxCreated { sandbox: usize, worktime: Worktime },
-    SandboxRemoved { sandbox: usize, reason: String },
-    SliceStarted { job: String, slice: u64, sandbox: usize },
-    SliceFinished { job: String, slice: u64, sandbox: usize, outcome: &'static str, ms: u64 },
+    Registered {
+        worker_id: String,
+        sandboxes: usize,
+    },
+    Leased {
+        count: usize,
+    },
+    SandboxCreated {
+        sandbox: usize,
+        worktime: Worktime,
+    },
+    SandboxRemoved {
+        sandbox: usize,
+        reason: String,
+    },
+    SliceStarted {
+        job: String,
+        slice: u64,
+        sandbox: usize,
+    },
+    SliceFinished {
+        job: String,
+        slice: u64,
+        sandbox: usize,
+        outcome: &'static str,
+        ms: u64,
+    },
     /// The watchdog interrupted a slice that overran (the sandbox is kept).
-    SliceInterrupted { job: String, slice: u64, sandbox: usize, reason: String },
+    SliceInterrupted {
+        job: String,
+        slice: u64,
+        sandbox: usize,
+        reason: String,
+    },
     /// The scheduler said the job ended: its slices here were stopped and dropped.
-    JobEnded { job: String },
-    Submitted { accepted: usize, duplicate: usize, stale: usize, requeued: usize, released: usize, refused: usize },
+    JobEnded {
+        job: String,
+    },
+    Submitted {
+        accepted: usize,
+        duplicate: usize,
+        stale: usize,
+        requeued: usize,
+        released: usize,
+        refused: usize,
+    },
     /// A request failed on the network; that kind of request is retried after `retry_ms`.
-    SchedulerUnreachable { request: &'static str, message: String, retry_ms: u64 },
+    SchedulerUnreachable {
+        request: &'static str,
+        message: String,
+        retry_ms: u64,
+    },
     /// The scheduler refused a request as malformed: a bug, reported once; that kind of request stops.
-    RequestRefused { request: &'static str, message: String },
+    RequestRefused {
+        request: &'static str,
+        message: String,
+    },
     /// Sandboxes keep failing to start here: leasing pauses so other workers get the slices.
-    SandboxesFailing { failures: u32, pause_ms: u64 },
+    SandboxesFailing {
+        failures: u32,
+        pause_ms: u64,
+    },
     Idle,
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
 }
 
 /// How the supervisor behaves.
@@ -615,19 +662,19 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     fn on_bundle(&mut self, job_id: String, answer: Result<Vec<u8>, WorkerError>, now: u64) {
         let Some(JobEntry::Preparing(descriptor)) = self.jobs.take(&job_id) else { return };
-        let entry =
-            match answer.and_then(|bytes| bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle))
-            {
-                Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
-                Err(WorkerError::Unreachable(message)) => {
-                    // A network failure says nothing about the bundle: fetch it again later.
-                    let retry_ms = self.fault_pause.next_delay(self.clock.random());
-                    self.emit(WorkerEvent::SchedulerUnreachable { request: "bundle", message, retry_ms });
-                    self.fetch_bundle(&descriptor, retry_ms);
-                    JobEntry::Preparing(descriptor)
-                }
-                Err(error) => JobEntry::Broken { message: format!("bundle refused: {error}"), stack: None },
-            };
+        let entry = match answer
+            .and_then(|bytes| bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle))
+        {
+            Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
+            Err(WorkerError::Unreachable(message)) => {
+                // A network failure says nothing about the bundle: fetch it again later.
+                let retry_ms = self.fault_pause.next_delay(self.clock.random());
+                self.emit(WorkerEvent::SchedulerUnreachable { request: "bundle", message, retry_ms });
+                self.fetch_bundle(&descriptor, retry_ms);
+                JobEntry::Preparing(descriptor)
+            }
+            Err(error) => JobEntry::Broken { message: format!("bundle refused: {error}"), stack: None },
+        };
         self.jobs.insert(job_id, entry, now);
     }
 
@@ -809,8 +856,12 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         let outcome = SliceOutcome::JobError { message: message.clone(), stack: stack.clone() };
         for lease in self.book.take_queued_of(job_id) {
             if self.book.finish(&lease.lease_id) {
-                let item =
-                    ResultItem { lease_id: lease.lease_id, token: lease.token, outcome: outcome.clone(), console: vec![] };
+                let item = ResultItem {
+                    lease_id: lease.lease_id,
+                    token: lease.token,
+                    outcome: outcome.clone(),
+                    console: vec![],
+                };
                 self.outbox.push(item, now);
             }
         }
@@ -1060,7 +1111,8 @@ async fn watch_slice<K: Clock>(
             return (result, Watch::Interrupted(reason));
         }
     }
-    let run = SliceRun { outcome: SliceOutcome::TimedOut { message: reason.clone() }, console: vec![], heap_bytes: None };
+    let run =
+        SliceRun { outcome: SliceOutcome::TimedOut { message: reason.clone() }, console: vec![], heap_bytes: None };
     (run, Watch::Terminate(reason))
 }
 

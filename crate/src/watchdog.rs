@@ -27,7 +27,10 @@ pub struct SliceLimits {
 impl SliceLimits {
     /// The limits a job's descriptor sets.
     pub fn of(descriptor: &JobDescriptor) -> SliceLimits {
-        SliceLimits { timeout_ms: descriptor.slice_timeout_ms.max(1), no_progress_ms: descriptor.no_progress_timeout_ms }
+        SliceLimits {
+            timeout_ms: descriptor.slice_timeout_ms.max(1),
+            no_progress_ms: descriptor.no_progress_timeout_ms,
+        }
     }
 
     /// When the slice, started at `started` and last heard from at `last_progress`, must be looked at.

@@ -377,7 +377,9 @@ impl Sandbox for DoublingSandbox {
             .boxed_local();
         }
         let outcome = match datum.as_i64() {
-            Some(n) if n < 0 => SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) },
+            Some(n) if n < 0 => {
+                SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) }
+            }
             Some(n) => SliceOutcome::Ok { value: json!(n * 2) },
             None if datum.is_string() => SliceOutcome::Ok { value: datum },
             None => SliceOutcome::Error { message: "not a number".into(), stack: None },
@@ -434,7 +436,9 @@ fn run_with(
         scheduler.clock.clone(),
         config,
         Rc::new(move |event: &WorkerEvent| {
-            if std::env::var_os("DEBUG_EVENTS").is_some() { eprintln!("{event:?}"); }
+            if std::env::var_os("DEBUG_EVENTS").is_some() {
+                eprintln!("{event:?}");
+            }
             log.borrow_mut().push(event.clone());
             if let Some(stop) = stop.borrow().as_ref() {
                 on_event(event, stop);
@@ -579,7 +583,9 @@ fn a_hung_slice_that_can_be_interrupted_keeps_its_sandbox() {
     let created = factory.created.clone();
     let (_, events) = run(&scheduler, factory, SupervisorConfig { pipeline_depth: 1, ..config(1) });
     assert!(events.iter().any(|e| matches!(e, WorkerEvent::SliceInterrupted { slice: 1, .. })), "{events:?}");
-    assert!(!events.iter().any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
     assert_eq!(created.get(), 1, "interrupted, not replaced");
     let timed_out = events.iter().filter(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "timed_out", .. }));
     assert_eq!(timed_out.count() as u32, MAX_ATTEMPTS);
@@ -719,7 +725,11 @@ fn stopping_releases_unfinished_slices_at_no_cost() {
     assert!(queued.contains(&1), "the running slice was returned: {queued:?}");
     assert!(scheduler.leases.borrow().is_empty(), "no lease is left dangling");
     for slice in queued {
-        assert_eq!(scheduler.attempts.borrow().get(&key("j", slice)).copied().unwrap_or(0), 0, "slice {slice} lost no attempt");
+        assert_eq!(
+            scheduler.attempts.borrow().get(&key("j", slice)).copied().unwrap_or(0),
+            0,
+            "slice {slice} lost no attempt"
+        );
     }
     assert!(matches!(events.last(), Some(WorkerEvent::Stopped { reason }) if reason == "stopped"));
 }

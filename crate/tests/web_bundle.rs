@@ -2,19 +2,18 @@
 //! and the writer that puts a bundle into a Pyodide sandbox's in-memory filesystem.
 #![cfg(target_arch = "wasm32")]
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::json;
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::bundle::{pack, unpack, BundleEntry, BundleError, BundleLimits};
-use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
-use tessera_worker::supervisor::{PreparedJob, SandboxFactory, SetupOutcome};
+use tessera_protocol::{SliceOutcome, Worktime};
+use tessera_worker::supervisor::{SandboxFactory, SetupOutcome};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::scheduler;
+use common::{job_with, scheduler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -47,22 +46,7 @@ async fn a_bundle_is_written_into_the_pyodide_filesystem() {
     ];
     // Round-trip through the archive format, exactly as the worker receives it.
     let entries = unpack(&pack(&entries).unwrap(), &BundleLimits::default()).unwrap();
-    let job = Rc::new(PreparedJob {
-        descriptor: JobDescriptor {
-            job_id: "j-bundle".into(),
-            name: "bundle".into(),
-            worktime: Worktime::Pyodide,
-            program: "import dcp, os, sys\nimport pkg\n\ndef handler(x):\n    numbers = open('data/deep/values.txt').read().split()\n    return [pkg.GREETING, sum(map(int, numbers)) * x, os.getcwd() == sys.path[0]]\n\ndcp.set_slice_handler(handler)\n".into(),
-            program_name: "main.py".into(),
-            arguments: vec![],
-            env: BTreeMap::new(),
-            packages: vec![],
-            bundle: Some("0".repeat(64)),
-            slice_timeout_ms: 60_000,
-            no_progress_timeout_ms: None,
-        },
-        bundle: entries,
-    });
+    let job = job_with(Worktime::Pyodide, "import dcp, os, sys\nimport pkg\n\ndef handler(x):\n    numbers = open('data/deep/values.txt').read().split()\n    return [pkg.GREETING, sum(map(int, numbers)) * x, os.getcwd() == sys.path[0]]\n\ndcp.set_slice_handler(handler)\n", vec![], entries);
     let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(job).await;

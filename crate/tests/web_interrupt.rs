@@ -4,17 +4,16 @@
 //! contribute page is.
 #![cfg(target_arch = "wasm32")]
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::json;
-use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
-use tessera_worker::supervisor::{PreparedJob, SandboxFactory, SetupOutcome};
+use tessera_protocol::{SliceOutcome, Worktime};
+use tessera_worker::supervisor::{SandboxFactory, SetupOutcome};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::scheduler;
+use common::{python_job, scheduler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -22,22 +21,7 @@ wasm_bindgen_test_configure!(run_in_browser);
 async fn a_runaway_python_slice_is_interrupted_and_the_sandbox_keeps_working() {
     let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).unwrap();
     assert_eq!(isolated.as_bool(), Some(true), "the interrupt needs a cross-origin isolated page");
-    let job = Rc::new(PreparedJob {
-        descriptor: JobDescriptor {
-            job_id: "j-interrupt".into(),
-            name: "interrupt".into(),
-            worktime: Worktime::Pyodide,
-            program: "import dcp\n\ndef handler(x):\n    if x == 'spin':\n        while True:\n            pass\n    return x * 2\n\ndcp.set_slice_handler(handler)\n".into(),
-            program_name: "main.py".into(),
-            arguments: vec![],
-            env: BTreeMap::new(),
-            packages: vec![],
-            bundle: None,
-            slice_timeout_ms: 60_000,
-            no_progress_timeout_ms: None,
-        },
-        bundle: vec![],
-    });
+    let job = python_job("import dcp\n\ndef handler(x):\n    if x == 'spin':\n        while True:\n            pass\n    return x * 2\n\ndcp.set_slice_handler(handler)\n");
     let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(job).await;

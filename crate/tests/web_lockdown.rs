@@ -3,17 +3,16 @@
 //! dropped. Defence in depth: the wall is the sandbox host's CSP (docs/SECURITY.md).
 #![cfg(target_arch = "wasm32")]
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::json;
-use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
-use tessera_worker::supervisor::{PreparedJob, SandboxFactory, SetupOutcome};
+use tessera_protocol::{SliceOutcome, Worktime};
+use tessera_worker::supervisor::{SandboxFactory, SetupOutcome};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::scheduler;
+use common::{python_job, scheduler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -39,22 +38,7 @@ dcp.set_slice_handler(handler)
 
 #[wasm_bindgen_test]
 async fn python_cannot_reach_the_network_after_set_up() {
-    let job = Rc::new(PreparedJob {
-        descriptor: JobDescriptor {
-            job_id: "j-lockdown".into(),
-            name: "lockdown".into(),
-            worktime: Worktime::Pyodide,
-            program: PROGRAM.into(),
-            program_name: "main.py".into(),
-            arguments: vec![],
-            env: BTreeMap::new(),
-            packages: vec![],
-            bundle: None,
-            slice_timeout_ms: 60_000,
-            no_progress_timeout_ms: None,
-        },
-        bundle: vec![],
-    });
+    let job = python_job(PROGRAM);
     let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(job).await;

@@ -1,35 +1,18 @@
 //! A real Web Worker sandbox (the embedded sandbox script) running map-basic slices.
 #![cfg(target_arch = "wasm32")]
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::json;
-use tessera_protocol::{JobDescriptor, SliceOutcome, Worktime};
-use tessera_worker::supervisor::{PreparedJob, SandboxFactory, SetupOutcome, SliceProgress};
+use tessera_protocol::{SliceOutcome, Worktime};
+use tessera_worker::supervisor::{SandboxFactory, SetupOutcome, SliceProgress};
 use tessera_worker::web::sandbox::WebWorkerFactory;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+mod common;
+use common::{js_job as job, python_job};
 
-fn job(program: &str, arguments: Vec<serde_json::Value>) -> Rc<PreparedJob> {
-    Rc::new(PreparedJob {
-        descriptor: JobDescriptor {
-            job_id: "j-test".into(),
-            name: "test".into(),
-            worktime: Worktime::MapBasic,
-            program: program.into(),
-            program_name: "work.js".into(),
-            arguments,
-            env: BTreeMap::new(),
-            packages: vec![],
-            bundle: None,
-            slice_timeout_ms: 60_000,
-            no_progress_timeout_ms: None,
-        },
-        bundle: vec![],
-    })
-}
+wasm_bindgen_test_configure!(run_in_browser);
 
 #[wasm_bindgen_test]
 async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
@@ -59,7 +42,10 @@ async fn a_thrown_error_is_a_slice_error_with_its_stack() {
     match run.outcome {
         SliceOutcome::Error { message, stack } => {
             assert_eq!(message, "too big: 9");
-            assert!(stack.unwrap_or_default().starts_with("RangeError: too big: 9"), "the same header in every browser");
+            assert!(
+                stack.unwrap_or_default().starts_with("RangeError: too big: 9"),
+                "the same header in every browser"
+            );
         }
         other => panic!("expected a slice error, got {other:?}"),
     }
@@ -84,9 +70,7 @@ async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
     // Nothing listens on port 1: Pyodide's import fails the way a flaky network would.
     let factory = WebWorkerFactory::new("http://127.0.0.1:1/").unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
-    let mut python = (*job("import dcp\ndcp.set_slice_handler(lambda x: x)\n", vec![])).descriptor.clone();
-    python.worktime = Worktime::Pyodide;
-    let setup = sandbox.prepare(Rc::new(PreparedJob { descriptor: python, bundle: vec![] })).await;
+    let setup = sandbox.prepare(python_job("import dcp\ndcp.set_slice_handler(lambda x: x)\n")).await;
     assert!(
         matches!(setup, SetupOutcome::Fault { ref message } if message.contains("could not be set up")),
         "{setup:?}"

@@ -288,8 +288,7 @@ mod tests {
     #[test]
     fn an_old_register_answer_gets_default_limits() {
         let answer: RegisterResponse =
-            serde_json::from_str(r#"{"worker_id":"w","token":"t","lease_ttl_ms":30000,"heartbeat_ms":10000}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"worker_id":"w","token":"t","lease_ttl_ms":30000,"heartbeat_ms":10000}"#).unwrap();
         assert_eq!(answer.limits, WorkerLimits::default());
     }
 

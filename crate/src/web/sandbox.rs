@@ -32,15 +32,37 @@ pub const SANDBOX_SCRIPT: &str = include_str!("../../../pyodide-loader/sandbox-w
 enum FromSandbox {
     SetupDone,
     /// The program failed while setting up.
-    SetupError { message: String, stack: Option<String> },
+    SetupError {
+        message: String,
+        stack: Option<String>,
+    },
     /// The sandbox could not set up for reasons not the program's (runtime, packages, files).
-    SetupFault { message: String },
-    Result { id: u32, json: String, heap: Option<f64> },
-    Error { id: Option<u32>, message: String, stack: Option<String>, heap: Option<f64> },
-    Progress { id: Option<u32>, value: Option<f64> },
-    Console { stream: String, text: String },
+    SetupFault {
+        message: String,
+    },
+    Result {
+        id: u32,
+        json: String,
+        heap: Option<f64>,
+    },
+    Error {
+        id: Option<u32>,
+        message: String,
+        stack: Option<String>,
+        heap: Option<f64>,
+    },
+    Progress {
+        id: Option<u32>,
+        value: Option<f64>,
+    },
+    Console {
+        stream: String,
+        text: String,
+    },
     /// The runtime is unusable (e.g. a fatal Pyodide error): the sandbox must be replaced.
-    Fatal { message: String },
+    Fatal {
+        message: String,
+    },
 }
 
 /// How a request to the sandbox ended, with the output printed before the answer came.
@@ -241,7 +263,10 @@ impl WebWorkerSandbox {
 
 /// Whether the page may share memory with its workers (COOP/COEP served): interrupts need it.
 fn cross_origin_isolated() -> bool {
-    Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).ok().and_then(|value| value.as_bool()).unwrap_or(false)
+    Reflect::get(&js_sys::global(), &"crossOriginIsolated".into())
+        .ok()
+        .and_then(|value| value.as_bool())
+        .unwrap_or(false)
 }
 
 fn set(target: &Object, key: &str, value: &JsValue) {
@@ -284,7 +309,11 @@ impl Sandbox for Rc<WebWorkerSandbox> {
         let sandbox = self.clone();
         async move {
             if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
-                return SliceRun { outcome: SliceOutcome::WorkerFault { message: reason }, console: vec![], heap_bytes: None };
+                return SliceRun {
+                    outcome: SliceOutcome::WorkerFault { message: reason },
+                    console: vec![],
+                    heap_bytes: None,
+                };
             }
             let (outcome, lines) = match wait(sandbox.send_run(&datum, progress)).await {
                 Reply::Done(Ok(json), lines) => match serde_json::from_str(&json) {
