@@ -44,7 +44,7 @@ impl Outbox {
 
     /// Queues a finished result.
     pub fn push(&mut self, item: ResultItem, now: u64) {
-        let bytes = serde_json::to_vec(&item).map(|json| json.len()).unwrap_or(0);
+        let bytes = json_len(&item);
         if self.waiting.is_empty() {
             self.oldest_at = Some(now);
         }
@@ -124,11 +124,30 @@ impl Outbox {
     }
 }
 
+/// Bytes of `value`'s JSON encoding, counted without building it (this runs once per result).
+pub fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => 0,
+    }
+}
+
 /// The outcome as the scheduler will store it: a value whose JSON is over `max_bytes` becomes the
 /// slice's error, so the deployer learns why instead of the batch being refused.
 pub fn fit_outcome(outcome: SliceOutcome, max_bytes: u64) -> SliceOutcome {
     let size = match &outcome {
-        SliceOutcome::Ok { value } => serde_json::to_vec(value).map(|json| json.len()).unwrap_or(0),
+        SliceOutcome::Ok { value } => json_len(value),
         SliceOutcome::Error { message, stack } => message.len() + stack.as_ref().map_or(0, String::len),
         _ => 0,
     };

@@ -384,6 +384,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     /// Runs until stopped or (with `idle_exit_ms`) idle; returns why it stopped.
     pub async fn run(mut self) -> String {
+        // One timer: until the next thing falls due, or an answer comes first. It is kept across
+        // turns and replaced only when something falls due sooner, so a busy loop does not set
+        // and clear a browser timer per event.
+        let mut timer: Option<(u64, Task<()>)> = None;
         let reason = loop {
             if self.stop.is_stopped() {
                 break "stopped".to_string();
@@ -391,15 +395,21 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             if let Some(reason) = self.step() {
                 break reason;
             }
-            // One timer: until the next thing falls due, or an answer comes first.
             let now = self.clock.now_ms();
-            let timer = self.clock.sleep(self.next_wake(now).saturating_sub(now).max(1));
+            let wake = self.next_wake(now);
+            if timer.as_ref().is_none_or(|(due, _)| wake < *due) {
+                timer = Some((wake, self.clock.sleep(wake.saturating_sub(now).max(1))));
+            }
+            let Some((_, sleeper)) = timer.as_mut() else { continue };
             if self.tasks.is_empty() {
-                timer.await;
+                sleeper.await;
+                timer = None;
                 continue;
             }
-            if let Either::Left((Some(event), _)) = future::select(self.tasks.next(), timer).await {
-                self.handle(event);
+            match future::select(self.tasks.next(), sleeper).await {
+                Either::Left((Some(event), _)) => self.handle(event),
+                Either::Left((None, _)) => {}
+                Either::Right(_) => timer = None,
             }
         };
         self.shut_down(&reason).await;
