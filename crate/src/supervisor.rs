@@ -467,6 +467,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     fn step(&mut self) -> Option<String> {
         let now = self.clock.now_ms();
         let Some(identity) = self.identity.clone() else {
+            if let Some(message) = self.register_gate.refused() {
+                return Some(format!("the scheduler refused to register this worker: {message}"));
+            }
             if self.register_gate.ready(now) {
                 self.register_gate.begin();
                 let request = RegisterRequest { user_agent: None, sandboxes: self.config.sandboxes as u32 };
@@ -586,7 +589,6 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 Err(WorkerError::Rejected(error)) => {
                     self.register_gate.refuse(error.to_string());
                     self.emit(WorkerEvent::RequestRefused { request: "register", message: error.to_string() });
-                    self.stop.stop();
                 }
                 Err(error) => {
                     let retry_ms = self.register_gate.failed(now, self.clock.random());

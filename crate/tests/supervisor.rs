@@ -47,6 +47,8 @@ struct Scheduler {
     lease_failures_left: Cell<u32>,
     lease_calls: Cell<u32>,
     largest_ask: Cell<u32>,
+    /// A private pool that does not know this worker's key.
+    refuse_registration: Cell<bool>,
     /// Served for every bundle request.
     bundle: RefCell<Option<Vec<u8>>>,
     next_id: Cell<u64>,
@@ -70,6 +72,7 @@ impl Scheduler {
             lease_failures_left: Cell::new(0),
             lease_calls: Cell::new(0),
             largest_ask: Cell::new(0),
+            refuse_registration: Cell::new(false),
             bundle: RefCell::default(),
             next_id: Cell::new(0),
         })
@@ -148,6 +151,9 @@ fn ready<T: 'static>(value: T) -> Task<T> {
 
 impl SchedulerClient for Client {
     fn register(&self, _: RegisterRequest) -> Task<Result<RegisterResponse, WorkerError>> {
+        if self.0.refuse_registration.get() {
+            return ready(Err(refused("wrong_token", "this scheduler needs a worker key")));
+        }
         ready(match self.0.fail() {
             Some(error) => Err(error),
             None => Ok(RegisterResponse {
@@ -493,6 +499,15 @@ fn a_refused_lease_request_is_reported_once_and_not_retried() {
     assert_eq!(scheduler.lease_calls.get(), 1, "a 4xx is a bug report, not an outage to retry");
     let refusals = events.iter().filter(|e| matches!(e, WorkerEvent::RequestRefused { request: "lease", .. }));
     assert_eq!(refusals.count(), 1);
+}
+
+#[test]
+fn a_refused_registration_ends_the_worker_with_the_reason() {
+    let scheduler = Scheduler::with_job("j", [json!(1)]);
+    scheduler.refuse_registration.set(true);
+    let (reason, events) = run(&scheduler, Factory::default(), SupervisorConfig { idle_exit_ms: None, ..config(1) });
+    assert!(reason.contains("refused to register") && reason.contains("worker key"), "{reason}");
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::RequestRefused { request: "register", .. })));
 }
 
 #[test]
