@@ -592,6 +592,22 @@ fn a_hung_slice_that_cannot_be_interrupted_times_out_and_its_sandbox_is_replaced
 }
 
 #[test]
+fn a_slice_that_stops_reporting_progress_is_stopped_at_the_quiet_limit() {
+    let scheduler = Scheduler::with_job("j", [json!("hang")]);
+    scheduler.jobs.borrow_mut().get_mut("j").unwrap().no_progress_timeout_ms = Some(1_000);
+    let (_, events) = run(&scheduler, Factory::default(), config(1));
+    let durations: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::SliceFinished { outcome: "timed_out", ms, .. } => Some(*ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(durations.len() as u32, MAX_ATTEMPTS, "{events:?}");
+    assert!(durations.iter().all(|ms| *ms < 5_000), "stopped at the 1 s quiet limit, not the 5 s one: {durations:?}");
+}
+
+#[test]
 fn a_hung_slice_that_can_be_interrupted_keeps_its_sandbox() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3)]);
     let factory = Factory { interruptible: true, ..Factory::default() };
