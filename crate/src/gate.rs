@@ -71,11 +71,6 @@ impl RequestGate {
     pub fn opens_at(&self) -> Option<u64> {
         (!self.in_flight && self.refused.is_none()).then_some(self.retry_at)
     }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.backoff.failures()
-    }
 }
 
 #[cfg(test)]
@@ -95,7 +90,8 @@ mod tests {
         gate.begin();
         gate.succeeded();
         assert!(gate.ready(0));
-        assert_eq!(gate.failures(), 0);
+        gate.begin();
+        assert_eq!(gate.failed(0, 1.0), 100, "a success forgets past failures");
     }
 
     #[test]

@@ -53,18 +53,6 @@ impl JobCache {
         JobCache { entries: HashMap::new(), failures: HashMap::new(), capacity: capacity.max(1) }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn contains(&self, job_id: &str) -> bool {
         self.entries.contains_key(job_id)
     }
@@ -182,6 +170,6 @@ mod tests {
         assert!(cache.setup_failed("j", "SyntaxError", Some("line 1"), 2));
         assert!(matches!(cache.get("j"), Some(JobEntry::Broken { message, .. }) if message == "SyntaxError"));
         cache.forget("j");
-        assert!(cache.is_empty());
+        assert!(cache.ids().is_empty());
     }
 }

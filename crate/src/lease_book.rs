@@ -75,10 +75,6 @@ impl LeaseBook {
         self.held.len()
     }
 
-    pub fn is_held(&self, lease_id: &str) -> bool {
-        self.held.contains_key(lease_id)
-    }
-
     /// Jobs with at least one held lease.
     pub fn held_jobs(&self) -> HashSet<String> {
         self.held.values().map(|held| held.job_id.clone()).collect()
