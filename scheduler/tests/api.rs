@@ -1,13 +1,15 @@
 //! Protocol v1 over real HTTP on a loopback port, against a real SQLite file.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
-use tessera_protocol::{BundleLimits, LeaseResponse, RegisterResponse, ResultsResponse, SliceHistory, WorkerLimits};
-use tessera_scheduler::server::{router, ServerConfig};
-use tessera_scheduler::store::{LeasePolicy, Store};
+use tessera_protocol::{LeaseResponse, RegisterResponse, ResultsResponse, SliceHistory, WorkerLimits};
+use tessera_scheduler::server::ServerConfig;
+
+mod common;
+use common::{serve, test_config};
+use tessera_scheduler::store::Store;
 use tessera_scheduler::validate::{validate_deploy, DeployLimits};
 
 struct Server {
@@ -18,24 +20,16 @@ struct Server {
 
 fn config(dir: &tempfile::TempDir, max_body_bytes: usize) -> ServerConfig {
     ServerConfig {
-        database: dir.path().join("api.db"),
-        www: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www"),
-        pyodide: dir.path().join("no-pyodide"),
-        lease: LeasePolicy { ttl_ms: 60_000, max_attempts: 3, max_result_bytes: 1_000 },
         max_body_bytes,
-        deploy: DeployLimits::default(),
-        bundle: BundleLimits::default(),
         worker_limits: WorkerLimits { max_lease_slices: 50, max_wait_ms: 2_000, ..WorkerLimits::default() },
+        ..test_config(dir)
     }
 }
 
 async fn start(max_body_bytes: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let app = router(config(&dir, max_body_bytes)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { url, http: reqwest::Client::new(), _dir: dir }
+    let addr = serve(config(&dir, max_body_bytes)).await;
+    Server { url: format!("http://{addr}"), http: reqwest::Client::new(), _dir: dir }
 }
 
 impl Server {
@@ -430,10 +424,7 @@ async fn a_restarted_server_keeps_leases_alive() {
     };
     // The server extends it at start, before its reaper's first pass, so the result still lands.
     config.lease.ttl_ms = 60_000;
-    let app = router(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("http://{}", serve(config).await);
     let server = Server { url, http: reqwest::Client::new(), _dir: dir };
     // Let the new reaper run at least once.
     tokio::time::sleep(Duration::from_millis(1_200)).await;

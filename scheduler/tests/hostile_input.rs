@@ -1,16 +1,17 @@
 //! Hostile input costs little (docs/SECURITY.md, "Hostile input"): bombs, lying headers and
 //! oversized bodies are refused early, cheaply, and store nothing. Real HTTP on a loopback port.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tessera_protocol::bundle::testing::{metadata_bomb, EntryType};
 use tessera_protocol::{BundleLimits, WorkerLimits};
-use tessera_scheduler::server::{router, ServerConfig};
-use tessera_scheduler::store::LeasePolicy;
+use tessera_scheduler::server::ServerConfig;
 use tessera_scheduler::validate::DeployLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{serve, test_config};
 
 struct Server {
     url: String,
@@ -26,19 +27,12 @@ fn small_bundles() -> BundleLimits {
 async fn start(deploy: DeployLimits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
-        database: dir.path().join("hostile.db"),
-        www: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www"),
-        pyodide: dir.path().join("no-pyodide"),
-        lease: LeasePolicy { ttl_ms: 60_000, max_attempts: 3, max_result_bytes: 1_000 },
-        max_body_bytes: 64 * 1024 * 1024,
         deploy,
         bundle: small_bundles(),
         worker_limits: WorkerLimits { max_wait_ms: 5_000, ..WorkerLimits::default() },
+        ..test_config(&dir)
     };
-    let app = router(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve(config).await;
     Server { url: format!("http://{addr}"), addr, http: reqwest::Client::new(), _dir: dir }
 }
 

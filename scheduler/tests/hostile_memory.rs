@@ -1,14 +1,14 @@
 //! The scheduler's peak memory stays bounded while it refuses hostile input. One test in its own
 //! binary, so the process's high-water mark (`VmHWM`) is this test's alone.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use tessera_protocol::bundle::testing::{metadata_bomb, EntryType};
-use tessera_protocol::{BundleLimits, WorkerLimits};
-use tessera_scheduler::server::{router, ServerConfig};
-use tessera_scheduler::store::LeasePolicy;
+use tessera_protocol::BundleLimits;
+use tessera_scheduler::server::ServerConfig;
 use tessera_scheduler::validate::DeployLimits;
+
+mod common;
+use common::{serve, test_config};
 
 /// The process's peak resident memory so far, in bytes.
 fn high_water_mark() -> u64 {
@@ -23,19 +23,11 @@ const MIB: u64 = 1024 * 1024;
 async fn peak_memory_stays_bounded_while_refusing_hostile_input() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
-        database: dir.path().join("memory.db"),
-        www: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www"),
-        pyodide: dir.path().join("no-pyodide"),
-        lease: LeasePolicy { ttl_ms: 60_000, max_attempts: 3, max_result_bytes: 1_000 },
-        max_body_bytes: 64 * 1024 * 1024,
         deploy: DeployLimits { max_slices: 10_000, ..DeployLimits::default() },
         bundle: BundleLimits { max_compressed_bytes: 4 * 1024 * 1024, max_unpacked_bytes: MIB, max_entries: 100 },
-        worker_limits: WorkerLimits::default(),
+        ..test_config(&dir)
     };
-    let app = router(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("http://{}", serve(config).await);
     let http = reqwest::Client::new();
 
     // Every hostile body is made before the baseline, so only the scheduler's side is measured.

@@ -709,6 +709,11 @@ impl Store {
         rows.collect::<Result<_, _>>().expect("read slices")
     }
 
+    /// Ids of the job's leases still active (held by a worker) right now.
+    pub fn active_lease_ids(&self, job_id: &str) -> BTreeSet<String> {
+        self.leases(job_id).into_iter().filter(|lease| lease.state == "active").map(|lease| lease.id).collect()
+    }
+
     /// Leases of a job grouped by slice.
     pub fn leases_by_slice(&self, job_id: &str) -> BTreeMap<u64, Vec<LeaseRow>> {
         let mut by_slice: BTreeMap<u64, Vec<LeaseRow>> = BTreeMap::new();

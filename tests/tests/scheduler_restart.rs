@@ -25,8 +25,7 @@ fn a_scheduler_killed_mid_job_restarts_on_the_same_db_and_port_without_loss_or_w
 
     scheduler.kill();
     let killed_ms = now_ms();
-    let held: BTreeSet<String> =
-        scheduler.store().leases(&job_id).into_iter().filter(|l| l.state == "active").map(|l| l.id).collect();
+    let held = scheduler.store().active_lease_ids(&job_id);
     assert!(!held.is_empty(), "work was in progress at the kill");
     std::thread::sleep(Duration::from_secs(5));
     scheduler.start_again();
@@ -62,8 +61,7 @@ fn results_finished_while_the_scheduler_is_down_for_30_s_are_delivered_after_its
     scheduler.kill();
     let killed_at = Instant::now();
     let killed_ms = now_ms();
-    let held: BTreeSet<String> =
-        scheduler.store().leases(&job_id).into_iter().filter(|l| l.state == "active").map(|l| l.id).collect();
+    let held = scheduler.store().active_lease_ids(&job_id);
     assert!(!held.is_empty(), "the worker held leases at the kill");
     std::thread::sleep(Duration::from_secs(30));
     let restarted_at = Instant::now();
