@@ -56,6 +56,9 @@ pub enum Error {
     /// The worker's browser failed or exited.
     #[error("browser: {0}")]
     Browser(String),
+    /// The embedded sandbox host page cannot be served safely (a build defect).
+    #[error("sandbox host page: {0}")]
+    SandboxHost(String),
 }
 
 impl Error {
@@ -98,7 +101,8 @@ impl Error {
             | Error::Io { .. }
             | Error::Unreachable(_)
             | Error::Usage(_)
-            | Error::Browser(_) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None)),
+            | Error::Browser(_)
+            | Error::SandboxHost(_) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None)),
         }
     }
 }

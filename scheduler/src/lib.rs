@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: the durable SQLite store; every state change is committed (grouped) before it is answered.
 //! - [`server`]: protocol v1 over HTTP (axum), the Pyodide distribution and the static site.
+//! - [`sandbox_host`]: `/sandbox.html`, the opaque-origin page the worker's sandboxes live in.
 //! - [`validate`], [`packages`], [`syntax`]: deploy-time checks, unit-tested.
 //! - [`client`], [`deploy`], [`browser`]: the CLI's deployer commands and `tessera worker`.
 
@@ -10,6 +11,7 @@ pub mod client;
 pub mod deploy;
 pub mod error;
 pub mod packages;
+pub mod sandbox_host;
 pub mod server;
 pub mod store;
 pub mod syntax;

@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
+use crate::sandbox_host::SandboxHostPage;
 use crate::store::{read, LeasePolicy, Readers, Store, Writer};
 use crate::syntax::{check_python, PythonFile};
 use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
@@ -294,7 +295,10 @@ pub fn router(config: ServerConfig) -> Result<Router> {
             HeaderValue::from_static("require-corp"),
         ));
 
+    // The sandbox host: its own policy, embeddable from any origin (docs/SECURITY.md).
+    let sandbox_host = SandboxHostPage::new()?;
     let static_files = Router::new()
+        .route("/sandbox.html", get(move || async move { sandbox_host.response() }))
         .nest("/pyodide", pyodide)
         .merge(site)
         .layer(axum::middleware::from_fn_with_state(general, pass_gate));

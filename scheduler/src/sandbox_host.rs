@@ -1,0 +1,96 @@
+//! The sandbox host page, `/sandbox.html`: where the worker core's sandboxes live, in an opaque
+//! origin (the core loads it as `<iframe sandbox="allow-scripts">`), under a
+//! Content-Security-Policy with no network source at all. The page's only script is allowed by
+//! its hash, computed here from the embedded page, so editing the page cannot desynchronise them.
+
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The page, embedded at build time (`pyodide-loader/sandbox.html`).
+pub const SANDBOX_HTML: &str = include_str!("../../pyodide-loader/sandbox.html");
+
+/// The policy for `html`: its one inline script by hash, Blob-URL scripts and workers (the
+/// sandbox worker and the Pyodide files the core hands in as bytes), WebAssembly compilation —
+/// never `'unsafe-eval'` (guest `eval` could otherwise build an `import()`), never a URL.
+pub fn content_security_policy(html: &str) -> Result<String> {
+    let script = inline_script(html)?;
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
+    Ok(format!(
+        "default-src 'none'; script-src 'sha256-{hash}' blob: 'wasm-unsafe-eval'; worker-src blob:; \
+         base-uri 'none'; form-action 'none'"
+    ))
+}
+
+/// The text between the page's only `<script>` and `</script>`, which is what the hash covers.
+fn inline_script(html: &str) -> Result<&str> {
+    let invalid = |why: &str| Error::SandboxHost(format!("pyodide-loader/sandbox.html: {why}"));
+    let open = html.find("<script>").ok_or_else(|| invalid("no <script> element"))?;
+    let body = &html[open + "<script>".len()..];
+    let close = body.find("</script>").ok_or_else(|| invalid("the <script> element is not closed"))?;
+    if body[close..].contains("<script") {
+        return Err(invalid("more than one <script> element; the policy allows exactly one"));
+    }
+    Ok(&body[..close])
+}
+
+/// The page with its headers: the policy, cross-origin embedding (the core's page may be on
+/// another origin) and cross-origin isolation, so the sandbox can share an interrupt buffer.
+#[derive(Clone)]
+pub struct SandboxHostPage {
+    policy: HeaderValue,
+}
+
+impl SandboxHostPage {
+    /// Computes the policy once, at start-up.
+    pub fn new() -> Result<SandboxHostPage> {
+        let policy = content_security_policy(SANDBOX_HTML)?;
+        let policy = HeaderValue::from_str(&policy).map_err(|error| Error::SandboxHost(format!("policy: {error}")))?;
+        Ok(SandboxHostPage { policy })
+    }
+
+    /// The response for `GET /sandbox.html`.
+    pub fn response(&self) -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+                (header::CONTENT_SECURITY_POLICY, self.policy.clone()),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                (HeaderName::from_static("cross-origin-embedder-policy"), HeaderValue::from_static("require-corp")),
+                (HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin")),
+                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            ],
+            SANDBOX_HTML,
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_allows_the_embedded_script_by_hash_and_no_network() {
+        let policy = content_security_policy(SANDBOX_HTML).unwrap();
+        let script = inline_script(SANDBOX_HTML).unwrap();
+        assert!(script.contains("tessera-sandbox-ready"));
+        let expected = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
+        assert!(policy.contains(&format!("'sha256-{expected}'")), "{policy}");
+        assert!(policy.starts_with("default-src 'none';"), "{policy}");
+        assert!(!policy.contains("unsafe-eval'") || policy.contains("'wasm-unsafe-eval'"));
+        assert!(!policy.contains(" 'unsafe-eval'"), "{policy}");
+        assert!(!policy.contains("http"), "no network source: {policy}");
+        assert!(!policy.contains("'self'"), "{policy}");
+    }
+
+    #[test]
+    fn a_page_with_two_scripts_or_none_is_refused() {
+        assert!(content_security_policy("<p>no script</p>").is_err());
+        assert!(content_security_policy("<script>a</script><script>b</script>").is_err());
+        assert!(content_security_policy("<script>a").is_err());
+    }
+}
