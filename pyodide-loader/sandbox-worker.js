@@ -1,26 +1,32 @@
 // Tessera sandbox: the script of one sandbox Web Worker (a classic Blob worker).
 //
-// The worker core (Rust, crate/src/web/sandbox.rs) embeds this file, starts it from a Blob URL and
-// talks to it with postMessage. A sandbox serves one job for its whole life:
+// The worker core (Rust, crate/src/web/sandbox.rs) embeds this file and sends its text to the
+// sandbox host page (pyodide-loader/sandbox.html, an opaque-origin iframe whose policy allows no
+// network at all), which starts it from a Blob URL and hands it the core's data port with 'init'.
+// A sandbox serves one job for its whole life:
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?}  (Pyodide starts loading at once)
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'run', id, datum}                   (one slice; datum as JSON text)
-//   sandbox → core  {type:'setup-done'}
+//                   {type:'asset', id, blob | error}          (a runtime file asked for with 'fetch')
+//   sandbox → core  {type:'fetch', id, url}                   (bytes-in: a Pyodide file or wheel, set-up only)
+//                   {type:'setup-done'}
 //                   {type:'setup-error', message, stack}      (the program failed: its fault)
 //                   {type:'setup-fault', message}             (runtime/packages/files failed: not its fault)
 //                   {type:'result', id, json, heap} | {type:'error', id, message, stack, heap}
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
-// interruptBuffer (a SharedArrayBuffer, when the page is cross-origin isolated) is handed to
-// Pyodide: the core writes 2 into it to raise KeyboardInterrupt in a slice that overran.
+// interruptBuffer (a SharedArrayBuffer the host page creates when cross-origin isolated) is handed
+// to Pyodide: the host writes 2 into it, on the core's order, to raise KeyboardInterrupt.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
 //
-// Control messages travel over a MessagePort the core transfers with 'init'; it lives only in
-// this script's closure, so guest code (Python through the `js` module, or a JavaScript work
-// function) can neither read the core's messages nor forge answers: the core ignores the
-// worker's own postMessage channel. Once the runtime, packages and bundle are loaded — before
-// any job code runs — `lockdown()` removes the network and storage APIs (defence in depth; the
-// wall is the sandbox host's Content-Security-Policy, docs/SECURITY.md).
+// Bytes in: the sandbox has no network. Pyodide's own requests (`fetch`, `importScripts`) are
+// served from memory with the bytes the core fetched and sent; once set-up is over that stops.
+//
+// Control messages travel over the MessagePort that came with 'init'; it lives only in this
+// script's closure, so guest code (Python through the `js` module, or a JavaScript work function)
+// can neither read the core's messages nor forge answers. Once the runtime, packages and bundle
+// are loaded — before any job code runs — `lockdown()` removes the network and storage APIs
+// (defence in depth; the wall is the sandbox host's Content-Security-Policy, docs/SECURITY.md).
 (() => {
 'use strict';
 
@@ -33,6 +39,13 @@ let pyodide = null;
 let runSlice = null;
 let currentRun = null;
 let interruptBuffer = null;
+// Kept before anything else runs: the map-basic program is loaded with it after the lockdown.
+const loadScript = self.importScripts.bind(self);
+
+// What the sandbox policy blocked, told to the deployer: the program tried to reach something.
+self.addEventListener('securitypolicyviolation', (event) => {
+  post({ type: 'console', stream: 'stderr', text: `[tessera sandbox] blocked by the sandbox policy: ${event.effectiveDirective} ${event.blockedURI}` });
+});
 
 /** A set-up failure that is not the program's fault (the runtime, a package or a file). */
 class SetupFault extends Error {}
@@ -82,8 +95,19 @@ function fromWire(json) {
 
 // ---- map-basic: a JavaScript work function --------------------------------------------------
 function setupMapBasic(job) {
+  sealAssets();
   lockdown();
-  const work = (0, eval)('(' + job.program + '\n)');
+  // No eval (the policy forbids it): the program is a Blob-URL script that hands its value over.
+  const slot = '__tesseraWork' + Math.random().toString(36).slice(2);
+  const url = URL.createObjectURL(new Blob([`self[${JSON.stringify(slot)}] = (${job.program}\n);`], { type: 'text/javascript' }));
+  let work;
+  try {
+    loadScript(url);
+    work = self[slot];
+  } finally {
+    delete self[slot];
+    URL.revokeObjectURL(url);
+  }
   if (typeof work !== 'function') throw new TypeError('the program is not a function; write `(datum, ...args) => result`');
   const args = job.arguments || [];
   runSlice = async (datumJson) => toWire(await work(fromWire(datumJson), ...args));
@@ -161,9 +185,67 @@ def _tessera_run(datum_json):
     return json.dumps(_to_wire(result), allow_nan=False)
 `;
 
+// ---- bytes in: Pyodide's files come from the core, over the port --------------------------------
+const assets = new Map(); // absolute URL → Promise<Blob>
+const awaitingAssets = new Map(); // request id → {resolve, reject}
+let nextAssetId = 1;
+let assetsSealed = false;
+
+/** The bytes of `url` (a file of the Pyodide distribution), asked of the core once. */
+function asset(url) {
+  if (assetsSealed) return Promise.reject(new TypeError('the sandbox has no network (asked for ' + url + ')'));
+  let bytes = assets.get(url);
+  if (!bytes) {
+    bytes = new Promise((resolve, reject) => {
+      const id = nextAssetId++;
+      awaitingAssets.set(id, { resolve, reject });
+      post({ type: 'fetch', id, url });
+    });
+    assets.set(url, bytes);
+  }
+  return bytes;
+}
+
+function receiveAsset(message) {
+  const waiting = awaitingAssets.get(message.id);
+  if (!waiting) return;
+  awaitingAssets.delete(message.id);
+  if (message.blob instanceof Blob) waiting.resolve(message.blob);
+  else waiting.reject(new TypeError(String(message.error || 'the core sent no bytes')));
+}
+
+/** Set-up is over: nothing more is asked of the core, whoever asks. */
+function sealAssets() {
+  assetsSealed = true;
+  assets.clear();
+}
+
+const MIME = { js: 'text/javascript', mjs: 'text/javascript', wasm: 'application/wasm', json: 'application/json' };
+const mimeOf = (url) => MIME[url.slice(url.lastIndexOf('.') + 1)] || 'application/octet-stream';
+
+/** A Blob URL (in this sandbox's own opaque origin) holding the bytes of `url`. */
+async function assetScriptUrl(url) {
+  return URL.createObjectURL(new Blob([await asset(url)], { type: mimeOf(url) }));
+}
+
+/** Pyodide's `fetch`, from memory: the same Response a server would give, for known files only. */
+async function fetchFromMemory(input) {
+  const url = new URL(typeof input === 'string' ? input : String((input && input.url) || input), pyodideUrl).href;
+  const blob = await asset(url);
+  return new Response(blob, { status: 200, headers: { 'Content-Type': mimeOf(url) } });
+}
+
 function startPyodide() {
   if (!pyodideLoading) {
-    pyodideLoading = import(pyodideUrl + 'pyodide.mjs').then((module) => module.loadPyodide({ indexURL: pyodideUrl }));
+    pyodideLoading = (async () => {
+      self.fetch = fetchFromMemory;
+      // Pyodide loads pyodide.asm.js with importScripts (synchronous): have its bytes first.
+      const runtimeUrl = pyodideUrl + 'pyodide.asm.js';
+      const runtimeScript = await assetScriptUrl(runtimeUrl);
+      self.importScripts = (...urls) => loadScript(...urls.map((url) => (url === runtimeUrl ? runtimeScript : url)));
+      const module = await import(await assetScriptUrl(pyodideUrl + 'pyodide.mjs'));
+      return module.loadPyodide({ indexURL: pyodideUrl });
+    })();
   }
   return pyodideLoading;
 }
@@ -235,6 +317,7 @@ async function loadPyodideFor(job, files) {
 
 async function setupPyodide(job, files) {
   await loadPyodideFor(job, files);
+  sealAssets();
   lockdown();
   try {
     pyodide.runPython(PYTHON_LOCKDOWN);
@@ -310,7 +393,10 @@ self.onmessage = (event) => {
   port = event.ports[0];
   self.onmessage = null;
   port.onmessage = (portEvent) => {
-    turn = turn.then(() => handle(portEvent.data));
+    const data = portEvent.data;
+    // Bytes for a set-up in progress: answered at once, not queued behind that set-up.
+    if (data && data.type === 'asset') receiveAsset(data);
+    else turn = turn.then(() => handle(data));
   };
   turn = turn.then(() => handle(message));
 };

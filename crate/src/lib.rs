@@ -3,9 +3,10 @@
 //! Decisions live in plain Rust, tested natively with `cargo test`: [`supervisor`] (the loop
 //! behind small traits) over its parts — [`lease_book`] (what is held), [`outbox`] (results on
 //! their way), [`jobs`] (known jobs, bounded), [`pool`] (which sandbox runs a slice), [`gate`]
-//! (per-request-kind backoff), [`watchdog`] (slice limits) and [`backoff`]. Effects live in `web`
-//! (wasm32 only): HTTP with `fetch`, sandboxes as Web Workers, browser timers, and the JavaScript
-//! API the contribute page uses.
+//! (per-request-kind backoff), [`watchdog`] (slice limits), [`runtime_files`] (what a sandbox may
+//! ask the core to fetch) and [`backoff`]. Effects live in `web`
+//! (wasm32 only): HTTP with `fetch`, sandboxes as Web Workers inside opaque-origin iframes,
+//! browser timers, and the JavaScript API the contribute page uses.
 
 pub mod backoff;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod jobs;
 pub mod lease_book;
 pub mod outbox;
 pub mod pool;
+pub mod runtime_files;
 pub mod supervisor;
 pub mod watchdog;
 

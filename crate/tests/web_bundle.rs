@@ -9,7 +9,7 @@ use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::bundle::{pack, unpack, BundleEntry, BundleError, BundleLimits};
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{SandboxFactory, SetupOutcome};
-use tessera_worker::web::sandbox::WebWorkerFactory;
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
@@ -47,7 +47,7 @@ async fn a_bundle_is_written_into_the_pyodide_filesystem() {
     // Round-trip through the archive format, exactly as the worker receives it.
     let entries = unpack(&pack(&entries).unwrap(), &BundleLimits::default()).unwrap();
     let job = job_with(Worktime::Pyodide, "import dcp, os, sys\nimport pkg\n\ndef handler(x):\n    numbers = open('data/deep/values.txt').read().split()\n    return [pkg.GREETING, sum(map(int, numbers)) * x, os.getcwd() == sys.path[0]]\n\ndcp.set_slice_handler(handler)\n", vec![], entries);
-    let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(job).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");

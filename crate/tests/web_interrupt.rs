@@ -9,7 +9,7 @@ use std::rc::Rc;
 use serde_json::json;
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{SandboxFactory, SetupOutcome};
-use tessera_worker::web::sandbox::WebWorkerFactory;
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
@@ -22,7 +22,7 @@ async fn a_runaway_python_slice_is_interrupted_and_the_sandbox_keeps_working() {
     let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).unwrap();
     assert_eq!(isolated.as_bool(), Some(true), "the interrupt needs a cross-origin isolated page");
     let job = python_job("import dcp\n\ndef handler(x):\n    if x == 'spin':\n        while True:\n            pass\n    return x * 2\n\ndcp.set_slice_handler(handler)\n");
-    let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(job).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use serde_json::json;
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{SandboxFactory, SetupOutcome};
-use tessera_worker::web::sandbox::WebWorkerFactory;
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
@@ -39,7 +39,7 @@ dcp.set_slice_handler(handler)
 #[wasm_bindgen_test]
 async fn python_cannot_reach_the_network_after_set_up() {
     let job = python_job(PROGRAM);
-    let factory = WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(job).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");

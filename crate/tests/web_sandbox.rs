@@ -6,17 +6,17 @@ use std::rc::Rc;
 use serde_json::json;
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{SandboxFactory, SetupOutcome, SliceProgress};
-use tessera_worker::web::sandbox::WebWorkerFactory;
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::{js_job as job, python_job};
+use common::{js_job as job, python_job, scheduler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
 #[wasm_bindgen_test]
 async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
-    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     let job = job("async (x, k) => { globalThis.calls = (globalThis.calls || 0) + 1; progress(0.5); console.log('x is', x); return { y: x * k, calls: globalThis.calls, bytes: new Uint8Array([1, 2]) }; }", vec![json!(3)]);
     let progress = Rc::new(SliceProgress::default());
@@ -35,7 +35,7 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
 
 #[wasm_bindgen_test]
 async fn a_thrown_error_is_a_slice_error_with_its_stack() {
-    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     sandbox.prepare(job("(x) => { throw new RangeError('too big: ' + x); }", vec![])).await;
     let run = sandbox.run(0, json!(9), Rc::default()).await;
@@ -53,7 +53,7 @@ async fn a_thrown_error_is_a_slice_error_with_its_stack() {
 
 #[wasm_bindgen_test]
 async fn a_program_that_is_not_a_function_fails_its_set_up() {
-    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     let setup = sandbox.prepare(job("42", vec![])).await;
     assert!(
@@ -68,7 +68,7 @@ async fn a_program_that_is_not_a_function_fails_its_set_up() {
 #[wasm_bindgen_test]
 async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
     // Nothing listens on port 1: Pyodide's import fails the way a flaky network would.
-    let factory = WebWorkerFactory::new("http://127.0.0.1:1/").unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), "http://127.0.0.1:1/").unwrap();
     let sandbox = factory.create(Worktime::Pyodide).unwrap();
     let setup = sandbox.prepare(python_job("import dcp\ndcp.set_slice_handler(lambda x: x)\n")).await;
     assert!(
@@ -80,7 +80,7 @@ async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
 
 #[wasm_bindgen_test]
 async fn a_terminated_sandbox_reports_a_worker_fault() {
-    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     sandbox.prepare(job("(x) => new Promise(() => {})", vec![])).await;
     let hanging = sandbox.run(0, json!(1), Rc::default());
@@ -95,7 +95,7 @@ async fn a_terminated_sandbox_reports_a_worker_fault() {
 
 #[wasm_bindgen_test]
 async fn guest_code_has_no_network_or_storage_and_cannot_forge_answers() {
-    let factory = WebWorkerFactory::new("/pyodide/").unwrap();
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
     let program = r#"(x) => {
         const seen = {};

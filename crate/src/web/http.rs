@@ -92,6 +92,18 @@ impl Deadline {
 /// Time allowed for a request that should answer at once.
 const REQUEST_DEADLINE_MS: u32 = 30_000;
 
+/// Time allowed for a download (a bundle, a Pyodide file: the runtime's wasm is ~10 MB).
+pub const DOWNLOAD_DEADLINE_MS: u32 = 120_000;
+
+/// `GET url` within `deadline_ms`; a 4xx is [`WorkerError::Rejected`], anything else that is not
+/// a success is [`WorkerError::Unreachable`].
+pub async fn get(url: &str, deadline_ms: u32) -> Result<Response, WorkerError> {
+    let deadline = Deadline::new(deadline_ms)?;
+    let response =
+        Request::get(url).abort_signal(Some(&deadline.signal())).send().await.map_err(|error| deadline.explain(error))?;
+    check(response).await
+}
+
 async fn check(response: Response) -> Result<Response, WorkerError> {
     if response.ok() {
         return Ok(response);
@@ -134,13 +146,7 @@ impl SchedulerClient for HttpSchedulerClient {
     fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
         let url = self.url(&format!("/bundles/{sha256}"));
         async move {
-            let deadline = Deadline::new(REQUEST_DEADLINE_MS * 4)?;
-            let response = Request::get(&url)
-                .abort_signal(Some(&deadline.signal()))
-                .send()
-                .await
-                .map_err(|error| deadline.explain(error))?;
-            check(response).await?.binary().await.map_err(|error| WorkerError::Unreachable(error.to_string()))
+            get(&url, DOWNLOAD_DEADLINE_MS).await?.binary().await.map_err(|error| WorkerError::Unreachable(error.to_string()))
         }
         .boxed_local()
     }

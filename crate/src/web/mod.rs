@@ -1,5 +1,7 @@
-//! The browser edge of the worker core: `fetch`, Web Workers, timers and the JavaScript API.
+//! The browser edge of the worker core: `fetch`, isolated sandboxes (Web Workers in opaque-origin
+//! iframes) and the files they get as bytes, timers and the JavaScript API.
 
+pub mod assets;
 pub mod clock;
 pub mod http;
 pub mod sandbox;
@@ -15,7 +17,7 @@ use crate::supervisor::{Farewell, StopHandle, Supervisor, SupervisorConfig, Work
 use crate::WorkerError;
 use clock::BrowserClock;
 use http::HttpSchedulerClient;
-use sandbox::WebWorkerFactory;
+use sandbox::IsolatedSandboxFactory;
 
 /// Options the page passes to `new TesseraWorker({...})`.
 #[derive(Debug, Default, Deserialize)]
@@ -64,7 +66,7 @@ const FAREWELL_MAX_LEASES: usize = 300;
 /// to expire and without costing them an attempt.
 #[wasm_bindgen]
 pub struct TesseraWorker {
-    supervisor: RefCell<Option<Supervisor<HttpSchedulerClient, WebWorkerFactory, BrowserClock>>>,
+    supervisor: RefCell<Option<Supervisor<HttpSchedulerClient, IsolatedSandboxFactory, BrowserClock>>>,
     stop: StopHandle,
     sandboxes: usize,
     on_pagehide: Option<Closure<dyn FnMut()>>,
@@ -123,7 +125,7 @@ impl TesseraWorker {
             config.setup_timeout_ms = timeout.max(1);
         }
         let pyodide_url = parsed.pyodide_url.unwrap_or_else(|| format!("{scheduler}/pyodide/"));
-        let factory = WebWorkerFactory::new(&pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
+        let factory = IsolatedSandboxFactory::new(&scheduler, &pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
         let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
             if let Some(callback) = &on_event {
                 let serializer = serde_wasm_bindgen::Serializer::json_compatible();

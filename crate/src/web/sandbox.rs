@@ -1,10 +1,16 @@
-//! Sandboxes as Web Workers: a classic Blob worker running `pyodide-loader/sandbox-worker.js`.
+//! Sandboxes: each one a classic Blob Web Worker running `pyodide-loader/sandbox-worker.js`,
+//! inside its own `<iframe sandbox="allow-scripts">` (an opaque origin) loaded from the
+//! scheduler's `/sandbox.html`, whose policy allows no network at all.
 //!
-//! The worker script is embedded in the wasm, so the core needs nothing but its own bytes to
-//! start a sandbox. Each worker is bound to one job: `prepare` sets it up once (runtime,
-//! packages, bundle, program), every slice after that is one message round trip. When the page is
-//! cross-origin isolated, each Pyodide sandbox gets an interrupt buffer (a `SharedArrayBuffer`),
-//! so a runaway slice can be stopped with `KeyboardInterrupt` instead of losing the sandbox.
+//! The core talks to a sandbox over two private `MessagePort`s it hands the iframe once the iframe
+//! announces itself (checked by `event.source`): the *control* port to the host page (start the
+//! worker, interrupt it) and the *data* port, which the host page passes on to the worker
+//! (set-up, slices, answers). Pyodide's files travel in as bytes over the data port
+//! ([`RuntimeFiles`]), so the sandbox needs no network. Each sandbox is bound to one job:
+//! `prepare` sets it up once (runtime, packages, bundle, program), every slice after that is one
+//! message round trip. When the page is cross-origin isolated, the host page gives each Pyodide
+//! sandbox an interrupt buffer, so a runaway slice can be stopped with `KeyboardInterrupt`
+//! instead of losing the sandbox. Removing the iframe ends everything inside it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,14 +18,15 @@ use std::rc::Rc;
 
 use futures::channel::oneshot;
 use futures::FutureExt;
-use js_sys::{Array, Int32Array, Object, Reflect, SharedArrayBuffer, Uint8Array};
+use js_sys::{Array, Object, Reflect, Uint8Array};
 use serde::Deserialize;
 use serde_json::Value;
 use tessera_protocol::{BundleEntry, ConsoleLine, SliceOutcome, Worktime};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{Blob, BlobPropertyBag, ErrorEvent, MessageChannel, MessageEvent, MessagePort, Url, Worker};
+use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 
+use super::assets::RuntimeFiles;
 use crate::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SliceProgress, SliceRun, Task};
 use crate::WorkerError;
 
@@ -63,6 +70,23 @@ enum FromSandbox {
     Fatal {
         message: String,
     },
+    /// Bytes in: the runtime asks for one of its files (answered only during set-up).
+    Fetch {
+        id: u32,
+        url: String,
+    },
+}
+
+/// Messages the sandbox host page (the iframe) posts on the control port.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum FromHost {
+    /// The worker was started; `interruptible` when it got an interrupt buffer.
+    Started { interruptible: bool },
+    /// The worker could not start or failed outside any request.
+    Crashed { message: String },
+    /// The host page's policy blocked something (logged with the sandbox's output).
+    Blocked { uri: String, directive: String },
 }
 
 /// How a request to the sandbox ended, with the output printed before the answer came.
@@ -88,6 +112,12 @@ struct Shared {
     crashed: RefCell<Option<String>>,
     /// The sandbox's heap size at its last answer.
     heap_bytes: Cell<Option<u64>>,
+    /// The host page started the worker with an interrupt buffer.
+    interruptible: Cell<bool>,
+    /// The host page answered (its script ran under its policy and the worker started).
+    started: Cell<bool>,
+    /// Set-up is over (done, failed or faulted): runtime files are no longer handed out.
+    setup_over: Cell<bool>,
 }
 
 impl Shared {
@@ -106,7 +136,12 @@ impl Shared {
     }
 
     fn receive(&self, message: FromSandbox) {
+        if matches!(message, FromSandbox::SetupDone | FromSandbox::SetupError { .. } | FromSandbox::SetupFault { .. }) {
+            self.setup_over.set(true);
+        }
         match message {
+            // Answered by the data port's handler, which holds the files and the port.
+            FromSandbox::Fetch { .. } => {}
             FromSandbox::SetupDone => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
                     let _ = sender.send(Reply::Done(Ok(String::new()), self.take_console()));
@@ -148,62 +183,164 @@ impl Shared {
             }
         }
     }
+
+    fn receive_from_host(&self, message: FromHost) {
+        match message {
+            FromHost::Started { interruptible } => {
+                self.started.set(true);
+                self.interruptible.set(interruptible);
+            }
+            FromHost::Crashed { message } => self.crash(message),
+            FromHost::Blocked { uri, directive } => self.console.borrow_mut().push(ConsoleLine {
+                slice: None,
+                stream: "stderr".into(),
+                text: format!("[tessera sandbox] blocked by the sandbox policy: {directive} {uri}"),
+                seq: None,
+            }),
+        }
+    }
 }
 
-/// One Web Worker sandbox. Dropping it terminates the worker.
-pub struct WebWorkerSandbox {
-    worker: Worker,
-    /// The control channel: the only way in or out of the sandbox the core listens to. The
-    /// worker's own `postMessage` is reachable from guest code, so nothing on it is trusted.
-    port: MessagePort,
+/// How long the host page may take to load and start its worker. A page blocked by a policy
+/// (or a scheduler without `/sandbox.html`) never answers at all, and `loadPyodide` hangs rather
+/// than rejects when a file is blocked: the core's own clock is the only way to notice.
+const HOST_START_TIMEOUT_MS: u32 = 15_000;
+
+/// One sandbox: a Web Worker inside its own opaque-origin iframe. Dropping it removes the iframe,
+/// which ends the worker.
+pub struct IsolatedSandbox {
+    iframe: HtmlIFrameElement,
+    /// To the host page: start, interrupt.
+    control: MessagePort,
+    /// To the worker (through the host page): the only way in or out of the sandbox the core
+    /// listens to. The worker's own `postMessage` is reachable from guest code, so nothing on it
+    /// is trusted — and the worker has no way to reach this page's window at all.
+    data: MessagePort,
     shared: Rc<Shared>,
-    /// Shared with Pyodide (`setInterruptBuffer`): writing 2 raises `KeyboardInterrupt`.
-    interrupt_buffer: Option<Int32Array>,
     next_id: Cell<u32>,
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
-    _on_error: Closure<dyn FnMut(ErrorEvent)>,
+    _on_window_message: WindowListener,
+    _on_data: Closure<dyn FnMut(MessageEvent)>,
+    _on_control: Closure<dyn FnMut(MessageEvent)>,
+    _start_timeout: gloo_timers::callback::Timeout,
 }
 
-impl WebWorkerSandbox {
-    fn start(script_url: &str, worktime: Worktime, pyodide_url: &str) -> Result<WebWorkerSandbox, WorkerError> {
-        let interrupt_buffer = (worktime == Worktime::Pyodide && cross_origin_isolated())
-            .then(|| Int32Array::new(&SharedArrayBuffer::new(4)));
-        let worker = Worker::new(script_url).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+/// A `message` listener on the page's window, removed when dropped.
+struct WindowListener {
+    window: web_sys::Window,
+    closure: Closure<dyn FnMut(MessageEvent)>,
+}
+
+impl Drop for WindowListener {
+    fn drop(&mut self) {
+        let _ = self.window.remove_event_listener_with_callback("message", self.closure.as_ref().unchecked_ref());
+    }
+}
+
+/// What a sandbox is started with.
+struct Launch<'a> {
+    host_url: &'a str,
+    page_origin: &'a str,
+    worktime: Worktime,
+    files: Rc<RuntimeFiles>,
+}
+
+impl IsolatedSandbox {
+    fn start(launch: Launch<'_>) -> Result<IsolatedSandbox, WorkerError> {
+        let error = |error: JsValue| WorkerError::Sandbox(describe(&error));
+        let window = web_sys::window().ok_or_else(|| WorkerError::Sandbox("sandboxes need a page (a window)".into()))?;
+        let document = window.document().ok_or_else(|| WorkerError::Sandbox("sandboxes need a document".into()))?;
         let shared = Rc::new(Shared::default());
+        let control_channel = MessageChannel::new().map_err(error)?;
+        let data_channel = MessageChannel::new().map_err(error)?;
+        let (control, data) = (control_channel.port1(), data_channel.port1());
+
         let receiver = shared.clone();
-        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        let (files, answer) = (launch.files.clone(), data.clone());
+        let on_data = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             match serde_wasm_bindgen::from_value::<FromSandbox>(event.data()) {
+                Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, id, url),
                 Ok(message) => receiver.receive(message),
                 Err(error) => receiver.crash(format!("unreadable message from the sandbox: {error}")),
             }
         });
-        let crasher = shared.clone();
-        let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
-            event.prevent_default();
-            crasher.crash(format!("sandbox crashed: {}", event.message()));
+        data.set_onmessage(Some(on_data.as_ref().unchecked_ref()));
+        let receiver = shared.clone();
+        let on_control = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            match serde_wasm_bindgen::from_value::<FromHost>(event.data()) {
+                Ok(message) => receiver.receive_from_host(message),
+                Err(error) => receiver.crash(format!("unreadable message from the sandbox host: {error}")),
+            }
         });
-        let channel = MessageChannel::new().map_err(|error| WorkerError::Sandbox(describe(&error)))?;
-        let port = channel.port1();
-        port.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        control.set_onmessage(Some(on_control.as_ref().unchecked_ref()));
+
+        let iframe = document.create_element("iframe").map_err(error)?.unchecked_into::<HtmlIFrameElement>();
+        // allow-scripts and nothing else: never allow-same-origin, so the frame's origin is opaque.
+        iframe.set_attribute("sandbox", "allow-scripts").map_err(error)?;
+        iframe.set_attribute("allow", "cross-origin-isolated").map_err(error)?;
+        iframe.set_attribute("aria-hidden", "true").map_err(error)?;
+        iframe.set_attribute("style", "display:none").map_err(error)?;
+        let fragment = String::from(js_sys::encode_uri_component(launch.page_origin));
+        iframe.set_src(&format!("{}#host={fragment}", launch.host_url));
+
+        // The frame announces itself to this window; only that frame's announcement is taken,
+        // and only once. The ports go to it with the script to start.
+        let start = Object::new();
+        set(&start, "type", &"start".into());
+        set(&start, "script", &SANDBOX_SCRIPT.into());
+        set(&start, "interruptible", &(launch.worktime == Worktime::Pyodide).into());
         let init = Object::new();
-        set(&init, "type", &"init".into());
-        set(&init, "worktime", &worktime.as_str().into());
-        set(&init, "pyodideUrl", &pyodide_url.into());
-        if let Some(buffer) = &interrupt_buffer {
-            set(&init, "interruptBuffer", buffer);
-        }
-        worker
-            .post_message_with_transfer(&init, &Array::of1(&channel.port2()))
-            .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
-        Ok(WebWorkerSandbox {
-            worker,
-            port,
+        set(&init, "worktime", &launch.worktime.as_str().into());
+        set(&init, "pyodideUrl", &launch.files.base().into());
+        set(&start, "init", &init);
+        let (frame, ports) = (iframe.clone(), Array::of2(&control_channel.port2(), &data_channel.port2()));
+        let (control_out, connected) = (control.clone(), Cell::new(false));
+        let on_window_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            let Some(frame_window) = frame.content_window() else { return };
+            let from_frame = event.source().is_some_and(|source| Object::is(&source, &frame_window));
+            let announced = Reflect::get(&event.data(), &"type".into())
+                .ok()
+                .and_then(|kind| kind.as_string())
+                .is_some_and(|kind| kind == "tessera-sandbox-ready");
+            if !from_frame || !announced || connected.replace(true) {
+                return;
+            }
+            let connect = Object::new();
+            set(&connect, "type", &"connect".into());
+            // The frame's origin is opaque ("null"): only '*' can address it; the ports decide.
+            let _ = frame_window.post_message_with_transfer(&connect, "*", &ports);
+            let _ = control_out.post_message(&start);
+        });
+        window
+            .add_event_listener_with_callback("message", on_window_message.as_ref().unchecked_ref())
+            .map_err(error)?;
+        let on_window_message = WindowListener { window, closure: on_window_message };
+
+        let parent = document.body().map(web_sys::Element::from).or_else(|| document.document_element());
+        parent
+            .ok_or_else(|| WorkerError::Sandbox("the page has no element to hold a sandbox".into()))?
+            .append_child(&iframe)
+            .map_err(error)?;
+
+        let watcher = shared.clone();
+        let host_url = launch.host_url.to_string();
+        let start_timeout = gloo_timers::callback::Timeout::new(HOST_START_TIMEOUT_MS, move || {
+            if !watcher.started.get() {
+                watcher.crash(format!(
+                    "the sandbox host {host_url} did not start its worker within {HOST_START_TIMEOUT_MS} ms \
+                     (unreachable, or blocked by a policy)"
+                ));
+            }
+        });
+        Ok(IsolatedSandbox {
+            iframe,
+            control,
+            data,
             shared,
-            interrupt_buffer,
             next_id: Cell::new(1),
-            _on_message: on_message,
-            _on_error: on_error,
+            _on_window_message: on_window_message,
+            _on_data: on_data,
+            _on_control: on_control,
+            _start_timeout: start_timeout,
         })
     }
 
@@ -241,7 +378,7 @@ impl WebWorkerSandbox {
         set(&message, "files", &files);
         let (sender, receiver) = oneshot::channel();
         self.shared.setup.replace(Some(sender));
-        self.port
+        self.data
             .post_message_with_transferable(&message, &transfer)
             .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
@@ -256,21 +393,34 @@ impl WebWorkerSandbox {
         set(&message, "datum", &datum.to_string().into());
         let (sender, receiver) = oneshot::channel();
         self.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
-        self.port.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        self.data.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
 }
 
-/// Whether the page may share memory with its workers (COOP/COEP served): interrupts need it.
-fn cross_origin_isolated() -> bool {
-    Reflect::get(&js_sys::global(), &"crossOriginIsolated".into())
-        .ok()
-        .and_then(|value| value.as_bool())
-        .unwrap_or(false)
-}
-
 fn set(target: &Object, key: &str, value: &JsValue) {
     let _ = Reflect::set(target, &JsValue::from_str(key), value);
+}
+
+/// Answers a sandbox's request for a runtime file: only while it is setting up, only files of
+/// the Pyodide folder ([`RuntimeFiles::get`]), from memory after the first fetch.
+fn hand_in(shared: &Rc<Shared>, files: &Rc<RuntimeFiles>, port: &MessagePort, id: u32, url: String) {
+    let answer = Object::new();
+    set(&answer, "type", &"asset".into());
+    set(&answer, "id", &id.into());
+    if shared.setup_over.get() {
+        set(&answer, "error", &format!("{url}: the sandbox is set up; it gets no more files").into());
+        let _ = port.post_message(&answer);
+        return;
+    }
+    let (files, port) = (files.clone(), port.clone());
+    wasm_bindgen_futures::spawn_local(async move {
+        match files.get(&url).await {
+            Ok(blob) => set(&answer, "blob", &blob),
+            Err(message) => set(&answer, "error", &message.into()),
+        }
+        let _ = port.post_message(&answer);
+    });
 }
 
 /// Text of a JavaScript exception, for error messages.
@@ -289,7 +439,7 @@ async fn wait(receiver: Result<oneshot::Receiver<Reply>, WorkerError>) -> Reply 
     }
 }
 
-impl Sandbox for Rc<WebWorkerSandbox> {
+impl Sandbox for Rc<IsolatedSandbox> {
     fn prepare(&self, job: Rc<PreparedJob>) -> Task<SetupOutcome> {
         let sandbox = self.clone();
         async move {
@@ -332,57 +482,73 @@ impl Sandbox for Rc<WebWorkerSandbox> {
     }
 
     fn interrupt(&self) -> bool {
-        match &self.interrupt_buffer {
-            // 2 is SIGINT: Pyodide raises KeyboardInterrupt at the next bytecode boundary.
-            Some(buffer) => js_sys::Atomics::store(buffer, 0, 2).is_ok(),
-            None => false,
+        if !self.shared.interruptible.get() {
+            return false;
         }
+        // The host page writes 2 (SIGINT) into the buffer it shares with the worker: Pyodide
+        // raises KeyboardInterrupt at the next bytecode boundary.
+        let order = Object::new();
+        set(&order, "type", &"interrupt".into());
+        self.control.post_message(&order).is_ok()
     }
 
     fn terminate(&self) {
-        self.worker.terminate();
+        self.iframe.remove();
         self.shared.crash("sandbox terminated".into());
     }
 }
 
-impl Drop for WebWorkerSandbox {
+impl Drop for IsolatedSandbox {
     fn drop(&mut self) {
-        self.port.set_onmessage(None);
-        self.port.close();
-        self.worker.set_onerror(None);
-        self.worker.terminate();
+        self.data.set_onmessage(None);
+        self.control.set_onmessage(None);
+        self.data.close();
+        self.control.close();
+        self.iframe.remove();
     }
 }
 
-/// Creates Web Worker sandboxes from one Blob URL of the embedded script.
-pub struct WebWorkerFactory {
-    script_url: String,
-    pyodide_url: String,
+/// Creates isolated sandboxes for one page: where the host page is, the page's own origin (the
+/// only one the host page will talk to) and the runtime files, shared by all its sandboxes.
+pub struct IsolatedSandboxFactory {
+    host_url: String,
+    page_origin: String,
+    files: Rc<RuntimeFiles>,
 }
 
-impl WebWorkerFactory {
-    /// `pyodide_url` is the folder the Pyodide distribution is served from (ending in `/`).
-    pub fn new(pyodide_url: &str) -> Result<WebWorkerFactory, WorkerError> {
-        let parts = Array::of1(&JsValue::from_str(SANDBOX_SCRIPT));
-        let options = BlobPropertyBag::new();
-        options.set_type("text/javascript");
-        let blob = Blob::new_with_str_sequence_and_options(&parts, &options)
-            .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
-        let script_url =
-            Url::create_object_url_with_blob(&blob).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
-        Ok(WebWorkerFactory { script_url, pyodide_url: pyodide_url.to_string() })
+impl IsolatedSandboxFactory {
+    /// `scheduler` is the scheduler's root URL (it serves `/sandbox.html`); `pyodide_url` the
+    /// folder the Pyodide distribution is served from (ending in `/`).
+    pub fn new(scheduler: &str, pyodide_url: &str) -> Result<IsolatedSandboxFactory, WorkerError> {
+        let page_origin = web_sys::window()
+            .and_then(|window| window.location().origin().ok())
+            .ok_or_else(|| WorkerError::Sandbox("sandboxes need a page with an origin".into()))?;
+        Ok(IsolatedSandboxFactory {
+            host_url: format!("{}/sandbox.html", scheduler.trim_end_matches('/')),
+            page_origin,
+            files: RuntimeFiles::new(&absolute(pyodide_url)?),
+        })
     }
 }
 
-impl SandboxFactory for WebWorkerFactory {
+/// `url` resolved against the page: the sandbox's own location is a `blob:` URL, useless as a base.
+fn absolute(url: &str) -> Result<String, WorkerError> {
+    let base = web_sys::window()
+        .and_then(|window| window.location().href().ok())
+        .ok_or_else(|| WorkerError::Sandbox("sandboxes need a page with a location".into()))?;
+    web_sys::Url::new_with_base(url, &base)
+        .map(|resolved| resolved.href())
+        .map_err(|_| WorkerError::Options(format!("pyodide URL `{url}` is not a URL")))
+}
+
+impl SandboxFactory for IsolatedSandboxFactory {
     fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
-        let sandbox = Rc::new(WebWorkerSandbox::start(&self.script_url, worktime, &self.pyodide_url)?);
+        let sandbox = Rc::new(IsolatedSandbox::start(Launch {
+            host_url: &self.host_url,
+            page_origin: &self.page_origin,
+            worktime,
+            files: self.files.clone(),
+        })?);
         Ok(Rc::new(sandbox))
-    }
-}
-
-impl Drop for WebWorkerFactory {
-    fn drop(&mut self) {
-        let _ = Url::revoke_object_url(&self.script_url);
     }
 }
