@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tessera_worker::supervisor::{Supervisor, SupervisorConfig, WorkerEvent};
 use tessera_worker::web::clock::BrowserClock;
 use tessera_worker::web::http::HttpSchedulerClient;
-use tessera_worker::web::sandbox::WebWorkerFactory;
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
@@ -41,7 +41,7 @@ async fn leases_runs_and_submits_a_whole_job() {
     config.idle_exit_ms = Some(1_500);
     let supervisor = Supervisor::new(
         HttpSchedulerClient::new(scheduler()),
-        WebWorkerFactory::new(&format!("{}/pyodide/", scheduler())).unwrap(),
+        IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap(),
         BrowserClock::new(),
         config,
         Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
