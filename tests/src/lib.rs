@@ -51,6 +51,8 @@ pub struct Scheduler {
     /// The SQLite store the scheduler writes.
     pub db: PathBuf,
     options: Vec<String>,
+    /// `RUST_LOG` of the scheduler process.
+    log_filter: &'static str,
     /// Output of the workers started with [`Scheduler::worker_with`], for failure messages.
     worker_outputs: Mutex<Vec<WorkerOutput>>,
     pub dir: tempfile::TempDir,
@@ -66,13 +68,32 @@ impl Scheduler {
 
     /// A scheduler with extra `tessera serve` options (e.g. a short lease lifetime), on a free port.
     pub fn start_with(options: &[&str]) -> Scheduler {
+        Scheduler::start_logging(options, "warn")
+    }
+
+    /// A scheduler that writes every request it serves (method, path, status) to its log
+    /// ([`Scheduler::log`]): the ground truth for tests that must show a request never arrived.
+    pub fn start_with_request_log() -> Scheduler {
+        Scheduler::start_logging(&[], "warn,tessera_scheduler::server=debug")
+    }
+
+    fn start_logging(options: &[&str], log_filter: &'static str) -> Scheduler {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("e2e.db");
         let options: Vec<String> = options.iter().map(|option| option.to_string()).collect();
-        let (child, url) = spawn_scheduler(dir.path(), &db, "127.0.0.1:0", &options)
+        let (child, url) = spawn_scheduler(dir.path(), &db, "127.0.0.1:0", &options, log_filter)
             .unwrap_or_else(|log| panic!("tessera serve did not start:\n{log}"));
         let port = url.rsplit(':').next().and_then(|port| port.trim_end_matches('/').parse().ok()).expect("port");
-        Scheduler { child: Some(child), url, port, db, options, worker_outputs: Mutex::new(Vec::new()), dir }
+        Scheduler {
+            child: Some(child),
+            url,
+            port,
+            db,
+            options,
+            log_filter,
+            worker_outputs: Mutex::new(Vec::new()),
+            dir,
+        }
     }
 
     /// The scheduler's process id, while it runs.
@@ -94,7 +115,7 @@ impl Scheduler {
         let address = format!("127.0.0.1:{}", self.port);
         let started = Instant::now();
         let child = loop {
-            match spawn_scheduler(self.dir.path(), &self.db, &address, &self.options) {
+            match spawn_scheduler(self.dir.path(), &self.db, &address, &self.options, self.log_filter) {
                 Ok((child, url)) => {
                     assert_eq!(url, self.url, "the restarted scheduler listens on the same address");
                     break child;
@@ -301,14 +322,20 @@ impl Drop for Scheduler {
 }
 
 /// Starts `tessera serve` and reads its listening line; `Err` carries its log when it did not start.
-fn spawn_scheduler(dir: &Path, db: &Path, address: &str, options: &[String]) -> Result<(Child, String), String> {
+fn spawn_scheduler(
+    dir: &Path,
+    db: &Path,
+    address: &str,
+    options: &[String],
+    log_filter: &str,
+) -> Result<(Child, String), String> {
     let log_path = dir.join("serve.log");
     let log = OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
     let mut child = Command::new(tessera_bin())
         .args(["serve", "--addr", address, "--db"])
         .arg(db)
         .args(options)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
