@@ -119,3 +119,31 @@ async fn guest_code_has_no_network_or_storage_and_cannot_forge_answers() {
     }
     sandbox.terminate();
 }
+
+#[wasm_bindgen_test]
+async fn a_sandbox_lives_in_an_opaque_origin_of_its_own() {
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
+    let program = "(x) => ({ origin: self.origin, protocol: location.protocol, isolated: self.crossOriginIsolated })";
+    for _ in 0..2 {
+        let sandbox = factory.create(Worktime::MapBasic).unwrap();
+        assert!(matches!(sandbox.prepare(job(program, vec![])).await, SetupOutcome::Ready { .. }));
+        let run = sandbox.run(0, json!(1), Rc::default()).await;
+        let SliceOutcome::Ok { value } = run.outcome else { panic!("{run:?}") };
+        assert_eq!(value["origin"], "null", "an opaque origin, not the page's: {value}");
+        assert_eq!(value["protocol"], "blob:", "{value}");
+        assert_eq!(value["isolated"], true, "the frame passes on the page's cross-origin isolation: {value}");
+        sandbox.terminate();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_sandbox_host_that_never_answers_is_a_fault_within_the_start_up_limit() {
+    // Nothing listens on port 1: the frame never loads, so it never announces itself.
+    let factory = IsolatedSandboxFactory::new("http://127.0.0.1:1", "/pyodide/").unwrap();
+    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let setup = sandbox.prepare(job("(x) => x", vec![])).await;
+    assert!(
+        matches!(setup, SetupOutcome::Fault { ref message } if message.contains("did not start its worker")),
+        "{setup:?}"
+    );
+}

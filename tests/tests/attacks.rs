@@ -58,7 +58,8 @@ impl Canary {
 
     /// Proves the canary sees a request that does reach it, then forgets it.
     fn check_and_clear(&self) {
-        let mut stream = std::net::TcpStream::connect(self.url.trim_start_matches("http://")).expect("reach the canary");
+        let mut stream =
+            std::net::TcpStream::connect(self.url.trim_start_matches("http://")).expect("reach the canary");
         stream.write_all(b"GET /control HTTP/1.1\r\nHost: canary\r\n\r\n").expect("ask the canary");
         let mut answer = String::new();
         let _ = BufReader::new(stream).read_line(&mut answer);
@@ -128,13 +129,18 @@ const JS_ATTACKS: &[&str] = &[
 
 /// Requests the scheduler served for a path naming an attack (`/py-…`, `/js-…`, `attack=`).
 fn attack_requests_served(scheduler: &Scheduler) -> Vec<String> {
-    let log = without_colours(&std::fs::read_to_string(scheduler.dir.path().join("serve.log")).unwrap_or_default());
+    let log = request_log(scheduler);
     // The log is working: the worker's own requests are in it.
     assert!(log.contains("path=/v1/leases") && log.contains("served"), "no request log:\n{log}");
     log.lines()
         .filter(|line| line.contains("/py-") || line.contains("/js-") || line.contains("attack="))
         .map(str::to_string)
         .collect()
+}
+
+/// The scheduler's whole log (one line per request served), without colours.
+fn request_log(scheduler: &Scheduler) -> String {
+    without_colours(&std::fs::read_to_string(scheduler.dir.path().join("serve.log")).unwrap_or_default())
 }
 
 /// `text` without ANSI colour sequences (`ESC [ … m`).
@@ -216,6 +222,14 @@ fn guest_code_reaches_no_network_no_storage_no_other_job_and_cannot_forge_answer
     eprintln!("observations: {report:#}");
     assert_eq!(canary.requests(), Vec::<String>::new(), "requests reached the canary; observations: {report:#}");
     assert_eq!(attack_requests_served(&scheduler), Vec::<String>::new(), "requests reached the scheduler: {report:#}");
+    // Bytes in: every Python sandbox of this worker got the runtime from the core's memory, so the
+    // scheduler served Pyodide's wasm once, whatever the number of sandboxes.
+    let log = request_log(&scheduler);
+    let runtime_downloads =
+        log.lines().filter(|line| line.contains("path=/pyodide/pyodide.asm.wasm") && line.contains("served")).count();
+    let python_sandboxes = worker.lines().iter().filter(|line| line.text.contains("created (pyodide)")).count();
+    assert!(python_sandboxes >= 2, "{}", worker.output());
+    assert_eq!(runtime_downloads, 1, "{python_sandboxes} Python sandboxes, one download of the runtime");
     for observation in python_results.iter().chain(&javascript_results) {
         let attack = observation["attack"].as_str().unwrap_or_default();
         if attack == "other-job-files" {
