@@ -99,8 +99,11 @@ pub const DOWNLOAD_DEADLINE_MS: u32 = 120_000;
 /// a success is [`WorkerError::Unreachable`].
 pub async fn get(url: &str, deadline_ms: u32) -> Result<Response, WorkerError> {
     let deadline = Deadline::new(deadline_ms)?;
-    let response =
-        Request::get(url).abort_signal(Some(&deadline.signal())).send().await.map_err(|error| deadline.explain(error))?;
+    let response = Request::get(url)
+        .abort_signal(Some(&deadline.signal()))
+        .send()
+        .await
+        .map_err(|error| deadline.explain(error))?;
     check(response).await
 }
 
@@ -146,7 +149,11 @@ impl SchedulerClient for HttpSchedulerClient {
     fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
         let url = self.url(&format!("/bundles/{sha256}"));
         async move {
-            get(&url, DOWNLOAD_DEADLINE_MS).await?.binary().await.map_err(|error| WorkerError::Unreachable(error.to_string()))
+            get(&url, DOWNLOAD_DEADLINE_MS)
+                .await?
+                .binary()
+                .await
+                .map_err(|error| WorkerError::Unreachable(error.to_string()))
         }
         .boxed_local()
     }

@@ -125,7 +125,8 @@ impl TesseraWorker {
             config.setup_timeout_ms = timeout.max(1);
         }
         let pyodide_url = parsed.pyodide_url.unwrap_or_else(|| format!("{scheduler}/pyodide/"));
-        let factory = IsolatedSandboxFactory::new(&scheduler, &pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
+        let factory =
+            IsolatedSandboxFactory::new(&scheduler, &pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
         let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
             if let Some(callback) = &on_event {
                 let serializer = serde_wasm_bindgen::Serializer::json_compatible();

@@ -247,7 +247,8 @@ struct Launch<'a> {
 impl IsolatedSandbox {
     fn start(launch: Launch<'_>) -> Result<IsolatedSandbox, WorkerError> {
         let error = |error: JsValue| WorkerError::Sandbox(describe(&error));
-        let window = web_sys::window().ok_or_else(|| WorkerError::Sandbox("sandboxes need a page (a window)".into()))?;
+        let window =
+            web_sys::window().ok_or_else(|| WorkerError::Sandbox("sandboxes need a page (a window)".into()))?;
         let document = window.document().ok_or_else(|| WorkerError::Sandbox("sandboxes need a document".into()))?;
         let shared = Rc::new(Shared::default());
         let control_channel = MessageChannel::new().map_err(error)?;
