@@ -472,7 +472,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             }
             if self.register_gate.ready(now) {
                 self.register_gate.begin();
-                let request = RegisterRequest { user_agent: None, sandboxes: self.config.sandboxes as u32 };
+                let request =
+                    RegisterRequest { user_agent: None, sandboxes: self.config.sandboxes as u32, worker_key: None };
                 let task = self.client.register(request);
                 self.tasks.push(task.map(Event::Registered).boxed_local());
             }

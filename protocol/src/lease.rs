@@ -22,6 +22,10 @@ pub struct RegisterRequest {
     /// How many sandboxes the worker runs.
     #[serde(default)]
     pub sandboxes: u32,
+    /// The pool's shared secret, when the scheduler runs a private pool (`tessera serve
+    /// --worker-key`); an open scheduler ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_key: Option<String>,
 }
 
 /// The worker's identity and the timing rules it must follow.
@@ -283,6 +287,14 @@ mod tests {
         let released = SliceOutcome::Released { reason: "page closed".into() };
         assert_eq!(serde_json::to_string(&released).unwrap(), r#"{"kind":"released","reason":"page closed"}"#);
         assert_eq!(released.kind(), "released");
+    }
+
+    #[test]
+    fn a_registration_carries_the_worker_key_only_when_there_is_one() {
+        let open = RegisterRequest { user_agent: None, sandboxes: 2, worker_key: None };
+        assert_eq!(serde_json::to_string(&open).unwrap(), r#"{"sandboxes":2}"#);
+        let private: RegisterRequest = serde_json::from_str(r#"{"sandboxes":1,"worker_key":"k"}"#).unwrap();
+        assert_eq!(private.worker_key.as_deref(), Some("k"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod job;
+pub mod keys;
 pub mod lease;
 
 pub use bundle::{BundleEntry, BundleError, BundleLimits};
@@ -13,6 +14,7 @@ pub use job::{
     Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range,
     ResultsPage, RunningSlice, SliceHistory, SliceRecord, SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,
 };
+pub use keys::{ApiKeyInfo, CreateKeyRequest, CreatedKey, KEY_PREFIX};
 pub use lease::{
     HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse,
     RegisterRequest, RegisterResponse, ResultAck, ResultItem, ResultStatus, ResultsRequest, ResultsResponse,
@@ -28,7 +30,7 @@ pub const API_PREFIX: &str = "/v1";
 /// there is one, and a sentence for people.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Stable code such as `invalid_field`, `not_found`, `wrong_token`, `too_large`.
+    /// Stable code such as `invalid_field`, `not_found`, `wrong_token`, `unauthorized`, `too_large`.
     pub code: String,
     /// The request field at fault (`slices`, `program`, `results[3].token`, …), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
