@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod credentials;
 pub mod deploy;
 pub mod error;
 pub mod packages;
