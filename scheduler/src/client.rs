@@ -1,21 +1,38 @@
-//! The deployer's HTTP client for protocol v1, used by the CLI commands.
+//! The deployer's HTTP client for protocol v1, used by the CLI commands. Every request carries
+//! the deployer's API key (`Authorization: Bearer tsk_…`).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tessera_protocol::{ApiError, DeployRequest, DeployResponse, JobStatus, ResultsPage};
+use tessera_protocol::{
+    ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobStatus, ResultsPage,
+};
 
 use crate::error::{Error, Result};
 
-/// A scheduler reached over HTTP.
+/// A scheduler reached over HTTP with one API key.
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    key: String,
+    /// Where the key came from (`--api-key`, `TESSERA_API_KEY`, a file), for a refusal's message.
+    key_source: String,
 }
 
 impl Client {
-    /// `base` is the scheduler's root URL, e.g. `http://127.0.0.1:8080`.
-    pub fn new(base: &str) -> Client {
-        Client { base: base.trim_end_matches('/').to_string(), http: reqwest::Client::new() }
+    /// `base` is the scheduler's root URL, e.g. `http://127.0.0.1:8080`; `key` the API key and
+    /// `key_source` where it was found.
+    pub fn new(base: &str, key: &str, key_source: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            key: key.to_string(),
+            key_source: key_source.to_string(),
+        }
+    }
+
+    /// The scheduler's root URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     fn url(&self, path: &str) -> String {
@@ -30,25 +47,34 @@ impl Client {
             return serde_json::from_slice(&bytes)
                 .map_err(|error| Error::Unreachable(format!("unexpected answer from the scheduler: {error}")));
         }
-        Err(Error::Api(serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+        let mut error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
             code: status.as_u16().to_string(),
             field: None,
             message: String::from_utf8_lossy(&bytes).into_owned(),
-        })))
+        });
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            error.message.push_str(&format!(" (the key came from {})", self.key_source));
+        }
+        Err(Error::Api(error))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.answer(self.http.get(self.url(path)).send().await).await
+        self.answer(self.http.get(self.url(path)).bearer_auth(&self.key).send().await).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.answer(self.http.post(self.url(path)).json(body).send().await).await
+        self.answer(self.http.post(self.url(path)).bearer_auth(&self.key).json(body).send().await).await
     }
 
     /// Uploads a bundle (tar.gz bytes) and returns its sha256.
     pub async fn upload_bundle(&self, tar_gz: Vec<u8>) -> Result<String> {
-        let answer: serde_json::Value =
-            self.answer(self.http.put(self.url("/bundles")).body(tar_gz).send().await).await?;
+        let request = self
+            .http
+            .put(self.url("/bundles"))
+            .bearer_auth(&self.key)
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .body(tar_gz);
+        let answer: serde_json::Value = self.answer(request.send().await).await?;
         answer["sha256"]
             .as_str()
             .map(str::to_string)
@@ -59,7 +85,7 @@ impl Client {
         self.post("/jobs", request).await
     }
 
-    /// Every job, newest first.
+    /// Every job this key may see (its own; every job for an admin key), newest first.
     pub async fn jobs(&self) -> Result<Vec<tessera_protocol::JobSummary>> {
         self.get("/jobs").await
     }
@@ -85,5 +111,20 @@ impl Client {
     pub async fn console(&self, job_id: &str, after: u64) -> Result<Vec<tessera_protocol::ConsoleLine>> {
         let answer: serde_json::Value = self.get(&format!("/jobs/{job_id}/console?after={after}")).await?;
         serde_json::from_value(answer["lines"].clone()).map_err(|error| Error::Unreachable(error.to_string()))
+    }
+
+    /// Makes an API key (admin keys only).
+    pub async fn create_key(&self, name: &str, admin: bool) -> Result<CreatedKey> {
+        self.post("/keys", &CreateKeyRequest { name: name.into(), admin }).await
+    }
+
+    /// Every API key, without secrets (admin keys only).
+    pub async fn keys(&self) -> Result<Vec<ApiKeyInfo>> {
+        self.get("/keys").await
+    }
+
+    /// Revokes an API key by its id (admin keys only).
+    pub async fn revoke_key(&self, id: &str) -> Result<ApiKeyInfo> {
+        self.post(&format!("/keys/{id}/revoke"), &serde_json::json!({})).await
     }
 }

@@ -32,6 +32,16 @@ pub enum Error {
     /// Missing or wrong worker token, or a lease token that does not match.
     #[error("{field}: {message}")]
     WrongToken { field: String, message: String },
+    /// A deployer request without a valid API key: none, an unknown one, or a revoked one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key that may not do this (an admin-only endpoint).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A deployer endpoint was sent a body of another type (a form, plain text): refused, so no
+    /// cross-origin form or plain-text POST can reach it.
+    #[error("this endpoint takes `Content-Type: {expected}`, not {}", got.as_deref().map(|got| format!("`{got}`")).unwrap_or_else(|| "a body without one".into()))]
+    UnsupportedMediaType { expected: &'static str, got: Option<String> },
     /// The store failed; the request changed nothing.
     #[error("database: {0}")]
     Database(rusqlite::Error),
@@ -93,6 +103,11 @@ impl Error {
                 StatusCode::FORBIDDEN,
                 ApiError { code: "wrong_token".into(), field: Some(field.clone()), message: message.clone() },
             ),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, body("unauthorized", Some("authorization"))),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, body("forbidden", Some("authorization"))),
+            Error::UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, body("unsupported_media_type", Some("content-type")))
+            }
             Error::Api(api) => (StatusCode::BAD_GATEWAY, api.clone()),
             Error::Database(_)
             | Error::Corrupt(_)
@@ -113,7 +128,14 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"tessera\""),
+            );
+        }
+        response
     }
 }
 

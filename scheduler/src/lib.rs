@@ -4,13 +4,15 @@
 //! - [`server`]: protocol v1 over HTTP (axum), the Pyodide distribution and the static site.
 //! - [`sandbox_host`]: `/sandbox.html`, the opaque-origin page the worker's sandboxes live in.
 //! - [`validate`], [`packages`], [`syntax`]: deploy-time checks, unit-tested.
-//! - [`client`], [`deploy`], [`browser`]: the CLI's deployer commands and `tessera worker`.
+//! - [`client`], [`deploy`], [`keys`], [`credentials`], [`browser`]: the CLI's deployer commands, its
+//!   API keys and where it finds them, and `tessera worker`.
 
 pub mod browser;
 pub mod client;
 pub mod credentials;
 pub mod deploy;
 pub mod error;
+pub mod keys;
 pub mod packages;
 pub mod sandbox_host;
 pub mod server;

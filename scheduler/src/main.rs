@@ -1,4 +1,4 @@
-//! The `tessera` command: `serve`, `deploy`, `status`, `results`, `cancel`, `worker`.
+//! The `tessera` command: `serve`, `deploy`, `status`, `results`, `jobs`, `cancel`, `keys`, `worker`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use tessera_scheduler::server::{serve, ServerConfig};
 use tessera_scheduler::store::LeasePolicy;
 use tessera_scheduler::validate::DeployLimits;
 use tessera_scheduler::Error;
+use tessera_scheduler::{credentials, keys};
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Browser volunteer computing for Python: scheduler, deployer and worker.")]
@@ -28,6 +29,55 @@ struct SchedulerArg {
     /// Scheduler URL.
     #[arg(long, env = "TESSERA_SCHEDULER", default_value = "http://127.0.0.1:8080")]
     scheduler: String,
+}
+
+/// The scheduler a deployer command talks to, and its API key.
+#[derive(clap::Args)]
+struct DeployerArgs {
+    #[command(flatten)]
+    scheduler: SchedulerArg,
+    /// API key (`tsk_…`). Default: TESSERA_API_KEY, else the key saved for this scheduler's URL in
+    /// the credentials file (`tessera serve` saves its first admin key there on a loopback address).
+    #[arg(long, env = "TESSERA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl DeployerArgs {
+    fn client(self) -> Result<Client, Error> {
+        keys::client_for(&self.scheduler.scheduler, self.api_key)
+    }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make an API key and print it on stdout (the only time it is shown).
+    Create {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        /// Who or what the key is for.
+        name: String,
+        /// An admin key: manages keys and sees every job.
+        #[arg(long)]
+        admin: bool,
+        /// Write straight into this database file instead of asking the scheduler: the way back in
+        /// when no admin key is at hand (works while the scheduler runs).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// List the keys: id, name, admin, created, revoked (never a secret).
+    List {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id: it is refused from the next request on.
+    Revoke {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,18 +111,28 @@ enum Command {
         /// Most slices one lease request may ask for.
         #[arg(long, default_value_t = WorkerLimits::default().max_lease_slices)]
         max_lease_slices: u32,
+        /// Make the pool private: workers must send this key to register (default: open to all).
+        #[arg(long, env = "TESSERA_WORKER_KEY", hide_env_values = true)]
+        worker_key: Option<String>,
+        /// Do not save the first admin key in the per-user credentials file (it is still printed).
+        #[arg(long)]
+        no_save_key: bool,
+        /// An origin whose pages may call the deployer endpoints from a browser (CORS; a key is
+        /// still needed); repeatable, `*` for any. Default: none.
+        #[arg(long = "deployer-origin", value_name = "ORIGIN")]
+        deployer_origins: Vec<String>,
     },
     /// Deploy a job; with --wait, follow it and print its results as JSON lines.
     Deploy {
         #[command(flatten)]
-        scheduler: SchedulerArg,
+        deployer: DeployerArgs,
         #[command(flatten)]
         options: DeployOptions,
     },
     /// Show a job's state, counts, limits and running slices; with --slice, one slice's attempts.
     Status {
         #[command(flatten)]
-        scheduler: SchedulerArg,
+        deployer: DeployerArgs,
         job: String,
         /// Show this slice's history: every attempt, its worker, times and outcome.
         #[arg(long)]
@@ -84,16 +144,16 @@ enum Command {
     /// Print a job's results in slice order (JSON lines).
     Results {
         #[command(flatten)]
-        scheduler: SchedulerArg,
+        deployer: DeployerArgs,
         job: String,
         /// JSON lines only, no summary.
         #[arg(long)]
         json: bool,
     },
-    /// List jobs, newest first.
+    /// List your jobs (every job with an admin key), newest first.
     Jobs {
         #[command(flatten)]
-        scheduler: SchedulerArg,
+        deployer: DeployerArgs,
         /// JSON lines.
         #[arg(long)]
         json: bool,
@@ -101,8 +161,13 @@ enum Command {
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
-        scheduler: SchedulerArg,
+        deployer: DeployerArgs,
         job: String,
+    },
+    /// Manage deployer API keys (needs an admin key).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Contribute this machine: run the worker page in headless Chromium.
     Worker {
@@ -159,6 +224,9 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             max_body_bytes,
             max_result_bytes,
             max_lease_slices,
+            worker_key,
+            no_save_key,
+            deployer_origins,
         } => {
             if max_lease_slices == 0 {
                 return Err(Error::Usage("--max-lease-slices must be at least 1".into()));
@@ -172,13 +240,16 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 deploy: DeployLimits::default(),
                 bundle: BundleLimits::default(),
                 worker_limits: WorkerLimits { max_lease_slices, ..WorkerLimits::default() },
+                worker_key: worker_key.filter(|key| !key.is_empty()),
+                deployer_origins,
             };
-            serve(addr, config).await?;
+            let credentials = if no_save_key { None } else { credentials::default_file() };
+            serve(addr, config, credentials).await?;
             Ok(true)
         }
-        Command::Deploy { scheduler, options } => deploy::deploy(&Client::new(&scheduler.scheduler), options).await,
-        Command::Status { scheduler, job, slice: Some(slice), json } => {
-            let history = Client::new(&scheduler.scheduler).slice_history(&job, slice).await?;
+        Command::Deploy { deployer, options } => deploy::deploy(&deployer.client()?, options).await,
+        Command::Status { deployer, job, slice: Some(slice), json } => {
+            let history = deployer.client()?.slice_history(&job, slice).await?;
             if json {
                 println!("{}", serde_json::to_string(&history).unwrap_or_default());
             } else {
@@ -186,8 +257,8 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(true)
         }
-        Command::Status { scheduler, job, slice: None, json } => {
-            let status = Client::new(&scheduler.scheduler).status(&job).await?;
+        Command::Status { deployer, job, slice: None, json } => {
+            let status = deployer.client()?.status(&job).await?;
             if json {
                 println!("{}", serde_json::to_string(&status).unwrap_or_default());
             } else {
@@ -195,8 +266,8 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(true)
         }
-        Command::Results { scheduler, job, json } => {
-            let client = Client::new(&scheduler.scheduler);
+        Command::Results { deployer, job, json } => {
+            let client = deployer.client()?;
             let status = client.status(&job).await?;
             deploy::print_results(&client, &job).await?;
             if !json {
@@ -204,8 +275,8 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(true)
         }
-        Command::Jobs { scheduler, json } => {
-            for job in Client::new(&scheduler.scheduler).jobs().await? {
+        Command::Jobs { deployer, json } => {
+            for job in deployer.client()?.jobs().await? {
                 if json {
                     println!("{}", serde_json::to_string(&job).unwrap_or_default());
                 } else {
@@ -222,9 +293,26 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(true)
         }
-        Command::Cancel { scheduler, job } => {
-            let status = Client::new(&scheduler.scheduler).cancel(&job).await?;
+        Command::Cancel { deployer, job } => {
+            let status = deployer.client()?.cancel(&job).await?;
             deploy::report(&status, Output::Human);
+            Ok(true)
+        }
+        Command::Keys { command: KeysCommand::Create { deployer, name, admin, db: Some(db) } } => {
+            let _ = deployer;
+            keys::create_in_database(&db, &name, admin)?;
+            Ok(true)
+        }
+        Command::Keys { command: KeysCommand::Create { deployer, name, admin, db: None } } => {
+            keys::create(&deployer.client()?, &name, admin).await?;
+            Ok(true)
+        }
+        Command::Keys { command: KeysCommand::List { deployer, json } } => {
+            keys::list(&deployer.client()?, json).await?;
+            Ok(true)
+        }
+        Command::Keys { command: KeysCommand::Revoke { deployer, id } } => {
+            keys::revoke(&deployer.client()?, &id).await?;
             Ok(true)
         }
         Command::Worker {

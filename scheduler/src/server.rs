@@ -1,28 +1,39 @@
 //! The HTTP face of the scheduler: protocol v1 under `/v1`, the Pyodide distribution under
 //! `/pyodide/`, and the static site (contribute page, worker core) everywhere else.
+//!
+//! Two kinds of caller, two sets of rules (docs/SECURITY.md, "Deployer ↔ scheduler"):
+//! - **workers** (anonymous volunteers' pages on any origin): the worker endpoints, the static
+//!   site, `/pyodide/` and `/sandbox.html` are cross-origin (permissive CORS); registration is open
+//!   unless `--worker-key` makes the pool private.
+//! - **deployers**: every job endpoint, bundle uploads and `/v1/keys` need an API key
+//!   (`Authorization: Bearer tsk_…`); a job is visible only to the key that deployed it and to
+//!   admin keys. These endpoints send no CORS headers (unless `--deployer-origin` lists origins)
+//!   and refuse a body that is not `application/json` (`application/gzip` for a bundle), so no
+//!   cross-origin form or plain-text POST reaches them.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path as FilePath, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera_protocol::{
-    bundle, BundleLimits, DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest,
-    LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus, ResultsPage, ResultsRequest, ResultsResponse,
-    SliceHistory, WorkerLimits, Worktime,
+    bundle, ApiKeyInfo, BundleLimits, CreateKeyRequest, DeployRequest, DeployResponse, HeartbeatRequest,
+    HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus,
+    ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
 };
 use tokio::sync::{Notify, Semaphore};
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -30,7 +41,7 @@ use tower_http::trace::TraceLayer;
 use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::sandbox_host::SandboxHostPage;
-use crate::store::{read, LeasePolicy, Readers, Store, Writer};
+use crate::store::{read, same, Deployer, LeasePolicy, Readers, Store, Writer};
 use crate::syntax::{check_python, PythonFile};
 use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
 
@@ -50,6 +61,12 @@ pub struct ServerConfig {
     /// What workers may ask for in one request, sent to them at registration. Its
     /// `max_request_bytes` and `max_result_bytes` are taken from `max_body_bytes` and `lease`.
     pub worker_limits: WorkerLimits,
+    /// A private pool's shared secret: registration needs it (`worker_key` in the body). `None`
+    /// leaves registration open, for anonymous volunteers.
+    pub worker_key: Option<String>,
+    /// Origins whose pages may call the deployer endpoints (CORS, with the key still required);
+    /// `*` is any origin. Empty: deployer endpoints send no CORS headers at all.
+    pub deployer_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -72,6 +89,8 @@ struct AppState {
     readers: Readers,
     /// Worker tokens already authenticated, so a request costs no database read to authenticate.
     tokens: Arc<Mutex<HashMap<String, String>>>,
+    /// API keys already verified; a revocation empties it of that key before it answers.
+    keys: Arc<Mutex<KeyCache>>,
     /// Woken whenever slices become available (deploy, requeue).
     work_available: Arc<Notify>,
     packages: Arc<PackageIndex>,
@@ -84,19 +103,67 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The credential of `Authorization: Bearer <credential>`, if the request has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim()).filter(|credential| !credential.is_empty())
+}
+
+/// Verified API keys by key. `generation` counts revocations: a key read from the database before
+/// a revocation is not cached after it, so a revoked key cannot come back through a slow read.
+#[derive(Default)]
+struct KeyCache {
+    deployers: HashMap<String, Deployer>,
+    generation: u64,
+}
+
+/// API keys kept in memory at most; past it the cache starts over.
+const MAX_CACHED_KEYS: usize = 1_000;
+
+/// What a deployer request without a key is told.
+const MISSING_KEY: &str = "missing `Authorization: Bearer <API key>`: deployer endpoints need an API key \
+     (`tessera serve` printed the first one as TESSERA_API_KEY=… when it made the database; \
+     `tessera keys create` makes more)";
+
 impl AppState {
+    /// The deployer a request's API key belongs to, or `Unauthorized`.
+    async fn deployer(&self, headers: &HeaderMap) -> Result<Deployer> {
+        let key = bearer(headers).ok_or_else(|| Error::Unauthorized(MISSING_KEY.into()))?.to_string();
+        let generation = match self.keys.lock() {
+            Ok(cache) => match cache.deployers.get(&key) {
+                Some(deployer) => return Ok(deployer.clone()),
+                None => cache.generation,
+            },
+            Err(_) => u64::MAX,
+        };
+        let lookup = key.clone();
+        let deployer = self.readers.run(move |connection| read::deployer_by_key(connection, &lookup)).await?;
+        if let Ok(mut cache) = self.keys.lock() {
+            if cache.generation == generation {
+                if cache.deployers.len() >= MAX_CACHED_KEYS {
+                    cache.deployers.clear();
+                }
+                cache.deployers.insert(key, deployer.clone());
+            }
+        }
+        Ok(deployer)
+    }
+
+    /// Drops a revoked key from the cache (called once the revocation is committed).
+    fn forget_key(&self, key_id: &str) {
+        if let Ok(mut cache) = self.keys.lock() {
+            cache.generation += 1;
+            cache.deployers.retain(|_, deployer| deployer.key_id != key_id);
+        }
+    }
+
     /// The worker a request's bearer token (or, for `sendBeacon` batches, the body's token) names.
     async fn worker_id(&self, headers: &HeaderMap, body_token: Option<String>) -> Result<String> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_string)
-            .or(body_token)
-            .ok_or_else(|| Error::WrongToken {
-                field: "authorization".into(),
-                message: "missing `Authorization: Bearer <worker token>`".into(),
-            })?;
+        let token = bearer(headers).map(str::to_string).or(body_token).ok_or_else(|| Error::WrongToken {
+            field: "authorization".into(),
+            message: "missing `Authorization: Bearer <worker token>`".into(),
+        })?;
         if let Some(id) = self.tokens.lock().ok().and_then(|tokens| tokens.get(&token).cloned()) {
             return Ok(id);
         }
@@ -120,6 +187,86 @@ impl AppState {
 
 /// Worker tokens kept in memory at most.
 const MAX_CACHED_TOKENS: usize = 100_000;
+
+/// The verified caller of a deployer endpoint: any valid API key.
+struct Caller(Deployer);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        state.deployer(&parts.headers).await.map(Caller)
+    }
+}
+
+/// The verified caller of an admin endpoint (`/v1/keys`): an admin key.
+struct Admin(Deployer);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let deployer = state.deployer(&parts.headers).await?;
+        if !deployer.admin {
+            return Err(Error::Forbidden(format!(
+                "managing keys needs an admin key; `{}` ({}) is not one",
+                deployer.key_id, deployer.name
+            )));
+        }
+        Ok(Admin(deployer))
+    }
+}
+
+/// Refuses a request whose `Content-Type` is not `expected` (parameters such as `charset` aside).
+fn require_content_type(headers: &HeaderMap, expected: &'static str) -> Result<()> {
+    let got = headers.get(header::CONTENT_TYPE).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let essence = got.as_deref().and_then(|value| value.split(';').next()).map(str::trim);
+    match essence {
+        Some(essence) if essence.eq_ignore_ascii_case(expected) => Ok(()),
+        _ => Err(Error::UnsupportedMediaType { expected, got }),
+    }
+}
+
+/// Deployer POSTs take JSON only: a cross-origin form or `text/plain` POST, which a browser
+/// sends without asking first, is refused before anything else is looked at.
+async fn json_only(request: Request, next: Next) -> Response {
+    match require_content_type(request.headers(), "application/json") {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// A bundle upload is `application/gzip`, which no cross-origin form can send either.
+async fn gzip_only(request: Request, next: Next) -> Response {
+    match require_content_type(request.headers(), "application/gzip") {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// CORS for the deployer endpoints: none unless the operator listed origins.
+fn deployer_cors(origins: &[String]) -> Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin.trim_end_matches('/'))
+                    .map_err(|_| Error::Usage(format!("--deployer-origin `{origin}` is not a usable origin")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(parsed)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
 
 /// A JSON body within the size limit, with errors that name the field at fault.
 struct JsonBody<T>(T);
@@ -241,6 +388,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         writer: Writer::spawn(store)?,
         readers: Readers::new(&config.database),
         tokens: Arc::new(Mutex::new(HashMap::new())),
+        keys: Arc::new(Mutex::new(KeyCache::default())),
         work_available: Arc::new(Notify::new()),
         packages: Arc::new(PackageIndex::load(&config.pyodide)),
         config: Arc::new(config.clone()),
@@ -259,22 +407,51 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .saturating_mul(HEARTBEAT_BYTES_PER_LEASE)
         .max(LEASE_BODY_BYTES)
         .min(max_body);
-    let api = Router::new()
+    // Workers are anonymous pages on any origin: open, cross-origin. A bundle is fetched by its
+    // sha256 (which a job descriptor names), so downloading one needs no key either.
+    let worker_api = Router::new()
         .route("/health", general.guard(get(|| async { Json(serde_json::json!({"ok": true})) }), SMALL_BODY_BYTES))
         .route("/workers", general.guard(post(register), REGISTER_BODY_BYTES.min(max_body)))
         .route("/leases", polls.guard(post(lease), LEASE_BODY_BYTES.min(max_body)))
         .route("/leases/heartbeat", general.guard(post(heartbeat), heartbeat_body))
         .route("/results", results.guard(post(submit_results), max_body))
-        .route("/jobs", uploads.guard(post(deploy), max_body).merge(general.guard(get(list_jobs), SMALL_BODY_BYTES)))
+        .route("/bundles/{sha256}", general.guard(get(download_bundle), SMALL_BODY_BYTES))
+        .route("/packages", general.guard(get(list_packages), SMALL_BODY_BYTES))
+        .layer(CorsLayer::permissive());
+    // Deployers: an API key on every request, JSON bodies only, same-origin.
+    let json = || axum::middleware::from_fn(json_only);
+    let deployer_api = Router::new()
+        .route(
+            "/jobs",
+            uploads
+                .guard(post(deploy).route_layer(json()), max_body)
+                .merge(general.guard(get(list_jobs), SMALL_BODY_BYTES)),
+        )
         .route("/jobs/{id}", general.guard(get(job_status), SMALL_BODY_BYTES))
         .route("/jobs/{id}/results", general.guard(get(job_results), SMALL_BODY_BYTES))
         .route("/jobs/{id}/console", general.guard(get(job_console), SMALL_BODY_BYTES))
         .route("/jobs/{id}/slices/{slice}", general.guard(get(slice_history), SMALL_BODY_BYTES))
-        .route("/jobs/{id}/cancel", general.guard(post(cancel_job), SMALL_BODY_BYTES))
-        .route("/bundles", uploads.guard(put(upload_bundle), max_body))
-        .route("/bundles/{sha256}", general.guard(get(download_bundle), SMALL_BODY_BYTES))
-        .route("/packages", general.guard(get(list_packages), SMALL_BODY_BYTES))
-        .with_state(state);
+        .route("/jobs/{id}/cancel", general.guard(post(cancel_job).route_layer(json()), SMALL_BODY_BYTES))
+        .route(
+            "/bundles",
+            uploads.guard(put(upload_bundle).route_layer(axum::middleware::from_fn(gzip_only)), max_body),
+        )
+        .route(
+            "/keys",
+            general
+                .guard(post(create_key).route_layer(json()), SMALL_BODY_BYTES)
+                .merge(general.guard(get(list_keys), SMALL_BODY_BYTES)),
+        )
+        .route("/keys/{id}/revoke", general.guard(post(revoke_key).route_layer(json()), SMALL_BODY_BYTES))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("same-origin"),
+        ));
+    let deployer_api = match deployer_cors(&config.deployer_origins)? {
+        Some(cors) => deployer_api.layer(cors),
+        None => deployer_api,
+    };
+    let api = worker_api.merge(deployer_api).with_state(state);
 
     let pyodide =
         Router::new().fallback_service(ServeDir::new(&config.pyodide)).layer(SetResponseHeaderLayer::overriding(
@@ -301,7 +478,8 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .route("/sandbox.html", get(move || async move { sandbox_host.response() }))
         .nest("/pyodide", pyodide)
         .merge(site)
-        .layer(axum::middleware::from_fn_with_state(general, pass_gate));
+        .layer(axum::middleware::from_fn_with_state(general, pass_gate))
+        .layer(CorsLayer::permissive());
     Ok(Router::new()
         .nest(tessera_protocol::API_PREFIX, api)
         .merge(static_files)
@@ -309,7 +487,6 @@ pub fn router(config: ServerConfig) -> Result<Router> {
             header::HeaderName::from_static("cross-origin-resource-policy"),
             HeaderValue::from_static("cross-origin"),
         ))
-        .layer(CorsLayer::permissive())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -323,11 +500,37 @@ pub fn router(config: ServerConfig) -> Result<Router> {
 }
 
 /// Binds `addr`, prints the actual address (so port 0 works for tests) and serves until stopped.
-pub async fn serve(addr: SocketAddr, config: ServerConfig) -> Result<()> {
+///
+/// On a database without any key (a new one) it first makes the admin key `admin` and prints it,
+/// once, on stderr as the line `TESSERA_API_KEY=<key>` — before the listening line, so whoever
+/// waits for that line finds the key already written. Listening on a loopback address it also
+/// saves the key for its URL in `credentials` (the per-user file the CLI reads), when given.
+pub async fn serve(addr: SocketAddr, config: ServerConfig, credentials: Option<PathBuf>) -> Result<()> {
+    let first_key = Store::open(&config.database)?.create_first_admin_key(now_ms())?;
     let app = router(config)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::io(format!("binding {addr}")))?;
     let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
-    println!("tessera scheduler listening on http://{local}");
+    let url = format!("http://{local}");
+    if let Some(created) = first_key {
+        eprintln!("TESSERA_API_KEY={}", created.key);
+        let saved = match credentials.as_deref() {
+            Some(file) if local.ip().is_loopback() => Some(save_first_key(file, &url, &created.key)),
+            _ => None,
+        };
+        match saved {
+            Some(Ok(file)) => eprintln!(
+                "tessera: that admin key is shown only now; it is saved for {url} in {file} (mode 0600), where \
+                 the tessera CLI finds it (--no-save-key turns this off)"
+            ),
+            Some(Err(error)) => {
+                eprintln!("tessera: that admin key is shown only now; saving it failed ({error}): keep it")
+            }
+            None => eprintln!(
+                "tessera: that admin key is shown only now: keep it (`tessera keys create NAME` makes more keys)"
+            ),
+        }
+    }
+    println!("tessera scheduler listening on {url}");
     tracing::info!(%local, "listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
@@ -335,6 +538,12 @@ pub async fn serve(addr: SocketAddr, config: ServerConfig) -> Result<()> {
         })
         .await
         .map_err(Error::io("serving"))
+}
+
+/// Saves the first admin key in the credentials file; returns the file's name.
+fn save_first_key(file: &FilePath, url: &str, key: &str) -> Result<String> {
+    crate::credentials::save(file, url, key)?;
+    Ok(file.display().to_string())
 }
 
 /// Expires overdue leases once a second, waking lease requests when slices come back. It also
@@ -373,6 +582,18 @@ async fn register(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>> {
+    if let Some(expected) = &state.config.worker_key {
+        let refused = |message: &str| Error::WrongToken { field: "worker_key".into(), message: message.into() };
+        match request.worker_key.as_deref() {
+            Some(given) if same(given, expected) => {}
+            Some(_) => return Err(refused("wrong worker key for this private pool")),
+            None => {
+                return Err(refused(
+                    "this scheduler is a private pool: registering needs its worker key (`worker_key` in the body)",
+                ))
+            }
+        }
+    }
     let user_agent = request.user_agent.clone();
     let sandboxes = request.sandboxes;
     let (worker_id, token) =
@@ -456,7 +677,11 @@ async fn submit_results(
     Ok(Json(ResultsResponse { acks }))
 }
 
-async fn deploy(State(state): State<AppState>, request: Request) -> Result<Json<DeployResponse>> {
+async fn deploy(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request: Request,
+) -> Result<Json<DeployResponse>> {
     let body = read_body(request).await?;
     let limits = state.config.deploy;
     let mut job = blocking(move || {
@@ -464,6 +689,7 @@ async fn deploy(State(state): State<AppState>, request: Request) -> Result<Json<
         validate_deploy(request, &limits)
     })
     .await?;
+    job.owner = Some(caller.key_id.clone());
     // Python sources: the program and the bundle's modules (their imports decide the packages).
     let mut python = vec![PythonFile { name: job.program_name.clone(), source: job.program.clone(), is_program: true }];
     if let Some(sha256) = job.bundle.clone() {
@@ -504,25 +730,49 @@ async fn deploy(State(state): State<AppState>, request: Request) -> Result<Json<
     let total = job.slices.len() as u64;
     let packages = job.packages.clone();
     let job_id = state.writer.run(move |store| store.deploy(job, now_ms())).await?;
-    tracing::info!(job = %job_id, total, "job deployed");
+    tracing::info!(job = %job_id, total, key = %caller.key_id, "job deployed");
     state.work_available.notify_waiters();
     Ok(Json(DeployResponse { job_id, total, packages }))
 }
 
-async fn list_jobs(State(state): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(Json(state.readers.run(read::list_jobs).await?))
+async fn list_jobs(State(state): State<AppState>, Caller(caller): Caller) -> Result<impl IntoResponse> {
+    let scope = caller.scope();
+    Ok(Json(state.readers.run(move |connection| read::list_jobs(connection, &scope)).await?))
 }
 
-async fn job_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobStatus>> {
-    Ok(Json(state.readers.run(move |connection| read::job_status(connection, &id)).await?))
+async fn job_status(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>> {
+    let scope = caller.scope();
+    Ok(Json(
+        state
+            .readers
+            .run(move |connection| {
+                read::job_access(connection, &id, &scope)?;
+                read::job_status(connection, &id)
+            })
+            .await?,
+    ))
 }
 
 async fn slice_history(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path((id, slice)): Path<(String, String)>,
 ) -> Result<Json<SliceHistory>> {
     let slice: u64 = slice.parse().map_err(|_| Error::invalid("slice", format!("`{slice}` is not a slice number")))?;
-    Ok(Json(state.readers.run(move |connection| read::slice_history(connection, &id, slice)).await?))
+    let scope = caller.scope();
+    Ok(Json(
+        state
+            .readers
+            .run(move |connection| {
+                read::job_access(connection, &id, &scope)?;
+                read::slice_history(connection, &id, slice)
+            })
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -534,34 +784,65 @@ struct PageQuery {
 
 async fn job_results(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<ResultsPage>> {
     let from = page.from.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
-    let (results, total) = state.readers.run(move |connection| read::results(connection, &id, from, limit)).await?;
+    let scope = caller.scope();
+    let (results, total) = state
+        .readers
+        .run(move |connection| {
+            read::job_access(connection, &id, &scope)?;
+            read::results(connection, &id, from, limit)
+        })
+        .await?;
     let next = results.last().map(|last| last.slice + 1).filter(|next| *next < total);
     Ok(Json(ResultsPage { results, next }))
 }
 
 async fn job_console(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<impl IntoResponse> {
     let after = page.after.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
-    let lines = state.readers.run(move |connection| read::console(connection, &id, after, limit)).await?;
+    let scope = caller.scope();
+    let lines = state
+        .readers
+        .run(move |connection| {
+            read::job_access(connection, &id, &scope)?;
+            read::console(connection, &id, after, limit)
+        })
+        .await?;
     Ok(Json(serde_json::json!({ "lines": lines })))
 }
 
-async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobStatus>> {
-    let status = state.writer.run(move |store| store.cancel(&id, now_ms())).await?;
-    tracing::info!(job = %status.job_id, "job cancelled");
+async fn cancel_job(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>> {
+    let scope = caller.scope();
+    let status = state
+        .writer
+        .run(move |store| {
+            store.job_access(&id, &scope)?;
+            store.cancel(&id, now_ms())
+        })
+        .await?;
+    tracing::info!(job = %status.job_id, key = %caller.key_id, "job cancelled");
     Ok(Json(status))
 }
 
-async fn upload_bundle(State(state): State<AppState>, request: Request) -> Result<impl IntoResponse> {
+async fn upload_bundle(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request: Request,
+) -> Result<impl IntoResponse> {
     let bytes = read_body(request).await?;
     let limits = state.config.bundle;
     let (bytes, sha256) = blocking(move || {
@@ -572,7 +853,7 @@ async fn upload_bundle(State(state): State<AppState>, request: Request) -> Resul
     .await?;
     let key = sha256.clone();
     state.writer.run(move |store| store.put_bundle(&key, &bytes)).await?;
-    tracing::info!(%sha256, "bundle stored");
+    tracing::info!(%sha256, key = %caller.key_id, "bundle stored");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "sha256": sha256 }))))
 }
 
@@ -590,4 +871,30 @@ async fn download_bundle(State(state): State<AppState>, Path(sha256): Path<Strin
 
 async fn list_packages(State(state): State<AppState>) -> Json<Vec<String>> {
     Json(state.packages.available())
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    JsonBody(request): JsonBody<CreateKeyRequest>,
+) -> Result<impl IntoResponse> {
+    let created = state.writer.run(move |store| store.create_key(&request.name, request.admin, now_ms())).await?;
+    tracing::info!(key = %created.info.id, name = %created.info.name, admin = created.info.admin, by = %admin.key_id, "API key created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn list_keys(State(state): State<AppState>, Admin(_): Admin) -> Result<Json<Vec<ApiKeyInfo>>> {
+    Ok(Json(state.readers.run(read::list_keys).await?))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKeyInfo>> {
+    let revoked = state.writer.run(move |store| store.revoke_key(&id, now_ms())).await?;
+    // Committed: from now on the key is refused, also where it was cached.
+    state.forget_key(&revoked.id);
+    tracing::info!(key = %revoked.id, name = %revoked.name, by = %admin.key_id, "API key revoked");
+    Ok(Json(revoked))
 }

@@ -328,6 +328,7 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
         slices,
         slice_timeout_ms,
         no_progress_timeout_ms,
+        owner: None,
     })
 }
 

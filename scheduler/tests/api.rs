@@ -8,13 +8,15 @@ use tessera_protocol::{LeaseResponse, RegisterResponse, ResultsResponse, SliceHi
 use tessera_scheduler::server::ServerConfig;
 
 mod common;
-use common::{serve, test_config};
+use common::{create_key, serve, test_config};
 use tessera_scheduler::store::Store;
 use tessera_scheduler::validate::{validate_deploy, DeployLimits};
 
 struct Server {
     url: String,
     http: reqwest::Client,
+    /// A deployer's API key (not an admin one).
+    key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -28,8 +30,8 @@ fn config(dir: &tempfile::TempDir, max_body_bytes: usize) -> ServerConfig {
 
 async fn start(max_body_bytes: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let addr = serve(config(&dir, max_body_bytes)).await;
-    Server { url: format!("http://{addr}"), http: reqwest::Client::new(), _dir: dir }
+    let (addr, key) = serve(config(&dir, max_body_bytes)).await;
+    Server { url: format!("http://{addr}"), http: reqwest::Client::new(), key, _dir: dir }
 }
 
 impl Server {
@@ -56,14 +58,33 @@ impl Server {
         self.call(reqwest::Method::POST, path, token, Some(body)).await
     }
 
+    /// A deployer GET with the test's key.
     async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None, None).await
+        self.call(reqwest::Method::GET, path, Some(&self.key), None).await
+    }
+
+    /// A deployer POST with the test's key.
+    async fn deployer_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post(path, Some(&self.key), body).await
+    }
+
+    /// `PUT /v1/bundles` as the CLI sends it: `application/gzip`, with the test's key.
+    async fn put_bundle(&self, bytes: Vec<u8>) -> reqwest::Response {
+        self.http
+            .put(format!("{}/v1/bundles", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/gzip")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn raw_post(&self, path: &str, body: &'static str) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}/v1{}", self.url, path))
+            .bearer_auth(&self.key)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -83,7 +104,7 @@ impl Server {
 async fn deploy_lease_result_status_round_trip() {
     let server = start(1 << 20).await;
     let (status, deployed) =
-        server.post("/jobs", None, json!({"program": "(x) => x + 1", "slices": [1, 2, 3], "name": "inc"})).await;
+        server.deployer_post("/jobs", json!({"program": "(x) => x + 1", "slices": [1, 2, 3], "name": "inc"})).await;
     assert_eq!(status, 200, "{deployed}");
     let job_id = deployed["job_id"].as_str().unwrap().to_string();
     let worker = server.register().await;
@@ -136,7 +157,7 @@ async fn long_poll_wakes_when_work_arrives() {
         response.json::<LeaseResponse>().await.unwrap()
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1]})).await;
+    server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1]})).await;
     let leased = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
     assert_eq!(leased.leases.len(), 1);
 }
@@ -152,7 +173,7 @@ async fn bad_deploys_get_a_4xx_naming_the_field_and_store_nothing() {
         (json!({"program": "f", "slices": [1], "worktime": "pyodide", "packages": ["tensorflow"]}), "packages"),
     ];
     for (body, field) in cases {
-        let (status, error) = server.post("/jobs", None, body.clone()).await;
+        let (status, error) = server.deployer_post("/jobs", body.clone()).await;
         assert_eq!(status, 400, "{body} → {error}");
         assert_eq!(error["field"].as_str(), Some(field), "{body} → {error}");
         assert!(!error["message"].as_str().unwrap().is_empty());
@@ -160,7 +181,7 @@ async fn bad_deploys_get_a_4xx_naming_the_field_and_store_nothing() {
     let (status, error) = server.raw_post("/jobs", "{\"program\": \"f\", ").await;
     assert_eq!((status, error["code"].as_str()), (400, Some("malformed_json")));
     let huge = json!({"program": "f", "slices": vec![1; 5000]});
-    let (status, error) = server.post("/jobs", None, huge).await;
+    let (status, error) = server.deployer_post("/jobs", huge).await;
     assert_eq!((status, error["code"].as_str()), (413, Some("too_large")));
     let (_, jobs) = server.get("/jobs").await;
     assert_eq!(jobs.as_array().unwrap().len(), 0, "nothing stored: {jobs}");
@@ -176,7 +197,7 @@ async fn unknown_ids_and_wrong_tokens_are_refused() {
     let (status, _) = server.post("/leases", None, json!({"max_slices": 1})).await;
     assert_eq!(status, 403);
 
-    server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1]})).await;
+    server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1]})).await;
     let worker = server.register().await;
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 1})).await;
     let lease_id = leased["leases"][0]["lease_id"].as_str().unwrap();
@@ -197,9 +218,9 @@ async fn unknown_ids_and_wrong_tokens_are_refused() {
 async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
     let server = start(1 << 20).await;
     let (_, deployed) =
-        server.post("/jobs", None, json!({"program": "(x) => x", "range": {"start": 0, "end": 10}})).await;
+        server.deployer_post("/jobs", json!({"program": "(x) => x", "range": {"start": 0, "end": 10}})).await;
     let job_id = deployed["job_id"].as_str().unwrap();
-    let (status, cancelled) = server.post(&format!("/jobs/{job_id}/cancel"), None, json!({})).await;
+    let (status, cancelled) = server.deployer_post(&format!("/jobs/{job_id}/cancel"), json!({})).await;
     assert_eq!((status, cancelled["state"].as_str()), (200, Some("cancelled")));
     let worker = server.register().await;
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 5})).await;
@@ -228,14 +249,14 @@ async fn bad_bundles_are_refused_with_the_entry_named() {
         (b"plain text".to_vec(), "not a readable tar.gz"),
     ];
     for (bytes, expected) in cases {
-        let response = server.http.put(format!("{}/v1/bundles", server.url)).body(bytes).send().await.unwrap();
+        let response = server.put_bundle(bytes).await;
         assert_eq!(response.status().as_u16(), 400);
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["field"], "bundle");
         assert!(error["message"].as_str().unwrap().contains(expected), "{error}");
     }
     let too_big = vec![0u8; 2 << 20];
-    let response = server.http.put(format!("{}/v1/bundles", server.url)).body(too_big).send().await.unwrap();
+    let response = server.put_bundle(too_big).await;
     assert_eq!(response.status().as_u16(), 413);
 
     let good = tessera_protocol::bundle::pack(&[tessera_protocol::BundleEntry::File {
@@ -243,14 +264,14 @@ async fn bad_bundles_are_refused_with_the_entry_named() {
         bytes: b"X = 1".to_vec(),
     }])
     .unwrap();
-    let response = server.http.put(format!("{}/v1/bundles", server.url)).body(good.clone()).send().await.unwrap();
+    let response = server.put_bundle(good.clone()).await;
     assert_eq!(response.status().as_u16(), 201);
     let sha256 = response.json::<Value>().await.unwrap()["sha256"].as_str().unwrap().to_string();
     let fetched =
         server.http.get(format!("{}/v1/bundles/{sha256}", server.url)).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(fetched.as_ref(), good.as_slice());
     let (status, deployed) = server
-        .post("/jobs", None, json!({"program": "import m", "slices": [1], "worktime": "pyodide", "bundle": sha256}))
+        .deployer_post("/jobs", json!({"program": "import m", "slices": [1], "worktime": "pyodide", "bundle": sha256}))
         .await;
     assert_eq!(status, 200, "{deployed}");
 }
@@ -262,7 +283,7 @@ fn ok_item(lease: &Value, value: Value) -> Value {
 #[tokio::test]
 async fn a_batch_is_judged_per_item() {
     let server = start(1 << 20).await;
-    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1, 2, 3]})).await;
+    let (_, deployed) = server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1, 2, 3]})).await;
     let job_id = deployed["job_id"].as_str().unwrap();
     let worker = server.register().await;
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 3})).await;
@@ -309,12 +330,12 @@ async fn limits_are_announced_and_enforced() {
 #[tokio::test]
 async fn cancel_ends_the_job_for_lease_and_heartbeat() {
     let server = start(1 << 20).await;
-    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1, 2, 3]})).await;
+    let (_, deployed) = server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1, 2, 3]})).await;
     let job_id = deployed["job_id"].as_str().unwrap();
     let worker = server.register().await;
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 2})).await;
     let lease = leased["leases"][0].clone();
-    let (_, cancelled) = server.post(&format!("/jobs/{job_id}/cancel"), None, json!({})).await;
+    let (_, cancelled) = server.deployer_post(&format!("/jobs/{job_id}/cancel"), json!({})).await;
     assert_eq!(cancelled["state"], "cancelled");
     let beat = json!({"leases": [{"lease_id": lease["lease_id"], "token": lease["token"]}]});
     let (_, answer) = server.post("/leases/heartbeat", Some(&worker.token), beat).await;
@@ -331,7 +352,7 @@ async fn cancel_ends_the_job_for_lease_and_heartbeat() {
 #[tokio::test]
 async fn slice_history_shows_every_attempt() {
     let server = start(1 << 20).await;
-    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1]})).await;
+    let (_, deployed) = server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1]})).await;
     let job_id = deployed["job_id"].as_str().unwrap();
     let worker = server.register().await;
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 1})).await;
@@ -359,10 +380,10 @@ async fn slice_history_shows_every_attempt() {
 async fn job_limits_are_validated_stored_and_sent() {
     let server = start(1 << 20).await;
     let (status, error) =
-        server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1], "slice_timeout_ms": 50})).await;
+        server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1], "slice_timeout_ms": 50})).await;
     assert_eq!((status, error["field"].as_str()), (400, Some("slice_timeout_ms")), "{error}");
     let body = json!({"program": "(x) => x", "slices": [1], "slice_timeout_ms": 1_500, "no_progress_timeout_ms": 900});
-    let (_, deployed) = server.post("/jobs", None, body).await;
+    let (_, deployed) = server.deployer_post("/jobs", body).await;
     let job_id = deployed["job_id"].as_str().unwrap();
     let (_, status) = server.get(&format!("/jobs/{job_id}")).await;
     assert_eq!(
@@ -384,7 +405,7 @@ async fn python_syntax_errors_are_refused_at_deploy() {
     let server = start(1 << 20).await;
     let broken = json!({"worktime": "pyodide", "program": "import dcp\n\ndef handler(x)\n    return x\n",
         "program_name": "broken.py", "slices": [1]});
-    let (status, error) = server.post("/jobs", None, broken).await;
+    let (status, error) = server.deployer_post("/jobs", broken).await;
     assert_eq!((status, error["field"].as_str()), (400, Some("program")), "{error}");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("broken.py, line 3: SyntaxError"), "{message}");
@@ -393,10 +414,13 @@ async fn python_syntax_errors_are_refused_at_deploy() {
         bytes: b"def f(:\n    pass\n".to_vec(),
     }])
     .unwrap();
-    let response = server.http.put(format!("{}/v1/bundles", server.url)).body(good).send().await.unwrap();
+    let response = server.put_bundle(good).await;
     let sha256 = response.json::<Value>().await.unwrap()["sha256"].as_str().unwrap().to_string();
     let (status, error) = server
-        .post("/jobs", None, json!({"program": "import dcp", "slices": [1], "worktime": "pyodide", "bundle": sha256}))
+        .deployer_post(
+            "/jobs",
+            json!({"program": "import dcp", "slices": [1], "worktime": "pyodide", "bundle": sha256}),
+        )
         .await;
     assert_eq!((status, error["field"].as_str()), (400, Some("bundle")), "{error}");
     assert!(error["message"].as_str().unwrap().contains("lib/helper.py, line 1"), "{error}");
@@ -424,8 +448,10 @@ async fn a_restarted_server_keeps_leases_alive() {
     };
     // The server extends it at start, before its reaper's first pass, so the result still lands.
     config.lease.ttl_ms = 60_000;
-    let url = format!("http://{}", serve(config).await);
-    let server = Server { url, http: reqwest::Client::new(), _dir: dir };
+    // The job was stored without an owner: only an admin key sees it.
+    let key = create_key(&config, "admin", true);
+    let url = format!("http://{}", serve(config).await.0);
+    let server = Server { url, http: reqwest::Client::new(), key, _dir: dir };
     // Let the new reaper run at least once.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let (_, answer) = server.post("/results", Some(&token), json!({"results": [ok_item(&lease, json!(1))]})).await;
@@ -437,7 +463,7 @@ async fn a_restarted_server_keeps_leases_alive() {
 #[tokio::test]
 async fn a_closing_pages_beacon_releases_its_leases_at_no_cost() {
     let server = start(1 << 20).await;
-    let (_, deployed) = server.post("/jobs", None, json!({"program": "(x) => x", "slices": [1, 2]})).await;
+    let (_, deployed) = server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1, 2]})).await;
     let job_id = deployed["job_id"].as_str().unwrap();
     let worker = server.register().await;
     let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 2})).await;

@@ -118,12 +118,16 @@ async fn the_worker_runs_chromium_sandboxed_as_nobody_when_root() {
     let mut serve = Command::new(tessera)
         .args(["serve", "--addr", "127.0.0.1:0", "--lease-ttl-ms", "5000", "--db"])
         .arg(work.path().join("test.db"))
+        // The first admin key is saved here, not in the user's own credentials file.
+        .env("TESSERA_CONFIG_DIR", work.path())
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let serve_out = collect(serve.stdout.take().unwrap());
+    let serve_err = collect(serve.stderr.take().unwrap());
     let _serve = Reaped(serve);
     let deadline = Instant::now() + Duration::from_secs(20);
     let url = loop {
@@ -138,10 +142,18 @@ async fn the_worker_runs_chromium_sandboxed_as_nobody_when_root() {
         assert!(Instant::now() < deadline, "tessera serve did not print its address");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Printed on stderr before the address on stdout.
+    let key = serve_err
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|line| line.strip_prefix("TESSERA_API_KEY=").map(str::to_string))
+        .expect("tessera serve printed its first admin key");
 
     let http = reqwest::Client::new();
     let deployed: Value = http
         .post(format!("{url}/v1/jobs"))
+        .bearer_auth(&key)
         .json(&json!({"program": "(x) => x * 2", "range": {"start": 0, "end": 5}}))
         .send()
         .await
@@ -211,7 +223,8 @@ async fn the_worker_runs_chromium_sandboxed_as_nobody_when_root() {
     };
     assert!(status.success(), "the worker failed: {status}\n{}", output());
 
-    let job_status: Value = http.get(format!("{url}/v1/jobs/{job}")).send().await.unwrap().json().await.unwrap();
+    let job_status: Value =
+        http.get(format!("{url}/v1/jobs/{job}")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     assert_eq!(job_status["state"], "complete", "{job_status}\n{}", output());
     assert_eq!(job_status["done"], 5, "{job_status}");
 

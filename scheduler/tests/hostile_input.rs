@@ -17,6 +17,8 @@ struct Server {
     url: String,
     addr: std::net::SocketAddr,
     http: reqwest::Client,
+    /// A deployer's API key.
+    key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -32,20 +34,28 @@ async fn start(deploy: DeployLimits) -> Server {
         worker_limits: WorkerLimits { max_wait_ms: 5_000, ..WorkerLimits::default() },
         ..test_config(&dir)
     };
-    let addr = serve(config).await;
-    Server { url: format!("http://{addr}"), addr, http: reqwest::Client::new(), _dir: dir }
+    let (addr, key) = serve(config).await;
+    Server { url: format!("http://{addr}"), addr, http: reqwest::Client::new(), key, _dir: dir }
 }
 
 impl Server {
     async fn jobs(&self) -> Vec<Value> {
-        let response = self.http.get(format!("{}/v1/jobs", self.url)).send().await.unwrap();
+        let response = self.http.get(format!("{}/v1/jobs", self.url)).bearer_auth(&self.key).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let jobs: Value = response.json().await.unwrap();
         jobs.as_array().cloned().unwrap_or_else(|| panic!("not a list: {jobs}"))
     }
 
     async fn put_bundle(&self, bytes: Vec<u8>) -> (u16, Value) {
-        let response = self.http.put(format!("{}/v1/bundles", self.url)).body(bytes).send().await.unwrap();
+        let response = self
+            .http
+            .put(format!("{}/v1/bundles", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/gzip")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 
@@ -54,15 +64,13 @@ impl Server {
         self.http.get(format!("{}/v1/bundles/{sha256}", self.url)).send().await.unwrap().status().as_u16()
     }
 
+    /// A JSON POST; deployer paths (`/jobs`) carry the test's key.
     async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/v1{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let mut request = self.http.post(format!("{}/v1{path}", self.url));
+        if path.starts_with("/jobs") {
+            request = request.bearer_auth(&self.key);
+        }
+        let response = request.header("content-type", "application/json").body(body).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 }
@@ -107,8 +115,11 @@ async fn a_deploy_claiming_a_gigabyte_is_refused_with_413_before_its_body_arrive
     let server = start(DeployLimits::default()).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
-    let head = "POST /v1/jobs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
-                content-length: 1073741824\r\n\r\n{\"program\": \"f\", \"slices\": [";
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {}\r\ncontent-length: 1073741824\r\n\r\n{{\"program\": \"f\", \"slices\": [",
+        server.key
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     // The rest of the gigabyte never comes: the answer must not wait for it.
     let mut answer = Vec::new();
@@ -132,7 +143,11 @@ async fn a_chunked_deploy_over_the_limit_is_cut_off() {
     let server = start(DeployLimits::default()).await;
     // No Content-Length: up to 65 MiB arrives in chunks and is refused once it passes 64 MiB.
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let head = "POST /v1/jobs HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n";
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        server.key
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let chunk = [format!("{:x}\r\n", 1024 * 1024).into_bytes(), vec![b' '; 1024 * 1024], b"\r\n".to_vec()].concat();
     for _ in 0..65 {

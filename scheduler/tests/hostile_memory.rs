@@ -27,7 +27,8 @@ async fn peak_memory_stays_bounded_while_refusing_hostile_input() {
         bundle: BundleLimits { max_compressed_bytes: 4 * 1024 * 1024, max_unpacked_bytes: MIB, max_entries: 100 },
         ..test_config(&dir)
     };
-    let url = format!("http://{}", serve(config).await);
+    let (addr, key) = serve(config).await;
+    let url = format!("http://{addr}");
     let http = reqwest::Client::new();
 
     // Every hostile body is made before the baseline, so only the scheduler's side is measured.
@@ -38,14 +39,21 @@ async fn peak_memory_stays_bounded_while_refusing_hostile_input() {
         slices.extend_from_slice(b",0");
     }
     slices.extend_from_slice(b"]}");
-    let jobs = http.get(format!("{url}/v1/jobs")).send().await.unwrap();
+    let jobs = http.get(format!("{url}/v1/jobs")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(jobs.status(), 200);
     let baseline = high_water_mark();
 
     // A 100 MB GNU long name and a 100 MB PAX record: refused after ~1 MiB, not buffered.
     for bomb in [long_name, pax] {
         let sha256 = tessera_protocol::bundle::content_address(&bomb);
-        let response = http.put(format!("{url}/v1/bundles")).body(bomb).send().await.unwrap();
+        let response = http
+            .put(format!("{url}/v1/bundles"))
+            .bearer_auth(&key)
+            .header("content-type", "application/gzip")
+            .body(bomb)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400);
         let stored = http.get(format!("{url}/v1/bundles/{sha256}")).send().await.unwrap();
         assert_eq!(stored.status(), 404);
@@ -59,7 +67,14 @@ async fn peak_memory_stays_bounded_while_refusing_hostile_input() {
 
     // Ten million tiny slices (a 20 MB body): refused at the 10,001st. Building them all would
     // take over 300 MiB of parsed values.
-    let response = http.post(format!("{url}/v1/jobs")).body(slices).send().await.unwrap();
+    let response = http
+        .post(format!("{url}/v1/jobs"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(slices)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["field"].as_str(), Some("slices"), "{error}");
@@ -70,6 +85,6 @@ async fn peak_memory_stays_bounded_while_refusing_hostile_input() {
         (after_slices - baseline) / MIB
     );
 
-    let jobs: Value = http.get(format!("{url}/v1/jobs")).send().await.unwrap().json().await.unwrap();
+    let jobs: Value = http.get(format!("{url}/v1/jobs")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     assert_eq!(jobs, Value::Array(Vec::new()));
 }

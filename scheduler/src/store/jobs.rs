@@ -10,7 +10,7 @@ use tessera_protocol::{
     SliceRecord, SliceStatus, Worktime,
 };
 
-use super::{random_id, to_json, Json, NewJob, SliceState, Store, Stored};
+use super::{random_id, to_json, Json, NewJob, Scope, SliceState, Store, Stored};
 use crate::error::{Error, Result};
 
 /// Most running slices listed in a job's status.
@@ -23,8 +23,8 @@ impl Store {
             let id = random_id("j", 8);
             connection.execute(
                 "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, bundle,
-                                   state, total, created_ms, slice_timeout_ms, no_progress_timeout_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                   state, total, created_ms, slice_timeout_ms, no_progress_timeout_ms, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     id,
                     job.name.clone().unwrap_or_else(|| id.clone()),
@@ -40,6 +40,7 @@ impl Store {
                     now as i64,
                     job.slice_timeout_ms as i64,
                     job.no_progress_timeout_ms.map(|ms| ms as i64),
+                    job.owner,
                 ],
             )?;
             let mut insert =
@@ -96,8 +97,8 @@ impl Store {
     }
 
     /// See [`list_jobs`].
-    pub fn list_jobs(&self) -> Result<Vec<JobSummary>> {
-        list_jobs(&self.connection)
+    pub fn list_jobs(&self, scope: &Scope) -> Result<Vec<JobSummary>> {
+        list_jobs(&self.connection, scope)
     }
 
     /// See [`bundle`].
@@ -255,15 +256,22 @@ pub fn job_status(connection: &Connection, job_id: &str) -> Result<JobStatus> {
     })
 }
 
-/// Every job, newest first.
-pub fn list_jobs(connection: &Connection) -> Result<Vec<JobSummary>> {
-    let mut query = connection.prepare_cached(
-        "SELECT id, name, state, total,
+/// The jobs `scope` may see, newest first.
+pub fn list_jobs(connection: &Connection, scope: &Scope) -> Result<Vec<JobSummary>> {
+    const COLUMNS: &str = "SELECT id, name, state, total,
             (SELECT COUNT(*) FROM slices WHERE job_id = jobs.id AND state = 'ok'),
             (SELECT COUNT(*) FROM slices WHERE job_id = jobs.id AND state = 'error')
-         FROM jobs ORDER BY created_ms DESC",
-    )?;
-    let rows = query.query_map([], |row| {
+         FROM jobs";
+    let (mut query, owner) = match scope {
+        Scope::All => {
+            (connection.prepare_cached(&format!("{COLUMNS} WHERE ?1 IS NULL ORDER BY created_ms DESC"))?, None)
+        }
+        Scope::OwnedBy(key) => (
+            connection.prepare_cached(&format!("{COLUMNS} WHERE owner = ?1 ORDER BY created_ms DESC"))?,
+            Some(key.as_str()),
+        ),
+    };
+    let rows = query.query_map([owner], |row| {
         Ok(JobSummary {
             job_id: row.get(0)?,
             name: row.get(1)?,

@@ -7,13 +7,14 @@
 //! acknowledged change survives a crash, and a failed operation changes nothing.
 //!
 //! - [`schema`]: the layout and its migrations (`PRAGMA user_version`).
-//! - `workers`, `jobs`, `leasing`: the operations, grouped by what they change.
+//! - `workers`, `jobs`, `leasing`, `keys`: the operations, grouped by what they change.
 //! - [`read`]: the read-only queries, usable on any connection (the server's read pool).
 //!
 //! States are Rust enums stored as text; an unknown stored value is an [`Error::Corrupt`], never
 //! a silent default.
 
 mod jobs;
+mod keys;
 mod leasing;
 pub mod schema;
 mod workers;
@@ -30,6 +31,8 @@ use tessera_protocol::Worktime;
 
 use crate::error::{Error, Result};
 
+pub(crate) use keys::same;
+pub use keys::{Deployer, Scope, MAX_KEY_NAME, SECRET_BYTES};
 pub use leasing::Reaped;
 pub use writer::{Readers, Writer};
 
@@ -37,6 +40,7 @@ pub use writer::{Readers, Writer};
 /// pool while the writer works.
 pub mod read {
     pub use super::jobs::{bundle, console, job_status, list_jobs, results, slice_history};
+    pub use super::keys::{deployer_by_key, job_access, list_keys};
     pub use super::workers::worker_by_token;
 }
 
@@ -56,6 +60,8 @@ pub struct NewJob {
     pub slice_timeout_ms: u64,
     /// Longest a slice may run without reporting progress, if limited.
     pub no_progress_timeout_ms: Option<u64>,
+    /// The id of the API key that deploys it; only that key (and admin keys) may see it.
+    pub owner: Option<String>,
 }
 
 /// Timing, retry and size rules the store applies.

@@ -1,18 +1,21 @@
 //! The database layout and its migrations.
 //!
-//! The schema version lives in `PRAGMA user_version`. A new database is created at the latest
-//! version directly; an older one runs every migration after its version, in order, inside one
-//! `BEGIN IMMEDIATE` transaction, so a failed migration leaves the file as it was.
+//! The schema version lives in `PRAGMA user_version`. A new database is created at version 1
+//! ([`SCHEMA`]) and brought forward by the later migrations; an older one runs every migration after
+//! its version. Either way all of it happens inside one `BEGIN IMMEDIATE` transaction, so a failed
+//! migration leaves the file as it was. Migrations are never edited once released: a change is a
+//! new one.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
 
 /// The schema this code reads and writes.
-pub const LATEST_VERSION: i64 = 1;
+pub const LATEST_VERSION: i64 = 2;
 
-/// The latest schema. States are checked by SQL so no unknown value can be written.
-const SCHEMA: &str = r#"
+/// The version-1 layout, which a new database starts from (and [`from_v0`] rebuilds into). States
+/// are checked by SQL so no unknown value can be written.
+pub(super) const SCHEMA: &str = r#"
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -97,7 +100,7 @@ CREATE INDEX setup_errors_by_job ON setup_errors(job_id, message);
 type Migration = fn(&Transaction) -> Result<()>;
 
 /// Every migration, in order.
-const MIGRATIONS: [Migration; 1] = [from_v0];
+const MIGRATIONS: [Migration; 2] = [from_v0, from_v1];
 
 /// Version 0 is the first release's layout (no version set): job state `active`, lease states
 /// `active | completed | expired`, no CHECK constraints. Tables whose shape changed are rebuilt
@@ -150,6 +153,26 @@ fn from_v0(transaction: &Transaction) -> Result<()> {
     Ok(())
 }
 
+/// Version 2: deployer API keys (only the sha256 of each secret is stored) and each job's owner,
+/// the key that deployed it. Jobs from before have no owner: only an admin key sees them.
+fn from_v1(transaction: &Transaction) -> Result<()> {
+    transaction.execute_batch(
+        r#"
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            admin INTEGER NOT NULL CHECK (admin IN (0, 1)),
+            created_ms INTEGER NOT NULL,
+            revoked_ms INTEGER
+        );
+        ALTER TABLE jobs ADD COLUMN owner TEXT REFERENCES api_keys(id);
+        CREATE INDEX jobs_by_owner ON jobs(owner, created_ms);
+        "#,
+    )?;
+    Ok(())
+}
+
 /// Brings the database to [`LATEST_VERSION`], or refuses one made by a newer scheduler.
 pub fn migrate(connection: &mut Connection) -> Result<()> {
     // Tables are renamed and rebuilt: foreign keys are checked once at the end instead.
@@ -165,12 +188,16 @@ pub fn migrate(connection: &mut Connection) -> Result<()> {
         let has_jobs: Option<String> = transaction
             .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'jobs'", [], |row| row.get(0))
             .optional()?;
-        if has_jobs.is_none() {
+        let from = if has_jobs.is_none() {
             transaction.execute_batch(SCHEMA)?;
+            1
         } else {
-            for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-                migration(&transaction)?;
-                tracing::info!(from, to = from + 1, "migrated the database schema");
+            version as usize
+        };
+        for (step, migration) in MIGRATIONS.iter().enumerate().skip(from) {
+            migration(&transaction)?;
+            if has_jobs.is_some() {
+                tracing::info!(from = step, to = step + 1, "migrated the database schema");
             }
         }
         let broken: Option<String> =

@@ -31,6 +31,7 @@ fn job(slices: usize) -> NewJob {
         slices: (0..slices).map(|i| json!(i)).collect(),
         slice_timeout_ms: 60_000,
         no_progress_timeout_ms: None,
+        owner: None,
     }
 }
 
@@ -523,4 +524,78 @@ fn a_failing_operation_in_a_group_rolls_back_alone() {
     assert!(failed.is_err());
     store.commit_group().unwrap();
     assert_eq!(store.job_status(&kept).unwrap().total, 1, "the failed operation's change was rolled back");
+}
+
+#[test]
+fn the_first_admin_key_is_made_once_and_keys_verify_until_revoked() {
+    let (_dir, mut store) = store();
+    let first = store.create_first_admin_key(5).unwrap().expect("a new database gets an admin key");
+    assert_eq!((first.info.name.as_str(), first.info.admin), ("admin", true));
+    assert!(store.create_first_admin_key(6).unwrap().is_none(), "only on a database without keys");
+    let admin = keys::deployer_by_key(&store.connection, &first.key).unwrap();
+    assert_eq!((admin.key_id.as_str(), admin.admin, admin.scope()), (first.info.id.as_str(), true, Scope::All));
+    let bob = store.create_key("bob", false, 7).unwrap();
+    let deployer = keys::deployer_by_key(&store.connection, &bob.key).unwrap();
+    assert_eq!(deployer.scope(), Scope::OwnedBy(bob.info.id.clone()));
+    let stored: String = store
+        .connection
+        .query_row("SELECT hash FROM api_keys WHERE id = ?1", [&bob.info.id], |row| row.get(0))
+        .unwrap();
+    assert!(!bob.key.contains(&stored) && !stored.contains(bob.key.rsplit('_').next().unwrap()));
+    let wrong = format!("{}0", bob.key);
+    assert!(
+        matches!(keys::deployer_by_key(&store.connection, &wrong), Err(Error::Unauthorized(m)) if m == "unknown API key")
+    );
+    store.revoke_key(&bob.info.id, 8).unwrap();
+    let refused = keys::deployer_by_key(&store.connection, &bob.key).unwrap_err();
+    assert!(matches!(&refused, Error::Unauthorized(m) if m.contains("revoked")), "{refused:?}");
+    assert!(store.revoke_key(&first.info.id, 9).is_err(), "the last admin key stays");
+    let listed = keys::list_keys(&store.connection).unwrap();
+    assert_eq!(listed.iter().map(|k| k.revoked_ms).collect::<Vec<_>>(), vec![None, Some(8)]);
+}
+
+#[test]
+fn jobs_are_visible_to_their_owner_and_admins() {
+    let (_dir, mut store) = store();
+    let alice = store.create_key("alice", false, 0).unwrap().info.id;
+    let bob = store.create_key("bob", false, 0).unwrap().info.id;
+    let job_id = store.deploy(NewJob { owner: Some(alice.clone()), ..job(1) }, 1).unwrap();
+    assert!(store.job_access(&job_id, &Scope::OwnedBy(alice.clone())).is_ok());
+    assert!(store.job_access(&job_id, &Scope::All).is_ok());
+    assert!(matches!(store.job_access(&job_id, &Scope::OwnedBy(bob.clone())), Err(Error::NotFound { .. })));
+    assert!(matches!(store.job_access("jnope", &Scope::All), Err(Error::NotFound { .. })));
+    assert_eq!(store.list_jobs(&Scope::OwnedBy(bob)).unwrap().len(), 0);
+    assert_eq!(store.list_jobs(&Scope::OwnedBy(alice)).unwrap().len(), 1);
+    assert_eq!(store.list_jobs(&Scope::All).unwrap().len(), 1);
+}
+
+#[test]
+fn a_version_1_database_gains_keys_and_its_jobs_belong_to_admins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(schema::SCHEMA).unwrap();
+        old.execute_batch(
+            "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, state, total,
+                               created_ms)
+             VALUES ('j1', 'old', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', 'running', 1, 5);
+             INSERT INTO slices (job_id, idx, datum, state) VALUES ('j1', 0, '1', 'queued');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    let version: i64 = store.connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, 2);
+    let owner: Option<String> =
+        store.connection.query_row("SELECT owner FROM jobs WHERE id = 'j1'", [], |row| row.get(0)).unwrap();
+    assert_eq!(owner, None, "a job from before keys belongs to no one");
+    let first = store.create_first_admin_key(10).unwrap().expect("the migrated database has no key yet");
+    let deployer = store.create_key("someone", false, 10).unwrap().info.id;
+    assert!(store.job_access("j1", &Scope::All).is_ok(), "admins see it");
+    assert!(store.job_access("j1", &Scope::OwnedBy(deployer.clone())).is_err(), "no deployer does");
+    assert!(store.job_access("j1", &Scope::OwnedBy(first.info.id)).is_err(), "not even the admin's own scope");
+    assert_eq!(store.list_jobs(&Scope::OwnedBy(deployer)).unwrap().len(), 0);
+    assert_eq!(store.job_status("j1").unwrap().queued, 1);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tessera_protocol::{BundleLimits, WorkerLimits};
 use tessera_scheduler::server::{router, ServerConfig};
-use tessera_scheduler::store::LeasePolicy;
+use tessera_scheduler::store::{LeasePolicy, Store};
 use tessera_scheduler::validate::DeployLimits;
 
 /// A configuration with its database in `dir`, the repository's site, no Pyodide distribution,
@@ -21,14 +21,23 @@ pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
         deploy: DeployLimits::default(),
         bundle: BundleLimits::default(),
         worker_limits: WorkerLimits::default(),
+        worker_key: None,
+        deployer_origins: Vec::new(),
     }
 }
 
-/// Serves `config` on a free loopback port in the background; returns the bound address.
-pub async fn serve(config: ServerConfig) -> SocketAddr {
+/// Makes an API key in `config`'s database (creating it if new); returns the whole key.
+pub fn create_key(config: &ServerConfig, name: &str, admin: bool) -> String {
+    Store::open(&config.database).unwrap().create_key(name, admin, 0).unwrap().key
+}
+
+/// Serves `config` on a free loopback port in the background; returns the bound address and a
+/// deployer key (not an admin one) made for the test.
+pub async fn serve(config: ServerConfig) -> (SocketAddr, String) {
+    let key = create_key(&config, "tester", false);
     let app = router(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    (addr, key)
 }
