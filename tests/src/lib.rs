@@ -43,11 +43,14 @@ pub fn wait_until<T>(timeout: Duration, what: impl Fn() -> String, mut check: im
 
 /// A scheduler on a loopback port with a temporary database; killed when dropped. It can be
 /// killed and started again on the same port and database ([`Scheduler::kill`],
-/// [`Scheduler::start_again`]).
+/// [`Scheduler::start_again`]). Its configuration directory (`TESSERA_CONFIG_DIR`, where it saves
+/// its first admin key) is its temporary folder, never the user's.
 pub struct Scheduler {
     child: Option<Child>,
     pub url: String,
     pub port: u16,
+    /// The admin key it printed when it made its database (`TESSERA_API_KEY=…` on stderr).
+    pub api_key: String,
     /// The SQLite store the scheduler writes.
     pub db: PathBuf,
     options: Vec<String>,
@@ -84,16 +87,40 @@ impl Scheduler {
         let (child, url) = spawn_scheduler(dir.path(), &db, "127.0.0.1:0", &options, log_filter)
             .unwrap_or_else(|log| panic!("tessera serve did not start:\n{log}"));
         let port = url.rsplit(':').next().and_then(|port| port.trim_end_matches('/').parse().ok()).expect("port");
+        // Printed on stderr before the listening line, so it is in the log by now.
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        let api_key = api_keys_printed(&log)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("tessera serve printed no TESSERA_API_KEY line:\n{log}"));
         Scheduler {
             child: Some(child),
             url,
             port,
+            api_key,
             db,
             options,
             log_filter,
             worker_outputs: Mutex::new(Vec::new()),
             dir,
         }
+    }
+
+    /// `TESSERA_CONFIG_DIR` of this scheduler and of the commands run against it.
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `tessera` with this scheduler's URL, configuration directory and quiet logs, but no API
+    /// key: for tests of how the CLI finds one.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(tessera_bin());
+        command
+            .env("TESSERA_SCHEDULER", &self.url)
+            .env("TESSERA_CONFIG_DIR", self.config_dir())
+            .env_remove("TESSERA_API_KEY")
+            .env("RUST_LOG", "warn");
+        command
     }
 
     /// The scheduler's process id, while it runs.
@@ -156,14 +183,9 @@ impl Scheduler {
         text
     }
 
-    /// Runs `tessera ARGS` against this scheduler.
+    /// Runs `tessera ARGS` against this scheduler with its admin key.
     pub fn tessera(&self, args: &[&str]) -> Output {
-        Command::new(tessera_bin())
-            .args(args)
-            .env("TESSERA_SCHEDULER", &self.url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run tessera")
+        self.command().args(args).env("TESSERA_API_KEY", &self.api_key).output().expect("run tessera")
     }
 
     /// Writes `text` to a file in the scheduler's temp dir and returns its path.
@@ -336,6 +358,7 @@ fn spawn_scheduler(
         .arg(db)
         .args(options)
         .env("RUST_LOG", log_filter)
+        .env("TESSERA_CONFIG_DIR", dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -357,6 +380,11 @@ fn spawn_scheduler(
         let _ = std::io::copy(&mut stdout, &mut sink);
     });
     Ok((child, url))
+}
+
+/// The keys of every `TESSERA_API_KEY=<key>` line in a scheduler's log, in order.
+pub fn api_keys_printed(log: &str) -> Vec<String> {
+    log.lines().filter_map(|line| line.strip_prefix("TESSERA_API_KEY=")).map(str::to_string).collect()
 }
 
 /// One line a browser worker printed, with when the harness read it.
