@@ -1,5 +1,7 @@
 //! The supervisor in a real browser against a live scheduler on loopback
-//! (`scripts/with-scheduler` starts one and passes its URL at build time).
+//! (`scripts/with-scheduler` starts one and passes its URL and API key at build time). The test
+//! page is on another origin than the scheduler, so that scheduler lets any origin call its
+//! deployer endpoints (`--deployer-origin '*'`); the key is still needed.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -14,18 +16,32 @@ use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::scheduler;
+use common::{api_key, scheduler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+/// The deployer's `Authorization` header.
+fn authorization() -> String {
+    format!("Bearer {}", api_key())
+}
+
 async fn post(path: &str, body: Value) -> Value {
-    let response = Request::post(&format!("{}{path}", scheduler())).json(&body).unwrap().send().await.unwrap();
+    let response = Request::post(&format!("{}{path}", scheduler()))
+        .header("authorization", &authorization())
+        .json(&body)
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
     assert!(response.ok(), "POST {path}: {}", response.status());
     response.json().await.unwrap()
 }
 
 async fn get(path: &str) -> Value {
-    Request::get(&format!("{}{path}", scheduler())).send().await.unwrap().json().await.unwrap()
+    let response =
+        Request::get(&format!("{}{path}", scheduler())).header("authorization", &authorization()).send().await.unwrap();
+    assert!(response.ok(), "GET {path}: {}", response.status());
+    response.json().await.unwrap()
 }
 
 #[wasm_bindgen_test]

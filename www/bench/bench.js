@@ -14,6 +14,8 @@ const params = new URLSearchParams(location.search);
 const N = parseInt(params.get('n') || '2000', 10);
 const ROUNDS = parseInt(params.get('rounds') || '3', 10);
 const ROUND = parseInt(params.get('round') || '1', 10);
+// The scheduler's API key for deploying (scripts/bench passes it); carried from round to round.
+const API_KEY = params.get('apiKey') || '';
 const PYODIDE = location.origin + '/pyodide/';
 const say = (text) => { console.log('[tessera] ' + text); document.getElementById('out').textContent += text + '\n'; };
 
@@ -41,7 +43,8 @@ self.onmessage = async (event) => {
 
 /** Opens the measuring page for `round`: every round starts from a fresh page open. */
 function next(round, rawBefore) {
-  location.replace(`${location.pathname}?phase=measure&n=${N}&rounds=${ROUNDS}&round=${round}&rawBefore=${rawBefore.toFixed(1)}`);
+  const key = encodeURIComponent(API_KEY);
+  location.replace(`${location.pathname}?phase=measure&n=${N}&rounds=${ROUNDS}&round=${round}&rawBefore=${rawBefore.toFixed(1)}&apiKey=${key}`);
 }
 
 function median(values) {
@@ -51,7 +54,8 @@ function median(values) {
 }
 
 async function deploy(body) {
-  const response = await fetch('/v1/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const headers = { 'content-type': 'application/json', authorization: 'Bearer ' + API_KEY };
+  const response = await fetch('/v1/jobs', { method: 'POST', headers, body: JSON.stringify(body) });
   if (!response.ok) throw new Error('deploy: ' + await response.text());
   return response.json();
 }

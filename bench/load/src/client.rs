@@ -75,17 +75,22 @@ impl Worker {
     }
 }
 
-/// `POST /v1/jobs`: a map-basic no-op job over `0..slices`.
-pub async fn deploy_noop(client: &reqwest::Client, url: &str, slices: u64) -> Result<DeployResponse, BoxError> {
+/// `POST /v1/jobs` with the API key `key`: a map-basic no-op job over `0..slices`.
+pub async fn deploy_noop(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    slices: u64,
+) -> Result<DeployResponse, BoxError> {
     let body = json!({"name": "tessera-load", "worktime": "map-basic", "program": "(x) => x",
                       "range": {"start": 0, "end": slices}});
-    let response = client.post(format!("{url}/v1/jobs")).json(&body).send().await?;
+    let response = client.post(format!("{url}/v1/jobs")).bearer_auth(key).json(&body).send().await?;
     answer("deploy", response).await
 }
 
-/// `GET /v1/jobs/{id}`, kept as JSON so a status field the scheduler adds or renames is reported,
-/// not fatal.
-pub async fn job_status(client: &reqwest::Client, url: &str, job_id: &str) -> Result<Value, BoxError> {
-    let response = client.get(format!("{url}/v1/jobs/{job_id}")).send().await?;
+/// `GET /v1/jobs/{id}` with the API key `key`, kept as JSON so a status field the scheduler adds
+/// or renames is reported, not fatal.
+pub async fn job_status(client: &reqwest::Client, url: &str, key: &str, job_id: &str) -> Result<Value, BoxError> {
+    let response = client.get(format!("{url}/v1/jobs/{job_id}")).bearer_auth(key).send().await?;
     answer("job status", response).await
 }

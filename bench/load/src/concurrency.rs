@@ -91,7 +91,7 @@ async fn round(scheduler: &Scheduler, config: &Config) -> Result<Outcome, BoxErr
     let control = client::http_client(4)?;
     let sent = Instant::now();
     let _ = deploy_sender.send(Some(sent));
-    let deployed = client::deploy_noop(&control, &scheduler.url, config.workers as u64).await?;
+    let deployed = client::deploy_noop(&control, &scheduler.url, &scheduler.api_key, config.workers as u64).await?;
     let deploy_ms = ms(sent.elapsed());
 
     let mut latencies = Vec::with_capacity(config.workers);

@@ -18,13 +18,17 @@ pub struct Scheduler {
     child: Child,
     /// Base URL such as `http://127.0.0.1:41234` (no trailing slash).
     pub url: String,
+    /// The admin API key it made for its new database (deploys and job status need a key).
+    pub api_key: String,
     db: PathBuf,
     dir: tempfile::TempDir,
 }
 
 impl Scheduler {
     /// Starts `tessera serve --addr 127.0.0.1:0 --db <tempdir>/load.db` and waits (at most 30 s) for
-    /// the line that names its URL. Its log (`RUST_LOG=warn`) goes to `serve.log` in the tempdir.
+    /// the line that names its URL. Its log (`RUST_LOG=warn`) goes to `serve.log` in the tempdir,
+    /// where it prints its first admin key before that line (and saves it there too, not in the
+    /// user's credentials file: `TESSERA_CONFIG_DIR` is the tempdir).
     pub fn start(tessera: &Path) -> Result<Scheduler, BoxError> {
         let dir = tempfile::Builder::new().prefix("tessera-load-").tempdir()?;
         let db = dir.path().join("load.db");
@@ -34,6 +38,7 @@ impl Scheduler {
             .args(["serve", "--addr", "127.0.0.1:0", "--db"])
             .arg(&db)
             .env("RUST_LOG", "warn")
+            .env("TESSERA_CONFIG_DIR", dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -62,7 +67,7 @@ impl Scheduler {
             let mut sink = Vec::new();
             let _ = reader.read_to_end(&mut sink);
         });
-        let mut scheduler = Scheduler { child, url: String::new(), db, dir };
+        let mut scheduler = Scheduler { child, url: String::new(), api_key: String::new(), db, dir };
         let line = match receiver.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(line)) => line,
             Ok(Err(error)) => return Err(format!("reading the scheduler's stdout: {error}").into()),
@@ -75,6 +80,11 @@ impl Scheduler {
                     format!("unexpected first line from the scheduler: {line:?}; {}", scheduler.log_tail()).into()
                 )
             }
+        }
+        let log = std::fs::read_to_string(scheduler.dir.path().join("serve.log"))?;
+        match log.lines().find_map(|line| line.strip_prefix("TESSERA_API_KEY=")) {
+            Some(key) => scheduler.api_key = key.trim().to_string(),
+            None => return Err(format!("the scheduler printed no API key; {}", scheduler.log_tail()).into()),
         }
         Ok(scheduler)
     }

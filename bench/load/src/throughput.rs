@@ -100,7 +100,7 @@ async fn round(scheduler: &Scheduler, config: &Config) -> Result<Outcome, BoxErr
     }
     let (ticks_before, own_before) = (scheduler.cpu_ticks()?, crate::scheduler::own_cpu_seconds());
     let deploy_sent = Instant::now();
-    let deployed = client::deploy_noop(&http, &scheduler.url, config.slices).await?;
+    let deployed = client::deploy_noop(&http, &scheduler.url, &scheduler.api_key, config.slices).await?;
     let deploy_ms = ms(deploy_sent.elapsed());
     if deployed.total != config.slices {
         return Err(format!("deployed {} slices, asked for {}", deployed.total, config.slices).into());
@@ -153,7 +153,7 @@ async fn round(scheduler: &Scheduler, config: &Config) -> Result<Outcome, BoxErr
     let generator_cpu_s = crate::scheduler::own_cpu_seconds() - own_before;
     let elapsed_s = tally.accepted_at.iter().map(|(at, _)| *at).fold(0.0, f64::max);
     let [accepted, duplicate, stale, other] = tally.statuses;
-    let status = client::job_status(&http, &scheduler.url, &deployed.job_id).await?;
+    let status = client::job_status(&http, &scheduler.url, &scheduler.api_key, &deployed.job_id).await?;
     let job_done = status.get("done").and_then(Value::as_u64).unwrap_or(0);
     let job_state = status.get("state").and_then(Value::as_str).unwrap_or("?").to_string();
     let once = each_exactly_once(&tally.accepted_slices, config.slices);

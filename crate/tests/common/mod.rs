@@ -1,4 +1,5 @@
-//! Shared by the browser tests: the live scheduler's URL and the jobs they set sandboxes up with.
+//! Shared by the browser tests: the live scheduler's URL and API key, and the jobs they set sandboxes up
+//! with.
 #![allow(dead_code)] // Each test file uses part of it.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,14 @@ use tessera_worker::supervisor::PreparedJob;
 pub fn scheduler() -> &'static str {
     option_env!("TESSERA_TEST_SCHEDULER").expect(
         "TESSERA_TEST_SCHEDULER is not set: run the browser tests through scripts/with-scheduler (make test-browser)",
+    )
+}
+
+/// The API key of that scheduler (its first admin key), for the tests that deploy.
+#[allow(clippy::option_env_unwrap)] // As above.
+pub fn api_key() -> &'static str {
+    option_env!("TESSERA_TEST_API_KEY").expect(
+        "TESSERA_TEST_API_KEY is not set: run the browser tests through scripts/with-scheduler (make test-browser)",
     )
 }
 
