@@ -1,6 +1,7 @@
 // The contribute page: loads the wasm worker core and shows what it does.
 // Query parameters (used by `tessera worker`): autostart=1, sandboxes=N, exitWhenIdle=1, idleMs=N,
-// logSlices=1 (a line per slice start and end, watchdog interrupt and ended job), pyodideUrl=URL.
+// logSlices=1 (a line per slice start and end, watchdog interrupt and ended job), pyodideUrl=URL,
+// workerKey=KEY (a private pool's key, `tessera serve --worker-key`).
 // Lines starting with "[tessera]" are also written to the console, where `tessera worker` reads them.
 import init, { TesseraWorker } from './pkg/tessera_worker.js';
 
@@ -42,7 +43,7 @@ function onEvent(event) {
     case 'sandbox_created': log(`sandbox ${event.sandbox} created (${event.worktime})`); break;
     case 'sandbox_removed': log(logSlices ? `sandbox-removed sandbox=${event.sandbox} reason=${event.reason}` : `sandbox ${event.sandbox} removed: ${event.reason}`); break;
     case 'scheduler_unreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retry_ms} ms`); break;
-    case 'request_refused': log(`the scheduler refused a ${event.request} request (a bug; not retried): ${event.message}`); break;
+    case 'request_refused': log(`the scheduler refused a ${event.request} request (not retried): ${event.message}`); break;
     case 'sandboxes_failing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pause_ms} ms`); break;
     case 'idle': log('no work; idle'); break;
     case 'stopped': log(`stopped (${event.reason})`); break;
@@ -56,6 +57,7 @@ async function start() {
   if (sandboxes > 0) options.sandboxes = sandboxes;
   if (params.get('exitWhenIdle') === '1') options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
   if (params.get('pyodideUrl')) options.pyodideUrl = params.get('pyodideUrl');
+  if (params.get('workerKey')) options.workerKey = params.get('workerKey');
   worker = new TesseraWorker(options);
   $('sandboxes').value = worker.sandboxes;
   $('start').disabled = true;

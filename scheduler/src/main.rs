@@ -196,6 +196,9 @@ enum Command {
         /// KEY=VALUE added to the page's query string (URL-encoded); repeatable.
         #[arg(long = "page-param", hide = true, value_name = "KEY=VALUE")]
         page_params: Vec<String>,
+        /// The private pool's worker key (`tessera serve --worker-key`), sent at registration.
+        #[arg(long, env = "TESSERA_WORKER_KEY")]
+        worker_key: Option<String>,
         /// Run Chromium with --no-sandbox (as the current user, even root), for machines where its
         /// sandbox cannot work. Unsafe: guest code that exploits the browser runs unconfined.
         #[arg(long)]
@@ -325,9 +328,11 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             startup_timeout,
             log_slices,
             page_params,
+            worker_key,
             unsafe_no_browser_sandbox,
         } => {
-            let mut params = Vec::new();
+            let mut params: Vec<(String, String)> =
+                worker_key.into_iter().map(|key| ("workerKey".to_string(), key)).collect();
             for pair in page_params {
                 let (key, value) = pair
                     .split_once('=')
@@ -358,6 +363,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -20,11 +20,18 @@ use crate::WorkerError;
 #[derive(Clone, Debug)]
 pub struct HttpSchedulerClient {
     base: String,
+    /// A private pool's worker key, sent with the registration (`tessera serve --worker-key`).
+    worker_key: Option<String>,
 }
 
 impl HttpSchedulerClient {
     pub fn new(base: &str) -> HttpSchedulerClient {
-        HttpSchedulerClient { base: base.trim_end_matches('/').to_string() }
+        HttpSchedulerClient { base: base.trim_end_matches('/').to_string(), worker_key: None }
+    }
+
+    /// The same client, registering with a private pool's worker key.
+    pub fn with_worker_key(self, key: Option<String>) -> HttpSchedulerClient {
+        HttpSchedulerClient { worker_key: key.filter(|key| !key.is_empty()), ..self }
     }
 
     fn url(&self, path: &str) -> String {
@@ -129,6 +136,7 @@ async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, WorkerErro
 
 impl SchedulerClient for HttpSchedulerClient {
     fn register(&self, request: RegisterRequest) -> Task<Result<RegisterResponse, WorkerError>> {
+        let request = RegisterRequest { worker_key: request.worker_key.or_else(|| self.worker_key.clone()), ..request };
         self.post("/workers", None, request, REQUEST_DEADLINE_MS)
     }
 

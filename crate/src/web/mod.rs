@@ -39,6 +39,8 @@ struct WorkerOptions {
     prewarm_spare: Option<bool>,
     /// How long a sandbox may take to load its runtime and set a job up (ms).
     setup_timeout_ms: Option<u64>,
+    /// A private pool's worker key (`tessera serve --worker-key`).
+    worker_key: Option<String>,
 }
 
 /// `navigator.hardwareConcurrency − 1`, at least 1: leave one core to the person using the machine.
@@ -135,7 +137,7 @@ impl TesseraWorker {
                 }
             }
         });
-        let client = HttpSchedulerClient::new(&scheduler);
+        let client = HttpSchedulerClient::new(&scheduler).with_worker_key(parsed.worker_key);
         let results_url = client.results_url();
         let supervisor = Supervisor::new(client, factory, BrowserClock::new(), config, listener);
         let stop = supervisor.stop_handle();
