@@ -3,7 +3,9 @@
 //  (b) the same handler as N slices through the whole system (scheduler → worker core → sandbox →
 //      result accepted) with 1 sandbox;
 //  (c) cold start: page open → first accepted result of a numpy job, against raw loadPyodide +
-//      loadPackage('numpy') in the same browser.
+//      loadPackage('numpy') in the same browser; and against the same raw load with Pyodide's wasm
+//      handed over as bytes (a Blob-backed Response), which is what a sandbox with no network must
+//      do: the browser keeps no compiled-code cache for such a module.
 // It repeats in ROUNDS rounds (each a fresh page open) and reports medians with their ranges.
 // Phase "warm" first fetches every file and loads Pyodide once, so both sides of (c) see the same
 // warm HTTP cache and compiled-code cache; the raw side of (c) is the mean of one load just before
@@ -24,7 +26,13 @@ const TRIVIAL_JOB = 'import dcp\n\ndcp.set_slice_handler(lambda x: x)\n';
 
 const RAW_WORKER = `
 self.onmessage = async (event) => {
-  const { url, n } = event.data;
+  const { url, n, wasmAsBytes } = event.data;
+  if (wasmAsBytes) {
+    const network = self.fetch;
+    self.fetch = async (input, init) => String(input).endsWith('.wasm')
+      ? new Response(await (await network(input)).blob(), { headers: { 'Content-Type': 'application/wasm' } })
+      : network(input, init);
+  }
   const { loadPyodide } = await import(url + 'pyodide.mjs');
   const py = await loadPyodide({ indexURL: url });
   await py.loadPackage(['numpy'], { messageCallback: () => {} });
@@ -95,7 +103,8 @@ async function runWorker(expected, options) {
   return times;
 }
 
-function rawPyodide() {
+/** Raw Pyodide + numpy in a plain Web Worker; `wasmAsBytes`: its wasm from a Blob, as bytes-in does. */
+function rawPyodide(wasmAsBytes = false) {
   return new Promise((resolve, reject) => {
     const url = URL.createObjectURL(new Blob([RAW_WORKER], { type: 'text/javascript' }));
     const started = performance.now();
@@ -106,7 +115,7 @@ function rawPyodide() {
       if (event.data.type === 'ready') ready = performance.now() - started;
       if (event.data.type === 'done') { worker.terminate(); resolve({ ready, ...event.data }); }
     };
-    worker.postMessage({ url: PYODIDE, n: N });
+    worker.postMessage({ url: PYODIDE, n: N, wasmAsBytes });
   });
 }
 
@@ -120,6 +129,7 @@ async function measure() {
   const warm = await runWorker(N, { prewarmSpare: false });
   // (a) and the raw side of (c).
   const raw = await rawPyodide();
+  const rawWasmAsBytes = await rawPyodide(true);
   const rawCold = (parseFloat(params.get('rawBefore')) + raw.ready) / 2;
   const systemPerSlice = (warm.allAccepted - warm.firstFinished) / (N - 1);
   const results = {
@@ -134,6 +144,8 @@ async function measure() {
     raw_cold_pyodide_numpy_ms: rawCold,
     raw_cold_before_ms: parseFloat(params.get('rawBefore')),
     raw_cold_after_ms: raw.ready,
+    raw_cold_wasm_as_bytes_ms: rawWasmAsBytes.ready,
+    cold_ratio_wasm_as_bytes: cold.firstAccepted / rawWasmAsBytes.ready,
     cold_ratio: cold.firstAccepted / rawCold,
   };
   const rounds = JSON.parse(sessionStorage.getItem('tessera-bench') || '[]');
