@@ -206,9 +206,10 @@ impl Shared {
 /// than rejects when a file is blocked: the core's own clock is the only way to notice.
 const HOST_START_TIMEOUT_MS: u32 = 15_000;
 
-/// One sandbox: a Web Worker inside its own opaque-origin iframe. Dropping it removes the iframe,
-/// which ends the worker.
-pub struct IsolatedSandbox {
+/// An opaque-origin frame holding (or about to hold) one sandbox, with its two ports. Opening one
+/// before it is needed hides the frame's start (its own renderer process, `/sandbox.html`).
+/// Dropping it removes the iframe, which ends everything inside it.
+struct Frame {
     iframe: HtmlIFrameElement,
     /// To the host page: start, interrupt.
     control: MessagePort,
@@ -217,10 +218,15 @@ pub struct IsolatedSandbox {
     /// is trusted — and the worker has no way to reach this page's window at all.
     data: MessagePort,
     shared: Rc<Shared>,
-    next_id: Cell<u32>,
     _on_window_message: WindowListener,
     _on_data: Closure<dyn FnMut(MessageEvent)>,
     _on_control: Closure<dyn FnMut(MessageEvent)>,
+}
+
+/// One sandbox: a Web Worker inside its own opaque-origin frame.
+pub struct IsolatedSandbox {
+    frame: Frame,
+    next_id: Cell<u32>,
     _start_timeout: gloo_timers::callback::Timeout,
 }
 
@@ -236,16 +242,9 @@ impl Drop for WindowListener {
     }
 }
 
-/// What a sandbox is started with.
-struct Launch<'a> {
-    host_url: &'a str,
-    page_origin: &'a str,
-    worktime: Worktime,
-    files: Rc<RuntimeFiles>,
-}
-
-impl IsolatedSandbox {
-    fn start(launch: Launch<'_>) -> Result<IsolatedSandbox, WorkerError> {
+impl Frame {
+    /// Adds a hidden frame loading `host_url`, ready to connect its ports when it announces itself.
+    fn open(host_url: &str, page_origin: &str, files: &Rc<RuntimeFiles>) -> Result<Frame, WorkerError> {
         let error = |error: JsValue| WorkerError::Sandbox(describe(&error));
         let window =
             web_sys::window().ok_or_else(|| WorkerError::Sandbox("sandboxes need a page (a window)".into()))?;
@@ -256,7 +255,7 @@ impl IsolatedSandbox {
         let (control, data) = (control_channel.port1(), data_channel.port1());
 
         let receiver = shared.clone();
-        let (files, answer) = (launch.files.clone(), data.clone());
+        let (files, answer) = (files.clone(), data.clone());
         let on_data = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             match serde_wasm_bindgen::from_value::<FromSandbox>(event.data()) {
                 Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, id, url),
@@ -280,21 +279,13 @@ impl IsolatedSandbox {
         iframe.set_attribute("allow", "cross-origin-isolated").map_err(error)?;
         iframe.set_attribute("aria-hidden", "true").map_err(error)?;
         iframe.set_attribute("style", "display:none").map_err(error)?;
-        let fragment = String::from(js_sys::encode_uri_component(launch.page_origin));
-        iframe.set_src(&format!("{}#host={fragment}", launch.host_url));
+        let fragment = String::from(js_sys::encode_uri_component(page_origin));
+        iframe.set_src(&format!("{host_url}#host={fragment}"));
 
         // The frame announces itself to this window; only that frame's announcement is taken,
-        // and only once. The ports go to it with the script to start.
-        let start = Object::new();
-        set(&start, "type", &"start".into());
-        set(&start, "script", &SANDBOX_SCRIPT.into());
-        set(&start, "interruptible", &(launch.worktime == Worktime::Pyodide).into());
-        let init = Object::new();
-        set(&init, "worktime", &launch.worktime.as_str().into());
-        set(&init, "pyodideUrl", &launch.files.base().into());
-        set(&start, "init", &init);
+        // and only once. The ports go to it; orders posted before that wait in them.
         let (frame, ports) = (iframe.clone(), Array::of2(&control_channel.port2(), &data_channel.port2()));
-        let (control_out, connected) = (control.clone(), Cell::new(false));
+        let connected = Cell::new(false);
         let on_window_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let Some(frame_window) = frame.content_window() else { return };
             let from_frame = event.source().is_some_and(|source| Object::is(&source, &frame_window));
@@ -309,7 +300,6 @@ impl IsolatedSandbox {
             set(&connect, "type", &"connect".into());
             // The frame's origin is opaque ("null"): only '*' can address it; the ports decide.
             let _ = frame_window.post_message_with_transfer(&connect, "*", &ports);
-            let _ = control_out.post_message(&start);
         });
         window
             .add_event_listener_with_callback("message", on_window_message.as_ref().unchecked_ref())
@@ -321,9 +311,45 @@ impl IsolatedSandbox {
             .ok_or_else(|| WorkerError::Sandbox("the page has no element to hold a sandbox".into()))?
             .append_child(&iframe)
             .map_err(error)?;
+        Ok(Frame {
+            iframe,
+            control,
+            data,
+            shared,
+            _on_window_message: on_window_message,
+            _on_data: on_data,
+            _on_control: on_control,
+        })
+    }
+}
 
-        let watcher = shared.clone();
-        let host_url = launch.host_url.to_string();
+impl Drop for Frame {
+    fn drop(&mut self) {
+        self.data.set_onmessage(None);
+        self.control.set_onmessage(None);
+        self.data.close();
+        self.control.close();
+        self.iframe.remove();
+    }
+}
+
+impl IsolatedSandbox {
+    /// Starts a `worktime` sandbox in `frame`: the host page starts the worker script, which
+    /// starts loading its runtime at once.
+    fn start(frame: Frame, worktime: Worktime, host_url: &str, files: &RuntimeFiles) -> IsolatedSandbox {
+        let start = Object::new();
+        set(&start, "type", &"start".into());
+        set(&start, "script", &SANDBOX_SCRIPT.into());
+        set(&start, "interruptible", &(worktime == Worktime::Pyodide).into());
+        let init = Object::new();
+        set(&init, "worktime", &worktime.as_str().into());
+        set(&init, "pyodideUrl", &files.base().into());
+        set(&start, "init", &init);
+        if let Err(error) = frame.control.post_message(&start) {
+            frame.shared.crash(format!("the sandbox host could not be started: {}", describe(&error)));
+        }
+        let watcher = frame.shared.clone();
+        let host_url = host_url.to_string();
         let start_timeout = gloo_timers::callback::Timeout::new(HOST_START_TIMEOUT_MS, move || {
             if !watcher.started.get() {
                 watcher.crash(format!(
@@ -332,17 +358,7 @@ impl IsolatedSandbox {
                 ));
             }
         });
-        Ok(IsolatedSandbox {
-            iframe,
-            control,
-            data,
-            shared,
-            next_id: Cell::new(1),
-            _on_window_message: on_window_message,
-            _on_data: on_data,
-            _on_control: on_control,
-            _start_timeout: start_timeout,
-        })
+        IsolatedSandbox { frame, next_id: Cell::new(1), _start_timeout: start_timeout }
     }
 
     /// Sends the job's set-up message, transferring the bundle's bytes.
@@ -378,8 +394,9 @@ impl IsolatedSandbox {
         set(&message, "job", &job_value);
         set(&message, "files", &files);
         let (sender, receiver) = oneshot::channel();
-        self.shared.setup.replace(Some(sender));
-        self.data
+        self.frame.shared.setup.replace(Some(sender));
+        self.frame
+            .data
             .post_message_with_transferable(&message, &transfer)
             .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
@@ -393,8 +410,8 @@ impl IsolatedSandbox {
         set(&message, "id", &id.into());
         set(&message, "datum", &datum.to_string().into());
         let (sender, receiver) = oneshot::channel();
-        self.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
-        self.data.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        self.frame.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
+        self.frame.data.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
     }
 }
@@ -444,7 +461,7 @@ impl Sandbox for Rc<IsolatedSandbox> {
     fn prepare(&self, job: Rc<PreparedJob>) -> Task<SetupOutcome> {
         let sandbox = self.clone();
         async move {
-            if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
+            if let Some(reason) = sandbox.frame.shared.crashed.borrow().clone() {
                 return SetupOutcome::Fault { message: reason };
             }
             match wait(sandbox.send_setup(&job)).await {
@@ -459,7 +476,7 @@ impl Sandbox for Rc<IsolatedSandbox> {
     fn run(&self, slice: u64, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun> {
         let sandbox = self.clone();
         async move {
-            if let Some(reason) = sandbox.shared.crashed.borrow().clone() {
+            if let Some(reason) = sandbox.frame.shared.crashed.borrow().clone() {
                 return SliceRun {
                     outcome: SliceOutcome::WorkerFault { message: reason },
                     console: vec![],
@@ -477,35 +494,25 @@ impl Sandbox for Rc<IsolatedSandbox> {
                 Reply::Fault(message) | Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
             };
             let console = lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }).collect();
-            SliceRun { outcome, console, heap_bytes: sandbox.shared.heap_bytes.get() }
+            SliceRun { outcome, console, heap_bytes: sandbox.frame.shared.heap_bytes.get() }
         }
         .boxed_local()
     }
 
     fn interrupt(&self) -> bool {
-        if !self.shared.interruptible.get() {
+        if !self.frame.shared.interruptible.get() {
             return false;
         }
         // The host page writes 2 (SIGINT) into the buffer it shares with the worker: Pyodide
         // raises KeyboardInterrupt at the next bytecode boundary.
         let order = Object::new();
         set(&order, "type", &"interrupt".into());
-        self.control.post_message(&order).is_ok()
+        self.frame.control.post_message(&order).is_ok()
     }
 
     fn terminate(&self) {
-        self.iframe.remove();
-        self.shared.crash("sandbox terminated".into());
-    }
-}
-
-impl Drop for IsolatedSandbox {
-    fn drop(&mut self) {
-        self.data.set_onmessage(None);
-        self.control.set_onmessage(None);
-        self.data.close();
-        self.control.close();
-        self.iframe.remove();
+        self.frame.iframe.remove();
+        self.frame.shared.crash("sandbox terminated".into());
     }
 }
 
@@ -515,6 +522,8 @@ pub struct IsolatedSandboxFactory {
     host_url: String,
     page_origin: String,
     files: Rc<RuntimeFiles>,
+    /// A frame opened ahead of the first sandbox, so its start overlaps registration and leasing.
+    next_frame: RefCell<Option<Frame>>,
 }
 
 impl IsolatedSandboxFactory {
@@ -524,11 +533,11 @@ impl IsolatedSandboxFactory {
         let page_origin = web_sys::window()
             .and_then(|window| window.location().origin().ok())
             .ok_or_else(|| WorkerError::Sandbox("sandboxes need a page with an origin".into()))?;
-        Ok(IsolatedSandboxFactory {
-            host_url: format!("{}/sandbox.html", scheduler.trim_end_matches('/')),
-            page_origin,
-            files: RuntimeFiles::new(&absolute(pyodide_url)?),
-        })
+        let host_url = format!("{}/sandbox.html", scheduler.trim_end_matches('/'));
+        let files = RuntimeFiles::new(&absolute(pyodide_url)?);
+        // Opened now; if it cannot be, the first sandbox opens its own and reports why.
+        let next_frame = RefCell::new(Frame::open(&host_url, &page_origin, &files).ok());
+        Ok(IsolatedSandboxFactory { host_url, page_origin, files, next_frame })
     }
 }
 
@@ -544,12 +553,10 @@ fn absolute(url: &str) -> Result<String, WorkerError> {
 
 impl SandboxFactory for IsolatedSandboxFactory {
     fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
-        let sandbox = Rc::new(IsolatedSandbox::start(Launch {
-            host_url: &self.host_url,
-            page_origin: &self.page_origin,
-            worktime,
-            files: self.files.clone(),
-        })?);
-        Ok(Rc::new(sandbox))
+        let frame = match self.next_frame.borrow_mut().take() {
+            Some(frame) => frame,
+            None => Frame::open(&self.host_url, &self.page_origin, &self.files)?,
+        };
+        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, &self.host_url, &self.files))))
     }
 }
