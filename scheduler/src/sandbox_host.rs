@@ -81,7 +81,7 @@ mod tests {
         let expected = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
         assert!(policy.contains(&format!("'sha256-{expected}'")), "{policy}");
         assert!(policy.starts_with("default-src 'none';"), "{policy}");
-        assert!(!policy.contains("unsafe-eval'") || policy.contains("'wasm-unsafe-eval'"));
+        assert!(policy.contains("'wasm-unsafe-eval'"), "Pyodide compiles WebAssembly: {policy}");
         assert!(!policy.contains(" 'unsafe-eval'"), "{policy}");
         assert!(!policy.contains("http"), "no network source: {policy}");
         assert!(!policy.contains("'self'"), "{policy}");

@@ -127,6 +127,23 @@ const MISSING_KEY: &str = "missing `Authorization: Bearer <API key>`: deployer e
      `tessera keys create` makes more)";
 
 impl AppState {
+    /// Runs `query` on a reader connection for job `id`, once `caller` may see it (its owner or
+    /// an admin; anyone else gets the same `not_found` as for a job that does not exist).
+    async fn read_own_job<T: Send + 'static>(
+        &self,
+        caller: &Deployer,
+        id: String,
+        query: impl FnOnce(&rusqlite::Connection, &str) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let scope = caller.scope();
+        self.readers
+            .run(move |connection| {
+                read::job_access(connection, &id, &scope)?;
+                query(connection, &id)
+            })
+            .await
+    }
+
     /// The deployer a request's API key belongs to, or `Unauthorized`.
     async fn deployer(&self, headers: &HeaderMap) -> Result<Deployer> {
         let key = bearer(headers).ok_or_else(|| Error::Unauthorized(MISSING_KEY.into()))?.to_string();
@@ -745,16 +762,7 @@ async fn job_status(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>> {
-    let scope = caller.scope();
-    Ok(Json(
-        state
-            .readers
-            .run(move |connection| {
-                read::job_access(connection, &id, &scope)?;
-                read::job_status(connection, &id)
-            })
-            .await?,
-    ))
+    Ok(Json(state.read_own_job(&caller, id, read::job_status).await?))
 }
 
 async fn slice_history(
@@ -763,16 +771,7 @@ async fn slice_history(
     Path((id, slice)): Path<(String, String)>,
 ) -> Result<Json<SliceHistory>> {
     let slice: u64 = slice.parse().map_err(|_| Error::invalid("slice", format!("`{slice}` is not a slice number")))?;
-    let scope = caller.scope();
-    Ok(Json(
-        state
-            .readers
-            .run(move |connection| {
-                read::job_access(connection, &id, &scope)?;
-                read::slice_history(connection, &id, slice)
-            })
-            .await?,
-    ))
+    Ok(Json(state.read_own_job(&caller, id, move |connection, id| read::slice_history(connection, id, slice)).await?))
 }
 
 #[derive(Deserialize)]
@@ -790,14 +789,8 @@ async fn job_results(
 ) -> Result<Json<ResultsPage>> {
     let from = page.from.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
-    let scope = caller.scope();
-    let (results, total) = state
-        .readers
-        .run(move |connection| {
-            read::job_access(connection, &id, &scope)?;
-            read::results(connection, &id, from, limit)
-        })
-        .await?;
+    let (results, total) =
+        state.read_own_job(&caller, id, move |connection, id| read::results(connection, id, from, limit)).await?;
     let next = results.last().map(|last| last.slice + 1).filter(|next| *next < total);
     Ok(Json(ResultsPage { results, next }))
 }
@@ -810,14 +803,8 @@ async fn job_console(
 ) -> Result<impl IntoResponse> {
     let after = page.after.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
-    let scope = caller.scope();
-    let lines = state
-        .readers
-        .run(move |connection| {
-            read::job_access(connection, &id, &scope)?;
-            read::console(connection, &id, after, limit)
-        })
-        .await?;
+    let lines =
+        state.read_own_job(&caller, id, move |connection, id| read::console(connection, id, after, limit)).await?;
     Ok(Json(serde_json::json!({ "lines": lines })))
 }
 

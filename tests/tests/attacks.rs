@@ -138,27 +138,9 @@ fn attack_requests_served(scheduler: &Scheduler) -> Vec<String> {
         .collect()
 }
 
-/// The scheduler's whole log (one line per request served), without colours.
+/// The scheduler's whole log (one line per request served; plain text, as it is not a terminal).
 fn request_log(scheduler: &Scheduler) -> String {
-    without_colours(&std::fs::read_to_string(scheduler.dir.path().join("serve.log")).unwrap_or_default())
-}
-
-/// `text` without ANSI colour sequences (`ESC [ … m`).
-fn without_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for end in chars.by_ref() {
-                if end == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
+    std::fs::read_to_string(scheduler.dir.path().join("serve.log")).unwrap_or_default()
 }
 
 /// Deploys `program` (with `worktime`) with one slice per attack; returns each slice's observation.
