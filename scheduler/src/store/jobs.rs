@@ -263,11 +263,12 @@ pub fn list_jobs(connection: &Connection, scope: &Scope) -> Result<Vec<JobSummar
             (SELECT COUNT(*) FROM slices WHERE job_id = jobs.id AND state = 'error')
          FROM jobs";
     let (mut query, owner) = match scope {
-        Scope::All => {
-            (connection.prepare_cached(&format!("{COLUMNS} WHERE ?1 IS NULL ORDER BY created_ms DESC"))?, None)
-        }
+        Scope::All => (
+            connection.prepare_cached(&format!("{COLUMNS} WHERE ?1 IS NULL ORDER BY created_ms DESC, rowid DESC"))?,
+            None,
+        ),
         Scope::OwnedBy(key) => (
-            connection.prepare_cached(&format!("{COLUMNS} WHERE owner = ?1 ORDER BY created_ms DESC"))?,
+            connection.prepare_cached(&format!("{COLUMNS} WHERE owner = ?1 ORDER BY created_ms DESC, rowid DESC"))?,
             Some(key.as_str()),
         ),
     };

@@ -176,7 +176,7 @@ pub fn deployer_by_key(connection: &Connection, key: &str) -> Result<Deployer> {
 /// Every key, oldest first, without secrets.
 pub fn list_keys(connection: &Connection) -> Result<Vec<ApiKeyInfo>> {
     let mut query = connection
-        .prepare_cached("SELECT id, name, admin, created_ms, revoked_ms FROM api_keys ORDER BY created_ms, id")?;
+        .prepare_cached("SELECT id, name, admin, created_ms, revoked_ms FROM api_keys ORDER BY created_ms, rowid")?;
     let rows = query.query_map([], key_info)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
