@@ -4,7 +4,8 @@
 //! behind small traits) over its parts — [`lease_book`] (what is held), [`outbox`] (results on
 //! their way), [`jobs`] (known jobs, bounded), [`pool`] (which sandbox runs a slice), [`gate`]
 //! (per-request-kind backoff), [`watchdog`] (slice limits), [`runtime_files`] (what a sandbox may
-//! ask the core to fetch) and [`backoff`]. Effects live in `web`
+//! ask the core to fetch), [`snapshot_book`] (which sandbox restores or makes the runtime snapshot)
+//! and [`backoff`]. Effects live in `web`
 //! (wasm32 only): HTTP with `fetch`, sandboxes as Web Workers inside opaque-origin iframes,
 //! browser timers, and the JavaScript API the contribute page uses.
 
@@ -16,6 +17,7 @@ pub mod lease_book;
 pub mod outbox;
 pub mod pool;
 pub mod runtime_files;
+pub mod snapshot_book;
 pub mod supervisor;
 pub mod watchdog;
 

@@ -166,6 +166,13 @@ pub enum WorkerEvent {
         failures: u32,
         pause_ms: u64,
     },
+    /// Pyodide's start-up snapshot (`web::snapshots`): `made` in this browser, `restored` into a
+    /// new sandbox, `rejected` by one (it started afresh; `reason` says why) or `failed` to make.
+    RuntimeSnapshot {
+        outcome: &'static str,
+        ms: Option<u64>,
+        reason: Option<String>,
+    },
     Idle,
     Stopped {
         reason: String,

@@ -1,0 +1,235 @@
+//! Which Pyodide sandbox restores the page's runtime snapshot, which one makes it, and what a
+//! refused or missing snapshot changes: the decisions behind `web::snapshots`, in plain Rust.
+//!
+//! One sandbox at a time makes a snapshot (the others load afresh meanwhile rather than wait);
+//! every sandbox given one to restore may make a replacement if its restore fails; a refusal only
+//! discards the snapshot that sandbox was given, never a newer one.
+
+use std::collections::{HashMap, HashSet};
+
+/// What one new Pyodide sandbox is told.
+#[derive(Debug, PartialEq)]
+pub struct SnapshotPlan<S> {
+    /// Restore this snapshot instead of starting Pyodide afresh.
+    pub restore: Option<S>,
+    /// Make a snapshot if this sandbox ends up starting Pyodide afresh.
+    pub make: bool,
+    /// Names this plan when the sandbox reports back.
+    pub ticket: u64,
+}
+
+#[derive(Debug)]
+enum State<S> {
+    /// The stored snapshot has not been looked up yet.
+    Unknown,
+    /// None, and nobody is making one.
+    Missing,
+    /// The sandbox holding this ticket is making one.
+    Making(u64),
+    /// This snapshot (of this generation) is handed to every new sandbox.
+    Have(S, u64),
+    /// Making one failed in a way that would fail again, or snapshots are switched off.
+    Off,
+}
+
+/// The page's snapshot and the sandboxes' part in it. `S` is the snapshot (a `Blob` in the browser).
+#[derive(Debug)]
+pub struct SnapshotBook<S> {
+    state: State<S>,
+    next_ticket: u64,
+    next_generation: u64,
+    /// Tickets allowed to hand in a snapshot (each at most once).
+    makers: HashSet<u64>,
+    /// Tickets given a snapshot to restore, with that snapshot's generation.
+    restorers: HashMap<u64, u64>,
+}
+
+impl<S: Clone> SnapshotBook<S> {
+    /// A book for a page; `enabled: false` plans every sandbox as a fresh start.
+    pub fn new(enabled: bool) -> Self {
+        SnapshotBook {
+            state: if enabled { State::Unknown } else { State::Off },
+            next_ticket: 1,
+            next_generation: 1,
+            makers: HashSet::new(),
+            restorers: HashMap::new(),
+        }
+    }
+
+    /// The stored snapshot was looked up (once per page; later calls change nothing).
+    pub fn looked_up(&mut self, stored: Option<S>) {
+        if matches!(self.state, State::Unknown) {
+            self.state = match stored {
+                Some(snapshot) => self.have(snapshot),
+                None => State::Missing,
+            };
+        }
+    }
+
+    fn have(&mut self, snapshot: S) -> State<S> {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        State::Have(snapshot, generation)
+    }
+
+    /// The plan for the next Pyodide sandbox.
+    pub fn plan(&mut self) -> SnapshotPlan<S> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let (restore, make) = match &self.state {
+            State::Off | State::Making(_) => (None, false),
+            State::Unknown | State::Missing => {
+                self.state = State::Making(ticket);
+                (None, true)
+            }
+            State::Have(snapshot, generation) => {
+                self.restorers.insert(ticket, *generation);
+                (Some(snapshot.clone()), true)
+            }
+        };
+        if make {
+            self.makers.insert(ticket);
+        }
+        SnapshotPlan { restore, make, ticket }
+    }
+
+    /// `ticket`'s sandbox handed in a snapshot: it becomes the page's, replacing any older one.
+    /// False (and nothing changes) when that sandbox was not asked for one, or already gave one.
+    pub fn made(&mut self, ticket: u64, snapshot: S) -> bool {
+        if !self.makers.remove(&ticket) || matches!(self.state, State::Off) {
+            return false;
+        }
+        self.restorers.remove(&ticket);
+        self.state = self.have(snapshot);
+        true
+    }
+
+    /// `ticket`'s sandbox could not restore the snapshot it was given. True when that snapshot
+    /// is still the page's and is now dropped (the caller forgets the stored copy); that
+    /// sandbox is making the replacement.
+    pub fn rejected(&mut self, ticket: u64) -> bool {
+        let Some(given) = self.restorers.remove(&ticket) else { return false };
+        match self.state {
+            State::Have(_, generation) if generation == given => {
+                self.state = if self.makers.contains(&ticket) { State::Making(ticket) } else { State::Missing };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `ticket`'s sandbox will not hand in the snapshot it was to make: it went away, or making
+    /// failed (`lasting`: it would fail again here, so no sandbox is asked again).
+    pub fn not_made(&mut self, ticket: u64, lasting: bool) {
+        self.restorers.remove(&ticket);
+        if !self.makers.remove(&ticket) {
+            return;
+        }
+        if lasting {
+            self.state = State::Off;
+        } else if matches!(self.state, State::Making(maker) if maker == ticket) {
+            self.state = State::Missing;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(book: &mut SnapshotBook<&'static str>) -> (Option<&'static str>, bool, u64) {
+        let SnapshotPlan { restore, make, ticket } = book.plan();
+        (restore, make, ticket)
+    }
+
+    #[test]
+    fn the_first_sandbox_makes_one_while_the_others_start_afresh() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(None);
+        let (restore, make, maker) = plan(&mut book);
+        assert_eq!((restore, make), (None, true));
+        let (restore, make, _) = plan(&mut book);
+        assert_eq!((restore, make), (None, false), "only one sandbox makes a snapshot at a time");
+        assert!(book.made(maker, "snapshot"));
+        let (restore, make, _) = plan(&mut book);
+        assert_eq!((restore, make), (Some("snapshot"), true));
+    }
+
+    #[test]
+    fn a_stored_snapshot_is_restored_from_the_first_sandbox() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(Some("stored"));
+        book.looked_up(None);
+        assert_eq!(plan(&mut book).0, Some("stored"));
+        assert_eq!(plan(&mut book).0, Some("stored"));
+    }
+
+    #[test]
+    fn only_a_sandbox_asked_for_one_can_hand_in_a_snapshot_and_only_once() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(None);
+        let (_, _, maker) = plan(&mut book);
+        let (_, _, other) = plan(&mut book);
+        assert!(!book.made(other, "forged"));
+        assert!(!book.made(99, "forged"));
+        assert!(book.made(maker, "real"));
+        assert!(!book.made(maker, "again"));
+        assert_eq!(plan(&mut book).0, Some("real"));
+    }
+
+    #[test]
+    fn a_rejected_snapshot_is_replaced_by_the_sandbox_that_rejected_it() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(Some("old build"));
+        let (_, make, first) = plan(&mut book);
+        assert!(make, "a restoring sandbox may make the replacement");
+        let (_, _, second) = plan(&mut book);
+        assert!(book.rejected(first));
+        assert!(!book.rejected(second), "already dropped: nothing more to forget");
+        assert_eq!(plan(&mut book).0, None, "no sandbox is handed the rejected snapshot");
+        assert!(book.made(first, "new"));
+        assert_eq!(plan(&mut book).0, Some("new"));
+    }
+
+    #[test]
+    fn a_late_rejection_does_not_drop_a_newer_snapshot() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(Some("old"));
+        let (_, _, slow) = plan(&mut book);
+        let (_, _, fast) = plan(&mut book);
+        assert!(book.rejected(fast));
+        assert!(book.made(fast, "new"));
+        assert!(!book.rejected(slow));
+        assert_eq!(plan(&mut book).0, Some("new"));
+    }
+
+    #[test]
+    fn a_maker_that_goes_away_lets_the_next_sandbox_make_one() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(None);
+        let (_, _, maker) = plan(&mut book);
+        book.not_made(maker, false);
+        let (restore, make, next) = plan(&mut book);
+        assert_eq!((restore, make), (None, true));
+        assert!(!book.made(maker, "too late"));
+        assert!(book.made(next, "snapshot"));
+    }
+
+    #[test]
+    fn a_lasting_failure_stops_asking() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(None);
+        let (_, _, maker) = plan(&mut book);
+        book.not_made(maker, true);
+        assert_eq!(plan(&mut book), (None, false, 2));
+    }
+
+    #[test]
+    fn switched_off_every_sandbox_starts_afresh() {
+        let mut book = SnapshotBook::new(false);
+        book.looked_up(Some("stored"));
+        let (restore, make, ticket) = plan(&mut book);
+        assert_eq!((restore, make), (None, false));
+        assert!(!book.made(ticket, "snapshot"));
+    }
+}
