@@ -4,7 +4,8 @@
 // sandbox host page (pyodide-loader/sandbox.html, an opaque-origin iframe whose policy allows no
 // network at all), which starts it from a Blob URL and hands it the core's data port with 'init'.
 // A sandbox serves one job for its whole life:
-//   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?}  (Pyodide starts loading at once)
+//   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
+//                    snapshot?: Blob, makeSnapshot?: bool}   (restore that runtime snapshot; make one)
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'run', id, datum}                   (one slice; datum as JSON text)
 //                   {type:'asset', id, blob | error}          (a runtime file asked for with 'fetch')
@@ -15,6 +16,14 @@
 //                   {type:'result', id, json, heap} | {type:'error', id, message, stack, heap}
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
+//                   {type:'snapshot-restored', ms} | {type:'snapshot-rejected', reason}
+//                   {type:'snapshot-made', ms, snapshot: Blob} | {type:'snapshot-failed', reason, lasting}
+//
+// Runtime snapshots: a sandbox given a snapshot restores Pyodide from it (a fraction of a fresh
+// start) and reseeds Python's random generators, since every restore starts from the same state.
+// If it cannot (another Pyodide build, a damaged copy) it says why and starts afresh. A sandbox
+// told to make one snapshots Pyodide right after a fresh start — before any file or code of a job
+// is in it — and hands the bytes to the core, which keeps them for later sandboxes.
 // interruptBuffer (a SharedArrayBuffer the host page creates when cross-origin isolated) is handed
 // to Pyodide: the host writes 2 into it, on the core's order, to raise KeyboardInterrupt.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
@@ -39,6 +48,8 @@ let pyodide = null;
 let runSlice = null;
 let currentRun = null;
 let interruptBuffer = null;
+let snapshot = null;
+let makeSnapshot = false;
 // Kept before anything else runs: the map-basic program is loaded with it after the lockdown.
 const loadScript = self.importScripts.bind(self);
 
@@ -243,11 +254,64 @@ function startPyodide() {
       const runtimeUrl = pyodideUrl + 'pyodide.asm.js';
       const runtimeScript = await assetScriptUrl(runtimeUrl);
       self.importScripts = (...urls) => loadScript(...urls.map((url) => (url === runtimeUrl ? runtimeScript : url)));
-      const module = await import(await assetScriptUrl(pyodideUrl + 'pyodide.mjs'));
-      return module.loadPyodide({ indexURL: pyodideUrl });
+      const { loadPyodide } = await import(await assetScriptUrl(pyodideUrl + 'pyodide.mjs'));
+      if (snapshot) {
+        const started = performance.now();
+        try {
+          const restored = await restorePyodide(loadPyodide, snapshot);
+          post({ type: 'snapshot-restored', ms: performance.now() - started });
+          return restored;
+        } catch (error) {
+          post({ type: 'snapshot-rejected', reason: firstLine(error) });
+        } finally {
+          snapshot = null;
+        }
+      }
+      return freshPyodide(loadPyodide);
     })();
   }
   return pyodideLoading;
+}
+
+const firstLine = (error) => String((error && error.message) || error).trim().split('\n')[0];
+
+// Every restore starts from the snapshot maker's state: Python's `random` (and numpy's, should
+// a snapshot ever hold it) are reseeded from the browser's entropy before any job code runs.
+const RESEED = String.raw`
+import random, sys
+random.seed()
+if "numpy.random" in sys.modules:
+    sys.modules["numpy.random"].seed()
+del random, sys
+`;
+
+/** Pyodide restored from a runtime snapshot; throws (and leaves nothing behind) if it does not fit. */
+async function restorePyodide(loadPyodide, blob) {
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  // Pyodide's layout: 4 words (magic, offset of the heap, …), a build id, then the wasm heap, a
+  // whole number of 64 KiB pages. Pyodide checks the magic and the build id itself.
+  const heapAt = bytes.length >= 16 ? new DataView(bytes.buffer).getUint32(4, true) : 0;
+  if (heapAt < 48 || heapAt >= bytes.length || (bytes.length - heapAt) % 65536 !== 0) {
+    throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
+  }
+  const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes });
+  restored.runPython(RESEED);
+  return restored;
+}
+
+/** Pyodide started afresh; snapshotted at once when the core asked for a snapshot. */
+async function freshPyodide(loadPyodide) {
+  const fresh = await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot });
+  if (makeSnapshot) {
+    const started = performance.now();
+    try {
+      const bytes = fresh.makeMemorySnapshot();
+      post({ type: 'snapshot-made', ms: performance.now() - started, snapshot: new Blob([bytes]) });
+    } catch (error) {
+      post({ type: 'snapshot-failed', reason: firstLine(error), lasting: true });
+    }
+  }
+  return fresh;
 }
 
 function pythonError(error) {
@@ -407,6 +471,8 @@ async function handle(message) {
       worktime = message.worktime;
       pyodideUrl = message.pyodideUrl;
       interruptBuffer = message.interruptBuffer || null;
+      snapshot = message.snapshot instanceof Blob ? message.snapshot : null;
+      makeSnapshot = message.makeSnapshot === true;
       if (worktime === 'pyodide') startPyodide().catch(() => {});
       return;
     case 'setup':

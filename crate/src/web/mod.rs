@@ -5,6 +5,7 @@ pub mod assets;
 pub mod clock;
 pub mod http;
 pub mod sandbox;
+pub mod snapshots;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -41,6 +42,8 @@ struct WorkerOptions {
     setup_timeout_ms: Option<u64>,
     /// A private pool's worker key (`tessera serve --worker-key`).
     worker_key: Option<String>,
+    /// Start Pyodide sandboxes from a memory snapshot made in this browser (default true).
+    runtime_snapshots: Option<bool>,
 }
 
 /// `navigator.hardwareConcurrency − 1`, at least 1: leave one core to the person using the machine.
@@ -126,9 +129,6 @@ impl TesseraWorker {
         if let Some(timeout) = parsed.setup_timeout_ms {
             config.setup_timeout_ms = timeout.max(1);
         }
-        let pyodide_url = parsed.pyodide_url.unwrap_or_else(|| format!("{scheduler}/pyodide/"));
-        let factory =
-            IsolatedSandboxFactory::new(&scheduler, &pyodide_url).map_err(|error| JsError::new(&error.to_string()))?;
         let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
             if let Some(callback) = &on_event {
                 let serializer = serde_wasm_bindgen::Serializer::json_compatible();
@@ -137,6 +137,11 @@ impl TesseraWorker {
                 }
             }
         });
+        let pyodide_url = parsed.pyodide_url.unwrap_or_else(|| format!("{scheduler}/pyodide/"));
+        let factory = IsolatedSandboxFactory::new(&scheduler, &pyodide_url)
+            .map_err(|error| JsError::new(&error.to_string()))?
+            .with_runtime_snapshots(parsed.runtime_snapshots.unwrap_or(true))
+            .with_events(listener.clone());
         let client = HttpSchedulerClient::new(&scheduler).with_worker_key(parsed.worker_key);
         let results_url = client.results_url();
         let supervisor = Supervisor::new(client, factory, BrowserClock::new(), config, listener);

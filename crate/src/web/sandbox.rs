@@ -27,7 +27,10 @@ use wasm_bindgen::JsCast;
 use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 
 use super::assets::RuntimeFiles;
-use crate::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SliceProgress, SliceRun, Task};
+use super::snapshots::RuntimeSnapshots;
+use crate::supervisor::{
+    PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SliceProgress, SliceRun, Task, WorkerEvent,
+};
 use crate::WorkerError;
 
 /// The sandbox script, embedded at build time.
@@ -75,6 +78,23 @@ enum FromSandbox {
         id: u32,
         url: String,
     },
+    /// It made the runtime snapshot it was asked for (the bytes, a `Blob`, in `snapshot`).
+    SnapshotMade {
+        ms: f64,
+    },
+    /// It could not make one (`lasting`: it would fail again in this browser).
+    SnapshotFailed {
+        reason: String,
+        lasting: bool,
+    },
+    /// It restored Pyodide from the snapshot it was given.
+    SnapshotRestored {
+        ms: f64,
+    },
+    /// It could not restore the snapshot it was given, and started Pyodide afresh.
+    SnapshotRejected {
+        reason: String,
+    },
 }
 
 /// Messages the sandbox host page (the iframe) posts on the control port.
@@ -118,7 +138,71 @@ struct Shared {
     started: Cell<bool>,
     /// Set-up is over (done, failed or faulted): runtime files are no longer handed out.
     setup_over: Cell<bool>,
+    /// This sandbox's part in the page's runtime snapshot (Pyodide sandboxes, once ordered).
+    snapshot: RefCell<Option<SnapshotRole>>,
 }
+
+/// A Pyodide sandbox's order about the runtime snapshot, and where its reports go.
+struct SnapshotRole {
+    snapshots: Rc<RuntimeSnapshots>,
+    ticket: u64,
+    /// It was asked to make one and has not handed one in (nor given up).
+    owes_snapshot: Cell<bool>,
+    events: Option<EventListener>,
+}
+
+impl SnapshotRole {
+    fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>) {
+        if let Some(events) = &self.events {
+            events(&WorkerEvent::RuntimeSnapshot { outcome, ms: ms.map(|ms| ms.max(0.0).round() as u64), reason });
+        }
+    }
+
+    /// A report from the sandbox about the snapshot. A snapshot is taken only from a sandbox
+    /// asked to make one, only once, and only while it sets up (before any job code ran in it).
+    fn receive(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>, setup_over: bool) {
+        match message {
+            FromSandbox::SnapshotMade { ms } => {
+                let owed = self.owes_snapshot.replace(false);
+                let taken = match snapshot {
+                    Some(snapshot) if owed && !setup_over => self.snapshots.made(self.ticket, snapshot),
+                    _ => false,
+                };
+                if taken {
+                    self.report("made", Some(ms), None);
+                } else {
+                    if owed {
+                        self.snapshots.not_made(self.ticket, false);
+                    }
+                    self.report("failed", None, Some("a snapshot came that was not asked for, or too late; ignored".into()));
+                }
+            }
+            FromSandbox::SnapshotFailed { reason, lasting } => {
+                if self.owes_snapshot.replace(false) {
+                    self.snapshots.not_made(self.ticket, lasting);
+                }
+                self.report("failed", None, Some(reason));
+            }
+            FromSandbox::SnapshotRestored { ms } => self.report("restored", Some(ms), None),
+            FromSandbox::SnapshotRejected { reason } => {
+                self.snapshots.rejected(self.ticket);
+                self.report("rejected", None, Some(reason));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for SnapshotRole {
+    fn drop(&mut self) {
+        if self.owes_snapshot.get() {
+            self.snapshots.not_made(self.ticket, false);
+        }
+    }
+}
+
+/// Where the factory's reports (runtime snapshots) go: the worker's event listener.
+pub type EventListener = Rc<dyn Fn(&WorkerEvent)>;
 
 impl Shared {
     fn crash(&self, reason: String) {
@@ -142,6 +226,10 @@ impl Shared {
         match message {
             // Answered by the data port's handler, which holds the files and the port.
             FromSandbox::Fetch { .. } => {}
+            FromSandbox::SnapshotMade { .. }
+            | FromSandbox::SnapshotFailed { .. }
+            | FromSandbox::SnapshotRestored { .. }
+            | FromSandbox::SnapshotRejected { .. } => self.receive_snapshot(message, None),
             FromSandbox::SetupDone => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
                     let _ = sender.send(Reply::Done(Ok(String::new()), self.take_console()));
@@ -181,6 +269,13 @@ impl Shared {
             FromSandbox::Console { stream, text } => {
                 self.console.borrow_mut().push(ConsoleLine { slice: None, stream, text, seq: None })
             }
+        }
+    }
+
+    /// A report about the runtime snapshot; `snapshot` is the `Blob` a `snapshot-made` carried.
+    fn receive_snapshot(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>) {
+        if let Some(role) = &*self.snapshot.borrow() {
+            role.receive(message, snapshot, self.setup_over.get());
         }
     }
 
@@ -259,6 +354,10 @@ impl Frame {
         let on_data = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             match serde_wasm_bindgen::from_value::<FromSandbox>(event.data()) {
                 Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, id, url),
+                Ok(message @ FromSandbox::SnapshotMade { .. }) => {
+                    let snapshot = Reflect::get(&event.data(), &"snapshot".into()).ok().and_then(|v| v.dyn_into().ok());
+                    receiver.receive_snapshot(message, snapshot)
+                }
                 Ok(message) => receiver.receive(message),
                 Err(error) => receiver.crash(format!("unreadable message from the sandbox: {error}")),
             }
@@ -336,17 +435,33 @@ impl Drop for Frame {
 impl IsolatedSandbox {
     /// Starts a `worktime` sandbox in `frame`: the host page starts the worker script, which
     /// starts loading its runtime at once.
-    fn start(frame: Frame, worktime: Worktime, host_url: &str, files: &RuntimeFiles) -> IsolatedSandbox {
+    /// A Pyodide sandbox is first given its order about the runtime snapshot (restore it, or
+    /// make one), which may wait for the page's one lookup in Cache Storage; the frame loads
+    /// meanwhile.
+    fn start(frame: Frame, worktime: Worktime, host_url: &str, context: &SandboxContext) -> IsolatedSandbox {
         let start = Object::new();
         set(&start, "type", &"start".into());
         set(&start, "script", &SANDBOX_SCRIPT.into());
         set(&start, "interruptible", &(worktime == Worktime::Pyodide).into());
         let init = Object::new();
         set(&init, "worktime", &worktime.as_str().into());
-        set(&init, "pyodideUrl", &files.base().into());
+        set(&init, "pyodideUrl", &context.files.base().into());
         set(&start, "init", &init);
-        if let Err(error) = frame.control.post_message(&start) {
-            frame.shared.crash(format!("the sandbox host could not be started: {}", describe(&error)));
+        if worktime == Worktime::Pyodide {
+            let (control, shared) = (frame.control.clone(), frame.shared.clone());
+            let (snapshots, events) = (context.snapshots.clone(), context.events.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let order = snapshots.order().await;
+                if let Some(snapshot) = &order.restore {
+                    set(&init, "snapshot", snapshot);
+                }
+                set(&init, "makeSnapshot", &order.make.into());
+                let owes_snapshot = Cell::new(order.make);
+                shared.snapshot.replace(Some(SnapshotRole { snapshots, ticket: order.ticket, owes_snapshot, events }));
+                post_start(&control, &shared, &start);
+            });
+        } else {
+            post_start(&frame.control, &frame.shared, &start);
         }
         let watcher = frame.shared.clone();
         let host_url = host_url.to_string();
@@ -413,6 +528,13 @@ impl IsolatedSandbox {
         self.frame.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
         self.frame.data.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         Ok(receiver)
+    }
+}
+
+/// Orders the host page to start the worker (`start` carries the script and its `init`).
+fn post_start(control: &MessagePort, shared: &Shared, start: &Object) {
+    if let Err(error) = control.post_message(start) {
+        shared.crash(format!("the sandbox host could not be started: {}", describe(&error)));
     }
 }
 
@@ -516,12 +638,20 @@ impl Sandbox for Rc<IsolatedSandbox> {
     }
 }
 
+/// What every sandbox of a page shares: the runtime files, the runtime snapshot, and where
+/// reports go.
+struct SandboxContext {
+    files: Rc<RuntimeFiles>,
+    snapshots: Rc<RuntimeSnapshots>,
+    events: Option<EventListener>,
+}
+
 /// Creates isolated sandboxes for one page: where the host page is, the page's own origin (the
 /// only one the host page will talk to) and the runtime files, shared by all its sandboxes.
 pub struct IsolatedSandboxFactory {
     host_url: String,
     page_origin: String,
-    files: Rc<RuntimeFiles>,
+    context: SandboxContext,
     /// A frame opened ahead of the first sandbox, so its start overlaps registration and leasing.
     next_frame: RefCell<Option<Frame>>,
 }
@@ -535,9 +665,26 @@ impl IsolatedSandboxFactory {
             .ok_or_else(|| WorkerError::Sandbox("sandboxes need a page with an origin".into()))?;
         let host_url = format!("{}/sandbox.html", scheduler.trim_end_matches('/'));
         let files = RuntimeFiles::new(&absolute(pyodide_url)?);
+        let snapshots = RuntimeSnapshots::new(files.base(), true);
         // Opened now; if it cannot be, the first sandbox opens its own and reports why.
         let next_frame = RefCell::new(Frame::open(&host_url, &page_origin, &files).ok());
-        Ok(IsolatedSandboxFactory { host_url, page_origin, files, next_frame })
+        let context = SandboxContext { files, snapshots, events: None };
+        Ok(IsolatedSandboxFactory { host_url, page_origin, context, next_frame })
+    }
+
+    /// `false`: every Pyodide sandbox starts Pyodide afresh, with no runtime snapshot (the
+    /// `runtimeSnapshots` option; snapshots are on by default).
+    pub fn with_runtime_snapshots(mut self, enabled: bool) -> Self {
+        if !enabled {
+            self.context.snapshots = RuntimeSnapshots::new(self.context.files.base(), false);
+        }
+        self
+    }
+
+    /// Sends the factory's own reports (`runtime_snapshot` events) to `events`.
+    pub fn with_events(mut self, events: EventListener) -> Self {
+        self.context.events = Some(events);
+        self
     }
 }
 
@@ -555,8 +702,8 @@ impl SandboxFactory for IsolatedSandboxFactory {
     fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
         let frame = match self.next_frame.borrow_mut().take() {
             Some(frame) => frame,
-            None => Frame::open(&self.host_url, &self.page_origin, &self.files)?,
+            None => Frame::open(&self.host_url, &self.page_origin, &self.context.files)?,
         };
-        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, &self.host_url, &self.files))))
+        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, &self.host_url, &self.context))))
     }
 }

@@ -1,0 +1,145 @@
+//! Runtime snapshots: a memory snapshot of a freshly started Pyodide, made once in this browser
+//! and restored by every later Pyodide sandbox — its interpreter ready in a fraction of the time a
+//! fresh start takes (docs/ARCHITECTURE.md, "Runtime snapshots").
+//!
+//! The first Pyodide sandbox that finds none loads Pyodide afresh and snapshots it at once, before
+//! any job's files or code are in it, and hands the bytes to the core, which keeps them for the
+//! page and in the page origin's Cache Storage for later visits. A snapshot is never taken from
+//! anywhere else (not from the scheduler, not from another volunteer). A sandbox that cannot
+//! restore it (another Pyodide build, a damaged copy) loads afresh, says why, and makes a new one,
+//! which replaces the old. Which sandbox does what is decided by [`SnapshotBook`] (plain Rust,
+//! tested natively); this module holds the bytes and the storage.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+
+use super::sandbox::describe;
+use crate::snapshot_book::{SnapshotBook, SnapshotPlan};
+
+/// The Cache Storage cache holding snapshots, one entry per Pyodide folder.
+const CACHE_NAME: &str = "tessera-runtime-snapshots";
+
+type Lookup = Shared<LocalBoxFuture<'static, Option<web_sys::Blob>>>;
+
+/// What a new Pyodide sandbox is told: restore these bytes, and/or make a snapshot.
+pub struct SnapshotOrder {
+    pub restore: Option<web_sys::Blob>,
+    pub make: bool,
+    /// Identifies this order when its sandbox reports back.
+    pub ticket: u64,
+}
+
+/// The page's runtime snapshot: looked up once, handed to sandboxes, replaced when rejected.
+pub struct RuntimeSnapshots {
+    /// Cache Storage key: the Pyodide folder's URL (a snapshot only fits the build it came from).
+    key: String,
+    /// The stored snapshot, looked up once per page (started when the factory is built).
+    lookup: Option<Lookup>,
+    book: RefCell<SnapshotBook<web_sys::Blob>>,
+}
+
+impl RuntimeSnapshots {
+    /// Snapshots for the Pyodide folder `pyodide_url`; `enabled: false` makes every sandbox load
+    /// Pyodide afresh (the `runtimeSnapshots: false` option).
+    pub fn new(pyodide_url: &str, enabled: bool) -> Rc<RuntimeSnapshots> {
+        let key = format!("{pyodide_url}tessera-runtime.snapshot");
+        let lookup = enabled.then(|| {
+            let key = key.clone();
+            async move { stored(&key).await.ok().flatten() }.boxed_local().shared()
+        });
+        Rc::new(RuntimeSnapshots { key, lookup, book: RefCell::new(SnapshotBook::new(enabled)) })
+    }
+
+    /// What the next Pyodide sandbox should do (waits for the stored snapshot's lookup, once).
+    pub async fn order(&self) -> SnapshotOrder {
+        if let Some(lookup) = &self.lookup {
+            let stored = lookup.clone().await;
+            self.book.borrow_mut().looked_up(stored);
+        }
+        let SnapshotPlan { restore, make, ticket } = self.book.borrow_mut().plan();
+        SnapshotOrder { restore, make, ticket }
+    }
+
+    /// A sandbox made a snapshot (before anything of a job was in it): keep it for this page and
+    /// store it for later visits. Returns false when it was not asked of that sandbox.
+    pub fn made(&self, ticket: u64, snapshot: web_sys::Blob) -> bool {
+        if !self.book.borrow_mut().made(ticket, snapshot.clone()) {
+            return false;
+        }
+        let key = self.key.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(error) = store(&key, &snapshot).await {
+                web_sys::console::warn_1(&format!("[tessera] the runtime snapshot was not stored: {error}").into());
+            }
+        });
+        true
+    }
+
+    /// A sandbox could not restore the snapshot it was given: forget it here and in storage.
+    pub fn rejected(&self, ticket: u64) {
+        if self.book.borrow_mut().rejected(ticket) {
+            let key = self.key.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = forget(&key).await;
+            });
+        }
+    }
+
+    /// A sandbox asked to make a snapshot did not (it failed, or went away first).
+    pub fn not_made(&self, ticket: u64, lasting: bool) {
+        self.book.borrow_mut().not_made(ticket, lasting);
+    }
+}
+
+async fn cache() -> Result<web_sys::Cache, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    // Cache Storage exists only in secure contexts (https, or a loopback address).
+    let caches = window.caches().map_err(|error| describe(&error))?;
+    let cache = JsFuture::from(caches.open(CACHE_NAME)).await.map_err(|error| describe(&error))?;
+    cache.dyn_into::<web_sys::Cache>().map_err(|_| "Cache Storage gave no cache".to_string())
+}
+
+/// The snapshot stored by an earlier visit, if any.
+async fn stored(key: &str) -> Result<Option<web_sys::Blob>, String> {
+    let cache = cache().await?;
+    let found = JsFuture::from(cache.match_with_str(key)).await.map_err(|error| describe(&error))?;
+    let Ok(response) = found.dyn_into::<web_sys::Response>() else { return Ok(None) };
+    let blob = JsFuture::from(response.blob().map_err(|error| describe(&error))?).await.map_err(|e| describe(&e))?;
+    Ok(blob.dyn_into::<web_sys::Blob>().ok().filter(|blob| blob.size() > 0.0))
+}
+
+async fn store(key: &str, snapshot: &web_sys::Blob) -> Result<(), String> {
+    let cache = cache().await?;
+    let response = web_sys::Response::new_with_opt_blob(Some(snapshot)).map_err(|error| describe(&error))?;
+    JsFuture::from(cache.put_with_str(key, &response)).await.map_err(|error| describe(&error))?;
+    Ok(())
+}
+
+async fn forget(key: &str) -> Result<(), String> {
+    let cache = cache().await?;
+    JsFuture::from(cache.delete_with_str(key)).await.map_err(|error| describe(&error))?;
+    Ok(())
+}
+
+/// Removes every stored snapshot of this origin (tests, and a volunteer clearing up).
+pub async fn forget_stored() -> Result<(), String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let caches = window.caches().map_err(|error| describe(&error))?;
+    JsFuture::from(caches.delete(CACHE_NAME)).await.map_err(|error| describe(&error))?;
+    Ok(())
+}
+
+/// Stores `snapshot` as if an earlier visit had made it for `pyodide_url` (tests: a damaged or
+/// foreign snapshot must be refused and replaced).
+pub async fn store_for(pyodide_url: &str, snapshot: &web_sys::Blob) -> Result<(), String> {
+    store(&format!("{pyodide_url}tessera-runtime.snapshot"), snapshot).await
+}
+
+/// The snapshot stored for `pyodide_url`, if any (tests).
+pub async fn stored_for(pyodide_url: &str) -> Result<Option<web_sys::Blob>, String> {
+    stored(&format!("{pyodide_url}tessera-runtime.snapshot")).await
+}

@@ -1,0 +1,186 @@
+//! Runtime snapshots in a real browser: the first Pyodide sandbox makes one, later sandboxes
+//! restore it and compute exactly what a fresh one computes — but draw their own random numbers;
+//! a damaged or foreign snapshot is refused with its reason, the sandbox starts afresh and makes
+//! the replacement; the interrupt still works in a restored sandbox.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+use tessera_protocol::{SliceOutcome, Worktime};
+use tessera_worker::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, WorkerEvent};
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
+use tessera_worker::web::snapshots::{forget_stored, store_for, stored_for};
+use wasm_bindgen_test::*;
+
+mod common;
+use common::{python_job, scheduler};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const NUMPY_PROGRAM: &str = r#"
+import os
+import random
+import dcp
+import numpy as np
+
+def handler(x):
+    return {
+        "computed": float(np.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]]) * x)) + float(np.arange(1000).sum()),
+        "argv": list(os.sys.argv),
+        "random": random.random(),
+        "numpy_random": float(np.random.random()),
+    }
+
+dcp.set_slice_handler(handler)
+"#;
+
+fn pyodide() -> String {
+    format!("{}/pyodide/", scheduler())
+}
+
+fn numpy_job() -> Rc<PreparedJob> {
+    let job = python_job(NUMPY_PROGRAM);
+    let mut descriptor = job.descriptor.clone();
+    descriptor.packages = vec!["numpy".into()];
+    Rc::new(PreparedJob { descriptor, bundle: vec![] })
+}
+
+/// A Python job without packages (the cheaper sandbox, where numpy is not the point).
+fn plain_job() -> Rc<PreparedJob> {
+    python_job("import dcp\n\ndcp.set_slice_handler(lambda x: x * 2)\n")
+}
+
+/// The factory's `runtime_snapshot` reports, as (outcome, reason).
+type Reports = Rc<RefCell<Vec<(&'static str, Option<String>)>>>;
+
+fn new_factory() -> (IsolatedSandboxFactory, Reports) {
+    let reports: Reports = Rc::default();
+    let sink = reports.clone();
+    let factory = IsolatedSandboxFactory::new(scheduler(), &pyodide()).unwrap().with_events(Rc::new(move |event| {
+        if let WorkerEvent::RuntimeSnapshot { outcome, reason, .. } = event {
+            sink.borrow_mut().push((outcome, reason.clone()));
+        }
+    }));
+    (factory, reports)
+}
+
+fn outcomes(reports: &Reports) -> Vec<&'static str> {
+    reports.borrow().iter().map(|(outcome, _)| *outcome).collect()
+}
+
+async fn ready_sandbox(factory: &IsolatedSandboxFactory, job: Rc<PreparedJob>) -> Rc<dyn Sandbox> {
+    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let setup = sandbox.prepare(job).await;
+    assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
+    sandbox
+}
+
+/// Sets a new sandbox up with `job` and runs one slice in it.
+async fn one_slice(factory: &IsolatedSandboxFactory, job: Rc<PreparedJob>, datum: Value) -> Value {
+    let sandbox = ready_sandbox(factory, job).await;
+    let run = sandbox.run(0, datum, Rc::default()).await;
+    sandbox.terminate();
+    match run.outcome {
+        SliceOutcome::Ok { value } => value,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The stored snapshot's bytes, once the core has stored it (storing happens after it is taken).
+async fn stored_bytes() -> Vec<u8> {
+    for _ in 0..100 {
+        if let Some(blob) = stored_for(&pyodide()).await.unwrap() {
+            let buffer = wasm_bindgen_futures::JsFuture::from(blob.array_buffer()).await.unwrap();
+            return js_sys::Uint8Array::new(&buffer).to_vec();
+        }
+        gloo_timers::future::TimeoutFuture::new(50).await;
+    }
+    panic!("no snapshot was stored");
+}
+
+async fn store(bytes: &[u8]) {
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).unwrap();
+    store_for(&pyodide(), &blob).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn restored_sandboxes_compute_like_a_fresh_one_and_draw_their_own_random_numbers() {
+    forget_stored().await.unwrap();
+    let (factory, reports) = new_factory();
+    let fresh = one_slice(&factory, numpy_job(), json!(3)).await;
+    assert_eq!(outcomes(&reports), ["made"], "the first sandbox starts afresh and makes the snapshot");
+    let first = one_slice(&factory, numpy_job(), json!(3)).await;
+    let second = one_slice(&factory, numpy_job(), json!(3)).await;
+    assert_eq!(outcomes(&reports), ["made", "restored", "restored"]);
+    for restored in [&first, &second] {
+        assert_eq!(restored["computed"], fresh["computed"]);
+        assert_eq!(restored["argv"], fresh["argv"]);
+    }
+    assert_ne!(first["random"], second["random"], "two restores share a random stream: {first} {second}");
+    assert_ne!(first["numpy_random"], second["numpy_random"], "{first} {second}");
+    assert!(stored_bytes().await.len() > 1_000_000, "the snapshot is kept for later visits");
+}
+
+#[wasm_bindgen_test]
+async fn a_damaged_snapshot_is_refused_with_its_reason_and_replaced() {
+    forget_stored().await.unwrap();
+    store(&[7u8; 200_000]).await;
+    let (factory, reports) = new_factory();
+    let value = one_slice(&factory, plain_job(), json!(2)).await;
+    assert_eq!(value, json!(4));
+    let reports_now = reports.borrow().clone();
+    assert_eq!(reports_now[0].0, "rejected", "{reports_now:?}");
+    assert!(reports_now[0].1.as_deref().unwrap_or_default().contains("damaged"), "{reports_now:?}");
+    assert_eq!(reports_now[1].0, "made", "the sandbox that refused it makes the replacement: {reports_now:?}");
+    one_slice(&factory, plain_job(), json!(2)).await;
+    assert_eq!(outcomes(&reports).last(), Some(&"restored"));
+}
+
+#[wasm_bindgen_test]
+async fn a_snapshot_of_another_pyodide_build_is_refused_and_replaced() {
+    forget_stored().await.unwrap();
+    let (factory, _) = new_factory();
+    one_slice(&factory, plain_job(), json!(1)).await;
+    let mut foreign = stored_bytes().await;
+    // Bytes 16..48 are the Pyodide build id the snapshot was made by.
+    for byte in &mut foreign[16..48] {
+        *byte ^= 0x5a;
+    }
+    store(&foreign).await;
+    let (factory, reports) = new_factory();
+    one_slice(&factory, plain_job(), json!(1)).await;
+    let reports_now = reports.borrow().clone();
+    assert_eq!(reports_now[0].0, "rejected", "{reports_now:?}");
+    assert!(reports_now[0].1.as_deref().unwrap_or_default().contains("build id"), "{reports_now:?}");
+    assert_eq!(reports_now[1].0, "made", "{reports_now:?}");
+    assert_ne!(stored_bytes().await[16..48], foreign[16..48], "the foreign snapshot was replaced");
+}
+
+#[wasm_bindgen_test]
+async fn a_restored_sandbox_can_still_be_interrupted() {
+    let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).unwrap();
+    assert_eq!(isolated.as_bool(), Some(true), "the interrupt needs a cross-origin isolated page");
+    let (factory, reports) = new_factory();
+    let job = python_job("import dcp\n\ndef handler(x):\n    if x == 'spin':\n        while True:\n            pass\n    return x * 2\n\ndcp.set_slice_handler(handler)\n");
+    // The first sandbox restores a stored snapshot, or makes one; the second surely restores.
+    ready_sandbox(&factory, job.clone()).await.terminate();
+    let sandbox = ready_sandbox(&factory, job).await;
+    assert_eq!(outcomes(&reports).last(), Some(&"restored"), "{:?}", reports.borrow());
+    let spinning = sandbox.run(0, json!("spin"), Rc::default());
+    let interrupter = sandbox.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        gloo_timers::future::TimeoutFuture::new(300).await;
+        assert!(interrupter.interrupt(), "a restored sandbox has its interrupt buffer");
+    });
+    let run = spinning.await;
+    assert!(
+        matches!(&run.outcome, SliceOutcome::Error { message, .. } if message.contains("KeyboardInterrupt")),
+        "{run:?}"
+    );
+    let after = sandbox.run(1, json!(21), Rc::default()).await;
+    assert_eq!(after.outcome, SliceOutcome::Ok { value: json!(42) });
+    sandbox.terminate();
+}
