@@ -45,6 +45,11 @@ function onEvent(event) {
     case 'scheduler_unreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retry_ms} ms`); break;
     case 'request_refused': log(`the scheduler refused a ${event.request} request (not retried): ${event.message}`); break;
     case 'sandboxes_failing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pause_ms} ms`); break;
+    case 'runtime_snapshot':
+      log(event.outcome === 'rejected' || event.outcome === 'failed'
+        ? `runtime snapshot ${event.outcome}: ${event.reason}`
+        : `runtime snapshot ${event.outcome} in ${event.ms} ms`);
+      break;
     case 'idle': log('no work; idle'); break;
     case 'stopped': log(`stopped (${event.reason})`); break;
   }
