@@ -141,7 +141,8 @@ impl TesseraWorker {
         let factory = IsolatedSandboxFactory::new(&scheduler, &pyodide_url)
             .map_err(|error| JsError::new(&error.to_string()))?
             .with_runtime_snapshots(parsed.runtime_snapshots.unwrap_or(true))
-            .with_events(listener.clone());
+            .with_events(listener.clone())
+            .start_pyodide_ahead();
         let client = HttpSchedulerClient::new(&scheduler).with_worker_key(parsed.worker_key);
         let results_url = client.results_url();
         let supervisor = Supervisor::new(client, factory, BrowserClock::new(), config, listener);

@@ -652,8 +652,16 @@ pub struct IsolatedSandboxFactory {
     host_url: String,
     page_origin: String,
     context: SandboxContext,
-    /// A frame opened ahead of the first sandbox, so its start overlaps registration and leasing.
-    next_frame: RefCell<Option<Frame>>,
+    /// What was started ahead of the first sandbox, so its start overlaps registration and leasing.
+    ahead: RefCell<Option<Ahead>>,
+}
+
+/// Started before any sandbox was asked for.
+enum Ahead {
+    /// A frame, loading its host page.
+    Frame(Frame),
+    /// A Pyodide sandbox in it, already restoring (or starting) its runtime.
+    Pyodide(IsolatedSandbox),
 }
 
 impl IsolatedSandboxFactory {
@@ -667,9 +675,25 @@ impl IsolatedSandboxFactory {
         let files = RuntimeFiles::new(&absolute(pyodide_url)?);
         let snapshots = RuntimeSnapshots::new(files.base(), true);
         // Opened now; if it cannot be, the first sandbox opens its own and reports why.
-        let next_frame = RefCell::new(Frame::open(&host_url, &page_origin, &files).ok());
+        let ahead = RefCell::new(Frame::open(&host_url, &page_origin, &files).ok().map(Ahead::Frame));
         let context = SandboxContext { files, snapshots, events: None };
-        Ok(IsolatedSandboxFactory { host_url, page_origin, context, next_frame })
+        Ok(IsolatedSandboxFactory { host_url, page_origin, context, ahead })
+    }
+
+    /// Starts a Pyodide sandbox now, in the frame opened ahead, betting the first job is Python:
+    /// its runtime loads while the worker registers and leases. The first Pyodide sandbox asked
+    /// for is that one; if a JavaScript sandbox is asked for first, it is dropped (an idle Pyodide
+    /// holds memory a JavaScript-only volunteer should keep). Call it after configuring.
+    pub fn start_pyodide_ahead(self) -> Self {
+        let taken = self.ahead.borrow_mut().take();
+        let started = taken.map(|ahead| match ahead {
+            Ahead::Frame(frame) => {
+                Ahead::Pyodide(IsolatedSandbox::start(frame, Worktime::Pyodide, &self.host_url, &self.context))
+            }
+            started => started,
+        });
+        self.ahead.replace(started);
+        self
     }
 
     /// `false`: every Pyodide sandbox starts Pyodide afresh, with no runtime snapshot (the
@@ -700,9 +724,13 @@ fn absolute(url: &str) -> Result<String, WorkerError> {
 
 impl SandboxFactory for IsolatedSandboxFactory {
     fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
-        let frame = match self.next_frame.borrow_mut().take() {
-            Some(frame) => frame,
-            None => Frame::open(&self.host_url, &self.page_origin, &self.context.files)?,
+        let frame = match (self.ahead.borrow_mut().take(), worktime) {
+            (Some(Ahead::Pyodide(sandbox)), Worktime::Pyodide) => return Ok(Rc::new(Rc::new(sandbox))),
+            (Some(Ahead::Frame(frame)), _) => frame,
+            // A started Pyodide sandbox, not wanted first: dropping it removes its frame.
+            (Some(Ahead::Pyodide(_)), _) | (None, _) => {
+                Frame::open(&self.host_url, &self.page_origin, &self.context.files)?
+            }
         };
         Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, &self.host_url, &self.context))))
     }
