@@ -10,7 +10,8 @@
 //! `prepare` sets it up once (runtime, packages, bundle, program), every slice after that is one
 //! message round trip. When the page is cross-origin isolated, the host page gives each Pyodide
 //! sandbox an interrupt buffer, so a runaway slice can be stopped with `KeyboardInterrupt`
-//! instead of losing the sandbox. Removing the iframe ends everything inside it.
+//! instead of losing the sandbox. Removing the iframe ends everything inside it. A Pyodide sandbox
+//! restores Pyodide from the page's runtime snapshot, or makes it (`super::snapshots`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

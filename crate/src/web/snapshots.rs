@@ -46,7 +46,7 @@ impl RuntimeSnapshots {
     /// Snapshots for the Pyodide folder `pyodide_url`; `enabled: false` makes every sandbox load
     /// Pyodide afresh (the `runtimeSnapshots: false` option).
     pub fn new(pyodide_url: &str, enabled: bool) -> Rc<RuntimeSnapshots> {
-        let key = format!("{pyodide_url}tessera-runtime.snapshot");
+        let key = storage_key(pyodide_url);
         let lookup = enabled.then(|| {
             let key = key.clone();
             async move { stored(&key).await.ok().flatten() }.boxed_local().shared()
@@ -95,6 +95,12 @@ impl RuntimeSnapshots {
     }
 }
 
+/// The Cache Storage key of the snapshot for the Pyodide folder `pyodide_url` (a URL is needed;
+/// nothing is ever fetched from it).
+fn storage_key(pyodide_url: &str) -> String {
+    format!("{pyodide_url}tessera-runtime.snapshot")
+}
+
 async fn cache() -> Result<web_sys::Cache, String> {
     let window = web_sys::window().ok_or("no window")?;
     // Cache Storage exists only in secure contexts (https, or a loopback address).
@@ -136,10 +142,10 @@ pub async fn forget_stored() -> Result<(), String> {
 /// Stores `snapshot` as if an earlier visit had made it for `pyodide_url` (tests: a damaged or
 /// foreign snapshot must be refused and replaced).
 pub async fn store_for(pyodide_url: &str, snapshot: &web_sys::Blob) -> Result<(), String> {
-    store(&format!("{pyodide_url}tessera-runtime.snapshot"), snapshot).await
+    store(&storage_key(pyodide_url), snapshot).await
 }
 
 /// The snapshot stored for `pyodide_url`, if any (tests).
 pub async fn stored_for(pyodide_url: &str) -> Result<Option<web_sys::Blob>, String> {
-    stored(&format!("{pyodide_url}tessera-runtime.snapshot")).await
+    stored(&storage_key(pyodide_url)).await
 }
