@@ -1,58 +1,202 @@
-// `make bench`: measures, in one headless Chromium run,
-//  (a) raw Pyodide calling a trivial handler N times inside one Web Worker;
-//  (b) the same handler as N slices through the whole system (scheduler → worker core → sandbox →
-//      result accepted) with 1 sandbox;
-//  (c) cold start: page open → first accepted result of a numpy job, against raw loadPyodide +
-//      loadPackage('numpy') in the same browser; and against the same raw load with Pyodide's wasm
-//      handed over as bytes (a Blob-backed Response), which is what a sandbox with no network must
-//      do: the browser keeps no compiled-code cache for such a module.
-// It repeats in ROUNDS rounds (each a fresh page open) and reports medians with their ranges.
-// Phase "warm" first fetches every file and loads Pyodide once, so both sides of (c) see the same
-// warm HTTP cache and compiled-code cache; the raw side of (c) is the mean of one load just before
-// the measured page opens and one after (b).
-import init, { TesseraWorker } from '../pkg/tessera_worker.js';
-
+// `make bench` (scripts/bench opens this page with `tessera worker --page bench/`). Every number is
+// taken in headless Chromium against a live `tessera serve`; scripts/bench takes the medians and
+// ranges over the rounds and prints the table. One page load runs one phase; the phases:
+//
+// Main run (one `tessera worker`, one browser profile, so a warm HTTP cache):
+//  warm       fetches every file once, loads raw Pyodide once (warm compiled-code cache), calibrates
+//             the 100 ms compute slice, and runs one numpy job through the worker core (so whatever
+//             the core keeps between visits — the start-up snapshot in Cache Storage, if it makes
+//             one — is in place, as for a returning volunteer). Then, ROUNDS times:
+//  measure    (c) cold start: page open → first accepted result of a numpy job (`performance.now()`
+//             counts from navigation start); (b) N trivial slices through the whole system with one
+//             sandbox; (a) raw Pyodide calling the same trivial handler N times in one Web Worker;
+//             the raw side of (c): `new Worker` → loadPyodide + loadPackage('numpy') done, the mean
+//             of one load just before this page opened and one after (b); and the same raw load
+//             with Pyodide's wasm handed over as bytes (a Blob-backed Response; the browser keeps no
+//             compiled-code cache for such a module).
+//  no-snapshots  (only when the core has the `runtimeSnapshots` option) (c) again with
+//             `runtimeSnapshots: false`, on its own fresh page.
+//  memory     one idle Python sandbox with numpy loaded: Chromium's memory (PSS summed over every
+//             process of this browser, read from /proc by bench/memory-probe.py) just before it
+//             starts and 1.5 s after it is ready; ours (a TesseraWorker with 1 sandbox and no spare
+//             that ran one numpy slice and sits idle, bound to a job kept running by a slice that
+//             this page holds as a second worker) and raw (a plain Web Worker with Pyodide + numpy
+//             and the same tiny program), one after the other with 2 s of settling before each,
+//             the order alternating by round. Ours includes everything the sandbox costs: its
+//             frame's renderer process, the page's side, and the Pyodide files the core keeps as
+//             Blobs (stored by the browser process).
+//  compute    respawn: a numpy job with `maxSlicesPerSandbox: 1` (every slice gets a new sandbox,
+//             no spare): from one slice's end (its result reached the core) to the next slice's
+//             start in its new sandbox (its end minus its own run time); the median of 3. Then
+//             throughput on ~100 ms numpy slices with 1 and 2 sandboxes (no spare), counted only
+//             while every sandbox is warm and busy, and the same function called back to back in
+//             a raw Pyodide worker. That raw worker's load is the "before" raw cold start of the
+//             next round.
+// Fresh-profile runs (each its own `tessera worker`, so an empty profile: nothing cached):
+//  first-ours page open → first accepted numpy result, on a first visit.
+//  first-raw  `new Worker` → loadPyodide + loadPackage('numpy'), on a first visit.
+//  js-bytes   the bytes the contribute page fetches to run a JavaScript (map-basic) job on a first
+//             visit (see jsJobBytes).
 const params = new URLSearchParams(location.search);
+const PHASE = params.get('phase') || 'warm';
 const N = parseInt(params.get('n') || '2000', 10);
 const ROUNDS = parseInt(params.get('rounds') || '3', 10);
 const ROUND = parseInt(params.get('round') || '1', 10);
-// The scheduler's API key for deploying (scripts/bench passes it); carried from round to round.
+// The scheduler's API key for deploying (scripts/bench passes it); carried from page to page.
 const API_KEY = params.get('apiKey') || '';
+// bench/memory-probe.py's address (scripts/bench passes it); without it the memory phase is skipped.
+const MEMORY_URL = params.get('memoryUrl') || '';
+// Whether this core has the `runtimeSnapshots` option (scripts/bench looks for it in the wasm).
+const SNAPSHOT_OPTION = params.get('snapshotOption') === '1';
 const PYODIDE = location.origin + '/pyodide/';
+const STORE = 'tessera-bench';
+const RESPAWN_SLICES = 4;
+const COMPUTE_SLICES_PER_SANDBOX = 30;
+const RAW_COMPUTE_CALLS = 30;
 const say = (text) => { console.log('[tessera] ' + text); document.getElementById('out').textContent += text + '\n'; };
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const NUMPY_JOB = 'import dcp\nimport numpy as np\n\ndcp.set_slice_handler(lambda x: float(np.sum(np.arange(x))))\n';
 const TRIVIAL_JOB = 'import dcp\n\ndcp.set_slice_handler(lambda x: x)\n';
+// The compute-bound slice: numpy on a small array (cache-resident, so memory bandwidth does not
+// limit two sandboxes on two cores), REPS times; REPS is calibrated to ≈ 100 ms in raw Pyodide.
+const COMPUTE_SOURCE = `
+import numpy as np
+_x = np.linspace(0.0, 1.0, 4096)
+def work(seed):
+    total = 0.0
+    for i in range(REPS):
+        total += float(np.sqrt(_x * (i + seed) + 1.0).sum())
+    return total
+`;
+const COMPUTE_JOB = `import sys\nimport dcp\nREPS = int(sys.argv[1])\n${COMPUTE_SOURCE}\ndcp.set_slice_handler(work)\n`;
+// What the raw worker runs once Pyodide and numpy are loaded: the trivial handler of (a), numpy
+// imported and used once (as NUMPY_JOB does), and the compute function.
+const RAW_SETUP = `import json
+import numpy as np
+first = float(np.sum(np.arange(4)))
+def handler(x):
+    return x
+def run(text):
+    return json.dumps(handler(json.loads(text)))
+REPS = 1
+${COMPUTE_SOURCE}`;
 
+// Raw Pyodide in a plain Web Worker, driven by messages {id, cmd, ...} → {id, ok, value | error}.
 const RAW_WORKER = `
-self.onmessage = async (event) => {
-  const { url, n, wasmAsBytes } = event.data;
-  if (wasmAsBytes) {
-    const network = self.fetch;
-    self.fetch = async (input, init) => String(input).endsWith('.wasm')
-      ? new Response(await (await network(input)).blob(), { headers: { 'Content-Type': 'application/wasm' } })
-      : network(input, init);
-  }
-  const { loadPyodide } = await import(url + 'pyodide.mjs');
-  const py = await loadPyodide({ indexURL: url });
-  await py.loadPackage(['numpy'], { messageCallback: () => {} });
-  py.runPython('import json\\nimport numpy as np\\nfirst = float(np.sum(np.arange(4)))\\ndef handler(x):\\n    return x\\ndef run(text):\\n    return json.dumps(handler(json.loads(text)))\\n');
-  postMessage({ type: 'ready' });
-  const handler = py.globals.get('handler');
-  const run = py.globals.get('run');
-  let start = performance.now();
-  for (let i = 0; i < n; i++) handler(i);
-  const direct = performance.now() - start;
-  start = performance.now();
-  for (let i = 0; i < n; i++) JSON.parse(run(JSON.stringify(i)));
-  const json = performance.now() - start;
-  postMessage({ type: 'done', direct, json });
+let py = null;
+const commands = {
+  async load({ url, wasmAsBytes, setup }) {
+    if (wasmAsBytes) {
+      const network = self.fetch;
+      self.fetch = async (input, init) => String(input).endsWith('.wasm')
+        ? new Response(await (await network(input)).blob(), { headers: { 'Content-Type': 'application/wasm' } })
+        : network(input, init);
+    }
+    const { loadPyodide } = await import(url + 'pyodide.mjs');
+    py = await loadPyodide({ indexURL: url });
+    await py.loadPackage(['numpy'], { messageCallback: () => {} });
+    py.runPython(setup);
+  },
+  trivial({ n }) {
+    const handler = py.globals.get('handler');
+    const run = py.globals.get('run');
+    let start = performance.now();
+    for (let i = 0; i < n; i++) handler(i);
+    const direct = performance.now() - start;
+    start = performance.now();
+    for (let i = 0; i < n; i++) JSON.parse(run(JSON.stringify(i)));
+    return { direct, json: performance.now() - start };
+  },
+  calibrate({ targetMs }) {
+    const work = py.globals.get('work');
+    const time = (reps) => { py.globals.set('REPS', reps); const start = performance.now(); work(0); return performance.now() - start; };
+    let reps = 10;
+    time(reps);
+    let ms = Math.min(time(reps), time(reps));
+    while (ms < 20) { reps *= 4; ms = Math.min(time(reps), time(reps)); }
+    // Scale to the target, then again from a measurement at that size (the fastest of three).
+    for (let i = 0; i < 3 && Math.abs(ms - targetMs) > targetMs / 10; i++) {
+      reps = Math.max(1, Math.round(reps * targetMs / ms));
+      ms = Math.min(time(reps), time(reps), time(reps));
+    }
+    return { reps, ms };
+  },
+  compute({ reps, count }) {
+    py.globals.set('REPS', reps);
+    const work = py.globals.get('work');
+    const times = [];
+    for (let i = 0; i < count; i++) { const start = performance.now(); work(i); times.push(performance.now() - start); }
+    return { times };
+  },
+};
+self.onmessage = async ({ data }) => {
+  try { postMessage({ id: data.id, ok: true, value: await commands[data.cmd](data) }); }
+  catch (error) { postMessage({ id: data.id, ok: false, error: String((error && error.stack) || error) }); }
 };`;
 
-/** Opens the measuring page for `round`: every round starts from a fresh page open. */
-function next(round, rawBefore) {
-  const key = encodeURIComponent(API_KEY);
-  location.replace(`${location.pathname}?phase=measure&n=${N}&rounds=${ROUNDS}&round=${round}&rawBefore=${rawBefore.toFixed(1)}&apiKey=${key}`);
+class RawPyodide {
+  constructor() {
+    this.pending = new Map();
+    this.nextId = 0;
+    this.started = performance.now();
+    this.worker = new Worker(URL.createObjectURL(new Blob([RAW_WORKER], { type: 'text/javascript' })));
+    this.worker.onmessage = ({ data }) => {
+      const pending = this.pending.get(data.id);
+      this.pending.delete(data.id);
+      if (data.ok) pending.resolve(data.value); else pending.reject(new Error('raw Pyodide: ' + data.error));
+    };
+    this.worker.onerror = (event) => {
+      for (const pending of this.pending.values()) pending.reject(new Error('raw Pyodide: ' + event.message));
+      this.pending.clear();
+    };
+  }
+
+  call(cmd, args = {}) {
+    return new Promise((resolve, reject) => {
+      const id = ++this.nextId;
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ id, cmd, ...args });
+    });
+  }
+
+  /** Loads Pyodide + numpy + RAW_SETUP; resolves with ms since `new Worker`. */
+  async load(wasmAsBytes = false) {
+    await this.call('load', { url: PYODIDE, wasmAsBytes, setup: RAW_SETUP });
+    return performance.now() - this.started;
+  }
+
+  terminate() { this.worker.terminate(); }
+}
+
+/** A cold raw load in a fresh worker: ms from `new Worker` to numpy ready. */
+async function rawCold(wasmAsBytes = false) {
+  const raw = new RawPyodide();
+  try { return await raw.load(wasmAsBytes); } finally { raw.terminate(); }
+}
+
+let corePromise = null;
+/** The worker core (wasm), loaded once per page. */
+function core() {
+  corePromise ??= import('../pkg/tessera_worker.js').then(async (module) => { await module.default(); return module; });
+  return corePromise;
+}
+
+/** Opens `phase` of `round` on a fresh page, keeping every other parameter. */
+function go(phase, round, extra = {}) {
+  const next = new URLSearchParams(params);
+  next.set('phase', phase);
+  next.set('round', String(round));
+  for (const [key, value] of Object.entries(extra)) next.set(key, String(value));
+  location.replace(`${location.pathname}?${next}`);
+}
+
+/** Adds `values` to this round's record (kept in sessionStorage across page loads). */
+function record(values) {
+  const rounds = JSON.parse(sessionStorage.getItem(STORE) || '[]');
+  rounds[ROUND - 1] = { ...(rounds[ROUND - 1] || {}), ...values };
+  sessionStorage.setItem(STORE, JSON.stringify(rounds));
+  return rounds;
 }
 
 function median(values) {
@@ -68,104 +212,357 @@ async function deploy(body) {
   return response.json();
 }
 
+/**
+ * Starts a TesseraWorker and follows its events. `run.done` resolves when it stops; `run.until(p)`
+ * resolves at the first event for which `p(run)` holds.
+ */
+async function startWorker(options) {
+  const { TesseraWorker } = await core();
+  const run = {
+    accepted: 0, firstAccepted: null, firstFinished: null, sandboxCreated: null, allAccepted: null,
+    finishes: [], snapshots: [], waiters: [], expected: Infinity,
+  };
+  run.until = (predicate) => new Promise((resolve) => {
+    if (predicate(run)) resolve(); else run.waiters.push({ predicate, resolve });
+  });
+  const worker = new TesseraWorker({
+    sandboxes: 1, ...options,
+    onEvent: (event) => {
+      const now = performance.now();
+      if (event.type === 'sandbox_created' && run.sandboxCreated === null) run.sandboxCreated = now;
+      if (event.type === 'slice_finished') {
+        if (run.firstFinished === null) run.firstFinished = now;
+        run.finishes.push({ t: now, ms: event.ms, sandbox: event.sandbox, outcome: event.outcome });
+      }
+      if (event.type === 'runtime_snapshot') run.snapshots.push(event.outcome + (event.reason ? ` (${event.reason})` : ''));
+      if (event.type === 'submitted') {
+        run.accepted += event.accepted;
+        if (run.firstAccepted === null && event.accepted > 0) run.firstAccepted = now;
+        if (run.accepted >= run.expected && run.allAccepted === null) run.allAccepted = now;
+      }
+      run.waiters = run.waiters.filter(({ predicate, resolve }) => (predicate(run) ? (resolve(), false) : true));
+    },
+  });
+  run.worker = worker;
+  run.done = worker.run();
+  return run;
+}
+
+/** Runs a worker until idle and checks that all `expected` results were accepted. */
+async function runWorker(expected, options) {
+  const run = await startWorker({ idleExitMs: 1500, ...options });
+  run.expected = expected;
+  await run.done;
+  if (run.accepted < expected) throw new Error(`only ${run.accepted} of ${expected} results were accepted`);
+  const failed = run.finishes.filter((finish) => finish.outcome !== 'ok');
+  if (failed.length) throw new Error(`${failed.length} slices did not finish ok (${failed[0].outcome})`);
+  if (run.snapshots.length) say(`  runtime snapshot: ${run.snapshots.join(', ')}`);
+  return run;
+}
+
+async function coldNumpyRun(options = {}) {
+  await core();
+  await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: 4 }, name: 'bench-numpy' });
+  return runWorker(4, options);
+}
+
 async function warm() {
   const lock = await (await fetch(PYODIDE + 'pyodide-lock.json')).json();
   const files = ['pyodide.mjs', 'pyodide.asm.js', 'pyodide.asm.wasm', 'python_stdlib.zip', lock.packages.numpy.file_name];
   await Promise.all(files.map((file) => fetch(PYODIDE + file).then((r) => r.arrayBuffer())));
-  // One throwaway load, so both sides of (c) also find the browser's compiled-code cache warm.
-  await rawPyodide();
-  // The raw side of (c) is measured on both sides of ours (here, and after (b)), and averaged.
-  const before = await rawPyodide();
-  sessionStorage.removeItem('tessera-bench');
-  next(1, before.ready);
-}
-
-/** Runs a worker until idle; returns the times of its first accepted result and of the N-th. */
-async function runWorker(expected, options) {
-  const times = { firstAccepted: null, firstFinished: null, allAccepted: null, sandboxCreated: null, firstStarted: null };
-  let accepted = 0;
-  const worker = new TesseraWorker({
-    sandboxes: 1, idleExitMs: 1500, ...options,
-    onEvent: (event) => {
-      const now = performance.now();
-      if (event.type === 'slice_finished' && times.firstFinished === null) times.firstFinished = now;
-      if (event.type === 'sandbox_created' && times.sandboxCreated === null) times.sandboxCreated = now;
-      if (event.type === 'slice_started' && times.firstStarted === null) times.firstStarted = now;
-      if (event.type === 'submitted') {
-        accepted += event.accepted;
-        if (times.firstAccepted === null && event.accepted > 0) times.firstAccepted = now;
-        if (accepted >= expected && times.allAccepted === null) times.allAccepted = now;
-      }
-    },
-  });
-  await worker.run();
-  if (accepted < expected) throw new Error(`only ${accepted} of ${expected} results were accepted`);
-  return times;
-}
-
-/** Raw Pyodide + numpy in a plain Web Worker; `wasmAsBytes`: its wasm from a Blob, as bytes-in does. */
-function rawPyodide(wasmAsBytes = false) {
-  return new Promise((resolve, reject) => {
-    const url = URL.createObjectURL(new Blob([RAW_WORKER], { type: 'text/javascript' }));
-    const started = performance.now();
-    const worker = new Worker(url);
-    let ready = null;
-    worker.onerror = (event) => reject(new Error(event.message));
-    worker.onmessage = (event) => {
-      if (event.data.type === 'ready') ready = performance.now() - started;
-      if (event.data.type === 'done') { worker.terminate(); resolve({ ready, ...event.data }); }
-    };
-    worker.postMessage({ url: PYODIDE, n: N, wasmAsBytes });
-  });
+  // One throwaway raw load (compiled-code cache), which also calibrates the compute slice.
+  const raw = new RawPyodide();
+  await raw.load();
+  const { reps, ms } = await raw.call('calibrate', { targetMs: 100 });
+  raw.terminate();
+  say(`compute slice: ${reps} repetitions ≈ ${ms.toFixed(1)} ms in raw Pyodide`);
+  // Ours once, so the measured cold starts find what a returning volunteer's browser has.
+  await coldNumpyRun();
+  sessionStorage.removeItem(STORE);
+  const before = await rawCold();
+  go('measure', 1, { rawBefore: before.toFixed(1), reps });
 }
 
 async function measure() {
-  await init();
-  // (c) our cold start, measured from navigation start (performance.now() is relative to it).
-  await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: 4 }, name: 'bench-numpy' });
-  const cold = await runWorker(4, {});
+  // (c) our cold start, measured from navigation start.
+  const cold = await coldNumpyRun();
   // (b) N trivial slices through the whole system with one sandbox (and no spare loading beside it).
   await deploy({ worktime: 'pyodide', program: TRIVIAL_JOB, range: { start: 0, end: N }, name: 'bench-trivial' });
-  const warm = await runWorker(N, { prewarmSpare: false });
+  const warmRun = await runWorker(N, { prewarmSpare: false });
   // (a) and the raw side of (c).
-  const raw = await rawPyodide();
-  const rawWasmAsBytes = await rawPyodide(true);
-  const rawCold = (parseFloat(params.get('rawBefore')) + raw.ready) / 2;
-  const systemPerSlice = (warm.allAccepted - warm.firstFinished) / (N - 1);
-  const results = {
+  const raw = new RawPyodide();
+  const rawAfter = await raw.load();
+  const trivial = await raw.call('trivial', { n: N });
+  raw.terminate();
+  const rawWasmAsBytes = await rawCold(true);
+  const rawBefore = parseFloat(params.get('rawBefore'));
+  const rawColdMs = (rawBefore + rawAfter) / 2;
+  const systemPerSlice = (warmRun.allAccepted - warmRun.firstFinished) / (N - 1);
+  record({
     n: N,
-    raw_handler_call_ms: raw.direct / N,
-    raw_handler_call_json_ms: raw.json / N,
+    raw_handler_call_ms: trivial.direct / N,
+    raw_handler_call_json_ms: trivial.json / N,
     system_per_slice_ms: systemPerSlice,
-    system_overhead_per_slice_ms: systemPerSlice - raw.direct / N,
+    system_overhead_per_slice_ms: systemPerSlice - trivial.direct / N,
     system_cold_first_result_ms: cold.firstAccepted,
     system_cold_sandbox_created_ms: cold.sandboxCreated,
     system_cold_first_slice_finished_ms: cold.firstFinished,
-    raw_cold_pyodide_numpy_ms: rawCold,
-    raw_cold_before_ms: parseFloat(params.get('rawBefore')),
-    raw_cold_after_ms: raw.ready,
-    raw_cold_wasm_as_bytes_ms: rawWasmAsBytes.ready,
-    cold_ratio_wasm_as_bytes: cold.firstAccepted / rawWasmAsBytes.ready,
-    cold_ratio: cold.firstAccepted / rawCold,
+    raw_cold_pyodide_numpy_ms: rawColdMs,
+    raw_cold_before_ms: rawBefore,
+    raw_cold_after_ms: rawAfter,
+    raw_cold_wasm_as_bytes_ms: rawWasmAsBytes,
+    cold_ratio_wasm_as_bytes: cold.firstAccepted / rawWasmAsBytes,
+    cold_ratio: cold.firstAccepted / rawColdMs,
+  });
+  say(`round ${ROUND}/${ROUNDS}: ${systemPerSlice.toFixed(3)} ms/slice, cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
+  nextPhase('measure');
+}
+
+async function noSnapshots() {
+  const cold = await coldNumpyRun({ runtimeSnapshots: false });
+  // Against the raw cold start of this round's measure page.
+  const rounds = JSON.parse(sessionStorage.getItem(STORE) || '[]');
+  const rawColdMs = rounds[ROUND - 1].raw_cold_pyodide_numpy_ms;
+  record({
+    system_cold_no_snapshots_ms: cold.firstAccepted,
+    cold_ratio_no_snapshots: cold.firstAccepted / rawColdMs,
+  });
+  say(`  without snapshots: cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
+  nextPhase('no-snapshots');
+}
+
+/**
+ * Registers as a second worker and leases one slice of the job just deployed, heartbeating it;
+ * returns a function that stops the heartbeats (cancelling the job then ends the lease).
+ */
+async function holdOneSlice() {
+  const post = async (path, body, token) => {
+    const headers = { 'content-type': 'application/json', ...(token ? { authorization: 'Bearer ' + token } : {}) };
+    const response = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body) });
+    if (!response.ok) throw new Error(`${path}: ${await response.text()}`);
+    return response.json();
   };
-  const rounds = JSON.parse(sessionStorage.getItem('tessera-bench') || '[]');
-  rounds.push(results);
-  sessionStorage.setItem('tessera-bench', JSON.stringify(rounds));
-  say(`round ${ROUND}/${ROUNDS}: ${systemPerSlice.toFixed(3)} ms/slice, cold ratio ${results.cold_ratio.toFixed(2)}`);
-  if (ROUND < ROUNDS) {
-    // The raw load that closed this round opens the next one's comparison.
-    next(ROUND + 1, raw.ready);
-    return;
+  const { token } = await post('/v1/workers', { sandboxes: 1 });
+  const { leases } = await post('/v1/leases', { max_slices: 1, wait_ms: 0 }, token);
+  if (leases.length !== 1) throw new Error(`holding a slice: leased ${leases.length}`);
+  const held = { leases: [{ lease_id: leases[0].lease_id, token: leases[0].token }] };
+  const timer = setInterval(() => post('/v1/leases/heartbeat', held, token).catch(() => {}), 5000);
+  return () => clearInterval(timer);
+}
+
+async function cancel(job) {
+  const headers = { 'content-type': 'application/json', authorization: 'Bearer ' + API_KEY };
+  const response = await fetch(`/v1/jobs/${job}/cancel`, { method: 'POST', headers, body: '{}' });
+  if (!response.ok) throw new Error('cancel: ' + await response.text());
+}
+
+async function probe() {
+  const response = await fetch(MEMORY_URL + '/sample', { cache: 'no-store' });
+  if (!response.ok) throw new Error('memory probe: ' + response.status);
+  return response.json();
+}
+
+async function memory() {
+  if (!MEMORY_URL) { say('  memory: skipped (no memoryUrl)'); nextPhase('memory'); return; }
+  await core(); // loaded before either side, so neither counts it
+  const growth = {};
+  const sides = ROUND % 2 ? ['raw', 'ours'] : ['ours', 'raw'];
+  for (const side of sides) {
+    await sleep(2000); // what the previous page or side left behind settles (exiting processes)
+    const before = await probe();
+    let after;
+    if (side === 'raw') {
+      const raw = new RawPyodide();
+      await raw.load();
+      await sleep(1500);
+      after = await probe();
+      raw.terminate();
+    } else {
+      // A job of two slices, one of which another (fake) worker holds: the job stays running, so
+      // our sandbox stays set up and idle after its one slice (a finished job's sandboxes go).
+      const job = await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: 2 }, name: 'bench-memory' });
+      const release = await holdOneSlice();
+      const run = await startWorker({ sandboxes: 1, prewarmSpare: false });
+      run.expected = 1;
+      await run.until((r) => r.allAccepted !== null);
+      await sleep(1500);
+      after = await probe();
+      release();
+      await cancel(job.job_id);
+      run.worker.stop();
+      await run.done;
+    }
+    const pss = (sample, type) => sample.processes.filter((p) => p.type === type).reduce((sum, p) => sum + p.pss_kb, 0);
+    growth[side] = {
+      pss: (after.pss_kb - before.pss_kb) / 1024,
+      rss: (after.rss_kb - before.rss_kb) / 1024,
+      browser: (pss(after, 'browser') - pss(before, 'browser')) / 1024,
+      renderers: (pss(after, 'renderer') - pss(before, 'renderer')) / 1024,
+    };
   }
-  const summary = { rounds: rounds.length, user_agent: navigator.userAgent };
-  for (const key of Object.keys(results)) {
-    summary[key] = median(rounds.map((round) => round[key]));
-    summary[key + '_range'] = [Math.min(...rounds.map((r) => r[key])), Math.max(...rounds.map((r) => r[key]))];
+  record({
+    memory_per_python_sandbox_mb: growth.ours.pss,
+    raw_pyodide_memory_mb: growth.raw.pss,
+    memory_per_python_sandbox_rss_mb: growth.ours.rss,
+    raw_pyodide_memory_rss_mb: growth.raw.rss,
+    memory_per_python_sandbox_browser_process_mb: growth.ours.browser,
+    memory_per_python_sandbox_renderers_mb: growth.ours.renderers,
+  });
+  const parts = (g) => `${g.pss.toFixed(1)} MB PSS (renderers ${g.renderers.toFixed(1)}, browser process ${g.browser.toFixed(1)})`;
+  say(`  memory: ours +${parts(growth.ours)}, raw +${parts(growth.raw)}`);
+  nextPhase('memory');
+}
+
+/**
+ * Slices per second while every sandbox is warm and busy: from the moment the last sandbox to
+ * warm up finished its first slice to the moment the first to run out of work finished its
+ * last; each sandbox's rate is (its finishes in that window − 1) ÷ (its last − its first finish
+ * in it), and the rates add up.
+ */
+function steadyThroughput(finishes, sandboxes) {
+  const bySandbox = new Map();
+  for (const finish of finishes) {
+    if (!bySandbox.has(finish.sandbox)) bySandbox.set(finish.sandbox, []);
+    bySandbox.get(finish.sandbox).push(finish.t);
   }
-  summary.each_round = rounds;
-  say('bench ' + JSON.stringify(summary));
+  if (bySandbox.size !== sandboxes) throw new Error(`${bySandbox.size} sandboxes ran slices, not ${sandboxes}`);
+  const start = Math.max(...[...bySandbox.values()].map((times) => times[0]));
+  const end = Math.min(...[...bySandbox.values()].map((times) => times[times.length - 1]));
+  let rate = 0;
+  for (const times of bySandbox.values()) {
+    const inside = times.filter((t) => t >= start && t <= end);
+    if (inside.length < 5) throw new Error(`only ${inside.length} slices in the steady window of a sandbox`);
+    rate += (inside.length - 1) / (inside[inside.length - 1] - inside[0]) * 1000;
+  }
+  return rate;
+}
+
+async function computeThroughput(sandboxes, reps) {
+  const slices = COMPUTE_SLICES_PER_SANDBOX * sandboxes;
+  await deploy({ worktime: 'pyodide', program: COMPUTE_JOB, arguments: [reps], range: { start: 0, end: slices }, name: `bench-compute-${sandboxes}` });
+  const run = await runWorker(slices, { sandboxes, prewarmSpare: false });
+  return { rate: steadyThroughput(run.finishes, sandboxes) };
+}
+
+async function compute() {
+  await core();
+  const reps = parseInt(params.get('reps'), 10);
+  // Respawn: every slice in a new sandbox; from one result reaching the core to the next slice
+  // starting to run (its result's arrival minus its own run time) in the replacement sandbox.
+  await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: RESPAWN_SLICES }, name: 'bench-respawn' });
+  const respawnRun = await runWorker(RESPAWN_SLICES, { sandboxes: 1, prewarmSpare: false, maxSlicesPerSandbox: 1 });
+  const respawns = [];
+  for (let k = 1; k < respawnRun.finishes.length; k++) {
+    const { t, ms } = respawnRun.finishes[k];
+    respawns.push(t - ms - respawnRun.finishes[k - 1].t);
+  }
+  // Throughput with 1 and 2 sandboxes, then the same function in raw Pyodide.
+  const one = await computeThroughput(1, reps);
+  const two = await computeThroughput(2, reps);
+  const raw = new RawPyodide();
+  const rawReady = await raw.load();
+  const { times } = await raw.call('compute', { reps, count: RAW_COMPUTE_CALLS });
+  raw.terminate();
+  const rawRate = (times.length - 1) / times.slice(1).reduce((a, b) => a + b, 0) * 1000;
+  record({
+    respawn_ms: median(respawns),
+    respawn_max_ms: Math.max(...respawns),
+    compute_reps: reps,
+    raw_compute_call_ms: median(times.slice(1)),
+    throughput_1_sandbox_per_s: one.rate,
+    throughput_2_sandboxes_per_s: two.rate,
+    raw_throughput_per_s: rawRate,
+    scaling_2_sandboxes: two.rate / one.rate,
+    compute_efficiency: one.rate / rawRate,
+  });
+  say(`  respawn ${median(respawns).toFixed(0)} ms (${respawns.map((ms) => ms.toFixed(0)).join(', ')}); ` +
+    `throughput ${one.rate.toFixed(2)}/s with 1 sandbox, ${two.rate.toFixed(2)}/s with 2, raw ${rawRate.toFixed(2)}/s`);
+  // This raw load is the "before" raw cold start of the next round.
+  nextPhase('compute', { rawBefore: rawReady.toFixed(1) });
+}
+
+const ROUND_PHASES = ['measure', ...(SNAPSHOT_OPTION ? ['no-snapshots'] : []), 'memory', 'compute'];
+
+/** Goes on to the phase after `current`, the next round, or reports everything. */
+function nextPhase(current, extra = {}) {
+  const index = ROUND_PHASES.indexOf(current);
+  if (index + 1 < ROUND_PHASES.length) { go(ROUND_PHASES[index + 1], ROUND, extra); return; }
+  if (ROUND < ROUNDS) { go(ROUND_PHASES[0], ROUND + 1, extra); return; }
+  const rounds = JSON.parse(sessionStorage.getItem(STORE) || '[]');
+  say('bench ' + JSON.stringify({ user_agent: navigator.userAgent, rounds }));
   say('exit: bench done');
 }
 
-say('started benchmark phase ' + (params.get('phase') || 'warm'));
-(params.get('phase') === 'measure' ? measure() : warm()).catch((error) => say('fatal: ' + (error.stack || error)));
+async function firstOurs() {
+  const cold = await coldNumpyRun();
+  say('bench-part ' + JSON.stringify({
+    kind: 'first_visit_ours',
+    first_visit_ms: cold.firstAccepted,
+    first_visit_sandbox_created_ms: cold.sandboxCreated,
+  }));
+  say('exit: first visit measured');
+}
+
+/**
+ * Bytes the contribute page fetches to run a JavaScript (map-basic) job on a first visit: the
+ * real contribute page (/, autostarted, 1 sandbox) in a same-origin frame of this page, which so
+ * far fetched only its own HTML and script (this phase never loads the core or Pyodide). Resource
+ * Timing of that frame: its document, scripts, style sheet, the core's wasm, each sandbox frame's
+ * /sandbox.html (an iframe navigation, reported to its parent), anything else the core fetches
+ * (Pyodide files, if it fetched any for the sandbox it starts ahead) and the API calls
+ * (registration, leases, results); `transferSize` is what came over the wire (Chromium counts
+ * each response's headers as 300 bytes). `tessera serve` does not compress (no Content-Encoding),
+ * so bodies travel at their file size. A request aborted before it completed has no entry, so
+ * scripts/bench also counts /pyodide/ requests in the scheduler's log during this run.
+ */
+async function jsJobBytes() {
+  await deploy({ worktime: 'map-basic', program: '(x) => x * 2', range: { start: 0, end: 4 }, name: 'bench-js-bytes' });
+  const frame = document.createElement('iframe');
+  frame.src = '/?autostart=1&sandboxes=1';
+  document.body.append(frame);
+  const deadline = performance.now() + 120_000;
+  for (;;) {
+    const page = frame.contentDocument;
+    const done = page && page.getElementById('done');
+    if (done && done.textContent === '4' && page.getElementById('log').textContent.includes('submitted: ')) break;
+    if (performance.now() > deadline) throw new Error('the contribute page did not finish the JavaScript job');
+    await sleep(100);
+  }
+  await sleep(500);
+  const timing = frame.contentWindow.performance;
+  const entries = [...timing.getEntriesByType('navigation'), ...timing.getEntriesByType('resource')];
+  frame.remove();
+  const list = entries.map((entry) => ({
+    url: new URL(entry.name).pathname,
+    type: entry.initiatorType || 'navigation',
+    transfer: entry.transferSize,
+    body: entry.encodedBodySize,
+  }));
+  const api = (item) => item.url.startsWith('/v1/');
+  const sum = (items, key) => items.reduce((total, item) => total + item[key], 0);
+  return {
+    js_job_bytes: sum(list, 'transfer'),
+    js_job_static_bytes: sum(list.filter((item) => !api(item)), 'transfer'),
+    js_job_api_bytes: sum(list.filter(api), 'transfer'),
+    js_job_files: list,
+  };
+}
+
+async function firstRaw() {
+  const ready = await rawCold();
+  say('bench-part ' + JSON.stringify({ kind: 'first_visit_raw', raw_first_visit_ms: ready }));
+  say('exit: first visit measured');
+}
+
+async function jsBytes() {
+  say('bench-part ' + JSON.stringify({ kind: 'js_job_bytes', ...await jsJobBytes() }));
+  say('exit: bytes measured');
+}
+
+const PHASES = {
+  warm, measure, 'no-snapshots': noSnapshots, memory, compute, 'first-ours': firstOurs, 'first-raw': firstRaw,
+  'js-bytes': jsBytes,
+};
+say(`started benchmark phase ${PHASE}` + (['warm', 'first-ours', 'first-raw', 'js-bytes'].includes(PHASE) ? '' : ` (round ${ROUND}/${ROUNDS})`));
+(PHASES[PHASE] || (() => Promise.reject(new Error('unknown phase ' + PHASE))))()
+  .catch((error) => say('fatal: ' + (error.stack || error)));

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Memory probe for `make bench` (scripts/bench starts it; www/bench/bench.js asks it).
+
+Usage: memory-probe.py ROOT_PID. Serves `GET /sample` on a loopback port (printed on stdout as
+`memory probe on http://127.0.0.1:PORT`) and answers with the memory of every Chromium process
+descended from ROOT_PID (scripts/bench's shell: `tessera worker` is its child, Chromium the child
+of that, and every Chromium helper — zygotes, renderers, the network and storage services — below
+it), read from /proc/PID/smaps_rollup at the moment of the request:
+
+  {"pss_kb": …, "rss_kb": …, "processes": [{"pid", "type", "pss_kb", "rss_kb"}, …]}
+
+Why /proc and not the page: each Tessera sandbox is a Web Worker inside its own opaque-origin
+frame, which site isolation puts in its own renderer process, and the worker core keeps
+Pyodide's files as Blobs (held by the browser process). `performance.memory` sees one JS heap
+only; `performance.measureUserAgentSpecificMemory()` reports V8 heaps and, for cross-origin
+frames, one aggregate, not the wasm linear memory or Blob storage, and without Chromium's
+ForceEagerMeasureMemory flag (which `tessera worker` does not pass) answers after up to 20 s. A
+process's PSS (proportional set size: its private pages plus its share of pages it shares with
+other processes) summed over the tree is the physical memory the browser uses; unlike summed RSS,
+it does not count a new process's mapping of the shared Chromium binary and libraries as new
+memory. RSS is reported too, for reference. The page asks for a sample before and after a
+sandbox starts; the difference is what that sandbox cost the machine.
+
+Only reads /proc; never signals anything. Runs until scripts/bench stops it (by its PID).
+"""
+import http.server
+import json
+import os
+import re
+import sys
+
+ROOT = int(sys.argv[1])
+
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def chromium_processes():
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                children.setdefault(parent_of(int(name)), []).append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass  # gone meanwhile
+    found, stack = [], list(children.get(ROOT, []))
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            if "chromium" in os.path.basename(os.readlink(f"/proc/{pid}/exe")):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def sample():
+    total = {"pss_kb": 0, "rss_kb": 0, "processes": []}
+    for pid in chromium_processes():
+        try:
+            fields = {}
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    key, _, rest = line.partition(":")
+                    if key in ("Rss", "Pss"):
+                        fields[key] = int(rest.split()[0])
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                # Chromium rewrites its command line as one string: find --type=… by pattern.
+                kind = re.search(rb"--type=([\w-]+)", cmdline.read())
+        except OSError:
+            continue  # exited meanwhile
+        kind = kind.group(1).decode() if kind else "browser"
+        total["pss_kb"] += fields.get("Pss", 0)
+        total["rss_kb"] += fields.get("Rss", 0)
+        total["processes"].append(
+            {"pid": pid, "type": kind, "pss_kb": fields.get("Pss", 0), "rss_kb": fields.get("Rss", 0)})
+    return total
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.split("?")[0] != "/sample":
+            self.send_error(404)
+            return
+        body = json.dumps(sample()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        # The bench page is on the scheduler's origin: a CORS answer, which its COEP accepts.
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(f"memory probe on http://127.0.0.1:{server.server_address[1]}", flush=True)
+server.serve_forever()
