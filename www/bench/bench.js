@@ -51,7 +51,7 @@ const SNAPSHOT_OPTION = params.get('snapshotOption') === '1';
 const PYODIDE = location.origin + '/pyodide/';
 const STORE = 'tessera-bench';
 const RESPAWN_SLICES = 4;
-const COMPUTE_SLICES_PER_SANDBOX = 30;
+const COMPUTE_SLICES_PER_SANDBOX = 40;
 const RAW_COMPUTE_CALLS = 30;
 const say = (text) => { console.log('[tessera] ' + text); document.getElementById('out').textContent += text + '\n'; };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -431,7 +431,12 @@ function steadyThroughput(finishes, sandboxes) {
   let rate = 0;
   for (const times of bySandbox.values()) {
     const inside = times.filter((t) => t >= start && t <= end);
-    if (inside.length < 5) throw new Error(`only ${inside.length} slices in the steady window of a sandbox`);
+    if (inside.length < 5) {
+      // One sandbox warmed up so late that the others had done nearly all the work: no
+      // measurement this round (reported as missing, not as a number).
+      say(`  throughput with ${sandboxes} sandboxes: only ${inside.length} slices of one sandbox ran while all were busy; not measured this round`);
+      return null;
+    }
     rate += (inside.length - 1) / (inside[inside.length - 1] - inside[0]) * 1000;
   }
   return rate;
@@ -472,11 +477,12 @@ async function compute() {
     throughput_1_sandbox_per_s: one.rate,
     throughput_2_sandboxes_per_s: two.rate,
     raw_throughput_per_s: rawRate,
-    scaling_2_sandboxes: two.rate / one.rate,
-    compute_efficiency: one.rate / rawRate,
+    scaling_2_sandboxes: one.rate && two.rate ? two.rate / one.rate : null,
+    compute_efficiency: one.rate ? one.rate / rawRate : null,
   });
+  const rate = (value) => (value ? value.toFixed(2) : '—');
   say(`  respawn ${median(respawns).toFixed(0)} ms (${respawns.map((ms) => ms.toFixed(0)).join(', ')}); ` +
-    `throughput ${one.rate.toFixed(2)}/s with 1 sandbox, ${two.rate.toFixed(2)}/s with 2, raw ${rawRate.toFixed(2)}/s`);
+    `throughput ${rate(one.rate)}/s with 1 sandbox, ${rate(two.rate)}/s with 2, raw ${rate(rawRate)}/s`);
   // This raw load is the "before" raw cold start of the next round.
   nextPhase('compute', { rawBefore: rawReady.toFixed(1) });
 }
