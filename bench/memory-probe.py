@@ -7,7 +7,7 @@ descended from ROOT_PID (scripts/bench's shell: `tessera worker` is its child, C
 of that, and every Chromium helper — zygotes, renderers, the network and storage services — below
 it), read from /proc/PID/smaps_rollup at the moment of the request:
 
-  {"pss_kb": …, "rss_kb": …, "processes": [{"pid", "type", "pss_kb", "rss_kb"}, …]}
+  {"pss_kb": …, "rss_kb": …, "processes": [{"pid", "type", "pss_kb", "rss_kb"}, …], "unreadable": [pid…]}
 
 Why /proc and not the page: each Tessera sandbox is a Web Worker inside its own opaque-origin
 frame, which site isolation puts in its own renderer process, and the worker core keeps
@@ -59,8 +59,10 @@ def chromium_processes():
 
 
 def sample():
-    total = {"pss_kb": 0, "rss_kb": 0, "processes": []}
+    total = {"pss_kb": 0, "rss_kb": 0, "processes": [], "unreadable": []}
     for pid in chromium_processes():
+        if not os.path.exists(f"/proc/{pid}"):
+            continue  # exited meanwhile
         try:
             fields = {}
             with open(f"/proc/{pid}/smaps_rollup") as rollup:
@@ -71,8 +73,13 @@ def sample():
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
                 # Chromium rewrites its command line as one string: find --type=… by pattern.
                 kind = re.search(rb"--type=([\w-]+)", cmdline.read())
-        except OSError:
+        except FileNotFoundError:
             continue  # exited meanwhile
+        except OSError:
+            # A sandboxed Chromium process is not dumpable: only root (CAP_SYS_PTRACE) reads its
+            # smaps. The page reports the memory as not measured rather than count too little.
+            total["unreadable"].append(pid)
+            continue
         kind = kind.group(1).decode() if kind else "browser"
         total["pss_kb"] += fields.get("Pss", 0)
         total["rss_kb"] += fields.get("Rss", 0)

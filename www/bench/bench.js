@@ -365,6 +365,14 @@ async function probe() {
 async function memory() {
   if (!MEMORY_URL) { say('  memory: skipped (no memoryUrl)'); nextPhase('memory'); return; }
   await core(); // loaded before either side, so neither counts it
+  // Chromium's sandboxed processes are not dumpable: only root reads their memory. Not measured
+  // rather than counted too low.
+  const unreadable = (await probe()).unreadable;
+  if (unreadable.length) {
+    say(`  memory: not measured (cannot read Chromium processes ${unreadable.join(', ')}; run as root)`);
+    nextPhase('memory');
+    return;
+  }
   const growth = {};
   const sides = ROUND % 2 ? ['raw', 'ours'] : ['ours', 'raw'];
   for (const side of sides) {
