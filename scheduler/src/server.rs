@@ -33,6 +33,7 @@ use tessera_protocol::{
     ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
 };
 use tokio::sync::{Notify, Semaphore};
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -477,8 +478,12 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         ));
     // The site is cross-origin isolated (COOP + COEP), so its sandboxes can share an interrupt
     // buffer with Pyodide: a runaway slice is stopped with KeyboardInterrupt, not by killing it.
+    // Compressed when the browser accepts it (brotli or gzip): the page and the worker core are
+    // what a JavaScript job's volunteer downloads. The Pyodide files are not: megabytes compressed
+    // again on every first visit would cost the scheduler more than they save on a fast link.
     let site = Router::new()
         .fallback_service(ServeDir::new(&config.www))
+        .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
         .layer(SetResponseHeaderLayer::overriding(
             header::HeaderName::from_static("cross-origin-opener-policy"),

@@ -228,6 +228,18 @@ async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
 
     let page = server.http.get(format!("{}/contribute.js", server.url)).send().await.unwrap();
     assert_eq!(page.headers()["content-type"], "text/javascript");
+    let plain = page.bytes().await.unwrap();
+    for encoding in ["br", "gzip"] {
+        let compressed = server
+            .http
+            .get(format!("{}/contribute.js", server.url))
+            .header("accept-encoding", encoding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(compressed.headers()["content-encoding"], encoding, "the page's files travel compressed");
+        assert!(compressed.bytes().await.unwrap().len() < plain.len() / 2);
+    }
     let cors = server
         .http
         .get(format!("{}/v1/health", server.url))
