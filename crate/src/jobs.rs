@@ -87,7 +87,7 @@ impl JobCache {
     /// Known job ids, sorted (sent as `known_jobs` so descriptors are not sent again).
     pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.entries.keys().cloned().collect();
-        ids.sort();
+        ids.sort_unstable();
         ids
     }
 
@@ -110,11 +110,14 @@ impl JobCache {
         if self.entries.len() <= self.capacity {
             return Vec::new();
         }
-        let mut idle: Vec<(u64, String)> =
-            self.entries.iter().filter(|(id, _)| !in_use(id)).map(|(id, (_, used))| (*used, id.clone())).collect();
-        idle.sort();
-        let excess = self.entries.len() - self.capacity;
-        let dropped: Vec<String> = idle.into_iter().take(excess).map(|(_, id)| id).collect();
+        // The least recently used first, ties by id; usually one goes, so no sort is needed.
+        let mut idle: Vec<(u64, &String)> =
+            self.entries.iter().filter(|(id, _)| !in_use(id)).map(|(id, (_, used))| (*used, id)).collect();
+        let mut dropped = Vec::new();
+        for _ in self.capacity..self.entries.len() {
+            let Some(oldest) = (0..idle.len()).min_by_key(|&index| idle[index]) else { break };
+            dropped.push(idle.swap_remove(oldest).1.clone());
+        }
         for id in &dropped {
             self.forget(id);
         }

@@ -86,7 +86,7 @@ impl Pool {
     /// Jobs with at least one sandbox set up for them (sent to the scheduler as preferences).
     pub fn warm_jobs(&self) -> Vec<String> {
         let mut jobs: Vec<String> = self.slots.iter().flatten().filter_map(|slot| slot.job.clone()).collect();
-        jobs.sort();
+        jobs.sort_unstable();
         jobs.dedup();
         jobs
     }

@@ -78,7 +78,12 @@ impl HttpSchedulerClient {
 
 /// `POST url` with a JSON `body` within `deadline_ms` (the answer's body included); the text of
 /// a successful answer.
-async fn post_json(url: &str, authorization: Option<&str>, body: String, deadline_ms: u32) -> Result<String, WorkerError> {
+async fn post_json(
+    url: &str,
+    authorization: Option<&str>,
+    body: String,
+    deadline_ms: u32,
+) -> Result<String, WorkerError> {
     let headers = js_sys::Object::new();
     if let Some(authorization) = authorization {
         set(&headers, "Authorization", authorization);
