@@ -3,10 +3,10 @@
 // ranges over the rounds and prints the table. One page load runs one phase; the phases:
 //
 // Main run (one `tessera worker`, one browser profile, so a warm HTTP cache):
-//  warm       fetches every file once, loads raw Pyodide once (warm compiled-code cache), calibrates
-//             the 100 ms compute slice, and runs one numpy job through the worker core (so whatever
-//             the core keeps between visits — the start-up snapshot in Cache Storage, if it makes
-//             one — is in place, as for a returning volunteer). Then, ROUNDS times:
+//  warm       fetches every file once, loads raw Pyodide once (warm compiled-code cache) and runs
+//             one numpy job through the worker core (so whatever the core keeps between visits —
+//             the start-up snapshot in Cache Storage, if it makes one — is in place, as for a
+//             returning volunteer). Then, ROUNDS times:
 //  measure    (c) cold start: page open → first accepted result of a numpy job (`performance.now()`
 //             counts from navigation start); (b) N trivial slices through the whole system with one
 //             sandbox; (a) raw Pyodide calling the same trivial handler N times in one Web Worker;
@@ -28,10 +28,11 @@
 //  compute    respawn: a numpy job with `maxSlicesPerSandbox: 1` (every slice gets a new sandbox,
 //             no spare): from one slice's end (its result reached the core) to the next slice's
 //             start in its new sandbox (its end minus its own run time); the median of 3. Then
-//             throughput on ~100 ms numpy slices with 1 and 2 sandboxes (no spare), counted only
-//             while every sandbox is warm and busy, and the same function called back to back in
-//             a raw Pyodide worker. That raw worker's load is the "before" raw cold start of the
-//             next round.
+//             throughput on numpy slices calibrated to ≈ 100 ms in raw Pyodide, with 1 and 2
+//             sandboxes (no spare), counted only while every sandbox is warm and busy, against
+//             the same function called back to back in a raw Pyodide worker just before and just
+//             after the 1-sandbox run. That raw worker's load is the "before" raw cold start of
+//             the next round.
 // Fresh-profile runs (each its own `tessera worker`, so an empty profile: nothing cached):
 //  first-ours page open → first accepted numpy result, on a first visit.
 //  first-raw  `new Worker` → loadPyodide + loadPackage('numpy'), on a first visit.
@@ -52,7 +53,9 @@ const PYODIDE = location.origin + '/pyodide/';
 const STORE = 'tessera-bench';
 const RESPAWN_SLICES = 4;
 const COMPUTE_SLICES_PER_SANDBOX = 40;
-const RAW_COMPUTE_CALLS = 30;
+const RAW_COMPUTE_CALLS = 20;
+// Slices (and raw calls) left out at the start of a throughput measure, on both sides.
+const WARMUP_SLICES = 5;
 const say = (text) => { console.log('[tessera] ' + text); document.getElementById('out').textContent += text + '\n'; };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -270,17 +273,13 @@ async function warm() {
   const lock = await (await fetch(PYODIDE + 'pyodide-lock.json')).json();
   const files = ['pyodide.mjs', 'pyodide.asm.js', 'pyodide.asm.wasm', 'python_stdlib.zip', lock.packages.numpy.file_name];
   await Promise.all(files.map((file) => fetch(PYODIDE + file).then((r) => r.arrayBuffer())));
-  // One throwaway raw load (compiled-code cache), which also calibrates the compute slice.
-  const raw = new RawPyodide();
-  await raw.load();
-  const { reps, ms } = await raw.call('calibrate', { targetMs: 100 });
-  raw.terminate();
-  say(`compute slice: ${reps} repetitions ≈ ${ms.toFixed(1)} ms in raw Pyodide`);
+  // One throwaway raw load, so both sides find the browser's compiled-code cache warm.
+  await rawCold();
   // Ours once, so the measured cold starts find what a returning volunteer's browser has.
   await coldNumpyRun();
   sessionStorage.removeItem(STORE);
   const before = await rawCold();
-  go('measure', 1, { rawBefore: before.toFixed(1), reps });
+  go('measure', 1, { rawBefore: before.toFixed(1) });
 }
 
 async function measure() {
@@ -423,9 +422,10 @@ async function memory() {
 
 /**
  * Slices per second while every sandbox is warm and busy: from the moment the last sandbox to
- * warm up finished its first slice to the moment the first to run out of work finished its
- * last; each sandbox's rate is (its finishes in that window − 1) ÷ (its last − its first finish
- * in it), and the rates add up.
+ * warm up finished its first WARMUP_SLICES + 1 slices (its first also paid for set-up; the next
+ * few run while the engine still optimises Pyodide's hot code) to the moment the first to run
+ * out of work finished its last; each sandbox's rate is (its finishes in that window − 1) ÷ (its
+ * last − its first finish in it), and the rates add up.
  */
 function steadyThroughput(finishes, sandboxes) {
   const bySandbox = new Map();
@@ -434,7 +434,7 @@ function steadyThroughput(finishes, sandboxes) {
     bySandbox.get(finish.sandbox).push(finish.t);
   }
   if (bySandbox.size !== sandboxes) throw new Error(`${bySandbox.size} sandboxes ran slices, not ${sandboxes}`);
-  const start = Math.max(...[...bySandbox.values()].map((times) => times[0]));
+  const start = Math.max(...[...bySandbox.values()].map((times) => times[Math.min(WARMUP_SLICES, times.length - 1)]));
   const end = Math.min(...[...bySandbox.values()].map((times) => times[times.length - 1]));
   let rate = 0;
   for (const times of bySandbox.values()) {
@@ -459,7 +459,6 @@ async function computeThroughput(sandboxes, reps) {
 
 async function compute() {
   await core();
-  const reps = parseInt(params.get('reps'), 10);
   // Respawn: every slice in a new sandbox; from one result reaching the core to the next slice
   // starting to run (its result's arrival minus its own run time) in the replacement sandbox.
   await deploy({ worktime: 'pyodide', program: NUMPY_JOB, range: { start: 0, end: RESPAWN_SLICES }, name: 'bench-respawn' });
@@ -469,29 +468,38 @@ async function compute() {
     const { t, ms } = respawnRun.finishes[k];
     respawns.push(t - ms - respawnRun.finishes[k - 1].t);
   }
-  // Throughput with 1 and 2 sandboxes, then the same function in raw Pyodide.
-  const one = await computeThroughput(1, reps);
-  const two = await computeThroughput(2, reps);
+  // Raw Pyodide: loaded (the next round's "before" raw cold start), the slice calibrated to
+  // ≈ 100 ms, then the function called back to back just before and just after our 1-sandbox
+  // run (the worker idles in between), so a change in the machine's load hits both sides.
   const raw = new RawPyodide();
   const rawReady = await raw.load();
-  const { times } = await raw.call('compute', { reps, count: RAW_COMPUTE_CALLS });
+  await raw.call('compute', { reps: 100, count: 2 * WARMUP_SLICES }); // as ours, past the warm-up
+  const { reps } = await raw.call('calibrate', { targetMs: 100 });
+  const rawRate = async () => {
+    const { times } = await raw.call('compute', { reps, count: RAW_COMPUTE_CALLS });
+    return { rate: (times.length - 1) / times.slice(1).reduce((a, b) => a + b, 0) * 1000, times: times.slice(1) };
+  };
+  const rawBefore = await rawRate();
+  const one = await computeThroughput(1, reps);
+  const rawAfter = await rawRate();
   raw.terminate();
-  const rawRate = (times.length - 1) / times.slice(1).reduce((a, b) => a + b, 0) * 1000;
+  const two = await computeThroughput(2, reps);
+  const rawMean = (rawBefore.rate + rawAfter.rate) / 2;
   record({
     respawn_ms: median(respawns),
     respawn_max_ms: Math.max(...respawns),
     compute_reps: reps,
-    raw_compute_call_ms: median(times.slice(1)),
+    raw_compute_call_ms: median([...rawBefore.times, ...rawAfter.times]),
     throughput_1_sandbox_per_s: one.rate,
     throughput_2_sandboxes_per_s: two.rate,
-    raw_throughput_per_s: rawRate,
+    raw_throughput_per_s: rawMean,
     scaling_2_sandboxes: one.rate && two.rate ? two.rate / one.rate : null,
-    compute_efficiency: one.rate ? one.rate / rawRate : null,
+    compute_efficiency: one.rate ? one.rate / rawMean : null,
   });
   const rate = (value) => (value ? value.toFixed(2) : '—');
   say(`  respawn ${median(respawns).toFixed(0)} ms (${respawns.map((ms) => ms.toFixed(0)).join(', ')}); ` +
-    `throughput ${rate(one.rate)}/s with 1 sandbox, ${rate(two.rate)}/s with 2, raw ${rate(rawRate)}/s`);
-  // This raw load is the "before" raw cold start of the next round.
+    `slice ${reps} repetitions; throughput ${rate(one.rate)}/s with 1 sandbox, ${rate(two.rate)}/s with 2, ` +
+    `raw ${rate(rawBefore.rate)}/s before and ${rate(rawAfter.rate)}/s after the 1-sandbox run`);
   nextPhase('compute', { rawBefore: rawReady.toFixed(1) });
 }
 
