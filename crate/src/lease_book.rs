@@ -5,7 +5,7 @@
 //! back in one synchronous beacon without waiting for the supervisor's loop.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use tessera_protocol::{HeartbeatItem, Lease, ResultItem, ResultsRequest, SliceOutcome};
@@ -50,7 +50,7 @@ struct Held {
 #[derive(Debug, Default)]
 struct Unacknowledged {
     worker_token: Option<String>,
-    tokens: BTreeMap<String, String>,
+    tokens: HashMap<String, String>,
 }
 
 /// Queued and running leases, by lease id.
@@ -199,15 +199,15 @@ impl Farewell {
             return None;
         }
         let outcome = SliceOutcome::Released { reason: reason.to_string() };
-        let results = state
-            .tokens
-            .iter()
-            .take(max_items)
-            .map(|(lease_id, lease_token)| ResultItem {
-                lease_id: lease_id.clone(),
-                token: lease_token.clone(),
-                outcome: outcome.clone(),
-                console: vec![],
+        // The lowest lease ids first, as a sorted list would give them.
+        let mut lease_ids: Vec<String> = state.tokens.keys().cloned().collect();
+        lease_ids.sort_unstable();
+        lease_ids.truncate(max_items);
+        let results = lease_ids
+            .into_iter()
+            .filter_map(|lease_id| {
+                let token = state.tokens.get(&lease_id)?.clone();
+                Some(ResultItem { lease_id, token, outcome: outcome.clone(), console: vec![] })
             })
             .collect();
         Some(ResultsRequest { results, worker_token: Some(token) })
