@@ -532,10 +532,11 @@ async function firstOurs() {
  * Timing of that frame: its document, scripts, style sheet, the core's wasm, each sandbox frame's
  * /sandbox.html (an iframe navigation, reported to its parent), anything else the core fetches
  * (Pyodide files, if it fetched any for the sandbox it starts ahead) and the API calls
- * (registration, leases, results); `transferSize` is what came over the wire (Chromium counts
- * each response's headers as 300 bytes). `tessera serve` does not compress (no Content-Encoding),
- * so bodies travel at their file size. A request aborted before it completed has no entry, so
- * scripts/bench also counts /pyodide/ requests in the scheduler's log during this run.
+ * (registration, leases, results); `transferSize` is what came over the wire (the body as sent,
+ * compressed if the server compressed it, plus the headers, which Chromium counts as 300 bytes
+ * each); each file's `decodedBodySize` shows what compression saved (`js_job_uncompressed_bytes`).
+ * A request aborted before it completed has no entry, so scripts/bench also counts /pyodide/
+ * requests in the scheduler's log during this run.
  */
 async function jsJobBytes() {
   await deploy({ worktime: 'map-basic', program: '(x) => x * 2', range: { start: 0, end: 4 }, name: 'bench-js-bytes' });
@@ -559,6 +560,7 @@ async function jsJobBytes() {
     type: entry.initiatorType || 'navigation',
     transfer: entry.transferSize,
     body: entry.encodedBodySize,
+    decoded: entry.decodedBodySize,
   }));
   const api = (item) => item.url.startsWith('/v1/');
   const sum = (items, key) => items.reduce((total, item) => total + item[key], 0);
@@ -566,6 +568,7 @@ async function jsJobBytes() {
     js_job_bytes: sum(list, 'transfer'),
     js_job_static_bytes: sum(list.filter((item) => !api(item)), 'transfer'),
     js_job_api_bytes: sum(list.filter(api), 'transfer'),
+    js_job_uncompressed_bytes: sum(list, 'decoded'),
     js_job_files: list,
   };
 }
