@@ -295,6 +295,8 @@ async function restorePyodide(loadPyodide, blob) {
     throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
   }
   const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes });
+  // Pyodide keeps its options: let the snapshot's bytes (≈ 21 MB, now copied into the heap) go.
+  delete restored._api.config._loadSnapshot;
   restored.runPython(RESEED);
   return restored;
 }
