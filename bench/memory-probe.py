@@ -11,7 +11,7 @@ it), read from /proc/PID/smaps_rollup at the moment of the request:
 
 Why /proc and not the page: each Tessera sandbox is a Web Worker inside its own opaque-origin
 frame, which site isolation puts in its own renderer process, and the worker core keeps
-Pyodide's files as Blobs (held by the browser process). `performance.memory` sees one JS heap
+Pyodide's files and the runtime snapshot as Blobs, which Chromium may hold outside the page. `performance.memory` sees one JS heap
 only; `performance.measureUserAgentSpecificMemory()` reports V8 heaps and, for cross-origin
 frames, one aggregate, not the wasm linear memory or Blob storage, and without Chromium's
 ForceEagerMeasureMemory flag (which `tessera worker` does not pass) answers after up to 20 s. A

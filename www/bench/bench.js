@@ -23,8 +23,8 @@
 //             this page holds as a second worker) and raw (a plain Web Worker with Pyodide + numpy
 //             and the same tiny program), one after the other with 2 s of settling before each,
 //             the order alternating by round. Ours includes everything the sandbox costs: its
-//             frame's renderer process, the page's side, and the Pyodide files the core keeps as
-//             Blobs (stored by the browser process).
+//             frame's renderer process, the page's side, and what the core keeps for it (Pyodide's
+//             files and the runtime snapshot, as Blobs), in whichever process Chromium holds them.
 //  compute    respawn: a numpy job with `maxSlicesPerSandbox: 1` (every slice gets a new sandbox,
 //             no spare): from one slice's end (its result reached the core) to the next slice's
 //             start in its new sandbox (its end minus its own run time); the median of 3. Then
