@@ -25,12 +25,14 @@ bootstrap:
 scheduler:
 	cargo build --release -p tessera-scheduler
 
-# The worker core: wasm → wasm-bindgen (ES module for the page) → wasm-opt -Oz.
+# The worker core: wasm → wasm-bindgen (ES module for the page) → wasm-opt -Oz; then its size,
+# raw and gzipped (`scripts/core-size` alone also fails above its limit).
 wasm:
 	cargo build --profile wasm-release --target $(WASM_TARGET) -p tessera-worker
 	wasm-bindgen --target web --no-typescript --out-dir $(PKG) $(WASM_OUT)
 	$(WASM_OPT) -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
 		-o $(PKG)/tessera_worker_bg.wasm $(PKG)/tessera_worker_bg.wasm
+	@scripts/core-size --report $(PKG)
 
 # A sub-make, so that a toolchain the bootstrap just installed is picked up.
 build: bootstrap
