@@ -15,7 +15,7 @@ use tessera_worker::web::snapshots::{forget_stored, store_for, stored_for};
 use wasm_bindgen_test::*;
 
 mod common;
-use common::{python_job, scheduler};
+use common::{a_spinning_slice_is_interrupted, python_job, scheduler, SPINNING_PROGRAM};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -164,23 +164,11 @@ async fn a_restored_sandbox_can_still_be_interrupted() {
     let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).unwrap();
     assert_eq!(isolated.as_bool(), Some(true), "the interrupt needs a cross-origin isolated page");
     let (factory, reports) = new_factory();
-    let job = python_job("import dcp\n\ndef handler(x):\n    if x == 'spin':\n        while True:\n            pass\n    return x * 2\n\ndcp.set_slice_handler(handler)\n");
+    let job = python_job(SPINNING_PROGRAM);
     // The first sandbox restores a stored snapshot, or makes one; the second surely restores.
     ready_sandbox(&factory, job.clone()).await.terminate();
     let sandbox = ready_sandbox(&factory, job).await;
     assert_eq!(outcomes(&reports).last(), Some(&"restored"), "{:?}", reports.borrow());
-    let spinning = sandbox.run(0, json!("spin"), Rc::default());
-    let interrupter = sandbox.clone();
-    wasm_bindgen_futures::spawn_local(async move {
-        gloo_timers::future::TimeoutFuture::new(300).await;
-        assert!(interrupter.interrupt(), "a restored sandbox has its interrupt buffer");
-    });
-    let run = spinning.await;
-    assert!(
-        matches!(&run.outcome, SliceOutcome::Error { message, .. } if message.contains("KeyboardInterrupt")),
-        "{run:?}"
-    );
-    let after = sandbox.run(1, json!(21), Rc::default()).await;
-    assert_eq!(after.outcome, SliceOutcome::Ok { value: json!(42) });
+    a_spinning_slice_is_interrupted(sandbox.clone()).await;
     sandbox.terminate();
 }

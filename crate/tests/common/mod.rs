@@ -62,3 +62,28 @@ pub fn js_job(program: &str, arguments: Vec<serde_json::Value>) -> Rc<PreparedJo
 pub fn python_job(program: &str) -> Rc<PreparedJob> {
     job_with(Worktime::Pyodide, program, vec![], vec![])
 }
+
+/// A Python job whose handler doubles its datum, or spins forever on `"spin"`.
+pub const SPINNING_PROGRAM: &str =
+    "import dcp\n\ndef handler(x):\n    if x == 'spin':\n        while True:\n            pass\n    return x * 2\n\ndcp.set_slice_handler(handler)\n";
+
+/// Runs a spinning slice in `sandbox` (set up with [`SPINNING_PROGRAM`]), interrupts it after
+/// 300 ms, and checks it ended in `KeyboardInterrupt` and the same sandbox runs the next slice.
+pub async fn a_spinning_slice_is_interrupted(sandbox: Rc<dyn tessera_worker::supervisor::Sandbox>) {
+    use serde_json::json;
+    use tessera_protocol::SliceOutcome;
+
+    let spinning = sandbox.run(0, json!("spin"), Rc::default());
+    let interrupter = sandbox.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        gloo_timers::future::TimeoutFuture::new(300).await;
+        assert!(interrupter.interrupt(), "a Pyodide sandbox on an isolated page can be interrupted");
+    });
+    let run = spinning.await;
+    assert!(
+        matches!(&run.outcome, SliceOutcome::Error { message, .. } if message.contains("KeyboardInterrupt")),
+        "{run:?}"
+    );
+    let after = sandbox.run(1, json!(21), Rc::default()).await;
+    assert_eq!(after.outcome, SliceOutcome::Ok { value: json!(42) }, "the same sandbox runs the next slice");
+}
