@@ -62,9 +62,7 @@ impl RuntimeFiles {
 
 async fn fetch_blob(url: &str) -> Result<web_sys::Blob, String> {
     let response = get(url, DOWNLOAD_DEADLINE_MS).await.map_err(|error| format!("{url}: {error}"))?;
-    let blob = response
-        .blob()
-        .map_err(|error| format!("{url}: {}", super::sandbox::describe(&error)))?;
+    let blob = response.blob().map_err(|error| format!("{url}: {}", super::sandbox::describe(&error)))?;
     JsFuture::from(blob)
         .await
         .map_err(|error| format!("{url}: {}", super::sandbox::describe(&error)))?

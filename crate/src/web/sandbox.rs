@@ -147,8 +147,6 @@ struct Shared {
 struct SnapshotRole {
     snapshots: Rc<RuntimeSnapshots>,
     ticket: u64,
-    /// It was asked to make one and has not handed one in (nor given up).
-    owes_snapshot: Cell<bool>,
     events: Option<EventListener>,
 }
 
@@ -160,28 +158,25 @@ impl SnapshotRole {
     }
 
     /// A report from the sandbox about the snapshot. A snapshot is taken only from a sandbox
-    /// asked to make one, only once, and only while it sets up (before any job code ran in it).
+    /// asked to make one, only once (the book knows which), and only while it sets up (before
+    /// any job code ran in it).
     fn receive(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>, setup_over: bool) {
         match message {
             FromSandbox::SnapshotMade { ms } => {
-                let owed = self.owes_snapshot.replace(false);
-                let taken = match snapshot {
-                    Some(snapshot) if owed && !setup_over => self.snapshots.made(self.ticket, snapshot),
-                    _ => false,
-                };
+                let taken = snapshot.is_some_and(|snapshot| !setup_over && self.snapshots.made(self.ticket, snapshot));
                 if taken {
                     self.report("made", Some(ms), None);
                 } else {
-                    if owed {
-                        self.snapshots.not_made(self.ticket, false);
-                    }
-                    self.report("failed", None, Some("a snapshot came that was not asked for, or too late; ignored".into()));
+                    self.snapshots.not_made(self.ticket, false);
+                    self.report(
+                        "failed",
+                        None,
+                        Some("a snapshot came that was not asked for, or too late; ignored".into()),
+                    );
                 }
             }
             FromSandbox::SnapshotFailed { reason, lasting } => {
-                if self.owes_snapshot.replace(false) {
-                    self.snapshots.not_made(self.ticket, lasting);
-                }
+                self.snapshots.not_made(self.ticket, lasting);
                 self.report("failed", None, Some(reason));
             }
             FromSandbox::SnapshotRestored { ms } => self.report("restored", Some(ms), None),
@@ -195,10 +190,10 @@ impl SnapshotRole {
 }
 
 impl Drop for SnapshotRole {
+    /// A sandbox that goes away without handing in the snapshot it was to make frees the task
+    /// for the next one (the book ignores this for a sandbox that already handed one in).
     fn drop(&mut self) {
-        if self.owes_snapshot.get() {
-            self.snapshots.not_made(self.ticket, false);
-        }
+        self.snapshots.not_made(self.ticket, false);
     }
 }
 
@@ -225,12 +220,13 @@ impl Shared {
             self.setup_over.set(true);
         }
         match message {
-            // Answered by the data port's handler, which holds the files and the port.
-            FromSandbox::Fetch { .. } => {}
-            FromSandbox::SnapshotMade { .. }
+            // Handled by the data port's handler: it holds the files and the port, and the
+            // message itself (a made snapshot's `Blob`).
+            FromSandbox::Fetch { .. }
+            | FromSandbox::SnapshotMade { .. }
             | FromSandbox::SnapshotFailed { .. }
             | FromSandbox::SnapshotRestored { .. }
-            | FromSandbox::SnapshotRejected { .. } => self.receive_snapshot(message, None),
+            | FromSandbox::SnapshotRejected { .. } => {}
             FromSandbox::SetupDone => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
                     let _ = sender.send(Reply::Done(Ok(String::new()), self.take_console()));
@@ -355,7 +351,12 @@ impl Frame {
         let on_data = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             match serde_wasm_bindgen::from_value::<FromSandbox>(event.data()) {
                 Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, id, url),
-                Ok(message @ FromSandbox::SnapshotMade { .. }) => {
+                Ok(
+                    message @ (FromSandbox::SnapshotMade { .. }
+                    | FromSandbox::SnapshotFailed { .. }
+                    | FromSandbox::SnapshotRestored { .. }
+                    | FromSandbox::SnapshotRejected { .. }),
+                ) => {
                     let snapshot = Reflect::get(&event.data(), &"snapshot".into()).ok().and_then(|v| v.dyn_into().ok());
                     receiver.receive_snapshot(message, snapshot)
                 }
@@ -457,8 +458,7 @@ impl IsolatedSandbox {
                     set(&init, "snapshot", snapshot);
                 }
                 set(&init, "makeSnapshot", &order.make.into());
-                let owes_snapshot = Cell::new(order.make);
-                shared.snapshot.replace(Some(SnapshotRole { snapshots, ticket: order.ticket, owes_snapshot, events }));
+                shared.snapshot.replace(Some(SnapshotRole { snapshots, ticket: order.ticket, events }));
                 post_start(&control, &shared, &start);
             });
         } else {

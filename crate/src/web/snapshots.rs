@@ -10,7 +10,7 @@
 //! which replaces the old. Which sandbox does what is decided by [`SnapshotBook`] (plain Rust,
 //! tested natively); this module holds the bytes and the storage.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
@@ -37,8 +37,9 @@ pub struct SnapshotOrder {
 pub struct RuntimeSnapshots {
     /// Cache Storage key: the Pyodide folder's URL (a snapshot only fits the build it came from).
     key: String,
-    /// The stored snapshot, looked up once per page (started when the factory is built).
-    lookup: Option<Lookup>,
+    enabled: bool,
+    /// The stored snapshot, looked up once per page (by the first sandbox's order).
+    lookup: OnceCell<Lookup>,
     book: RefCell<SnapshotBook<web_sys::Blob>>,
 }
 
@@ -47,16 +48,21 @@ impl RuntimeSnapshots {
     /// Pyodide afresh (the `runtimeSnapshots: false` option).
     pub fn new(pyodide_url: &str, enabled: bool) -> Rc<RuntimeSnapshots> {
         let key = storage_key(pyodide_url);
-        let lookup = enabled.then(|| {
-            let key = key.clone();
-            async move { stored(&key).await.ok().flatten() }.boxed_local().shared()
-        });
-        Rc::new(RuntimeSnapshots { key, lookup, book: RefCell::new(SnapshotBook::new(enabled)) })
+        Rc::new(RuntimeSnapshots {
+            key,
+            enabled,
+            lookup: OnceCell::new(),
+            book: RefCell::new(SnapshotBook::new(enabled)),
+        })
     }
 
     /// What the next Pyodide sandbox should do (waits for the stored snapshot's lookup, once).
     pub async fn order(&self) -> SnapshotOrder {
-        if let Some(lookup) = &self.lookup {
+        if self.enabled {
+            let lookup = self.lookup.get_or_init(|| {
+                let key = self.key.clone();
+                async move { stored(&key).await.ok().flatten() }.boxed_local().shared()
+            });
             let stored = lookup.clone().await;
             self.book.borrow_mut().looked_up(stored);
         }
