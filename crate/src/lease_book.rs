@@ -140,7 +140,7 @@ impl LeaseBook {
         ids.into_iter()
             .filter_map(|lease_id| {
                 let held = held.remove(&lease_id)?;
-                Some(ResultItem { lease_id, token: held.token, outcome: outcome.clone(), console: vec![] })
+                Some(ResultItem { lease_id, token: held.token, outcome: outcome.clone(), console: vec![], compute_ms: None })
             })
             .collect()
     }
@@ -207,7 +207,7 @@ impl Farewell {
             .into_iter()
             .filter_map(|lease_id| {
                 let token = state.tokens.get(&lease_id)?.clone();
-                Some(ResultItem { lease_id, token, outcome: outcome.clone(), console: vec![] })
+                Some(ResultItem { lease_id, token, outcome: outcome.clone(), console: vec![], compute_ms: None })
             })
             .collect();
         Some(ResultsRequest { results, worker_token: Some(token) })

@@ -199,6 +199,7 @@ mod tests {
             token: "t".into(),
             outcome: SliceOutcome::Ok { value: json!(n) },
             console: vec![],
+            compute_ms: None,
         }
     }
 

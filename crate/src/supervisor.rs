@@ -480,7 +480,12 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             if self.register_gate.ready(now) {
                 self.register_gate.begin();
                 let request =
-                    RegisterRequest { user_agent: None, sandboxes: self.config.sandboxes as u32, worker_key: None };
+                    RegisterRequest {
+                    user_agent: None,
+                    sandboxes: self.config.sandboxes as u32,
+                    worker_key: None,
+                    contributor: None,
+                };
                 let task = self.client.register(request);
                 self.tasks.push(task.map(Event::Registered).boxed_local());
             }
@@ -772,6 +777,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 token: lease.token,
                 outcome: fit_outcome(outcome, self.limits.max_result_bytes),
                 console: cap_console(run.console),
+                compute_ms: Some(ms),
             };
             self.outbox.push(item, now);
         }
@@ -881,6 +887,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     token: lease.token,
                     outcome: outcome.clone(),
                     console: vec![],
+                    compute_ms: None,
                 };
                 self.outbox.push(item, now);
             }
@@ -936,7 +943,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     fn give_back(&mut self, lease: Lease, reason: &str, now: u64) {
         if self.book.finish(&lease.lease_id) {
             let outcome = SliceOutcome::Released { reason: reason.to_string() };
-            let item = ResultItem { lease_id: lease.lease_id, token: lease.token, outcome, console: vec![] };
+            let item =
+                ResultItem { lease_id: lease.lease_id, token: lease.token, outcome, console: vec![], compute_ms: None };
             self.outbox.push(item, now);
         }
     }

@@ -158,6 +158,7 @@ impl SchedulerClient for Client {
             Some(error) => Err(error),
             None => Ok(RegisterResponse {
                 worker_id: "w1".into(),
+                contributor: "c1".into(),
                 token: WORKER_TOKEN.into(),
                 lease_ttl_ms: 30_000,
                 heartbeat_ms: 10_000,

@@ -26,12 +26,20 @@ pub struct RegisterRequest {
     /// --worker-key`); an open scheduler ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_key: Option<String>,
+    /// The contributor this worker earns credits for: a random id the browser keeps (16–64 of
+    /// `A-Z a-z 0-9 _ -`). None: the scheduler opens a new contributor for this worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contributor: Option<String>,
 }
 
 /// The worker's identity and the timing rules it must follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterResponse {
     pub worker_id: String,
+    /// The contributor credited for this worker's accepted slices (`GET /v1/workers/{contributor}`):
+    /// the one asked for, or a new one.
+    #[serde(default)]
+    pub contributor: String,
     /// Sent as `Authorization: Bearer <token>` on every worker request.
     pub token: String,
     /// How long a lease lives without a heartbeat.
@@ -223,6 +231,11 @@ pub struct ResultItem {
     pub outcome: SliceOutcome,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub console: Vec<ConsoleLine>,
+    /// How long the slice ran in its sandbox (ms), as the worker core measured it around the
+    /// sandbox call (never a figure from guest code). An accepted slice credits its contributor
+    /// with this, capped by the lease's age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_ms: Option<u64>,
 }
 
 /// `POST /v1/results`: a batch of finished leases.
@@ -291,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_registration_carries_the_worker_key_only_when_there_is_one() {
-        let open = RegisterRequest { user_agent: None, sandboxes: 2, worker_key: None };
+        let open = RegisterRequest { user_agent: None, sandboxes: 2, worker_key: None, contributor: None };
         assert_eq!(serde_json::to_string(&open).unwrap(), r#"{"sandboxes":2}"#);
         let private: RegisterRequest = serde_json::from_str(r#"{"sandboxes":1,"worker_key":"k"}"#).unwrap();
         assert_eq!(private.worker_key.as_deref(), Some("k"));

@@ -623,7 +623,7 @@ async fn register(
     state.remember_token(token.clone(), worker_id.clone());
     tracing::info!(worker = %worker_id, sandboxes, "worker registered");
     let ttl = state.config.lease.ttl_ms;
-    Ok(Json(RegisterResponse { worker_id, token, lease_ttl_ms: ttl, heartbeat_ms: ttl / 3, limits: state.limits }))
+    Ok(Json(RegisterResponse { worker_id, contributor: String::new(), token, lease_ttl_ms: ttl, heartbeat_ms: ttl / 3, limits: state.limits }))
 }
 
 async fn lease(

@@ -36,7 +36,7 @@ fn job(slices: usize) -> NewJob {
 }
 
 fn result(lease: &Lease, outcome: SliceOutcome) -> ResultItem {
-    ResultItem { lease_id: lease.lease_id.clone(), token: lease.token.clone(), outcome, console: vec![] }
+    ResultItem { lease_id: lease.lease_id.clone(), token: lease.token.clone(), outcome, console: vec![], compute_ms: None }
 }
 
 fn ok(lease: &Lease, value: Value) -> ResultItem {
