@@ -26,26 +26,26 @@ const logSlices = params.get('logSlices') === '1';
 
 function onEvent(event) {
   switch (event.type) {
-    case 'registered': log(`registered as ${event.worker_id} with ${event.sandboxes} sandbox(es)`); break;
+    case 'registered': log(`registered as ${event.workerId} with ${event.sandboxes} sandbox(es)`); break;
     case 'leased': log(`leased ${event.count} slice(s)`); break;
-    case 'slice_started':
+    case 'sliceStarted':
       counts.running++;
       if (logSlices) log(`slice-start job=${event.job} slice=${event.slice} sandbox=${event.sandbox}`);
       break;
-    case 'slice_finished':
+    case 'sliceFinished':
       counts.running = Math.max(0, counts.running - 1);
       if (event.outcome === 'ok') counts.done++; else counts.errors++;
       if (logSlices) log(`slice-end job=${event.job} slice=${event.slice} sandbox=${event.sandbox} outcome=${event.outcome} ms=${event.ms}`);
       break;
-    case 'slice_interrupted': log(`interrupted job=${event.job} slice=${event.slice} sandbox=${event.sandbox} (${event.reason})`); break;
-    case 'job_ended': log(`job-ended job=${event.job}`); break;
+    case 'sliceInterrupted': log(`interrupted job=${event.job} slice=${event.slice} sandbox=${event.sandbox} (${event.reason})`); break;
+    case 'jobEnded': log(`job-ended job=${event.job}`); break;
     case 'submitted': log(`submitted: ${event.accepted} accepted, ${event.duplicate} duplicate, ${event.stale} stale, ${event.requeued} requeued, ${event.released} released, ${event.refused} refused (${counts.done} done, ${counts.errors} errors)`); break;
-    case 'sandbox_created': log(`sandbox ${event.sandbox} created (${event.worktime})`); break;
-    case 'sandbox_removed': log(logSlices ? `sandbox-removed sandbox=${event.sandbox} reason=${event.reason}` : `sandbox ${event.sandbox} removed: ${event.reason}`); break;
-    case 'scheduler_unreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retry_ms} ms`); break;
-    case 'request_refused': log(`the scheduler refused a ${event.request} request (not retried): ${event.message}`); break;
-    case 'sandboxes_failing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pause_ms} ms`); break;
-    case 'runtime_snapshot':
+    case 'sandboxCreated': log(`sandbox ${event.sandbox} created (${event.worktime})`); break;
+    case 'sandboxRemoved': log(logSlices ? `sandbox-removed sandbox=${event.sandbox} reason=${event.reason}` : `sandbox ${event.sandbox} removed: ${event.reason}`); break;
+    case 'schedulerUnreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retryMs} ms`); break;
+    case 'requestRefused': log(`the scheduler refused a ${event.request} request (not retried): ${event.message}`); break;
+    case 'sandboxesFailing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pauseMs} ms`); break;
+    case 'runtimeSnapshot':
       log(event.outcome === 'rejected' || event.outcome === 'failed'
         ? `runtime snapshot ${event.outcome}: ${event.reason}`
         : `runtime snapshot ${event.outcome} in ${event.ms} ms`);
