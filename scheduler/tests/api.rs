@@ -448,7 +448,8 @@ async fn a_restarted_server_keeps_leases_alive() {
     // Before the restart: a lease taken with a 1 ms ttl, long overdue by the time the server starts.
     let (job_id, token, lease) = {
         let mut store = Store::open(&config.database).unwrap();
-        let (worker, token) = store.register_worker(None, 1, 0).unwrap();
+        let registered = store.register_worker(None, 1, None, 0).unwrap();
+        let (worker, token) = (registered.worker_id, registered.token);
         let job = validate_deploy(
             serde_json::from_value(json!({"program": "(x) => x", "slices": [1]})).unwrap(),
             &DeployLimits::default(),
