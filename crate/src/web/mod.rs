@@ -157,6 +157,13 @@ impl TesseraWorker {
             .with_runtime_snapshots(parsed.runtime_snapshots.unwrap_or(true))
             .with_events(listener.clone())
             .start_pyodide_ahead();
+        if let Some(id) = parsed.contributor.as_deref().filter(|id| !tessera_protocol::is_contributor_id(id)) {
+            let error = WorkerError::Options(format!(
+                "contributor must be 16–64 characters of A-Z a-z 0-9 _ -, not {id:?} ({} characters)",
+                id.chars().count()
+            ));
+            return Err(JsError::new(&error.to_string()));
+        }
         let client = HttpSchedulerClient::new(&scheduler)
             .with_worker_key(parsed.worker_key)
             .with_contributor(parsed.contributor);
