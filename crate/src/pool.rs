@@ -220,7 +220,9 @@ impl Pool {
     }
 
     /// Idle sandboxes to recycle now: worn out, bound and idle for too long, or beyond a
-    /// capacity that was lowered (the longest idle of those bound to a job go first; the spare stays).
+    /// capacity that was lowered. The pool may always hold one sandbox beyond its capacity (the
+    /// spare, or a claimed spare while the others are idle), so only what is beyond that goes,
+    /// the longest idle of those bound to a job first.
     pub fn to_recycle(&self, now_ms: u64) -> Vec<usize> {
         let slots = || self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
         let mut recycle: Vec<usize> = slots()
@@ -230,8 +232,7 @@ impl Pool {
             })
             .map(|(i, _)| i)
             .collect();
-        let spare = slots().any(|(_, s)| s.job.is_none() && s.running == 0);
-        let allowed = self.limits.capacity + usize::from(spare);
+        let allowed = self.limits.capacity + 1;
         let mut surplus = (slots().count() - recycle.len()).saturating_sub(allowed);
         let mut idle_bound: Vec<(usize, &Slot)> =
             slots().filter(|(i, s)| s.running == 0 && s.job.is_some() && !recycle.contains(i)).collect();
@@ -379,14 +380,18 @@ mod tests {
         }
         pool.started(1, "a");
         pool.set_capacity(2);
+        assert!(pool.to_recycle(40).is_empty(), "one beyond capacity may stay");
+        pool.set_capacity(1);
         assert_eq!(pool.to_recycle(40), vec![2], "the longest idle goes first");
         pool.removed(2);
-        pool.set_capacity(1);
-        assert_eq!(pool.to_recycle(40), vec![0], "the busy one stays until its slice ends");
-        pool.removed(0);
+        pool.created(2, MB, 40);
+        pool.started(2, "a");
         pool.set_capacity(0);
-        pool.finished(1, 50, None);
-        assert!(pool.to_recycle(60).is_empty(), "capacity is at least one");
+        assert_eq!(pool.limits().capacity, 1, "capacity is at least one");
+        assert_eq!(pool.to_recycle(40), vec![0], "an idle one goes; busy ones stay until their slice ends");
+        pool.removed(0);
+        pool.finished(2, 50, None);
+        assert!(pool.to_recycle(60).is_empty(), "capacity plus one may stay");
     }
 
     #[test]
