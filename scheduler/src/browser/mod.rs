@@ -13,9 +13,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::error::{Error, Result};
+
+mod process;
 
 /// How to launch the browser worker.
 #[derive(Clone, Debug)]
@@ -266,25 +269,78 @@ pub fn page_url(options: &WorkerOptions) -> Result<String> {
     Ok(url.into())
 }
 
-/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_requested() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the worker cleanly");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// A signal that asks `tessera worker` to stop: each ends the browser and removes its profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGINT: Ctrl-C on the terminal.
+    Interrupt,
+    /// SIGTERM: `kill`, systemd, a container runtime stopping the worker.
+    Terminate,
+    /// SIGHUP: the terminal or SSH session went away.
+    Hangup,
+}
+
+impl std::fmt::Display for StopSignal {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+            StopSignal::Hangup => "SIGHUP",
+        })
     }
 }
 
-/// Runs the browser worker until the page says it is done, the browser dies, Ctrl-C or SIGTERM.
-/// The browser is ended and its temporary profile removed on every path out.
+/// The stop signals, watched from the start of `tessera worker`: once registered, none of them
+/// kills the process by default any more, so the browser and its profile are always cleaned up.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    fn watch() -> Result<Self> {
+        let watch = |kind: SignalKind, name: &str| {
+            tokio::signal::unix::signal(kind).map_err(Error::io(format!("watching {name}")))
+        };
+        Ok(StopSignals {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT")?,
+            terminate: watch(SignalKind::terminate(), "SIGTERM")?,
+            hangup: watch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// The next stop signal (cancel safe).
+    async fn next(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopSignal::Interrupt,
+            _ = self.terminate.recv() => StopSignal::Terminate,
+            _ = self.hangup.recv() => StopSignal::Hangup,
+        }
+    }
+}
+
+/// How the page run ended when nothing failed.
+enum Ending {
+    /// The page said it is done (`exit: …`, with `--exit-when-idle`).
+    PageExited,
+    /// A stop signal arrived.
+    Stopped(StopSignal),
+}
+
+/// How long Chromium gets to close in order (SIGTERM) before it is killed.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long Chromium's helpers get to follow the browser out before they are killed.
+const HELPERS_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the browser worker until the page says it is done, the browser dies, or SIGINT, SIGTERM or
+/// SIGHUP. On every path out the browser's whole process tree is ended and its temporary profile
+/// removed; a `kill -9` of the worker still takes the browser down (see [`process`]).
 pub async fn run_worker(options: WorkerOptions) -> Result<()> {
+    let mut signals = StopSignals::watch()?;
+    if let Err(error) = process::adopt_orphans() {
+        eprintln!("tessera worker: {error}; a helper Chromium daemonizes may be missed at exit");
+    }
     let chromium = find_chromium(options.chromium.clone())?;
     let url = page_url(&options)?;
     let sandbox = plan_sandbox(effective_uid()?, user_namespaces_here(), options.unsafe_no_sandbox)?;
@@ -293,9 +349,26 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
         BrowserSandbox::AsIs | BrowserSandbox::Disabled => None,
     };
     let profile = Profile::create(owner)?;
-    let outcome = drive_browser(&options, &chromium, &url, sandbox, &profile).await;
+    let outcome = match launch_browser(&chromium, &url, sandbox, &profile) {
+        Ok(mut child) => {
+            let outcome = follow_page(&options, &mut child, &mut signals).await;
+            end_browser(child, &mut signals).await;
+            outcome
+        }
+        Err(error) => Err(error),
+    };
+    let survivors = process::end_descendants(HELPERS_GRACE).await;
+    if !survivors.is_empty() {
+        eprintln!("tessera worker: browser processes {survivors:?} did not end");
+    }
     profile.remove().await;
-    outcome
+    match outcome? {
+        Ending::PageExited => Ok(()),
+        Ending::Stopped(signal) => {
+            eprintln!("tessera worker: stopped by {signal}; the browser is closed and its profile removed");
+            Ok(())
+        }
+    }
 }
 
 /// This process's effective uid (the second `Uid:` field of /proc/self/status): whether we are
@@ -309,15 +382,9 @@ fn effective_uid() -> Result<u32> {
         .ok_or_else(|| Error::Browser("/proc/self/status has no effective uid".into()))
 }
 
-/// Starts Chromium on `url` with `profile` and follows its console until the page exits, fails, the
-/// browser dies or we are asked to stop; the browser is killed (by its PID) before this returns.
-async fn drive_browser(
-    options: &WorkerOptions,
-    chromium: &Path,
-    url: &str,
-    sandbox: BrowserSandbox,
-    profile: &Profile,
-) -> Result<()> {
+/// Starts Chromium on `url` with `profile`, in a process group of its own and with a death signal
+/// (see [`process`]), and says on stderr what it started (tests read that line).
+fn launch_browser(chromium: &Path, url: &str, sandbox: BrowserSandbox, profile: &Profile) -> Result<Child> {
     let mut command = Command::new(chromium);
     command.args(CHROMIUM_FLAGS);
     match sandbox {
@@ -348,9 +415,15 @@ async fn drive_browser(
                 .env_remove("DBUS_SESSION_BUS_ADDRESS");
         }
     }
-    let mut child = command
+    let parent = std::process::id();
+    // SAFETY: die_with_parent makes only async-signal-safe calls (prctl, getppid).
+    unsafe {
+        command.pre_exec(move || process::die_with_parent(parent));
+    }
+    let child = command
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -368,6 +441,37 @@ async fn drive_browser(
         child.id().unwrap_or_default(),
         profile.path().display()
     );
+    Ok(child)
+}
+
+/// Closes the browser: SIGTERM (Chromium's own orderly shutdown), then SIGKILL after
+/// [`CLOSE_GRACE`] or at a second stop signal; the browser is reaped before this returns.
+async fn end_browser(mut child: Child, signals: &mut StopSignals) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        process::send_signal(pid, libc::SIGTERM);
+    }
+    tokio::select! {
+        status = child.wait() => {
+            if status.is_ok() {
+                return;
+            }
+        }
+        _ = tokio::time::sleep(CLOSE_GRACE) => {
+            eprintln!("tessera worker: the browser did not close within {CLOSE_GRACE:?}; killing it");
+        }
+        signal = signals.next() => {
+            eprintln!("tessera worker: {signal} again; killing the browser");
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Follows the browser's console until the page exits or fails, the browser dies, or a stop
+/// signal arrives.
+async fn follow_page(options: &WorkerOptions, child: &mut Child, signals: &mut StopSignals) -> Result<Ending> {
     let stderr = child.stderr.take().ok_or_else(|| Error::Browser("no stderr pipe".into()))?;
     let mut lines = BufReader::new(stderr).lines();
     // Chromium's own last lines, to explain an early exit (bounded: the browser logs a lot).
@@ -376,10 +480,8 @@ async fn drive_browser(
     let mut started = false;
     let startup = tokio::time::sleep(options.startup_timeout);
     tokio::pin!(startup);
-    let stop = stop_requested();
-    tokio::pin!(stop);
 
-    let outcome = loop {
+    loop {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(line)) => {
@@ -398,40 +500,37 @@ async fn drive_browser(
                     if body.starts_with("started") {
                         started = true;
                     } else if body.starts_with("exit") {
-                        break Ok(());
+                        return Ok(Ending::PageExited);
                     } else if let Some(reason) = body.strip_prefix("fatal: ") {
-                        break Err(Error::Browser(format!("the worker page failed: {reason}")));
+                        return Err(Error::Browser(format!("the worker page failed: {reason}")));
                     }
                 }
                 Ok(None) | Err(_) => {
                     let status = child.wait().await.map_err(Error::io("waiting for the browser"))?;
                     if let Some(line) = sandbox_failure {
-                        break Err(Error::Browser(format!(
+                        return Err(Error::Browser(format!(
                             "Chromium could not start its sandbox ({status}): {line}\n{HOW_TO_SANDBOX}"
                         )));
                     }
                     let tail: Vec<String> = recent.drain(..).collect();
-                    break Err(Error::Browser(format!(
+                    return Err(Error::Browser(format!(
                         "Chromium exited unexpectedly ({status}); its last lines:\n{}",
                         tail.join("\n")
                     )));
                 }
             },
             _ = &mut startup, if !started => {
-                break Err(Error::Browser(format!(
+                return Err(Error::Browser(format!(
                     "the worker page did not start within {:?}; is {} serving the site?",
                     options.startup_timeout, options.scheduler
                 )));
             }
-            _ = &mut stop => {
-                eprintln!("tessera worker: stopping");
-                break Ok(());
+            signal = signals.next() => {
+                eprintln!("tessera worker: {signal}: stopping");
+                return Ok(Ending::Stopped(signal));
             }
         }
-    };
-    // Stop the browser by its own PID (never by name) and wait for it; its helpers follow it.
-    let _ = child.kill().await;
-    outcome
+    }
 }
 
 #[cfg(test)]
