@@ -1,24 +1,33 @@
 //! `tessera worker`: contributes this machine by running the contribute page in headless Chromium.
 //!
-//! The page reports through `console.log("[tessera] …")`; Chromium's `--enable-logging=stderr`
-//! relays those lines, which this module prints and watches for the page's exit signal.
+//! The worker launches Chromium itself and drives it over the DevTools protocol on a pipe
+//! ([`devtools`]): it opens the page, and receives the page's reports — `console.log("[tessera] …")`
+//! lines — as `Runtime.consoleAPICalled` events of that page alone, which it prints and watches for
+//! the page's exit signal. Chromium's stderr is only kept (a few lines) to explain an early exit.
 //!
 //! Chromium always runs with its own sandbox (namespaces + seccomp), because the page runs code
 //! that anyone who can reach the scheduler deployed. Chromium refuses to sandbox itself as root, so
 //! a root worker starts it as `nobody` instead (see [`plan_sandbox`] and docs/SECURITY.md).
+//! However the worker stops, the browser's processes end and its profile is removed ([`process`]).
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::error::{Error, Result};
 
+mod devtools;
 mod process;
+
+use devtools::DevTools;
 
 /// How to launch the browser worker.
 #[derive(Clone, Debug)]
@@ -44,8 +53,9 @@ pub struct WorkerOptions {
     pub unsafe_no_sandbox: bool,
 }
 
-/// Flags that make Chromium behave headless on a closed network (see docs/ARCHITECTURE.md). No
-/// `--no-sandbox`: that is added only for `--unsafe-no-browser-sandbox`.
+/// Flags that make Chromium behave headless on a closed network and take DevTools commands on its
+/// pipe (see docs/ARCHITECTURE.md). No `--no-sandbox`: that is added only for
+/// `--unsafe-no-browser-sandbox`.
 pub const CHROMIUM_FLAGS: &[&str] = &[
     "--headless",
     "--disable-gpu",
@@ -57,8 +67,8 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-dev-shm-usage",
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
-    "--enable-logging=stderr",
-    "--v=0",
+    // DevTools on file descriptors 3 and 4 (see `devtools`), never on a port.
+    "--remote-debugging-pipe",
 ];
 
 /// The user (and group) Chromium runs as when the worker is root: `nobody`, uid and gid 65534, the
@@ -235,16 +245,6 @@ pub fn find_chromium(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Err(Error::Browser("no Chromium found; install it (scripts/bootstrap) or pass --chromium PATH".into()))
 }
 
-/// The message inside a Chromium console log line, if it is one of the page's `[tessera]` lines.
-pub fn page_message(log_line: &str) -> Option<&str> {
-    if !log_line.contains(":CONSOLE") {
-        return None;
-    }
-    let start = log_line.find("\"[tessera] ")? + 1;
-    let end = log_line.rfind("\", source:")?;
-    (end > start).then(|| &log_line[start..end])
-}
-
 /// The page URL with its query: autostart, idle rules, sandboxes, slice logging and any extra
 /// parameters, each URL-encoded.
 pub fn page_url(options: &WorkerOptions) -> Result<String> {
@@ -349,10 +349,10 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
         BrowserSandbox::AsIs | BrowserSandbox::Disabled => None,
     };
     let profile = Profile::create(owner)?;
-    let outcome = match launch_browser(&chromium, &url, sandbox, &profile) {
-        Ok(mut child) => {
-            let outcome = follow_page(&options, &mut child, &mut signals).await;
-            end_browser(child, &mut signals).await;
+    let outcome = match Browser::launch(&chromium, &url, sandbox, &profile) {
+        Ok(mut browser) => {
+            let outcome = follow_page(&options, &url, &mut browser, &mut signals).await;
+            browser.close(&mut signals).await;
             outcome
         }
         Err(error) => Err(error),
@@ -382,149 +382,263 @@ fn effective_uid() -> Result<u32> {
         .ok_or_else(|| Error::Browser("/proc/self/status has no effective uid".into()))
 }
 
-/// Starts Chromium on `url` with `profile`, in a process group of its own and with a death signal
-/// (see [`process`]), and says on stderr what it started (tests read that line).
-fn launch_browser(chromium: &Path, url: &str, sandbox: BrowserSandbox, profile: &Profile) -> Result<Child> {
-    let mut command = Command::new(chromium);
-    command.args(CHROMIUM_FLAGS);
-    match sandbox {
-        BrowserSandbox::AsIs => {}
-        BrowserSandbox::Disabled => {
-            eprintln!(
-                "tessera worker: WARNING: --unsafe-no-browser-sandbox: Chromium runs without its sandbox; guest code \
-                 that exploits the browser runs with this user's privileges"
-            );
-            command.arg("--no-sandbox");
-        }
-        BrowserSandbox::DropTo { uid, gid } => {
-            // Set directly on the spawned process (no sudo/su in between), so the PID we hold is
-            // Chromium's (/usr/bin/chromium execs it) and killing it ends the browser. std drops
-            // root's supplementary groups when it changes the uid. Root's HOME, runtime dir and
-            // session bus are unusable to `nobody`: everything points into the profile instead.
-            let home = profile.home();
-            command
-                .uid(uid)
-                .gid(gid)
-                .current_dir(profile.path())
-                .env("HOME", &home)
-                .env("XDG_CONFIG_HOME", home.join(".config"))
-                .env("XDG_CACHE_HOME", home.join(".cache"))
-                .env("XDG_DATA_HOME", home.join(".local/share"))
-                .env("TMPDIR", profile.tmp())
-                .env_remove("XDG_RUNTIME_DIR")
-                .env_remove("DBUS_SESSION_BUS_ADDRESS");
-        }
-    }
-    let parent = std::process::id();
-    // SAFETY: die_with_parent makes only async-signal-safe calls (prctl, getppid).
-    unsafe {
-        command.pre_exec(move || process::die_with_parent(parent));
-    }
-    let child = command
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| Error::Browser(format!("cannot start {}: {error}", chromium.display())))?;
-    let how = match sandbox {
-        BrowserSandbox::AsIs => "its own sandbox".to_string(),
-        BrowserSandbox::DropTo { uid, .. } => format!("its own sandbox as uid {uid}"),
-        BrowserSandbox::Disabled => "NO sandbox".to_string(),
-    };
-    eprintln!(
-        "tessera worker: {} (pid {}, {how}, profile {}) on {url}",
-        chromium.display(),
-        child.id().unwrap_or_default(),
-        profile.path().display()
-    );
-    Ok(child)
+/// Chromium's last stderr lines and the first that reported a sandbox failure: what explains an
+/// early exit (bounded: the browser may log a lot).
+#[derive(Default)]
+struct StderrTail {
+    recent: VecDeque<String>,
+    sandbox_failure: Option<String>,
 }
 
-/// Closes the browser: SIGTERM (Chromium's own orderly shutdown), then SIGKILL after
-/// [`CLOSE_GRACE`] or at a second stop signal; the browser is reaped before this returns.
-async fn end_browser(mut child: Child, signals: &mut StopSignals) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
+impl StderrTail {
+    const LINES: usize = 8;
+
+    /// Reads `stderr` to its end into the shared tail.
+    async fn collect(stderr: ChildStderr, tail: Arc<Mutex<StderrTail>>) {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(mut tail) = tail.lock() else { return };
+            if tail.sandbox_failure.is_none() && is_sandbox_failure(&line) {
+                tail.sandbox_failure = Some(line.clone());
+            }
+            if tail.recent.len() == Self::LINES {
+                tail.recent.pop_front();
+            }
+            tail.recent.push_back(line);
+        }
     }
-    if let Some(pid) = child.id() {
-        process::send_signal(pid, libc::SIGTERM);
-    }
-    tokio::select! {
-        status = child.wait() => {
-            if status.is_ok() {
-                return;
+}
+
+/// A running Chromium: its process, its DevTools pipe and what it said on stderr.
+struct Browser {
+    child: Child,
+    devtools: DevTools,
+    stderr: Arc<Mutex<StderrTail>>,
+    /// The task reading stderr; aborted when the browser is closed.
+    stderr_reader: tokio::task::JoinHandle<()>,
+}
+
+impl Browser {
+    /// Starts Chromium with `profile` (on about:blank: the page is opened over DevTools), in a
+    /// process group of its own and with a death signal (see [`process`]), its DevTools pipe on
+    /// file descriptors 3 and 4, and says on stderr what it started (tests read that line).
+    fn launch(chromium: &Path, url: &str, sandbox: BrowserSandbox, profile: &Profile) -> Result<Browser> {
+        let mut command = Command::new(chromium);
+        command.args(CHROMIUM_FLAGS);
+        match sandbox {
+            BrowserSandbox::AsIs => {}
+            BrowserSandbox::Disabled => {
+                eprintln!(
+                    "tessera worker: WARNING: --unsafe-no-browser-sandbox: Chromium runs without its sandbox; guest \
+                     code that exploits the browser runs with this user's privileges"
+                );
+                command.arg("--no-sandbox");
+            }
+            BrowserSandbox::DropTo { uid, gid } => {
+                // Set directly on the spawned process (no sudo/su in between), so the PID we hold
+                // is Chromium's (/usr/bin/chromium execs it) and killing it ends the browser. std
+                // drops root's supplementary groups when it changes the uid. Root's HOME, runtime
+                // dir and session bus are unusable to `nobody`: everything points into the profile.
+                let home = profile.home();
+                command
+                    .uid(uid)
+                    .gid(gid)
+                    .current_dir(profile.path())
+                    .env("HOME", &home)
+                    .env("XDG_CONFIG_HOME", home.join(".config"))
+                    .env("XDG_CACHE_HOME", home.join(".cache"))
+                    .env("XDG_DATA_HOME", home.join(".local/share"))
+                    .env("TMPDIR", profile.tmp())
+                    .env_remove("XDG_RUNTIME_DIR")
+                    .env_remove("DBUS_SESSION_BUS_ADDRESS");
             }
         }
-        _ = tokio::time::sleep(CLOSE_GRACE) => {
-            eprintln!("tessera worker: the browser did not close within {CLOSE_GRACE:?}; killing it");
+        let (devtools, ends) = DevTools::pipes()?;
+        let fds =
+            [(ends.commands.as_raw_fd(), devtools::COMMANDS_FD), (ends.messages.as_raw_fd(), devtools::MESSAGES_FD)];
+        let parent = std::process::id();
+        // SAFETY: the closure makes only async-signal-safe calls (prctl, getppid, fcntl, dup2) and
+        // uses only the copied fd numbers, which stay open until `ends` is dropped after spawn.
+        unsafe {
+            command.pre_exec(move || {
+                process::die_with_parent(parent)?;
+                process::install_fds(&fds)
+            });
         }
-        signal = signals.next() => {
-            eprintln!("tessera worker: {signal} again; killing the browser");
-        }
+        let mut child = command
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| Error::Browser(format!("cannot start {}: {error}", chromium.display())))?;
+        // Only the browser may hold its ends: closed here, a browser that exits closes the pipe.
+        drop(ends);
+        let how = match sandbox {
+            BrowserSandbox::AsIs => "its own sandbox".to_string(),
+            BrowserSandbox::DropTo { uid, .. } => format!("its own sandbox as uid {uid}"),
+            BrowserSandbox::Disabled => "NO sandbox".to_string(),
+        };
+        eprintln!(
+            "tessera worker: {} (pid {}, {how}, profile {}) on {url}",
+            chromium.display(),
+            child.id().unwrap_or_default(),
+            profile.path().display()
+        );
+        let stderr = Arc::new(Mutex::new(StderrTail::default()));
+        let pipe = child.stderr.take().ok_or_else(|| Error::Browser("no stderr pipe".into()))?;
+        let stderr_reader = tokio::spawn(StderrTail::collect(pipe, stderr.clone()));
+        Ok(Browser { child, devtools, stderr, stderr_reader })
     }
-    let _ = child.kill().await;
+
+    /// Opens `url` in a page of its own, attached over DevTools with the console reported
+    /// (`Runtime.enable` before the page loads, so no line is missed); returns the session id.
+    async fn open_page(&mut self, url: &str) -> Result<String> {
+        let devtools = &mut self.devtools;
+        let created = devtools.call("Target.createTarget", json!({"url": "about:blank"}), None).await?;
+        let target_id = created["targetId"]
+            .as_str()
+            .ok_or_else(|| Error::Browser(format!("Target.createTarget gave no target: {created}")))?;
+        let attached =
+            devtools.call("Target.attachToTarget", json!({"targetId": target_id, "flatten": true}), None).await?;
+        let session = attached["sessionId"]
+            .as_str()
+            .ok_or_else(|| Error::Browser(format!("Target.attachToTarget gave no session: {attached}")))?
+            .to_string();
+        devtools.call("Runtime.enable", json!({}), Some(&session)).await?;
+        devtools.call("Inspector.enable", json!({}), Some(&session)).await?;
+        let navigated = devtools.call("Page.navigate", json!({"url": url}), Some(&session)).await?;
+        if let Some(error) = navigated.get("errorText").and_then(Value::as_str) {
+            return Err(Error::Browser(format!("cannot open {url}: {error}")));
+        }
+        Ok(session)
+    }
+
+    /// Why the browser went away: its exit status, with its sandbox failure or last stderr lines.
+    /// `fallback` is returned when the browser is still running a moment later.
+    async fn explain_exit(&mut self, fallback: Error) -> Error {
+        let status = match tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(_)) | Err(_) => return fallback,
+        };
+        // Let stderr's last lines arrive.
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.stderr_reader).await;
+        let Ok(tail) = self.stderr.lock() else { return fallback };
+        if let Some(line) = &tail.sandbox_failure {
+            return Error::Browser(format!(
+                "Chromium could not start its sandbox ({status}): {line}\n{HOW_TO_SANDBOX}"
+            ));
+        }
+        let recent: Vec<&str> = tail.recent.iter().map(String::as_str).collect();
+        Error::Browser(format!("Chromium exited unexpectedly ({status}); its last lines:\n{}", recent.join("\n")))
+    }
+
+    /// Closes the browser: `Browser.close` over DevTools (Chromium's own orderly shutdown), then
+    /// SIGKILL after [`CLOSE_GRACE`] or at a second stop signal; reaped before this returns.
+    async fn close(mut self, signals: &mut StopSignals) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if self.devtools.send("Browser.close", json!({}), None).await.is_err() {
+                if let Some(pid) = self.child.id() {
+                    process::send_signal(pid, libc::SIGTERM);
+                }
+            }
+            tokio::select! {
+                _ = self.child.wait() => {}
+                _ = tokio::time::sleep(CLOSE_GRACE) => {
+                    eprintln!("tessera worker: the browser did not close within {CLOSE_GRACE:?}; killing it");
+                }
+                signal = signals.next() => {
+                    eprintln!("tessera worker: {signal} again; killing the browser");
+                }
+            }
+            let _ = self.child.kill().await;
+        }
+        self.stderr_reader.abort();
+    }
 }
 
-/// Follows the browser's console until the page exits or fails, the browser dies, or a stop
+/// What one event of the page means for the run.
+enum PageTurn {
+    Continue,
+    Started,
+    Ended(Result<Ending>),
+}
+
+/// Reads one DevTools event of the page attached as `session`: prints its `[tessera]` lines and
+/// tells whether the page started, exited, failed or went away.
+fn page_turn(event: &devtools::Event, session: &str) -> PageTurn {
+    if event.method == "Target.detachedFromTarget" {
+        if event.params.get("sessionId").and_then(Value::as_str) == Some(session) {
+            return PageTurn::Ended(Err(Error::Browser("the worker page was closed".into())));
+        }
+        return PageTurn::Continue;
+    }
+    if event.session_id.as_deref() != Some(session) {
+        return PageTurn::Continue;
+    }
+    if event.method == "Inspector.targetCrashed" {
+        return PageTurn::Ended(Err(Error::Browser("the worker page crashed (out of memory?)".into())));
+    }
+    if let Some(error) = devtools::exception_text(event) {
+        eprintln!("tessera worker: uncaught error in the page: {error}");
+        return PageTurn::Continue;
+    }
+    let Some(message) = devtools::console_text(event) else { return PageTurn::Continue };
+    let Some(body) = message.strip_prefix("[tessera] ") else { return PageTurn::Continue };
+    println!("{message}");
+    if body.starts_with("started") {
+        PageTurn::Started
+    } else if body.starts_with("exit") {
+        PageTurn::Ended(Ok(Ending::PageExited))
+    } else if let Some(reason) = body.strip_prefix("fatal: ") {
+        PageTurn::Ended(Err(Error::Browser(format!("the worker page failed: {reason}"))))
+    } else {
+        PageTurn::Continue
+    }
+}
+
+/// Opens the page and follows its reports until it exits or fails, the browser dies, or a stop
 /// signal arrives.
-async fn follow_page(options: &WorkerOptions, child: &mut Child, signals: &mut StopSignals) -> Result<Ending> {
-    let stderr = child.stderr.take().ok_or_else(|| Error::Browser("no stderr pipe".into()))?;
-    let mut lines = BufReader::new(stderr).lines();
-    // Chromium's own last lines, to explain an early exit (bounded: the browser logs a lot).
-    let mut recent: VecDeque<String> = VecDeque::new();
-    let mut sandbox_failure: Option<String> = None;
-    let mut started = false;
+async fn follow_page(
+    options: &WorkerOptions,
+    url: &str,
+    browser: &mut Browser,
+    signals: &mut StopSignals,
+) -> Result<Ending> {
     let startup = tokio::time::sleep(options.startup_timeout);
     tokio::pin!(startup);
-
+    let not_started = || {
+        Error::Browser(format!(
+            "the worker page did not start within {:?}; is {} serving the site?",
+            options.startup_timeout, options.scheduler
+        ))
+    };
+    let session = tokio::select! {
+        opened = browser.open_page(url) => match opened {
+            Ok(session) => session,
+            Err(error) => return Err(browser.explain_exit(error).await),
+        },
+        _ = &mut startup => return Err(not_started()),
+        signal = signals.next() => return Ok(Ending::Stopped(signal)),
+    };
+    let mut started = false;
     loop {
         tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => {
-                    let Some(message) = page_message(&line) else {
-                        if sandbox_failure.is_none() && is_sandbox_failure(&line) {
-                            sandbox_failure = Some(line.clone());
-                        }
-                        if recent.len() == 8 {
-                            recent.pop_front();
-                        }
-                        recent.push_back(line);
-                        continue;
-                    };
-                    println!("{message}");
-                    let body = message.trim_start_matches("[tessera] ");
-                    if body.starts_with("started") {
-                        started = true;
-                    } else if body.starts_with("exit") {
-                        return Ok(Ending::PageExited);
-                    } else if let Some(reason) = body.strip_prefix("fatal: ") {
-                        return Err(Error::Browser(format!("the worker page failed: {reason}")));
-                    }
+            event = browser.devtools.next_event() => match event {
+                Ok(Some(event)) => match page_turn(&event, &session) {
+                    PageTurn::Continue => {}
+                    PageTurn::Started => started = true,
+                    PageTurn::Ended(outcome) => return outcome,
+                },
+                Ok(None) => {
+                    let closed = Error::Browser("the browser closed its DevTools pipe".into());
+                    return Err(browser.explain_exit(closed).await);
                 }
-                Ok(None) | Err(_) => {
-                    let status = child.wait().await.map_err(Error::io("waiting for the browser"))?;
-                    if let Some(line) = sandbox_failure {
-                        return Err(Error::Browser(format!(
-                            "Chromium could not start its sandbox ({status}): {line}\n{HOW_TO_SANDBOX}"
-                        )));
-                    }
-                    let tail: Vec<String> = recent.drain(..).collect();
-                    return Err(Error::Browser(format!(
-                        "Chromium exited unexpectedly ({status}); its last lines:\n{}",
-                        tail.join("\n")
-                    )));
-                }
+                Err(error) => return Err(browser.explain_exit(error).await),
             },
-            _ = &mut startup, if !started => {
-                return Err(Error::Browser(format!(
-                    "the worker page did not start within {:?}; is {} serving the site?",
-                    options.startup_timeout, options.scheduler
-                )));
-            }
+            _ = &mut startup, if !started => return Err(not_started()),
             signal = signals.next() => {
                 eprintln!("tessera worker: {signal}: stopping");
                 return Ok(Ending::Stopped(signal));
@@ -559,11 +673,25 @@ mod tests {
     }
 
     #[test]
-    fn extracts_page_messages_from_chromium_logs() {
-        let line = r#"[1:1:1125/174559.074933:INFO:CONSOLE:1] "[tessera] started 1 sandbox", source: http://127.0.0.1:8765/ (1)"#;
-        assert_eq!(page_message(line), Some("[tessera] started 1 sandbox"));
-        assert_eq!(page_message(r#"[1:1:INFO:CONSOLE:1] "other", source: x (1)"#), None);
-        assert_eq!(page_message("[1:1:ERROR:gpu] \"[tessera] x\", source: y"), None);
+    fn only_the_attached_pages_reports_count() {
+        let console = |session: &str, text: &str| devtools::Event {
+            method: "Runtime.consoleAPICalled".into(),
+            params: json!({"type": "log", "args": [{"type": "string", "value": text}]}),
+            session_id: Some(session.into()),
+        };
+        let turn = |event: devtools::Event| page_turn(&event, "S");
+        assert!(matches!(turn(console("S", "[tessera] started with 1 sandbox(es)")), PageTurn::Started));
+        assert!(matches!(turn(console("S", "[tessera] exit: idle; 3 done, 0 errors")), PageTurn::Ended(Ok(_))));
+        assert!(matches!(turn(console("S", "[tessera] fatal: boom")), PageTurn::Ended(Err(_))));
+        // Another target (a sandbox frame or worker, were one attached) cannot end the run.
+        assert!(matches!(turn(console("other", "[tessera] exit: idle")), PageTurn::Continue));
+        assert!(matches!(turn(console("S", "exit")), PageTurn::Continue));
+        let detached = devtools::Event {
+            method: "Target.detachedFromTarget".into(),
+            params: json!({"sessionId": "S"}),
+            session_id: None,
+        };
+        assert!(matches!(turn(detached), PageTurn::Ended(Err(_))));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   only the worker, which then closes the browser in order.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -45,6 +46,28 @@ pub(super) fn die_with_parent(parent: u32) -> io::Result<()> {
     if unsafe { libc::getppid() } as u32 != parent {
         // The worker died between the fork and the prctl: nobody would end this browser.
         return Err(io::Error::other("tessera worker exited while starting the browser"));
+    }
+    Ok(())
+}
+
+/// Makes `source` the child's file descriptor `target` for each pair (between fork and exec; only
+/// fcntl and dup2, both async-signal-safe). Every source is first lifted above the targets, so that
+/// no dup2 overwrites a source still to be moved; dup2 leaves the targets open across exec.
+pub(super) fn install_fds(pairs: &[(RawFd, RawFd); 2]) -> io::Result<()> {
+    let mut lifted = [(-1, -1); 2];
+    for (slot, (source, target)) in lifted.iter_mut().zip(pairs) {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) duplicates an fd we own onto a free number ≥ 10.
+        let copy = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, 10) };
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        *slot = (copy, *target);
+    }
+    for (copy, target) in lifted {
+        // SAFETY: dup2 onto a fixed number the browser expects; the copy stays close-on-exec.
+        if unsafe { libc::dup2(copy, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }
