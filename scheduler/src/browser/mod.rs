@@ -26,8 +26,10 @@ use crate::error::{Error, Result};
 
 mod devtools;
 mod process;
+mod progress;
 
 use devtools::DevTools;
+use progress::Progress;
 
 /// How to launch the browser worker.
 #[derive(Clone, Debug)]
@@ -351,8 +353,10 @@ pub async fn run_worker(options: WorkerOptions) -> Result<()> {
     let profile = Profile::create(owner)?;
     let outcome = match Browser::launch(&chromium, &url, sandbox, &profile) {
         Ok(mut browser) => {
-            let outcome = follow_page(&options, &url, &mut browser, &mut signals).await;
-            browser.close(&mut signals).await;
+            let mut progress = Progress::for_stdout();
+            let outcome = follow_page(&options, &url, &mut browser, &mut signals, &mut progress).await;
+            browser.close(&mut signals, &progress).await;
+            progress.finish();
             outcome
         }
         Err(error) => Err(error),
@@ -537,7 +541,7 @@ impl Browser {
 
     /// Closes the browser: `Browser.close` over DevTools (Chromium's own orderly shutdown), then
     /// SIGKILL after [`CLOSE_GRACE`] or at a second stop signal; reaped before this returns.
-    async fn close(mut self, signals: &mut StopSignals) {
+    async fn close(mut self, signals: &mut StopSignals, progress: &Progress) {
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             if self.devtools.send("Browser.close", json!({}), None).await.is_err() {
                 if let Some(pid) = self.child.id() {
@@ -547,10 +551,10 @@ impl Browser {
             tokio::select! {
                 _ = self.child.wait() => {}
                 _ = tokio::time::sleep(CLOSE_GRACE) => {
-                    eprintln!("tessera worker: the browser did not close within {CLOSE_GRACE:?}; killing it");
+                    progress.note(&format!("the browser did not close within {CLOSE_GRACE:?}; killing it"));
                 }
                 signal = signals.next() => {
-                    eprintln!("tessera worker: {signal} again; killing the browser");
+                    progress.note(&format!("{signal} again; killing the browser"));
                 }
             }
             let _ = self.child.kill().await;
@@ -568,7 +572,7 @@ enum PageTurn {
 
 /// Reads one DevTools event of the page attached as `session`: prints its `[tessera]` lines and
 /// tells whether the page started, exited, failed or went away.
-fn page_turn(event: &devtools::Event, session: &str) -> PageTurn {
+fn page_turn(event: &devtools::Event, session: &str, progress: &mut Progress) -> PageTurn {
     if event.method == "Target.detachedFromTarget" {
         if event.params.get("sessionId").and_then(Value::as_str) == Some(session) {
             return PageTurn::Ended(Err(Error::Browser("the worker page was closed".into())));
@@ -582,12 +586,12 @@ fn page_turn(event: &devtools::Event, session: &str) -> PageTurn {
         return PageTurn::Ended(Err(Error::Browser("the worker page crashed (out of memory?)".into())));
     }
     if let Some(error) = devtools::exception_text(event) {
-        eprintln!("tessera worker: uncaught error in the page: {error}");
+        progress.note(&format!("uncaught error in the page: {error}"));
         return PageTurn::Continue;
     }
     let Some(message) = devtools::console_text(event) else { return PageTurn::Continue };
     let Some(body) = message.strip_prefix("[tessera] ") else { return PageTurn::Continue };
-    println!("{message}");
+    progress.page_line(&message);
     if body.starts_with("started") {
         PageTurn::Started
     } else if body.starts_with("exit") {
@@ -606,6 +610,7 @@ async fn follow_page(
     url: &str,
     browser: &mut Browser,
     signals: &mut StopSignals,
+    progress: &mut Progress,
 ) -> Result<Ending> {
     let startup = tokio::time::sleep(options.startup_timeout);
     tokio::pin!(startup);
@@ -627,7 +632,7 @@ async fn follow_page(
     loop {
         tokio::select! {
             event = browser.devtools.next_event() => match event {
-                Ok(Some(event)) => match page_turn(&event, &session) {
+                Ok(Some(event)) => match page_turn(&event, &session, progress) {
                     PageTurn::Continue => {}
                     PageTurn::Started => started = true,
                     PageTurn::Ended(outcome) => return outcome,
@@ -640,7 +645,7 @@ async fn follow_page(
             },
             _ = &mut startup, if !started => return Err(not_started()),
             signal = signals.next() => {
-                eprintln!("tessera worker: {signal}: stopping");
+                progress.note(&format!("{signal}: stopping"));
                 return Ok(Ending::Stopped(signal));
             }
         }
@@ -679,7 +684,8 @@ mod tests {
             params: json!({"type": "log", "args": [{"type": "string", "value": text}]}),
             session_id: Some(session.into()),
         };
-        let turn = |event: devtools::Event| page_turn(&event, "S");
+        let mut progress = Progress::plain();
+        let mut turn = |event: devtools::Event| page_turn(&event, "S", &mut progress);
         assert!(matches!(turn(console("S", "[tessera] started with 1 sandbox(es)")), PageTurn::Started));
         assert!(matches!(turn(console("S", "[tessera] exit: idle; 3 done, 0 errors")), PageTurn::Ended(Ok(_))));
         assert!(matches!(turn(console("S", "[tessera] fatal: boom")), PageTurn::Ended(Err(_))));
