@@ -10,7 +10,7 @@
 //! a root worker starts it as `nobody` instead (see [`plan_sandbox`] and docs/SECURITY.md).
 //! However the worker stops, the browser's processes end and its profile is removed ([`process`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -498,8 +498,8 @@ impl Browser {
     }
 
     /// Opens `url` in a page of its own, attached over DevTools with the console reported
-    /// (`Runtime.enable` before the page loads, so no line is missed); returns the session id.
-    async fn open_page(&mut self, url: &str) -> Result<String> {
+    /// (`Runtime.enable` before the page loads, so no line is missed).
+    async fn open_page(&mut self, url: &str) -> Result<AttachedPage> {
         let devtools = &mut self.devtools;
         let created = devtools.call("Target.createTarget", json!({"url": "about:blank"}), None).await?;
         let target_id = created["targetId"]
@@ -517,7 +517,7 @@ impl Browser {
         if let Some(error) = navigated.get("errorText").and_then(Value::as_str) {
             return Err(Error::Browser(format!("cannot open {url}: {error}")));
         }
-        Ok(session)
+        Ok(AttachedPage { session, main_frame: target_id.to_string(), contexts: BTreeSet::new() })
     }
 
     /// Why the browser went away: its exit status, with its sandbox failure or last stderr lines.
@@ -570,36 +570,78 @@ enum PageTurn {
     Ended(Result<Ending>),
 }
 
-/// Reads one DevTools event of the page attached as `session`: prints its `[tessera]` lines and
-/// tells whether the page started, exited, failed or went away.
-fn page_turn(event: &devtools::Event, session: &str, progress: &mut Progress) -> PageTurn {
-    if event.method == "Target.detachedFromTarget" {
-        if event.params.get("sessionId").and_then(Value::as_str) == Some(session) {
-            return PageTurn::Ended(Err(Error::Browser("the worker page was closed".into())));
+/// The contribute page as attached over DevTools: its session, its main frame (a page target's id
+/// is its main frame's id) and the JavaScript contexts of that frame's documents. Only console
+/// calls made in those contexts count as the page's reports: another frame or a worker of the same
+/// renderer — where guest code runs — cannot speak for the page.
+struct AttachedPage {
+    session: String,
+    main_frame: String,
+    contexts: BTreeSet<i64>,
+}
+
+impl AttachedPage {
+    /// Reads one DevTools event: prints the page's `[tessera]` lines and tells whether the page
+    /// started, exited, failed or went away.
+    fn turn(&mut self, event: &devtools::Event, progress: &mut Progress) -> PageTurn {
+        if event.method == "Target.detachedFromTarget" {
+            if event.params.get("sessionId").and_then(Value::as_str) == Some(self.session.as_str()) {
+                return PageTurn::Ended(Err(Error::Browser("the worker page was closed".into())));
+            }
+            return PageTurn::Continue;
         }
-        return PageTurn::Continue;
-    }
-    if event.session_id.as_deref() != Some(session) {
-        return PageTurn::Continue;
-    }
-    if event.method == "Inspector.targetCrashed" {
-        return PageTurn::Ended(Err(Error::Browser("the worker page crashed (out of memory?)".into())));
-    }
-    if let Some(error) = devtools::exception_text(event) {
-        progress.note(&format!("uncaught error in the page: {error}"));
-        return PageTurn::Continue;
-    }
-    let Some(message) = devtools::console_text(event) else { return PageTurn::Continue };
-    let Some(body) = message.strip_prefix("[tessera] ") else { return PageTurn::Continue };
-    progress.page_line(&message);
-    if body.starts_with("started") {
-        PageTurn::Started
-    } else if body.starts_with("exit") {
-        PageTurn::Ended(Ok(Ending::PageExited))
-    } else if let Some(reason) = body.strip_prefix("fatal: ") {
-        PageTurn::Ended(Err(Error::Browser(format!("the worker page failed: {reason}"))))
-    } else {
-        PageTurn::Continue
+        if event.session_id.as_deref() != Some(self.session.as_str()) {
+            return PageTurn::Continue;
+        }
+        match event.method.as_str() {
+            "Inspector.targetCrashed" => {
+                return PageTurn::Ended(Err(Error::Browser("the worker page crashed (out of memory?)".into())));
+            }
+            "Runtime.executionContextCreated" => {
+                let context = &event.params["context"];
+                let main_world = context.pointer("/auxData/isDefault") == Some(&Value::Bool(true))
+                    && context.pointer("/auxData/frameId").and_then(Value::as_str) == Some(self.main_frame.as_str());
+                if let (true, Some(id)) = (main_world, context["id"].as_i64()) {
+                    self.contexts.insert(id);
+                }
+                return PageTurn::Continue;
+            }
+            "Runtime.executionContextDestroyed" => {
+                if let Some(id) = event.params["executionContextId"].as_i64() {
+                    self.contexts.remove(&id);
+                }
+                return PageTurn::Continue;
+            }
+            "Runtime.executionContextsCleared" => {
+                self.contexts.clear();
+                return PageTurn::Continue;
+            }
+            _ => {}
+        }
+        // A console call names its context at the top, an uncaught exception in its details.
+        let context = event.params["executionContextId"]
+            .as_i64()
+            .or_else(|| event.params.pointer("/exceptionDetails/executionContextId").and_then(Value::as_i64));
+        let in_page = context.is_some_and(|id| self.contexts.contains(&id));
+        if !in_page {
+            return PageTurn::Continue;
+        }
+        if let Some(error) = devtools::exception_text(event) {
+            progress.note(&format!("uncaught error in the page: {error}"));
+            return PageTurn::Continue;
+        }
+        let Some(message) = devtools::console_text(event) else { return PageTurn::Continue };
+        let Some(body) = message.strip_prefix("[tessera] ") else { return PageTurn::Continue };
+        progress.page_line(&message);
+        if body.starts_with("started") {
+            PageTurn::Started
+        } else if body.starts_with("exit") {
+            PageTurn::Ended(Ok(Ending::PageExited))
+        } else if let Some(reason) = body.strip_prefix("fatal: ") {
+            PageTurn::Ended(Err(Error::Browser(format!("the worker page failed: {reason}"))))
+        } else {
+            PageTurn::Continue
+        }
     }
 }
 
@@ -620,9 +662,9 @@ async fn follow_page(
             options.startup_timeout, options.scheduler
         ))
     };
-    let session = tokio::select! {
+    let mut page = tokio::select! {
         opened = browser.open_page(url) => match opened {
-            Ok(session) => session,
+            Ok(page) => page,
             Err(error) => return Err(browser.explain_exit(error).await),
         },
         _ = &mut startup => return Err(not_started()),
@@ -632,7 +674,7 @@ async fn follow_page(
     loop {
         tokio::select! {
             event = browser.devtools.next_event() => match event {
-                Ok(Some(event)) => match page_turn(&event, &session, progress) {
+                Ok(Some(event)) => match page.turn(&event, progress) {
                     PageTurn::Continue => {}
                     PageTurn::Started => started = true,
                     PageTurn::Ended(outcome) => return outcome,
@@ -678,25 +720,47 @@ mod tests {
     }
 
     #[test]
-    fn only_the_attached_pages_reports_count() {
-        let console = |session: &str, text: &str| devtools::Event {
-            method: "Runtime.consoleAPICalled".into(),
-            params: json!({"type": "log", "args": [{"type": "string", "value": text}]}),
-            session_id: Some(session.into()),
+    fn only_the_attached_pages_main_frame_reports_count() {
+        let event = |session: Option<&str>, method: &str, params: Value| devtools::Event {
+            method: method.into(),
+            params,
+            session_id: session.map(str::to_string),
+        };
+        let console = |session: &str, context: i64, text: &str| {
+            event(
+                Some(session),
+                "Runtime.consoleAPICalled",
+                json!({"type": "log", "executionContextId": context, "args": [{"type": "string", "value": text}]}),
+            )
+        };
+        let context = |id: i64, frame: &str, default: bool| {
+            event(
+                Some("S"),
+                "Runtime.executionContextCreated",
+                json!({"context": {"id": id, "auxData": {"isDefault": default, "frameId": frame}}}),
+            )
         };
         let mut progress = Progress::plain();
-        let mut turn = |event: devtools::Event| page_turn(&event, "S", &mut progress);
-        assert!(matches!(turn(console("S", "[tessera] started with 1 sandbox(es)")), PageTurn::Started));
-        assert!(matches!(turn(console("S", "[tessera] exit: idle; 3 done, 0 errors")), PageTurn::Ended(Ok(_))));
-        assert!(matches!(turn(console("S", "[tessera] fatal: boom")), PageTurn::Ended(Err(_))));
-        // Another target (a sandbox frame or worker, were one attached) cannot end the run.
-        assert!(matches!(turn(console("other", "[tessera] exit: idle")), PageTurn::Continue));
-        assert!(matches!(turn(console("S", "exit")), PageTurn::Continue));
-        let detached = devtools::Event {
-            method: "Target.detachedFromTarget".into(),
-            params: json!({"sessionId": "S"}),
-            session_id: None,
-        };
+        let mut page = AttachedPage { session: "S".into(), main_frame: "F".into(), contexts: BTreeSet::new() };
+        let mut turn = |event: devtools::Event| page.turn(&event, &mut progress);
+        // Before its context is known, not even the page's own line counts.
+        assert!(matches!(turn(console("S", 1, "[tessera] started with 1 sandbox(es)")), PageTurn::Continue));
+        assert!(matches!(turn(context(1, "F", true)), PageTurn::Continue));
+        assert!(matches!(turn(context(2, "IFRAME", true)), PageTurn::Continue));
+        assert!(matches!(turn(context(3, "F", false)), PageTurn::Continue));
+        assert!(matches!(turn(console("S", 1, "[tessera] started with 1 sandbox(es)")), PageTurn::Started));
+        assert!(matches!(turn(console("S", 1, "[tessera] fatal: boom")), PageTurn::Ended(Err(_))));
+        // Another frame, an isolated world, another target: none can end the run.
+        assert!(matches!(turn(console("S", 2, "[tessera] exit: idle")), PageTurn::Continue));
+        assert!(matches!(turn(console("S", 3, "[tessera] exit: idle")), PageTurn::Continue));
+        assert!(matches!(turn(console("other", 1, "[tessera] exit: idle")), PageTurn::Continue));
+        assert!(matches!(turn(console("S", 1, "exit")), PageTurn::Continue));
+        assert!(matches!(turn(console("S", 1, "[tessera] exit: idle; 3 done, 0 errors")), PageTurn::Ended(Ok(_))));
+        assert!(matches!(turn(event(None, "Runtime.executionContextsCleared", json!({}))), PageTurn::Continue));
+        let cleared = event(Some("S"), "Runtime.executionContextsCleared", json!({}));
+        assert!(matches!(turn(cleared), PageTurn::Continue));
+        assert!(matches!(turn(console("S", 1, "[tessera] exit: idle")), PageTurn::Continue));
+        let detached = event(None, "Target.detachedFromTarget", json!({"sessionId": "S"}));
         assert!(matches!(turn(detached), PageTurn::Ended(Err(_))));
     }
 
