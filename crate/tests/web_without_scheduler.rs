@@ -1,0 +1,121 @@
+//! The worker core's browser edge where no scheduler is needed, so these run under a plain
+//! `wasm-pack test --headless --chrome crate` (or `--firefox`): the JavaScript API's options, the
+//! browser clock, `fetch` failures told apart, and the supervisor backing off on the browser clock
+//! while its scheduler is not there. Nothing listens on 127.0.0.1 port 1.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tessera_worker::supervisor::{Clock, Supervisor, SupervisorConfig, WorkerEvent};
+use tessera_worker::web::clock::BrowserClock;
+use tessera_worker::web::http::{get, HttpSchedulerClient};
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
+use tessera_worker::web::TesseraWorker;
+use tessera_worker::WorkerError;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// A scheduler address where nothing answers (connections are refused at once).
+const NOBODY: &str = "http://127.0.0.1:1";
+
+/// `new TesseraWorker(JSON.parse(options))`, or the message of the error it throws.
+fn new_worker(options: &str) -> Result<TesseraWorker, String> {
+    let options = js_sys::JSON::parse(options).expect("test options are JSON");
+    TesseraWorker::new(options).map_err(|error| {
+        let error: JsValue = error.into();
+        let error = error.dyn_into::<js_sys::Error>().expect("the constructor throws an Error");
+        String::from(error.message())
+    })
+}
+
+#[wasm_bindgen_test]
+fn the_javascript_api_refuses_an_unusable_option_with_what_it_got() {
+    // Today's message: `invalid options: Error: invalid type: string "x", expected u32`. It does
+    // not yet name the option (serde-wasm-bindgen keeps no path); once it does, assert that too.
+    let message = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": "x"}"#).err().unwrap();
+    assert!(message.starts_with("invalid options"), "{message}");
+    assert!(message.contains("\"x\""), "the message shows the value it got: {message}");
+    let message = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "idleExitMs": -5}"#).err().unwrap();
+    assert!(message.starts_with("invalid options") && message.contains("-5"), "{message}");
+}
+
+#[wasm_bindgen_test]
+fn the_javascript_api_takes_good_options_and_defaults_the_rest() {
+    assert_eq!(new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 4}"#).unwrap().sandboxes(), 4);
+    assert_eq!(new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 0}"#).unwrap().sandboxes(), 1);
+    let cores = web_sys::window().unwrap().navigator().hardware_concurrency() as usize;
+    let default = new_worker(r#"{"scheduler": "http://127.0.0.1:1/"}"#).unwrap().sandboxes();
+    assert_eq!(default, cores.saturating_sub(1).max(1), "one core is left to the person at the machine");
+    let worker = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": false}"#).unwrap();
+    worker.stop();
+    assert!(worker.run().is_ok());
+    assert!(worker.run().is_err(), "a worker runs once");
+}
+
+#[wasm_bindgen_test]
+async fn the_browser_clock_is_monotonic_and_sleeps_at_least_as_asked() {
+    let clock = BrowserClock::new();
+    let before = clock.now_ms();
+    clock.sleep(60).await;
+    let after = clock.now_ms();
+    // `now_ms` drops the fraction of a millisecond, and timers may be clamped to 1 ms.
+    assert!(after + 1 >= before + 60, "slept {} ms of 60", after - before);
+    let samples: Vec<f64> = (0..100).map(|_| clock.random()).collect();
+    assert!(samples.iter().all(|sample| (0.0..1.0).contains(sample)), "{samples:?}");
+    assert!(samples.windows(2).any(|pair| pair[0] != pair[1]), "random varies");
+}
+
+#[wasm_bindgen_test]
+async fn fetch_failures_are_told_apart_from_refusals() {
+    match get(&format!("{NOBODY}/v1/health"), 10_000).await {
+        Err(WorkerError::Unreachable(_)) => {}
+        other => panic!("a refused connection is worth a retry: {other:?}"),
+    }
+    // The test runner's own server answers 404 for a path it does not have.
+    let origin = web_sys::window().unwrap().location().origin().unwrap();
+    match get(&format!("{origin}/no-such-file"), 10_000).await {
+        Err(WorkerError::Rejected(error)) => assert_eq!(error.code, "404", "{error:?}"),
+        other => panic!("a 4xx is a refusal, not worth a retry: {other:?}"),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn without_a_scheduler_the_worker_retries_registration_with_growing_delays() {
+    let clock = BrowserClock::new();
+    let attempts: Rc<RefCell<Vec<(u64, u64)>>> = Rc::default();
+    let log = attempts.clone();
+    let at = clock.clone();
+    let supervisor = Supervisor::new(
+        HttpSchedulerClient::new(NOBODY),
+        IsolatedSandboxFactory::new(NOBODY, &format!("{NOBODY}/pyodide/")).unwrap(),
+        clock.clone(),
+        SupervisorConfig::with_sandboxes(1),
+        Rc::new(move |event: &WorkerEvent| match event {
+            WorkerEvent::SchedulerUnreachable { request, retry_ms, .. } => {
+                assert_eq!(*request, "register", "nothing else is asked before registering");
+                log.borrow_mut().push((at.now_ms(), *retry_ms));
+            }
+            WorkerEvent::Stopped { .. } => {}
+            other => panic!("no scheduler, yet {other:?}"),
+        }),
+    );
+    let stop = supervisor.stop_handle();
+    wasm_bindgen_futures::spawn_local(async move {
+        gloo_timers::future::TimeoutFuture::new(2_500).await;
+        stop.stop();
+    });
+    assert_eq!(supervisor.run().await, "stopped");
+    let attempts = attempts.borrow();
+    assert!(attempts.len() >= 3, "it kept trying: {attempts:?}");
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let ((failed_at, retry_ms), (next_failed_at, next_retry_ms)) = (pair[0], pair[1]);
+        // 250 ms · 2^n, scaled by a jitter in [0.5, 1]: the delays grow, and no retry comes early.
+        let ceiling = 250u64 << n;
+        assert!((ceiling / 2..=ceiling).contains(&retry_ms), "delay {n} is {retry_ms} ms: {attempts:?}");
+        assert!(next_retry_ms >= retry_ms, "the delays grow: {attempts:?}");
+        assert!(next_failed_at + 1 >= failed_at + retry_ms, "retried before its delay: {attempts:?}");
+    }
+}
