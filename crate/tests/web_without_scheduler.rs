@@ -13,7 +13,7 @@ use tessera_worker::web::http::{get, HttpSchedulerClient};
 use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use tessera_worker::web::TesseraWorker;
 use tessera_worker::WorkerError;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::{JsCast, JsError, JsValue};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -32,27 +32,60 @@ fn new_worker(options: &str) -> Result<TesseraWorker, String> {
 }
 
 #[wasm_bindgen_test]
-fn the_javascript_api_refuses_an_unusable_option_with_what_it_got() {
-    // Today's message: `invalid options: Error: invalid type: string "x", expected u32`. It does
-    // not yet name the option (serde-wasm-bindgen keeps no path); once it does, assert that too.
-    let message = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": "x"}"#).err().unwrap();
-    assert!(message.starts_with("invalid options"), "{message}");
-    assert!(message.contains("\"x\""), "the message shows the value it got: {message}");
-    let message = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "idleExitMs": -5}"#).err().unwrap();
-    assert!(message.starts_with("invalid options") && message.contains("-5"), "{message}");
+fn the_javascript_api_refuses_an_unusable_option_naming_it_and_what_it_got() {
+    let refused = |options: &str| new_worker(options).err().expect("refused");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": "x"}"#);
+    assert_eq!(message, r#"invalid option: sandboxes: invalid type: string "x", expected u32"#);
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "idleExitMs": -5}"#);
+    assert!(message.starts_with("invalid option: idleExitMs: ") && message.contains("-5"), "{message}");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 0}"#);
+    assert_eq!(message, "invalid option: sandboxes must be 1–64, not 0");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "cpuShare": 2}"#);
+    assert_eq!(message, "invalid option: cpuShare must be 0.05–1, not 2");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "contributor": "short"}"#);
+    assert!(message.starts_with("invalid option: contributor must be 16–64 characters"), "{message}");
 }
 
 #[wasm_bindgen_test]
 fn the_javascript_api_takes_good_options_and_defaults_the_rest() {
     assert_eq!(new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 4}"#).unwrap().sandboxes(), 4);
-    assert_eq!(new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 0}"#).unwrap().sandboxes(), 1);
     let cores = web_sys::window().unwrap().navigator().hardware_concurrency() as usize;
     let default = new_worker(r#"{"scheduler": "http://127.0.0.1:1/"}"#).unwrap().sandboxes();
     assert_eq!(default, cores.saturating_sub(1).max(1), "one core is left to the person at the machine");
-    let worker = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": false}"#).unwrap();
+    let worker = new_worker(
+        r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": false, "cpuShare": 0.5,
+            "contributor": "c0123456789abcdef"}"#,
+    )
+    .unwrap();
+    assert_eq!(worker.cpu_share(), 0.5);
     worker.stop();
     assert!(worker.run().is_ok());
     assert!(worker.run().is_err(), "a worker runs once");
+}
+
+#[wasm_bindgen_test]
+fn the_javascript_api_steers_a_worker_and_refuses_what_it_cannot_do() {
+    let worker = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 2}"#).unwrap();
+    assert!(!worker.paused());
+    worker.pause();
+    assert!(worker.paused());
+    worker.resume();
+    assert!(!worker.paused());
+    worker.set_sandboxes(3.0).unwrap();
+    assert_eq!(worker.sandboxes(), 3);
+    worker.set_cpu_share(0.25).unwrap();
+    assert_eq!(worker.cpu_share(), 0.25);
+    let message = |error: JsError| {
+        let error: JsValue = error.into();
+        String::from(error.dyn_into::<js_sys::Error>().expect("an Error").message())
+    };
+    for bad in [0.0, 2.5, 65.0, f64::NAN] {
+        let error = message(worker.set_sandboxes(bad).unwrap_err());
+        assert!(error.starts_with("invalid option: sandboxes must be a whole number 1–64, not "), "{error}");
+    }
+    let error = message(worker.set_cpu_share(0.0).unwrap_err());
+    assert_eq!(error, "invalid option: cpuShare must be 0.05–1, not 0");
+    assert_eq!((worker.sandboxes(), worker.cpu_share()), (3, 0.25), "refused values change nothing");
 }
 
 #[wasm_bindgen_test]
