@@ -37,6 +37,25 @@ async fn post(path: &str, body: Value) -> Value {
     response.json().await.unwrap()
 }
 
+/// Runs a supervisor with `sandboxes` against the live scheduler until it has been idle 1.5 s;
+/// returns every event it emitted.
+async fn run_until_idle(sandboxes: usize) -> Vec<WorkerEvent> {
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let log = events.clone();
+    let mut config = SupervisorConfig::with_sandboxes(sandboxes);
+    config.idle_exit_ms = Some(1_500);
+    let supervisor = Supervisor::new(
+        HttpSchedulerClient::new(scheduler()),
+        IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap(),
+        BrowserClock::new(),
+        config,
+        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
+    );
+    assert_eq!(supervisor.run().await, "idle");
+    let events = events.borrow().clone();
+    events
+}
+
 async fn get(path: &str) -> Value {
     let response =
         Request::get(&format!("{}{path}", scheduler())).header("authorization", &authorization()).send().await.unwrap();
@@ -52,18 +71,7 @@ async fn leases_runs_and_submits_a_whole_job() {
             .await;
     let job_id = deployed["job_id"].as_str().unwrap().to_string();
 
-    let events = Rc::new(RefCell::new(Vec::new()));
-    let log = events.clone();
-    let mut config = SupervisorConfig::with_sandboxes(2);
-    config.idle_exit_ms = Some(1_500);
-    let supervisor = Supervisor::new(
-        HttpSchedulerClient::new(scheduler()),
-        IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap(),
-        BrowserClock::new(),
-        config,
-        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
-    );
-    assert_eq!(supervisor.run().await, "idle");
+    let events = run_until_idle(2).await;
 
     let status = get(&format!("/v1/jobs/{job_id}")).await;
     assert_eq!(status["state"], "complete", "{status}");
@@ -72,7 +80,6 @@ async fn leases_runs_and_submits_a_whole_job() {
     for (index, record) in page["results"].as_array().unwrap().iter().enumerate() {
         assert_eq!(record["value"], json!(index as i64 + 100));
     }
-    let events = events.borrow();
     let created = events.iter().filter(|e| matches!(e, WorkerEvent::SandboxCreated { .. })).count();
     assert!(created <= 2, "sandboxes stayed warm across 40 slices: {created} created");
     assert!(
@@ -90,18 +97,7 @@ async fn a_python_job_completes_on_four_sandboxes() {
         post("/v1/jobs", json!({"worktime": "pyodide", "program": program, "range": {"start": 0, "end": 24}})).await;
     let job_id = deployed["job_id"].as_str().unwrap().to_string();
 
-    let events = Rc::new(RefCell::new(Vec::new()));
-    let log = events.clone();
-    let mut config = SupervisorConfig::with_sandboxes(4);
-    config.idle_exit_ms = Some(1_500);
-    let supervisor = Supervisor::new(
-        HttpSchedulerClient::new(scheduler()),
-        IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap(),
-        BrowserClock::new(),
-        config,
-        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
-    );
-    assert_eq!(supervisor.run().await, "idle");
+    let events = run_until_idle(4).await;
 
     let status = get(&format!("/v1/jobs/{job_id}")).await;
     assert_eq!(status["state"], "complete", "{status}");
@@ -109,7 +105,6 @@ async fn a_python_job_completes_on_four_sandboxes() {
     for (index, record) in page["results"].as_array().unwrap().iter().enumerate() {
         assert_eq!(record["value"], json!(index * index));
     }
-    let events = events.borrow();
     let finished: Vec<_> = events
         .iter()
         .filter_map(|event| match event {
