@@ -18,7 +18,7 @@
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
 //                   {type:'snapshot-restored', ms} | {type:'snapshot-rejected', reason}
-//                   {type:'snapshot-made', ms, snapshot: Blob} | {type:'snapshot-failed', reason, lasting}
+//                   {type:'snapshot-made', ms, snapshot: ArrayBuffer (transferred)} | {type:'snapshot-failed', reason, lasting}
 //
 // Runtime snapshots: a sandbox given a snapshot restores Pyodide from it (a fraction of a fresh
 // start) and reseeds Python's random generators, since every restore starts from the same state.
@@ -309,8 +309,10 @@ async function freshPyodide(loadPyodide) {
   if (makeSnapshot) {
     const started = performance.now();
     try {
-      const bytes = fresh.makeMemorySnapshot();
-      post({ type: 'snapshot-made', ms: performance.now() - started, snapshot: new Blob([bytes]) });
+      // Its own buffer, transferred: the core keeps the bytes in a Blob of the page's, which
+      // outlives this sandbox and its frame.
+      const bytes = fresh.makeMemorySnapshot().slice();
+      post({ type: 'snapshot-made', ms: performance.now() - started, snapshot: bytes.buffer }, [bytes.buffer]);
     } catch (error) {
       post({ type: 'snapshot-failed', reason: firstLine(error), lasting: true });
     }

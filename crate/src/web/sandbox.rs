@@ -79,7 +79,8 @@ enum FromSandbox {
         id: u32,
         url: String,
     },
-    /// It made the runtime snapshot it was asked for (the bytes, a `Blob`, in `snapshot`).
+    /// It made the runtime snapshot it was asked for (the bytes, a transferred `ArrayBuffer`, in
+    /// `snapshot`).
     SnapshotMade {
         ms: f64,
     },
@@ -227,7 +228,7 @@ impl Shared {
         }
         match message {
             // Handled by the data port's handler: it holds the files and the port, and the
-            // message itself (a made snapshot's `Blob`).
+            // message itself (a made snapshot's bytes).
             FromSandbox::Fetch { .. }
             | FromSandbox::SnapshotMade { .. }
             | FromSandbox::SnapshotFailed { .. }
@@ -280,7 +281,7 @@ impl Shared {
         }
     }
 
-    /// A report about the runtime snapshot; `snapshot` is the `Blob` a `snapshot-made` carried.
+    /// A report about the runtime snapshot; `snapshot` holds the bytes a `snapshot-made` carried.
     fn receive_snapshot(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>) {
         if let Some(role) = &*self.snapshot.borrow() {
             role.receive(message, snapshot, self.setup_over.get());
@@ -368,7 +369,7 @@ impl Frame {
                     | FromSandbox::SnapshotRestored { .. }
                     | FromSandbox::SnapshotRejected { .. }),
                 ) => {
-                    let snapshot = Reflect::get(&event.data(), &"snapshot".into()).ok().and_then(|v| v.dyn_into().ok());
+                    let snapshot = Reflect::get(&event.data(), &"snapshot".into()).ok().and_then(page_owned_blob);
                     receiver.receive_snapshot(message, snapshot)
                 }
                 Ok(message) => receiver.receive(message),
@@ -573,6 +574,13 @@ fn hand_in(shared: &Rc<Shared>, files: &Rc<RuntimeFiles>, port: &MessagePort, id
         }
         let _ = port.post_message(&answer);
     });
+}
+
+/// The snapshot bytes a sandbox transferred, as a Blob of this page's own: one that stays
+/// readable whatever becomes of the sandbox and its frame.
+fn page_owned_blob(bytes: JsValue) -> Option<web_sys::Blob> {
+    let buffer = bytes.dyn_into::<js_sys::ArrayBuffer>().ok()?;
+    web_sys::Blob::new_with_buffer_source_sequence(&js_sys::Array::of1(&buffer)).ok()
 }
 
 /// Text of a JavaScript exception, for error messages.
