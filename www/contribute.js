@@ -262,7 +262,7 @@ function drawChart() {
   context.fillStyle = style.getPropertyValue('--muted').trim() || '#777';
   context.font = '11px system-ui, sans-serif';
   context.textBaseline = 'top';
-  context.fillText(`${peak} per 10 s`, 0, 0);
+  context.fillText(finishes.length ? `${peak} per 10 s` : 'No slices finished yet', 0, 0);
 }
 
 // Cards' elapsed times and the chart move on their own while running and visible.
