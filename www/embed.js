@@ -167,28 +167,42 @@
   function badge(tessera) {
     const host = document.createElement('tessera-badge');
     // Page styles cannot reach into the shadow tree; `all: initial` keeps them off the host too.
-    host.setAttribute('style', 'all: initial !important; position: fixed !important; right: 16px !important; bottom: 16px !important; z-index: 2147483000 !important;');
+    // Styles go through the CSSOM (no style attribute, no <style> element), which a page's
+    // Content-Security-Policy allows without 'unsafe-inline'.
+    const place = { all: 'initial', position: 'fixed', right: '16px', bottom: '16px', 'z-index': '2147483000' };
+    for (const [property, value] of Object.entries(place)) host.style.setProperty(property, value, 'important');
     const root = host.attachShadow({ mode: 'open' });
-    root.innerHTML = `
-      <style>
-        :host { all: initial; }
-        .badge { display: flex; align-items: center; gap: 8px; padding: 6px 6px 6px 12px; border-radius: 999px;
-          font: 500 13px/1.2 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2125;
-          background: #fff; box-shadow: 0 2px 10px rgb(0 0 0 / 0.18); }
-        .dot { width: 8px; height: 8px; border-radius: 50%; background: #8a9299; }
-        [data-state="working"] .dot { background: #2f6f4f; }
-        [data-state="paused"] .dot { background: #c17d00; }
-        button { font: inherit; font-weight: 600; border: 0; border-radius: 999px; padding: 5px 12px; cursor: pointer;
-          background: #2f6f4f; color: #fff; }
-        [data-state]:not([data-state="stopped"]) button { background: #e6e4de; color: #1d2125; }
-        button:focus-visible { outline: 2px solid #2f6f4f; outline-offset: 2px; }
-      </style>
-      <div class="badge" data-state="stopped" role="status" aria-live="polite">
-        <span class="dot"></span><span class="text">Tessera</span><button type="button">Contribute</button>
-      </div>`;
-    const box = root.querySelector('.badge');
-    const text = root.querySelector('.text');
-    const button = root.querySelector('button');
+    const sheet = new CSSStyleSheet();
+    sheet.replaceSync(`
+      :host { all: initial; }
+      .badge { display: flex; align-items: center; gap: 8px; padding: 6px 6px 6px 12px; border-radius: 999px;
+        font: 500 13px/1.2 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2125;
+        background: #fff; box-shadow: 0 2px 10px rgb(0 0 0 / 0.18); }
+      .dot { width: 8px; height: 8px; border-radius: 50%; background: #8a9299; }
+      [data-state="working"] .dot { background: #2f6f4f; }
+      [data-state="paused"] .dot { background: #c17d00; }
+      button { font: inherit; font-weight: 600; border: 0; border-radius: 999px; padding: 5px 12px; cursor: pointer;
+        background: #2f6f4f; color: #fff; }
+      [data-state]:not([data-state="stopped"]) button { background: #e6e4de; color: #1d2125; }
+      button:focus-visible { outline: 2px solid #2f6f4f; outline-offset: 2px; }`);
+    root.adoptedStyleSheets = [sheet];
+    const box = document.createElement('div');
+    box.className = 'badge';
+    box.dataset.state = 'stopped';
+    box.setAttribute('role', 'status');
+    box.setAttribute('aria-live', 'polite');
+    const dot = document.createElement('span');
+    dot.className = 'dot';
+    const label = document.createElement('span');
+    label.className = 'text';
+    label.textContent = 'Tessera';
+    const toggle = document.createElement('button');
+    toggle.type = 'button';
+    toggle.textContent = 'Contribute';
+    box.append(dot, label, toggle);
+    root.append(box);
+    const text = label;
+    const button = toggle;
     const labels = { stopped: 'Tessera', starting: 'Starting…', working: 'Computing', idle: 'Waiting for work', paused: 'Paused' };
     let done = 0;
     const show = (state) => {
