@@ -288,7 +288,14 @@ pub struct HostPage {
 }
 
 impl HostPage {
+    /// Serves `html` with no header beyond the necessary ones.
     pub fn serve(html: String) -> HostPage {
+        HostPage::serve_with_headers(html, &[])
+    }
+
+    /// Serves `html` with extra response headers (e.g. a Content-Security-Policy).
+    pub fn serve_with_headers(html: String, headers: &[(&str, &str)]) -> HostPage {
+        let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let url = format!("http://127.0.0.1:{}/", listener.local_addr().expect("address").port());
         listener.set_nonblocking(true).expect("non-blocking listener");
@@ -297,7 +304,7 @@ impl HostPage {
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, _)) => answer(stream, &html),
+                    Ok((stream, _)) => answer(stream, &html, &extra),
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -310,7 +317,7 @@ impl HostPage {
 }
 
 /// Reads one request's head and answers it (one request per connection).
-fn answer(mut stream: TcpStream, html: &str) {
+fn answer(mut stream: TcpStream, html: &str, extra_headers: &str) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
@@ -324,7 +331,7 @@ fn answer(mut stream: TcpStream, html: &str) {
     let first = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
     let (status, body) = if first.contains("/favicon.ico") { ("404 Not Found", "") } else { ("200 OK", html) };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{extra_headers}Connection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes());

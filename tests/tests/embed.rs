@@ -245,3 +245,52 @@ fn the_badge_lives_in_a_shadow_dom_and_no_css_crosses_either_way() {
         "JSON.stringify(Tessera.stats())",
     );
 }
+
+#[test]
+fn the_embed_works_under_the_strict_csp_the_readme_documents() {
+    let scheduler = Scheduler::start();
+    let program = scheduler.file("busy.js", BUSY_PROGRAM);
+    scheduler.deploy(&[&program, "--range", "0:400", "--arg", "200", "--name", "strict"]);
+    // The README's policy, with a nonce for the host's own inline script and style.
+    let nonce = "t3ss3ra-test-nonce";
+    let policy = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}' {s} 'wasm-unsafe-eval'; connect-src {s}; frame-src {s}; \
+         style-src 'nonce-{nonce}'; img-src 'none'",
+        s = scheduler.url
+    );
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>A strict host</title>
+<style nonce="{nonce}">p.host {{ color: rgb(10, 20, 30); }}</style>
+<script nonce="{nonce}">
+  document.documentElement.dataset.violations = '';
+  document.addEventListener('securitypolicyviolation', (e) => {{
+    document.documentElement.dataset.violations += e.violatedDirective + ' ' + e.blockedURI + '; ';
+  }});
+</script>
+<script src="{}/embed.js" data-cores="1" data-ui="badge"></script>
+</head><body><p class="host" id="host">A strict page.</p></body></html>"#,
+        scheduler.url
+    );
+    let host = HostPage::serve_with_headers(html, &[("Content-Security-Policy", &policy)]);
+    let browser = Browser::open(1280, 800);
+    browser.goto(&host.url);
+    browser.wait_for(Duration::from_secs(10), "the badge", "document.querySelector('tessera-badge')", "document.body.innerHTML");
+    browser.js("Tessera.start();", vec![]);
+    browser.wait_for(Duration::from_secs(60), "slices under the strict policy", "Tessera.stats().slicesDone >= 2", "JSON.stringify(Tessera.stats()) + document.documentElement.dataset.violations");
+
+    let page = browser.js(
+        "const badge = getComputedStyle(document.querySelector('tessera-badge').shadowRoot.querySelector('.badge'));
+         return { violations: document.documentElement.dataset.violations, badgeColor: badge.color, badgeRadius: badge.borderTopLeftRadius,
+                  visibleFrames: [...document.querySelectorAll('iframe')].filter((f) => f.offsetWidth || f.offsetHeight).length,
+                  frames: document.querySelectorAll('iframe').length };",
+        vec![],
+    );
+    assert_eq!(page["violations"], "", "nothing the policy blocks: {page}");
+    assert_eq!(page["badgeColor"], "rgb(29, 33, 37)", "the badge is styled without 'unsafe-inline': {page}");
+    assert_eq!(page["badgeRadius"], "999px", "{page}");
+    assert!(page["frames"].as_u64().unwrap() >= 1, "{page}");
+    assert_eq!(page["visibleFrames"], 0, "the sandbox frames stay hidden: {page}");
+    browser.js("Tessera.stop();", vec![]);
+    browser.wait_for(Duration::from_secs(15), "stopped", "Tessera.stats().state === 'stopped'", "JSON.stringify(Tessera.stats())");
+}
