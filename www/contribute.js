@@ -9,7 +9,7 @@
 //
 // The page exposes the same `window.Tessera` API as embed.js, for scripting it.
 import {
-  Tessera, publicApi, CPU_SHARES, CONTRIBUTOR_KEY, clampCores, defaultCores, maxCores, loadSettings, saveSettings, validContributorId,
+  Tessera, publicApi, CPU_SHARES, CONTRIBUTOR_KEY, MAX_SANDBOXES, clampCores, defaultCores, maxCores, loadSettings, saveSettings, validContributorId,
 } from './tessera.js';
 
 const params = new URLSearchParams(location.search);
@@ -45,6 +45,8 @@ function log(text, { quiet = false } = {}) {
 }
 
 const controller = new Tessera({
+  // `tessera worker --cores N` may ask for more sandboxes than this machine has cores.
+  maxCores: querySandboxes > 0 ? MAX_SANDBOXES : maxCores(),
   pauseWhenHidden: !autostart && settings.pauseWhenHidden,
   pauseOnBattery: !autostart && settings.pauseOnBattery,
   onCoreEvent,
@@ -173,6 +175,7 @@ function render() {
   $('pause').disabled = !running || stats.state === 'starting';
   $('pause').textContent = stats.state === 'paused' ? 'Resume' : 'Pause';
 
+  if (running && document.activeElement !== coresInput) $('cores-value').textContent = String(stats.cores);
   $('done').textContent = number.format(stats.slicesDone);
   $('errors').textContent = number.format(stats.sliceErrors);
   $('compute').textContent = formatDuration(stats.computeMs);
@@ -319,7 +322,10 @@ $('pause-battery').addEventListener('change', (event) => {
 });
 
 function start() {
-  const options = { cores: clampCores(coresInput.value), cpuShare: settings.cpuShare };
+  // The query's sandboxes go straight to the core (the slider stops at this machine's cores).
+  const cores = querySandboxes > 0 && !startedOnce ? querySandboxes : clampCores(coresInput.value);
+  startedOnce = true;
+  const options = { cores, cpuShare: settings.cpuShare };
   if (exitWhenIdle) options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
   if (params.get('pyodideUrl')) options.pyodideUrl = params.get('pyodideUrl');
   if (params.get('workerKey')) options.workerKey = params.get('workerKey');
@@ -329,6 +335,7 @@ function start() {
   });
 }
 
+let startedOnce = false;
 $('start').addEventListener('click', start);
 $('stop').addEventListener('click', () => controller.stop());
 $('pause').addEventListener('click', () => (controller.state === 'paused' ? controller.resume() : controller.pause()));

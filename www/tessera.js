@@ -48,11 +48,14 @@ export function defaultCores(nav = globalThis.navigator) {
   return cores;
 }
 
-/** Clamps a cores value to 1 … hardwareConcurrency (the core's own limit is 64). */
-export function clampCores(n) {
+/** The core's own limit on sandboxes. */
+export const MAX_SANDBOXES = 64;
+
+/** Clamps a cores value to 1 … `most` (default: hardwareConcurrency; never above 64). */
+export function clampCores(n, most = maxCores()) {
   const value = Math.round(Number(n));
   if (!Number.isFinite(value)) throw new TypeError(`cores must be a number, not ${n}`);
-  return Math.min(Math.max(1, value), Math.min(64, maxCores()));
+  return Math.min(Math.max(1, value), Math.min(MAX_SANDBOXES, most));
 }
 
 /** Clamps a CPU share to 0.05 … 1 (a fraction of each core's time; 1 = flat out). */
@@ -148,7 +151,9 @@ export function loadCore() {
  *
  * Constructor options (all optional): `scheduler` (URL; default: where this module came from),
  * `contributor` (id; default: kept in localStorage), `pauseWhenHidden` and `pauseOnBattery`
- * (default true), `onCoreEvent` (every raw core event, for the contribute page's log).
+ * (default true), `onCoreEvent` (every raw core event, for the contribute page's log),
+ * `maxCores` (the most sandboxes `cores` may ask for; default hardwareConcurrency, at most 64:
+ * `tessera worker --cores N` may ask for more sandboxes than the machine has cores).
  * A pause has reasons (`pausedBy`): the person (`user`), a hidden tab (`hidden`), running on
  * battery (`battery`); the worker runs again when none is left.
  */
@@ -160,6 +165,7 @@ export class Tessera {
     this.contributor = validContributorId(options.contributor) ? options.contributor : null;
     this.pauseWhenHidden = options.pauseWhenHidden !== false;
     this.pauseOnBattery = options.pauseOnBattery !== false;
+    this.maxCores = Number.isFinite(options.maxCores) ? options.maxCores : maxCores();
     this.worker = null;
     this.state = 'stopped';
     this.pausedBy = new Set();
@@ -235,7 +241,7 @@ export class Tessera {
   }
 
   async begin(options) {
-    if (options.cores !== undefined && options.cores !== null) this.cores = clampCores(options.cores);
+    if (options.cores !== undefined && options.cores !== null) this.cores = clampCores(options.cores, this.maxCores);
     if (options.cpuShare !== undefined && options.cpuShare !== null) this.cpuShare = clampCpuShare(options.cpuShare);
     if (options.pauseWhenHidden !== undefined) this.pauseWhenHidden = options.pauseWhenHidden !== false;
     if (options.pauseOnBattery !== undefined) this.pauseOnBattery = options.pauseOnBattery !== false;
@@ -346,7 +352,7 @@ export class Tessera {
 
   /** Sets how many sandboxes run (1 … hardwareConcurrency), now if running, else for the next start. */
   setCores(n) {
-    this.cores = clampCores(n);
+    this.cores = clampCores(n, this.maxCores);
     if (this.worker) this.worker.setSandboxes(this.cores);
     return this.cores;
   }
