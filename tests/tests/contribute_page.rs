@@ -266,7 +266,7 @@ fn a_hidden_tab_pauses_and_the_setting_is_remembered() {
     );
     assert_ne!(stats(&browser)["state"], "paused");
     browser.goto(&format!("{}/", scheduler.url));
-    browser.wait_for(Duration::from_secs(20), "the page again", "window.Tessera", "document.readyState");
+    browser.wait_for(Duration::from_secs(20), "the page again", "!!window.Tessera", "document.readyState");
     assert_eq!(browser.js("return document.getElementById('pause-hidden').checked;", vec![]), json!(false));
     assert_eq!(browser.js("return document.getElementById('pause-battery').checked;", vec![]), json!(true));
 }

@@ -18,7 +18,7 @@ fn the_page_shows_the_credits_the_ledger_holds_for_the_accepted_slices() {
 
     let browser = Browser::open(1280, 800);
     browser.goto(&format!("{}/", scheduler.url));
-    browser.wait_for(Duration::from_secs(20), "the page", "window.Tessera", "document.readyState");
+    browser.wait_for(Duration::from_secs(20), "the page", "!!window.Tessera", "document.readyState");
     browser.js(RECORD_EVENTS, vec![]);
     browser.click("#start");
     scheduler.wait_for_state(&job, "complete", Duration::from_secs(60));

@@ -33,11 +33,13 @@ const HOST_STYLE: &str = "const p = getComputedStyle(document.getElementById('ho
              sheets: document.styleSheets.length, head: document.head.children.length,
              styles: document.querySelectorAll('style, link').length };";
 
-/// Globals now that were not there before the embed ran (`window.__test` is the test's own).
+/// Globals now that were not there before the embed ran. Two are the harness's own:
+/// `window.__test` (the event recorder) and `ret_nodes`, which ChromeDriver's script wrapper
+/// assigns without declaring it on every Execute Script.
 fn new_globals(browser: &Browser) -> BTreeSet<String> {
     let value = browser.js(
         "const before = new Set(JSON.parse(document.documentElement.dataset.globalsBefore));
-         return Object.keys(window).filter((key) => !before.has(key) && key !== '__test');",
+         return Object.keys(window).filter((key) => !before.has(key) && key !== '__test' && key !== 'ret_nodes');",
         vec![],
     );
     value.as_array().unwrap().iter().map(|key| key.as_str().unwrap().to_string()).collect()
@@ -66,7 +68,7 @@ fn an_embed_on_another_origin_starts_through_window_tessera_and_reports_every_ev
 
     let browser = Browser::open(1280, 800);
     browser.goto(&host.url);
-    browser.wait_for(Duration::from_secs(10), "window.Tessera", "window.Tessera", "Object.keys(window).join()");
+    browser.wait_for(Duration::from_secs(10), "window.Tessera", "!!window.Tessera", "Object.keys(window).join()");
     let style_before = browser.js(HOST_STYLE, vec![]);
 
     // Loaded, it starts nothing: no worker core fetched, no frame, no element, stopped.
@@ -275,7 +277,7 @@ fn the_embed_works_under_the_strict_csp_the_readme_documents() {
     let host = HostPage::serve_with_headers(html, &[("Content-Security-Policy", &policy)]);
     let browser = Browser::open(1280, 800);
     browser.goto(&host.url);
-    browser.wait_for(Duration::from_secs(10), "the badge", "document.querySelector('tessera-badge')", "document.body.innerHTML");
+    browser.wait_for(Duration::from_secs(10), "the badge", "!!document.querySelector('tessera-badge')", "document.body.innerHTML");
     browser.js("Tessera.start();", vec![]);
     browser.wait_for(Duration::from_secs(60), "slices under the strict policy", "Tessera.stats().slicesDone >= 2", "JSON.stringify(Tessera.stats()) + document.documentElement.dataset.violations");
 
