@@ -88,6 +88,24 @@ fn nothing_runs_before_start_then_slices_complete_and_the_totals_update() {
     assert_eq!(browser.js("return document.querySelectorAll('iframe').length;", vec![]), json!(0));
     assert_eq!(scheduler.status(&job)["done"], 0);
 
+    // The default: cores − 1, and no more sandboxes than half the device's memory holds at
+    // ≈ 250 MB each where the browser tells it.
+    let defaults = browser.js_async(
+        "const done = arguments[arguments.length - 1];
+         import('/tessera.js').then((m) => done([
+           m.defaultCores({ hardwareConcurrency: 8 }), m.defaultCores({ hardwareConcurrency: 16, deviceMemory: 2 }),
+           m.defaultCores({ hardwareConcurrency: 16, deviceMemory: 8 }), m.defaultCores({ hardwareConcurrency: 4, deviceMemory: 0.5 }),
+           m.defaultCores({ hardwareConcurrency: 1 }), m.defaultCores({})]));",
+        vec![],
+    );
+    assert_eq!(defaults, json!([7, 4, 15, 1, 1, 1]));
+    let max = browser.js("return [document.getElementById('cores').max, navigator.hardwareConcurrency];", vec![]);
+    assert_eq!(
+        max[0].as_str().unwrap().parse::<u64>().unwrap(),
+        max[1].as_u64().unwrap(),
+        "the slider stops at the machine's cores"
+    );
+
     set_cores(&browser, 2);
     browser.click("#start");
     browser.wait_for(

@@ -277,9 +277,19 @@ fn the_embed_works_under_the_strict_csp_the_readme_documents() {
     let host = HostPage::serve_with_headers(html, &[("Content-Security-Policy", &policy)]);
     let browser = Browser::open(1280, 800);
     browser.goto(&host.url);
-    browser.wait_for(Duration::from_secs(10), "the badge", "!!document.querySelector('tessera-badge')", "document.body.innerHTML");
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the badge",
+        "!!document.querySelector('tessera-badge')",
+        "document.body.innerHTML",
+    );
     browser.js("Tessera.start();", vec![]);
-    browser.wait_for(Duration::from_secs(60), "slices under the strict policy", "Tessera.stats().slicesDone >= 2", "JSON.stringify(Tessera.stats()) + document.documentElement.dataset.violations");
+    browser.wait_for(
+        Duration::from_secs(60),
+        "slices under the strict policy",
+        "Tessera.stats().slicesDone >= 2",
+        "JSON.stringify(Tessera.stats()) + document.documentElement.dataset.violations",
+    );
 
     let page = browser.js(
         "const badge = getComputedStyle(document.querySelector('tessera-badge').shadowRoot.querySelector('.badge'));
@@ -294,5 +304,10 @@ fn the_embed_works_under_the_strict_csp_the_readme_documents() {
     assert!(page["frames"].as_u64().unwrap() >= 1, "{page}");
     assert_eq!(page["visibleFrames"], 0, "the sandbox frames stay hidden: {page}");
     browser.js("Tessera.stop();", vec![]);
-    browser.wait_for(Duration::from_secs(15), "stopped", "Tessera.stats().state === 'stopped'", "JSON.stringify(Tessera.stats())");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "stopped",
+        "Tessera.stats().state === 'stopped'",
+        "JSON.stringify(Tessera.stats())",
+    );
 }
