@@ -10,6 +10,7 @@
 //                   {type:'run', id, datum}                   (one slice; datum as JSON text)
 //                   {type:'asset', id, blob | error}          (a runtime file asked for with 'fetch')
 //   sandbox → core  {type:'fetch', id, url}                   (bytes-in: a Pyodide file or wheel, set-up only)
+//                   {type:'phase', phase: 'packages' | 'program'}  (set-up progress, for the page)
 //                   {type:'setup-done'}
 //                   {type:'setup-error', message, stack}      (the program failed: its fault)
 //                   {type:'setup-fault', message}             (runtime/packages/files failed: not its fault)
@@ -108,6 +109,7 @@ function fromWire(json) {
 function setupMapBasic(job) {
   sealAssets();
   lockdown();
+  post({ type: 'phase', phase: 'program' });
   // No eval (the policy forbids it): the program is a Blob-URL script that hands its value over.
   const slot = '__tesseraWork' + Math.random().toString(36).slice(2);
   const url = URL.createObjectURL(new Blob([`self[${JSON.stringify(slot)}] = (${job.program}\n);`], { type: 'text/javascript' }));
@@ -360,6 +362,7 @@ async function loadPyodideFor(job, files) {
     pyodide.setStdout(stream('stdout'));
     pyodide.setStderr(stream('stderr'));
     if (job.packages && job.packages.length) {
+      post({ type: 'phase', phase: 'packages' });
       const failures = [];
       await pyodide.loadPackage(job.packages, { messageCallback: () => {}, errorCallback: (text) => failures.push(text) });
       if (failures.length) throw new Error('packages failed to load: ' + failures.join('; '));
@@ -391,6 +394,7 @@ async function setupPyodide(job, files) {
     throw new SetupFault('the Python runtime could not be locked down: ' + String((error && error.message) || error));
   }
   const root = JOB_ROOT;
+  post({ type: 'phase', phase: 'program' });
   const setup = pyodide.globals.get('_tessera_setup');
   try {
     setup(job.program, job.programName, JSON.stringify(job.arguments || []), JSON.stringify(job.env || {}), root);

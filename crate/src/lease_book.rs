@@ -12,10 +12,21 @@ use tessera_protocol::{HeartbeatItem, Lease, ResultItem, ResultsRequest, SliceOu
 
 /// Progress a running slice's program reported: the last value and how many reports so far (a
 /// report with no value still proves the program is alive).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SliceProgress {
     value: Cell<Option<f64>>,
     reports: Cell<u64>,
+    /// Told of each report, so the page can draw a progress bar (the supervisor throttles it).
+    observer: RefCell<Option<ProgressObserver>>,
+}
+
+/// What is told of each progress report.
+type ProgressObserver = Box<dyn Fn(Option<f64>)>;
+
+impl std::fmt::Debug for SliceProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SliceProgress").field("value", &self.value).field("reports", &self.reports).finish()
+    }
 }
 
 impl SliceProgress {
@@ -25,6 +36,14 @@ impl SliceProgress {
             self.value.set(value);
         }
         self.reports.set(self.reports.get() + 1);
+        if let Some(observer) = self.observer.borrow().as_ref() {
+            observer(value);
+        }
+    }
+
+    /// Calls `observer` with every later report.
+    pub fn observe(&self, observer: impl Fn(Option<f64>) + 'static) {
+        self.observer.replace(Some(Box::new(observer)));
     }
 
     /// The last value reported (0.0..=1.0), if any.
@@ -130,6 +149,11 @@ impl LeaseBook {
         let (taken, kept): (Vec<Lease>, Vec<Lease>) = self.queue.drain(..).partition(|lease| lease.job_id == job_id);
         self.queue = kept.into();
         taken
+    }
+
+    /// Takes every queued lease out of the queue (a pausing worker gives them back).
+    pub fn take_queued(&mut self) -> Vec<Lease> {
+        self.queue.drain(..).collect()
     }
 
     /// Every held lease as a result item with `outcome` (for giving them back), emptying the book.

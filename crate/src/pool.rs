@@ -21,6 +21,15 @@ pub struct Slot {
     pub idle_since_ms: u64,
     /// Heap size it reported after its last slice, if it reports one.
     pub heap_bytes: Option<u64>,
+    /// Resting until this time (ms) to honour the worker's CPU share; 0 when not resting.
+    pub rest_until_ms: u64,
+}
+
+impl Slot {
+    /// Idle and not resting: free to take a slice.
+    fn free(&self) -> bool {
+        self.running == 0 && self.rest_until_ms == 0
+    }
 }
 
 /// Where a slice should go.
@@ -69,6 +78,17 @@ impl Pool {
         self.limits
     }
 
+    /// Runs `capacity` slices at once from now on; sandboxes beyond it end once idle (`to_recycle`).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.limits.capacity = capacity.max(1);
+    }
+
+    /// Lets a warm sandbox hold up to `depth` slices (1 while a CPU share makes sandboxes rest
+    /// between slices: a slice queued behind another would skip the rest).
+    pub fn set_pipeline_depth(&mut self, depth: u32) {
+        self.limits.pipeline_depth = depth.max(1);
+    }
+
     pub fn slot(&self, index: usize) -> Option<&Slot> {
         self.slots.get(index).and_then(Option::as_ref)
     }
@@ -101,7 +121,7 @@ impl Pool {
     /// queued behind the one it runs (`pipeline_depth`), hiding the message round trip.
     pub fn place(&self, job: &str, worktime: Worktime) -> Placement {
         let slots = || self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
-        let idle = || slots().filter(|(_, s)| s.running == 0);
+        let idle = || slots().filter(|(_, s)| s.free());
         let room = self.busy() < self.limits.capacity;
         if room {
             if let Some((index, _)) = idle().find(|(_, s)| s.job.as_deref() == Some(job) && self.usable(s)) {
@@ -139,8 +159,15 @@ impl Pool {
         if index >= self.slots.len() {
             self.slots.resize(index + 1, None);
         }
-        self.slots[index] =
-            Some(Slot { worktime, job: None, running: 0, served: 0, idle_since_ms: now_ms, heap_bytes: None });
+        self.slots[index] = Some(Slot {
+            worktime,
+            job: None,
+            running: 0,
+            served: 0,
+            idle_since_ms: now_ms,
+            heap_bytes: None,
+            rest_until_ms: 0,
+        });
     }
 
     /// Marks `index` as running a slice of `job` (binding it to the job for good).
@@ -161,6 +188,30 @@ impl Pool {
         }
     }
 
+    /// Keeps `index` from taking a slice until `until_ms` (the CPU share's pause after a slice).
+    pub fn rest(&mut self, index: usize, until_ms: u64) {
+        if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
+            slot.rest_until_ms = until_ms;
+        }
+    }
+
+    /// Ends the rests that are over by `now_ms`; returns those sandboxes, now free.
+    pub fn wake_rested(&mut self, now_ms: u64) -> Vec<usize> {
+        let mut woken = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(slot) = slot.as_mut().filter(|s| s.rest_until_ms != 0 && s.rest_until_ms <= now_ms) {
+                slot.rest_until_ms = 0;
+                woken.push(index);
+            }
+        }
+        woken
+    }
+
+    /// When the next rest ends, if any sandbox rests.
+    pub fn next_rest_end(&self) -> Option<u64> {
+        self.slots.iter().flatten().filter(|s| s.rest_until_ms != 0).map(|s| s.rest_until_ms).min()
+    }
+
     /// Forgets the sandbox in `index` (terminated, crashed or recycled).
     pub fn removed(&mut self, index: usize) {
         if let Some(slot) = self.slots.get_mut(index) {
@@ -168,18 +219,33 @@ impl Pool {
         }
     }
 
-    /// Idle sandboxes to recycle now: worn out, or bound and idle for too long.
+    /// Idle sandboxes to recycle now: worn out, bound and idle for too long, or beyond a
+    /// capacity that was lowered. The pool may always hold one sandbox beyond its capacity (the
+    /// spare, or a claimed spare while the others are idle), so only what is beyond that goes,
+    /// the longest idle of those bound to a job first.
     pub fn to_recycle(&self, now_ms: u64) -> Vec<usize> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+        let slots = || self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+        let mut recycle: Vec<usize> = slots()
             .filter(|(_, s)| s.running == 0)
             .filter(|(_, s)| {
                 !self.usable(s) || (s.job.is_some() && now_ms.saturating_sub(s.idle_since_ms) > self.limits.max_idle_ms)
             })
             .map(|(i, _)| i)
-            .collect()
+            .collect();
+        let allowed = self.limits.capacity + 1;
+        let mut surplus = (slots().count() - recycle.len()).saturating_sub(allowed);
+        let mut idle_bound: Vec<(usize, &Slot)> =
+            slots().filter(|(i, s)| s.running == 0 && s.job.is_some() && !recycle.contains(i)).collect();
+        idle_bound.sort_by_key(|(_, s)| s.idle_since_ms);
+        for (index, _) in idle_bound {
+            if surplus == 0 {
+                break;
+            }
+            recycle.push(index);
+            surplus -= 1;
+        }
+        recycle.sort_unstable();
+        recycle
     }
 
     /// Whether any sandbox has finished a slice (so the pool is past its cold start).
@@ -302,6 +368,46 @@ mod tests {
         pool.finished(0, 2, Some(2_000));
         assert_eq!(pool.to_recycle(3), vec![0]);
         assert_eq!(pool.place("a", MB), Placement::Replace(0));
+    }
+
+    #[test]
+    fn a_lowered_capacity_ends_idle_sandboxes_and_busy_ones_once_they_finish() {
+        let mut pool = pool(3);
+        for (index, idle_since) in [(0, 30), (1, 10), (2, 20)] {
+            pool.created(index, MB, 0);
+            pool.started(index, "a");
+            pool.finished(index, idle_since, None);
+        }
+        pool.started(1, "a");
+        pool.set_capacity(2);
+        assert!(pool.to_recycle(40).is_empty(), "one beyond capacity may stay");
+        pool.set_capacity(1);
+        assert_eq!(pool.to_recycle(40), vec![2], "the longest idle goes first");
+        pool.removed(2);
+        pool.created(2, MB, 40);
+        pool.started(2, "a");
+        pool.set_capacity(0);
+        assert_eq!(pool.limits().capacity, 1, "capacity is at least one");
+        assert_eq!(pool.to_recycle(40), vec![0], "an idle one goes; busy ones stay until their slice ends");
+        pool.removed(0);
+        pool.finished(2, 50, None);
+        assert!(pool.to_recycle(60).is_empty(), "capacity plus one may stay");
+    }
+
+    #[test]
+    fn a_resting_sandbox_takes_no_slice_until_its_rest_ends() {
+        let mut pool = pool(1);
+        pool.created(0, MB, 0);
+        pool.started(0, "a");
+        pool.finished(0, 10, None);
+        pool.rest(0, 50);
+        assert_eq!(pool.place("a", MB), Placement::Busy);
+        assert_eq!(pool.place("b", MB), Placement::Busy, "a resting sandbox is not replaced either");
+        assert_eq!(pool.next_rest_end(), Some(50));
+        assert!(pool.wake_rested(49).is_empty());
+        assert_eq!(pool.wake_rested(50), vec![0]);
+        assert_eq!(pool.next_rest_end(), None);
+        assert_eq!(pool.place("a", MB), Placement::Warm(0));
     }
 
     #[test]

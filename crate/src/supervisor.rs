@@ -17,7 +17,7 @@ use std::rc::Rc;
 use futures::future::{self, Either, LocalBoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tessera_protocol::{
     bundle, BundleLimits, ConsoleLine, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest,
@@ -93,6 +93,33 @@ pub trait Sandbox {
     fn interrupt(&self) -> bool;
     /// Stops the sandbox at once (a running slice is abandoned).
     fn terminate(&self);
+    /// Calls `observer` as the set-up reaches each [`SetupPhase`], for the page to show; a
+    /// sandbox that cannot tell simply never calls it.
+    fn watch_setup(&self, _observer: Box<dyn Fn(SetupPhase)>) {}
+}
+
+/// A step of a sandbox's set-up, as the sandbox reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetupPhase {
+    /// Loading the job's packages (Pyodide).
+    Packages,
+    /// Running the job's program once (it registers its slice handler).
+    Program,
+}
+
+/// What a sandbox is doing, for the page's sandbox cards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SandboxActivity {
+    /// Loading the Python runtime (Pyodide), from a snapshot or afresh.
+    LoadingRuntime,
+    LoadingPackages,
+    StartingProgram,
+    Running,
+    /// Idle on purpose after a slice, to keep to the worker's CPU share.
+    Resting,
+    Idle,
 }
 
 /// Makes sandboxes. A Pyodide sandbox starts loading its runtime as soon as it is created.
@@ -100,12 +127,15 @@ pub trait SandboxFactory {
     fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError>;
 }
 
-/// What the page (or a test) can watch.
+/// What the page (or a test) can watch. In JavaScript every name is camelCase: the `type`
+/// (`sliceFinished`), the fields (`retryMs`) and the values (`timedOut`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum WorkerEvent {
     Registered {
         worker_id: String,
+        /// Who this worker's accepted slices are credited to (`GET /v1/workers/{contributor}`).
+        contributor: String,
         sandboxes: usize,
     },
     Leased {
@@ -119,11 +149,27 @@ pub enum WorkerEvent {
         sandbox: usize,
         reason: String,
     },
+    /// A sandbox moved on to another activity (`job` once it is bound to one).
+    SandboxState {
+        sandbox: usize,
+        state: SandboxActivity,
+        job: Option<String>,
+    },
     SliceStarted {
         job: String,
         slice: u64,
         sandbox: usize,
     },
+    /// The program reported progress (`dcp.progress`); `progress` is 0–1, or none for a bare
+    /// heartbeat. At most one every [`PROGRESS_EVENT_MS`] per slice, and always at 1.
+    SliceProgress {
+        job: String,
+        slice: u64,
+        sandbox: usize,
+        progress: Option<f64>,
+    },
+    /// `outcome`: `ok`, `error`, `jobError`, `workerFault`, `timedOut` or `released`; `ms`: the
+    /// time in the sandbox, which is also what the slice credits once accepted.
     SliceFinished {
         job: String,
         slice: u64,
@@ -173,10 +219,48 @@ pub enum WorkerEvent {
         ms: Option<u64>,
         reason: Option<String>,
     },
+    /// No new slices start until resumed; queued ones went back to the scheduler.
+    Paused,
+    Resumed,
+    /// The number of sandboxes changed (`setSandboxes`).
+    SandboxesChanged {
+        sandboxes: usize,
+    },
     Idle,
     Stopped {
         reason: String,
     },
+}
+
+/// The shortest gap between two `SliceProgress` events of one slice: a program may report
+/// thousands of times a second, and each event costs the page main-thread work.
+pub const PROGRESS_EVENT_MS: u64 = 250;
+
+/// The most sandboxes a worker runs.
+pub const MAX_SANDBOXES: usize = 64;
+
+/// The smallest CPU share: below it a sandbox would rest twenty times as long as it works.
+pub const MIN_CPU_SHARE: f64 = 0.05;
+
+/// An outcome's name for the page: camelCase, like every other name in the JavaScript API.
+fn outcome_name(outcome: &SliceOutcome) -> &'static str {
+    match outcome {
+        SliceOutcome::Ok { .. } => "ok",
+        SliceOutcome::Error { .. } => "error",
+        SliceOutcome::JobError { .. } => "jobError",
+        SliceOutcome::WorkerFault { .. } => "workerFault",
+        SliceOutcome::TimedOut { .. } => "timedOut",
+        SliceOutcome::Released { .. } => "released",
+    }
+}
+
+/// How long a sandbox rests after working `ms` so that it works `share` of the time.
+pub fn rest_after(ms: u64, share: f64) -> u64 {
+    if share >= 1.0 || ms == 0 {
+        return 0;
+    }
+    let share = share.max(MIN_CPU_SHARE);
+    (ms as f64 * (1.0 - share) / share).round() as u64
 }
 
 /// How the supervisor behaves.
@@ -212,6 +296,9 @@ pub struct SupervisorConfig {
     pub pipeline_depth: u32,
     /// Keep one Pyodide sandbox loaded ahead of need while working on Pyodide jobs.
     pub prewarm_spare: bool,
+    /// The share of each sandbox's time spent on slices (0.05–1): after a slice of `t` ms a
+    /// sandbox rests `t · (1 − share) / share` ms.
+    pub cpu_share: f64,
     /// Jobs remembered (descriptor and bundle) beyond those in use.
     pub job_cache: usize,
     pub bundle_limits: BundleLimits,
@@ -236,9 +323,76 @@ impl SupervisorConfig {
             max_sandbox_idle_ms: 60_000,
             pipeline_depth: 2,
             prewarm_spare: true,
+            cpu_share: 1.0,
             job_cache: 16,
             bundle_limits: BundleLimits::default(),
         }
+    }
+}
+
+/// Lets the page steer a running supervisor: pause and resume, the number of sandboxes, the CPU
+/// share. The supervisor applies changes on its next turn.
+#[derive(Clone)]
+pub struct Controls(Rc<ControlState>);
+
+struct ControlState {
+    paused: Cell<bool>,
+    sandboxes: Cell<usize>,
+    cpu_share: Cell<f64>,
+}
+
+impl Controls {
+    fn new(config: &SupervisorConfig) -> Controls {
+        Controls(Rc::new(ControlState {
+            paused: Cell::new(false),
+            sandboxes: Cell::new(config.sandboxes),
+            cpu_share: Cell::new(config.cpu_share),
+        }))
+    }
+
+    /// No new slices start; running ones finish and queued ones go back to the scheduler.
+    pub fn pause(&self) {
+        self.0.paused.set(true);
+    }
+
+    pub fn resume(&self) {
+        self.0.paused.set(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.0.paused.get()
+    }
+
+    /// Runs `sandboxes` slices at once (1–[`MAX_SANDBOXES`]); extra sandboxes end once idle.
+    pub fn set_sandboxes(&self, sandboxes: usize) -> Result<(), WorkerError> {
+        if !(1..=MAX_SANDBOXES).contains(&sandboxes) {
+            return Err(WorkerError::Options(format!("sandboxes must be 1–{MAX_SANDBOXES}, not {sandboxes}")));
+        }
+        self.0.sandboxes.set(sandboxes);
+        Ok(())
+    }
+
+    pub fn sandboxes(&self) -> usize {
+        self.0.sandboxes.get()
+    }
+
+    /// Spends `share` (0.05–1) of each sandbox's time on slices, resting the rest.
+    pub fn set_cpu_share(&self, share: f64) -> Result<(), WorkerError> {
+        self.0.cpu_share.set(valid_cpu_share(share)?);
+        Ok(())
+    }
+
+    pub fn cpu_share(&self) -> f64 {
+        self.0.cpu_share.get()
+    }
+}
+
+/// `share` if it is a CPU share the worker can keep to (0.05–1).
+pub fn valid_cpu_share(share: f64) -> Result<f64, WorkerError> {
+    if (MIN_CPU_SHARE..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(WorkerError::Options(format!("cpuShare must be {MIN_CPU_SHARE}–1, not {share}")))
     }
 }
 
@@ -292,6 +446,10 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     config: SupervisorConfig,
     on_event: Rc<dyn Fn(&WorkerEvent)>,
     stop: StopHandle,
+    controls: Controls,
+    /// The controls as last applied.
+    paused: bool,
+    cpu_share: f64,
 
     identity: Option<RegisterResponse>,
     limits: WorkerLimits,
@@ -339,7 +497,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             max_slices_per_sandbox: config.max_slices_per_sandbox,
             max_heap_bytes: config.max_sandbox_heap_bytes,
             max_idle_ms: config.max_sandbox_idle_ms,
-            pipeline_depth: config.pipeline_depth.max(1),
+            // A slice queued inside a sandbox would skip the rest a CPU share asks for.
+            pipeline_depth: if config.cpu_share < 1.0 { 1 } else { config.pipeline_depth.max(1) },
         });
         let now = clock.now_ms();
         let limits = WorkerLimits::default();
@@ -350,6 +509,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             config,
             on_event,
             stop: StopHandle::default(),
+            controls: Controls::new(&config),
+            paused: false,
+            cpu_share: config.cpu_share,
             identity: None,
             limits,
             jobs: JobCache::new(config.job_cache),
@@ -378,6 +540,11 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     /// A handle that stops `run` from outside.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
+    }
+
+    /// A handle that pauses, resumes and resizes `run` from outside.
+    pub fn controls(&self) -> Controls {
+        self.controls.clone()
     }
 
     /// A handle that gives every unacknowledged lease back at once, for a closing page.
@@ -435,7 +602,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     /// Whether a lease request would be sent if its gate were open.
     fn lease_wanted(&self) -> bool {
-        self.holding() <= self.wanted() / 2 && self.outbox.len() < self.config.max_undelivered
+        !self.paused
+            && self.holding() <= self.wanted() / 2 && self.outbox.len() < self.config.max_undelivered
     }
 
     fn nothing_running(&self) -> bool {
@@ -464,9 +632,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         if self.lease_wanted() {
             consider(self.lease_gate.opens_at().map(|open| open.max(self.next_lease_at)));
         }
-        if let Some(limit) = self.config.idle_exit_ms {
+        if let Some(limit) = self.config.idle_exit_ms.filter(|_| !self.paused) {
             consider(Some(self.last_work_at + limit));
         }
+        consider(self.pool.next_rest_end());
         wake
     }
 
@@ -494,12 +663,62 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         if let Some(message) = self.submit_gate.refused() {
             return Some(format!("the scheduler refused results: {message}"));
         }
+        self.apply_controls(now);
         self.recycle(now);
-        self.dispatch();
-        self.prewarm();
+        for slot in self.pool.wake_rested(now) {
+            self.report_activity(slot, SandboxActivity::Idle);
+        }
+        if self.paused {
+            // Other workers can run what this one no longer starts (including a lease that
+            // was already on its way when the page paused).
+            for lease in self.book.take_queued() {
+                self.give_back(lease, "the worker paused", now);
+            }
+        } else {
+            self.dispatch();
+            self.prewarm();
+        }
         self.submit_if_due(now, &identity);
         self.heartbeat_if_due(now, &identity);
+        if self.paused {
+            // A paused worker is not idle: it must not stop for want of work.
+            self.last_work_at = now;
+            return None;
+        }
         self.lease_if_due(now, &identity)
+    }
+
+    /// Applies what the page changed through [`Controls`] since the last turn.
+    fn apply_controls(&mut self, now: u64) {
+        let sandboxes = self.controls.sandboxes();
+        if sandboxes != self.config.sandboxes {
+            self.config.sandboxes = sandboxes;
+            self.pool.set_capacity(sandboxes);
+            self.emit(WorkerEvent::SandboxesChanged { sandboxes });
+        }
+        let share = self.controls.cpu_share();
+        if share != self.cpu_share {
+            self.cpu_share = share;
+            // A slice queued inside a sandbox would start without the rest.
+            self.pool.set_pipeline_depth(if share < 1.0 { 1 } else { self.config.pipeline_depth });
+        }
+        let paused = self.controls.is_paused();
+        if paused != self.paused {
+            self.paused = paused;
+            if paused {
+                self.emit(WorkerEvent::Paused);
+            } else {
+                self.last_work_at = now;
+                self.next_lease_at = now;
+                self.emit(WorkerEvent::Resumed);
+            }
+        }
+    }
+
+    /// Tells the page what the sandbox in `slot` is doing now.
+    fn report_activity(&self, slot: usize, state: SandboxActivity) {
+        let job = self.pool.slot(slot).and_then(|s| s.job.clone());
+        self.emit(WorkerEvent::SandboxState { sandbox: slot, state, job });
     }
 
     /// Submits finished results once enough are ready, the oldest waited long enough, or nothing runs.
@@ -595,6 +814,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     self.book.set_worker_token(Some(identity.token.clone()));
                     self.emit(WorkerEvent::Registered {
                         worker_id: identity.worker_id.clone(),
+                        contributor: identity.contributor.clone(),
                         sandboxes: self.config.sandboxes,
                     });
                     self.identity = Some(identity);
@@ -742,7 +962,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             job: lease.job_id.clone(),
             slice: lease.slice,
             sandbox: slot,
-            outcome: outcome.kind(),
+            outcome: outcome_name(&outcome),
             ms,
         });
         // The slot may hold a newer sandbox by now (this one was removed while it ran).
@@ -762,7 +982,16 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         match (current, removal) {
             (false, _) => {}
             (true, Some(reason)) => self.remove_sandbox(slot, reason),
-            (true, None) => self.pool.finished(slot, now, run.heap_bytes),
+            (true, None) => {
+                self.pool.finished(slot, now, run.heap_bytes);
+                let rest = rest_after(ms, self.cpu_share);
+                if rest > 0 {
+                    self.pool.rest(slot, now + rest);
+                    self.report_activity(slot, SandboxActivity::Resting);
+                } else if self.pool.slot(slot).is_some_and(|s| s.running == 0) {
+                    self.report_activity(slot, SandboxActivity::Idle);
+                }
+            }
         }
         self.count_fault(&outcome, now);
         if let SliceOutcome::JobError { message, stack } = &outcome {
@@ -956,6 +1185,11 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 self.sandboxes.insert(slot, (self.generation, sandbox));
                 self.pool.created(slot, worktime, self.clock.now_ms());
                 self.emit(WorkerEvent::SandboxCreated { sandbox: slot, worktime });
+                let state = match worktime {
+                    Worktime::Pyodide => SandboxActivity::LoadingRuntime,
+                    Worktime::MapBasic => SandboxActivity::Idle,
+                };
+                self.report_activity(slot, state);
                 Some(slot)
             }
             Err(error) => {
@@ -1008,6 +1242,26 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.pool.started(slot, &lease.job_id);
         self.running.insert(lease.lease_id.clone(), (slot, generation));
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });
+        let activity = |state| WorkerEvent::SandboxState { sandbox: slot, state, job: Some(lease.job_id.clone()) };
+        let running = activity(SandboxActivity::Running);
+        if needs_setup {
+            self.emit(activity(match job.descriptor.worktime {
+                Worktime::Pyodide => SandboxActivity::LoadingRuntime,
+                Worktime::MapBasic => SandboxActivity::StartingProgram,
+            }));
+            let (on_event, job_id) = (self.on_event.clone(), lease.job_id.clone());
+            sandbox.watch_setup(Box::new(move |phase| {
+                let state = match phase {
+                    SetupPhase::Packages => SandboxActivity::LoadingPackages,
+                    SetupPhase::Program => SandboxActivity::StartingProgram,
+                };
+                on_event(&WorkerEvent::SandboxState { sandbox: slot, state, job: Some(job_id.clone()) });
+            }));
+        } else {
+            self.emit(running.clone());
+        }
+        self.watch_progress(&progress, &lease, slot);
+        let on_event = self.on_event.clone();
         let clock = self.clock.clone();
         let limits = SliceLimits::of(&job.descriptor);
         let setup_timeout = self.config.setup_timeout_ms;
@@ -1033,6 +1287,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     let run = SliceRun { outcome, console, heap_bytes: None };
                     return Event::SliceDone { slot, generation, lease, run, watch: Watch::Quiet, ms: 0 };
                 }
+                on_event(&running);
             }
             let started = clock.now_ms();
             let run = sandbox.run(lease.slice, lease.datum.clone(), progress.clone());
@@ -1043,6 +1298,21 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             Event::SliceDone { slot, generation, lease, run, watch, ms }
         };
         self.tasks.push(task.boxed_local());
+    }
+
+    /// Reports the program's progress on `lease` as `SliceProgress` events, throttled.
+    fn watch_progress(&self, progress: &SliceProgress, lease: &Lease, slot: usize) {
+        let (on_event, clock) = (self.on_event.clone(), self.clock.clone());
+        let (job, slice) = (lease.job_id.clone(), lease.slice);
+        let last_sent = Cell::new(None::<u64>);
+        progress.observe(move |value| {
+            let now = clock.now_ms();
+            let due = last_sent.get().is_none_or(|at| now.saturating_sub(at) >= PROGRESS_EVENT_MS);
+            if due || value == Some(1.0) {
+                last_sent.set(Some(now));
+                on_event(&WorkerEvent::SliceProgress { job: job.clone(), slice, sandbox: slot, progress: value });
+            }
+        });
     }
 
     /// Returns unfinished slices to the scheduler at no cost (so they are retried at once

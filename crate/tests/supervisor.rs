@@ -18,8 +18,8 @@ use tessera_protocol::{
     RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome, WorkerLimits, Worktime,
 };
 use tessera_worker::supervisor::{
-    Clock, PreparedJob, Sandbox, SandboxFactory, SchedulerClient, SetupOutcome, SliceProgress, SliceRun, StopHandle,
-    Supervisor, SupervisorConfig, Task, WorkerEvent,
+    rest_after, Clock, Controls, PreparedJob, Sandbox, SandboxActivity, SandboxFactory, SchedulerClient, SetupOutcome,
+    SliceProgress, SliceRun, StopHandle, Supervisor, SupervisorConfig, Task, WorkerEvent, PROGRESS_EVENT_MS,
 };
 use tessera_worker::WorkerError;
 
@@ -348,11 +348,13 @@ impl Clock for FakeClock {
 
 /// Doubles numbers; throws on negative ones; never answers for `"hang"` (unless interrupted,
 /// when it can be). Its job's program decides how set-up goes: `"broken"` fails like a syntax
-/// error, `"no-runtime"` fails like a runtime that cannot load.
+/// error, `"no-runtime"` fails like a runtime that cannot load. With a clock, `{"work_ms": n}`
+/// works n simulated ms, reporting progress every 50 ms, and answers n.
 struct DoublingSandbox {
     setups: Rc<RefCell<Vec<String>>>,
     interruptible: bool,
     hung: RefCell<Option<oneshot::Sender<()>>>,
+    clock: Option<FakeClock>,
 }
 
 impl Sandbox for DoublingSandbox {
@@ -369,7 +371,20 @@ impl Sandbox for DoublingSandbox {
         })
     }
 
-    fn run(&self, _: u64, datum: Value, _: Rc<SliceProgress>) -> Task<SliceRun> {
+    fn run(&self, _: u64, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun> {
+        if let (Some(work_ms), Some(clock)) = (datum["work_ms"].as_u64(), self.clock.clone()) {
+            return async move {
+                for step in 1..=work_ms / 50 {
+                    clock.sleep(50).await;
+                    progress.report(Some((step * 50) as f64 / work_ms as f64));
+                }
+                if work_ms % 50 > 0 {
+                    clock.sleep(work_ms % 50).await;
+                }
+                SliceRun { outcome: SliceOutcome::Ok { value: json!(work_ms) }, console: vec![], heap_bytes: None }
+            }
+            .boxed_local();
+        }
         if datum == json!("hang") {
             if !self.interruptible {
                 return futures::future::pending().boxed_local();
@@ -409,6 +424,14 @@ struct Factory {
     setups: Rc<RefCell<Vec<String>>>,
     created: Rc<Cell<usize>>,
     interruptible: bool,
+    /// Lets sandboxes work for simulated time (`{"work_ms": n}`).
+    clock: Option<FakeClock>,
+}
+
+impl Factory {
+    fn timed(clock: &FakeClock) -> Factory {
+        Factory { clock: Some(clock.clone()), ..Factory::default() }
+    }
 }
 
 impl SandboxFactory for Factory {
@@ -418,6 +441,7 @@ impl SandboxFactory for Factory {
             setups: self.setups.clone(),
             interruptible: self.interruptible,
             hung: RefCell::new(None),
+            clock: self.clock.clone(),
         }))
     }
 }
@@ -433,10 +457,23 @@ fn run_with(
     config: SupervisorConfig,
     on_event: impl Fn(&WorkerEvent, &StopHandle) + 'static,
 ) -> (String, Vec<WorkerEvent>) {
+    let (reason, events) = run_steered(scheduler, factory, config, move |event, stop, _| on_event(event, stop));
+    (reason, events.into_iter().map(|(_, event)| event).collect())
+}
+
+/// Runs a supervisor to its end; `on_event` may stop or steer it. Each event comes with the
+/// simulated time it was seen at.
+fn run_steered(
+    scheduler: &Rc<Scheduler>,
+    factory: Factory,
+    config: SupervisorConfig,
+    on_event: impl Fn(&WorkerEvent, &StopHandle, &Controls) + 'static,
+) -> (String, Vec<(u64, WorkerEvent)>) {
     let events = Rc::new(RefCell::new(Vec::new()));
     let log = events.clone();
-    let handle = Rc::new(RefCell::new(None::<StopHandle>));
+    let handle = Rc::new(RefCell::new(None::<(StopHandle, Controls)>));
     let stop = handle.clone();
+    let clock = scheduler.clock.clone();
     let supervisor = Supervisor::new(
         Client(scheduler.clone()),
         factory,
@@ -446,13 +483,13 @@ fn run_with(
             if std::env::var_os("DEBUG_EVENTS").is_some() {
                 eprintln!("{event:?}");
             }
-            log.borrow_mut().push(event.clone());
-            if let Some(stop) = stop.borrow().as_ref() {
-                on_event(event, stop);
+            log.borrow_mut().push((clock.now_ms(), event.clone()));
+            if let Some((stop, controls)) = stop.borrow().as_ref() {
+                on_event(event, stop, controls);
             }
         }),
     );
-    *handle.borrow_mut() = Some(supervisor.stop_handle());
+    *handle.borrow_mut() = Some((supervisor.stop_handle(), supervisor.controls()));
     let reason = futures::executor::block_on(supervisor.run());
     let events = events.borrow().clone();
     (reason, events)
@@ -600,7 +637,7 @@ fn a_slice_that_stops_reporting_progress_is_stopped_at_the_quiet_limit() {
     let durations: Vec<u64> = events
         .iter()
         .filter_map(|e| match e {
-            WorkerEvent::SliceFinished { outcome: "timed_out", ms, .. } => Some(*ms),
+            WorkerEvent::SliceFinished { outcome: "timedOut", ms, .. } => Some(*ms),
             _ => None,
         })
         .collect();
@@ -619,7 +656,7 @@ fn a_hung_slice_that_can_be_interrupted_keeps_its_sandbox() {
         .iter()
         .any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
     assert_eq!(created.get(), 1, "interrupted, not replaced");
-    let timed_out = events.iter().filter(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "timed_out", .. }));
+    let timed_out = events.iter().filter(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "timedOut", .. }));
     assert_eq!(timed_out.count() as u32, MAX_ATTEMPTS);
     assert_eq!(scheduler.accepted.borrow()[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
 }
@@ -643,7 +680,7 @@ fn a_runtime_that_cannot_load_is_a_worker_fault_and_pauses_leasing() {
     scheduler.set_program("j", "no-runtime");
     let (_, events) = run(&scheduler, Factory::default(), config(1));
     assert!(!scheduler.ended.borrow().contains("j"), "not blamed on the program");
-    assert!(events.iter().any(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "worker_fault", .. })));
+    assert!(events.iter().any(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "workerFault", .. })));
     assert!(events.iter().any(|e| matches!(e, WorkerEvent::SandboxesFailing { .. })), "{events:?}");
 }
 
@@ -799,4 +836,183 @@ fn a_closing_page_can_give_back_every_unacknowledged_lease_at_once() {
     let leased: HashSet<String> = (0..3).map(|n| format!("l{n}")).collect();
     let named: HashSet<String> = batch.results.iter().map(|item| item.lease_id.clone()).collect();
     assert!(named.is_subset(&leased) && named.contains("l1"), "{named:?}");
+}
+
+#[test]
+fn a_paused_worker_starts_nothing_gives_its_queue_back_and_resumes() {
+    let scheduler = Scheduler::with_job("j", (1..=12).map(|n| json!(n)));
+    let resumed = Rc::new(Cell::new(false));
+    let seen = resumed.clone();
+    let (reason, events) = run_steered(&scheduler, Factory::default(), config(1), move |event, _, controls| {
+        match event {
+            WorkerEvent::SliceFinished { slice: 2, .. } if !seen.get() => controls.pause(),
+            // Once the queue went back, resume.
+            WorkerEvent::Submitted { released, .. } if controls.is_paused() && *released > 0 => {
+                controls.resume();
+                seen.set(true);
+            }
+            _ => {}
+        }
+    });
+    assert_eq!(reason, "idle");
+    assert_eq!(scheduler.accepted.borrow().len(), 12, "every slice ran once resumed");
+    let position = |wanted: fn(&WorkerEvent) -> bool| events.iter().position(|(_, event)| wanted(event));
+    let paused = position(|e| matches!(e, WorkerEvent::Paused)).expect("a paused event");
+    let resumed = position(|e| matches!(e, WorkerEvent::Resumed)).expect("a resumed event");
+    assert!(
+        events[paused..resumed].iter().all(|(_, event)| !matches!(event, WorkerEvent::SliceStarted { .. })),
+        "no slice started while paused"
+    );
+    assert!(
+        events[paused..resumed].iter().any(|(_, event)| matches!(event, WorkerEvent::Submitted { released, .. } if *released > 0)),
+        "the queued slices went back"
+    );
+    assert!(scheduler.attempts.borrow().values().all(|attempts| *attempts <= 1), "giving back cost no attempt");
+}
+
+#[test]
+fn fewer_sandboxes_end_the_extra_ones_once_idle() {
+    let scheduler = Scheduler::with_job("j", (0..24).map(|_| json!({"work_ms": 100})));
+    let clock = scheduler.clock.clone();
+    let (_, events) = run_steered(&scheduler, Factory::timed(&clock), config(3), |event, _, controls| {
+        if matches!(event, WorkerEvent::SliceFinished { slice: 5, .. }) {
+            controls.set_sandboxes(1).unwrap();
+        }
+    });
+    assert_eq!(scheduler.accepted.borrow().len(), 24);
+    let changed = events.iter().position(|(_, e)| matches!(e, WorkerEvent::SandboxesChanged { sandboxes: 1 })).unwrap();
+    let removed = events[changed..]
+        .iter()
+        .filter(|(_, e)| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "recycled"))
+        .count();
+    assert_eq!(removed, 1, "one sandbox beyond the new capacity and its spare ended");
+    // Slices that were running go on; once the worker is down to one slice at a time it stays there.
+    let mut running: HashMap<usize, i32> = HashMap::new();
+    let mut settled = false;
+    for (index, (_, event)) in events.iter().enumerate() {
+        match event {
+            WorkerEvent::SliceStarted { sandbox, .. } => *running.entry(*sandbox).or_default() += 1,
+            WorkerEvent::SliceFinished { sandbox, .. } => *running.entry(*sandbox).or_default() -= 1,
+            _ => {}
+        }
+        let busy = running.values().filter(|count| **count > 0).count();
+        settled = settled || (index > changed && busy <= 1);
+        assert!(!settled || busy <= 1, "two sandboxes ran at once after the worker settled at one");
+    }
+    assert!(settled);
+}
+
+#[test]
+fn a_cpu_share_makes_each_sandbox_rest_in_proportion_to_its_work() {
+    let scheduler = Scheduler::with_job("j", (0..6).map(|_| json!({"work_ms": 300})));
+    let clock = scheduler.clock.clone();
+    let config = SupervisorConfig { cpu_share: 0.25, ..config(1) };
+    let (_, events) = run_steered(&scheduler, Factory::timed(&clock), config, |_, _, _| {});
+    assert_eq!(scheduler.accepted.borrow().len(), 6);
+    let mut finished_at = None;
+    let mut gaps = Vec::new();
+    for (at, event) in &events {
+        match event {
+            WorkerEvent::SliceFinished { ms, .. } => {
+                assert_eq!(*ms, 300);
+                finished_at = Some(*at);
+            }
+            WorkerEvent::SliceStarted { .. } => {
+                if let Some(finished) = finished_at {
+                    gaps.push(at - finished);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(gaps.len(), 5);
+    assert!(gaps.iter().all(|gap| *gap >= 900), "each slice of 300 ms is followed by 900 ms of rest: {gaps:?}");
+    assert!(events.iter().any(|(_, e)| matches!(e, WorkerEvent::SandboxState { state: SandboxActivity::Resting, .. })));
+}
+
+#[test]
+fn the_cpu_share_can_change_while_running() {
+    let scheduler = Scheduler::with_job("j", (0..8).map(|_| json!({"work_ms": 200})));
+    let clock = scheduler.clock.clone();
+    let (_, events) = run_steered(&scheduler, Factory::timed(&clock), config(1), |event, _, controls| {
+        if matches!(event, WorkerEvent::SliceFinished { slice: 3, .. }) {
+            controls.set_cpu_share(0.5).unwrap();
+        }
+    });
+    let starts: Vec<u64> =
+        events.iter().filter(|(_, e)| matches!(e, WorkerEvent::SliceStarted { .. })).map(|(at, _)| *at).collect();
+    let finishes: Vec<u64> =
+        events.iter().filter(|(_, e)| matches!(e, WorkerEvent::SliceFinished { .. })).map(|(at, _)| *at).collect();
+    // Slices 0–3 ran back to back (pipelined, even); from slice 4 on each waited 200 ms.
+    assert!(starts[5] >= finishes[4] + 200 && starts[7] >= finishes[6] + 200, "{starts:?} {finishes:?}");
+}
+
+#[test]
+fn controls_refuse_values_the_worker_cannot_honour() {
+    let scheduler = Scheduler::with_job("j", [json!(1)]);
+    let supervisor = Supervisor::new(
+        Client(scheduler.clone()),
+        Factory::default(),
+        scheduler.clock.clone(),
+        config(1),
+        Rc::new(|_: &WorkerEvent| {}),
+    );
+    let controls = supervisor.controls();
+    for bad in [0, 65] {
+        let error = controls.set_sandboxes(bad).unwrap_err().to_string();
+        assert!(error.contains("sandboxes must be 1–64") && error.contains(&bad.to_string()), "{error}");
+    }
+    for bad in [0.0, 0.01, 1.5, f64::NAN] {
+        let error = controls.set_cpu_share(bad).unwrap_err().to_string();
+        assert!(error.contains("cpuShare must be 0.05–1"), "{error}");
+    }
+    assert_eq!((controls.sandboxes(), controls.cpu_share()), (1, 1.0), "refused values change nothing");
+    assert_eq!(rest_after(100, 1.0), 0);
+    assert_eq!(rest_after(100, 0.5), 100);
+    assert_eq!(rest_after(100, 0.25), 300);
+    assert_eq!(rest_after(0, 0.25), 0);
+}
+
+#[test]
+fn progress_reaches_the_page_throttled_and_always_at_the_end() {
+    let scheduler = Scheduler::with_job("j", [json!({"work_ms": 1_000})]);
+    let clock = scheduler.clock.clone();
+    let (_, events) = run_steered(&scheduler, Factory::timed(&clock), config(1), |_, _, _| {});
+    let reports: Vec<(u64, Option<f64>)> = events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            WorkerEvent::SliceProgress { job, slice: 0, sandbox: 0, progress } if job == "j" => Some((*at, *progress)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.first().map(|r| r.1), Some(Some(0.05)), "the first report goes out at once");
+    assert_eq!(reports.last().map(|r| r.1), Some(Some(1.0)), "so does the last");
+    assert!(reports.len() < 20 / 2, "20 reports were throttled: {reports:?}");
+    for pair in reports[..reports.len() - 1].windows(2) {
+        assert!(pair[1].0 - pair[0].0 >= PROGRESS_EVENT_MS, "{reports:?}");
+    }
+}
+
+#[test]
+fn the_page_sees_what_each_sandbox_is_doing() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!(2)]);
+    let (_, events) = run_steered(&scheduler, Factory::default(), config(1), |_, _, _| {});
+    let states: Vec<(SandboxActivity, Option<String>)> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            WorkerEvent::SandboxState { sandbox: 0, state, job } => Some((*state, job.clone())),
+            _ => None,
+        })
+        .collect();
+    let j = || Some("j".to_string());
+    // Created (a JavaScript sandbox has no runtime to load), set up, then slice by slice.
+    assert_eq!(
+        states[..4],
+        [
+            (SandboxActivity::Idle, None),
+            (SandboxActivity::StartingProgram, j()),
+            (SandboxActivity::Running, j()),
+            (SandboxActivity::Idle, j()),
+        ]
+    );
 }

@@ -298,6 +298,10 @@ pub struct Attempt {
     /// The fault, error or release reason, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The sandbox compute time (ms) this attempt credited its contributor with: present only for
+    /// an attempt accepted with outcome `ok`, so the credits of a job are the sum over its slices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_ms: Option<u64>,
 }
 
 /// `GET /v1/jobs/{id}/slices/{slice}`: a slice's status and every attempt at it, oldest first.

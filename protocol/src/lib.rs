@@ -5,11 +5,13 @@
 //! examples; the tests at the bottom of each module pin the JSON spelling.
 
 pub mod bundle;
+pub mod credits;
 pub mod job;
 pub mod keys;
 pub mod lease;
 
 pub use bundle::{BundleEntry, BundleError, BundleLimits};
+pub use credits::{is_contributor_id, ContributorTotals, COMPUTE_MS_PER_CREDIT};
 pub use job::{
     Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range,
     ResultsPage, RunningSlice, SliceHistory, SliceRecord, SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,

@@ -399,6 +399,9 @@ pub fn print_history(history: &SliceHistory) {
             attempt.worker_id,
             attempt.lease_id
         );
+        if let Some(compute_ms) = attempt.compute_ms {
+            line.push_str(&format!(", {} of sandbox compute credited", format_ms(compute_ms)));
+        }
         if let Some(message) = &attempt.message {
             line.push_str(&format!(": {}", message.lines().next().unwrap_or_default()));
         }

@@ -4,7 +4,8 @@
 //! Two kinds of caller, two sets of rules (docs/SECURITY.md, "Deployer ↔ scheduler"):
 //! - **workers** (anonymous volunteers' pages on any origin): the worker endpoints, the static
 //!   site, `/pyodide/` and `/sandbox.html` are cross-origin (permissive CORS); registration is open
-//!   unless `--worker-key` makes the pool private.
+//!   unless `--worker-key` makes the pool private. A contributor's credits
+//!   (`GET /v1/workers/{contributor}`) are open too: the random id is the handle.
 //! - **deployers**: every job endpoint, bundle uploads and `/v1/keys` need an API key
 //!   (`Authorization: Bearer tsk_…`); a job is visible only to the key that deployed it and to
 //!   admin keys. These endpoints send no CORS headers (unless `--deployer-origin` lists origins)
@@ -28,9 +29,9 @@ use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera_protocol::{
-    bundle, ApiKeyInfo, BundleLimits, CreateKeyRequest, DeployRequest, DeployResponse, HeartbeatRequest,
-    HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus,
-    ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
+    bundle, ApiKeyInfo, BundleLimits, ContributorTotals, CreateKeyRequest, DeployRequest, DeployResponse,
+    HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
+    ResultStatus, ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
 };
 use tokio::sync::{Notify, Semaphore};
 use tower_http::compression::CompressionLayer;
@@ -42,7 +43,7 @@ use tower_http::trace::TraceLayer;
 use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::sandbox_host::SandboxHostPage;
-use crate::store::{read, same, Deployer, LeasePolicy, Readers, Store, Writer};
+use crate::store::{check_contributor, read, same, Deployer, LeasePolicy, Readers, RegisteredWorker, Store, Writer};
 use crate::syntax::{check_python, PythonFile};
 use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
 
@@ -430,6 +431,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
     let worker_api = Router::new()
         .route("/health", general.guard(get(|| async { Json(serde_json::json!({"ok": true})) }), SMALL_BODY_BYTES))
         .route("/workers", general.guard(post(register), REGISTER_BODY_BYTES.min(max_body)))
+        .route("/workers/{contributor}", general.guard(get(contributor_totals), SMALL_BODY_BYTES))
         .route("/leases", polls.guard(post(lease), LEASE_BODY_BYTES.min(max_body)))
         .route("/leases/heartbeat", general.guard(post(heartbeat), heartbeat_body))
         .route("/results", results.guard(post(submit_results), max_body))
@@ -616,14 +618,34 @@ async fn register(
             }
         }
     }
-    let user_agent = request.user_agent.clone();
-    let sandboxes = request.sandboxes;
-    let (worker_id, token) =
-        state.writer.run(move |store| store.register_worker(user_agent.as_deref(), sandboxes, now_ms())).await?;
+    let RegisterRequest { user_agent, sandboxes, contributor, .. } = request;
+    let registered = state
+        .writer
+        .run(move |store| store.register_worker(user_agent.as_deref(), sandboxes, contributor.as_deref(), now_ms()))
+        .await?;
+    let RegisteredWorker { worker_id, token, contributor } = registered;
     state.remember_token(token.clone(), worker_id.clone());
     tracing::info!(worker = %worker_id, sandboxes, "worker registered");
     let ttl = state.config.lease.ttl_ms;
-    Ok(Json(RegisterResponse { worker_id, contributor: String::new(), token, lease_ttl_ms: ttl, heartbeat_ms: ttl / 3, limits: state.limits }))
+    Ok(Json(RegisterResponse {
+        worker_id,
+        contributor,
+        token,
+        lease_ttl_ms: ttl,
+        heartbeat_ms: ttl / 3,
+        limits: state.limits,
+    }))
+}
+
+/// A contributor's credits. Open and cross-origin like the other worker endpoints: the id is the
+/// handle (a random id only its browser knows), so a page on any site can show its volunteer's
+/// totals. An id of the wrong shape is `invalid_field`; an unknown one `not_found`.
+async fn contributor_totals(
+    State(state): State<AppState>,
+    Path(contributor): Path<String>,
+) -> Result<Json<ContributorTotals>> {
+    check_contributor(&contributor)?;
+    Ok(Json(state.readers.run(move |connection| read::contributor_totals(connection, &contributor)).await?))
 }
 
 async fn lease(

@@ -448,7 +448,8 @@ async fn a_restarted_server_keeps_leases_alive() {
     // Before the restart: a lease taken with a 1 ms ttl, long overdue by the time the server starts.
     let (job_id, token, lease) = {
         let mut store = Store::open(&config.database).unwrap();
-        let (worker, token) = store.register_worker(None, 1, 0).unwrap();
+        let registered = store.register_worker(None, 1, None, 0).unwrap();
+        let (worker, token) = (registered.worker_id, registered.token);
         let job = validate_deploy(
             serde_json::from_value(json!({"program": "(x) => x", "slices": [1]})).unwrap(),
             &DeployLimits::default(),
@@ -510,4 +511,81 @@ async fn a_closing_pages_beacon_releases_its_leases_at_no_cost() {
     let bare = json!({"results": []}).to_string();
     let response = server.http.post(format!("{}/v1/results", server.url)).body(bare).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 403);
+}
+
+#[tokio::test]
+async fn contributors_register_and_read_their_credits_cross_origin() {
+    let server = start(1 << 20).await;
+    // Without an id the scheduler opens a contributor; with one it is the browser's own.
+    let opened = server.register().await;
+    assert!(tessera_protocol::is_contributor_id(&opened.contributor), "{}", opened.contributor);
+    let dana = "dana-0123456789_abcdef";
+    let (status, body) = server.post("/workers", None, json!({"sandboxes": 1, "contributor": dana})).await;
+    assert_eq!(status, 200, "{body}");
+    let worker: RegisterResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(worker.contributor, dana);
+    for bad in [json!("short"), json!("sixteen chars but/slashes"), json!(7)] {
+        let (status, error) = server.post("/workers", None, json!({"sandboxes": 1, "contributor": bad})).await;
+        assert_eq!(
+            (status, error["code"].as_str(), error["field"].as_str()),
+            (400, Some("invalid_field"), Some("contributor")),
+            "{error}"
+        );
+    }
+
+    let (_, deployed) = server.deployer_post("/jobs", json!({"program": "(x) => x", "slices": [1, 2, 3, 4]})).await;
+    let job_id = deployed["job_id"].as_str().unwrap();
+    let (_, leased) = server.post("/leases", Some(&worker.token), json!({"max_slices": 4})).await;
+    let leases = leased["leases"].as_array().unwrap();
+    // Measured times well under the leases' age, so the cap does not touch them.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let measured = |lease: &Value, compute_ms: Option<u64>| {
+        let mut item = ok_item(lease, lease["datum"].clone());
+        if let Some(ms) = compute_ms {
+            item["compute_ms"] = json!(ms);
+        }
+        item
+    };
+    let error = json!({"lease_id": leases[3]["lease_id"], "token": leases[3]["token"], "compute_ms": 90,
+        "outcome": {"kind": "error", "message": "boom"}});
+    let batch = json!({"results": [measured(&leases[0], Some(40)), measured(&leases[1], Some(35)),
+                                   measured(&leases[2], None), error]});
+    let (_, answer) = server.post("/results", Some(&worker.token), batch.clone()).await;
+    let acks: Vec<_> = answer["acks"].as_array().unwrap().iter().map(|a| a["status"].as_str().unwrap()).collect();
+    assert_eq!(acks, vec!["accepted"; 4], "{answer}");
+    let (_, again) = server.post("/results", Some(&worker.token), batch).await;
+    assert_eq!(again["acks"][0]["status"], "duplicate", "a resent batch credits nothing more: {again}");
+
+    // What slice history shows as credited is what the contributor's totals say.
+    let mut credited_in_history = 0;
+    for slice in 0..4 {
+        let (_, history) = server.get(&format!("/jobs/{job_id}/slices/{slice}")).await;
+        let history: SliceHistory = serde_json::from_value(history).unwrap();
+        credited_in_history += history.attempts.iter().filter_map(|attempt| attempt.compute_ms).sum::<u64>();
+    }
+    assert_eq!(credited_in_history, 75);
+    let response = server
+        .http
+        .get(format!("{}/v1/workers/{dana}", server.url))
+        .header("origin", "https://some-site-embedding-the-worker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*", "any page may show its volunteer's credits");
+    let totals: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&totals["contributor"], &totals["slices"], &totals["compute_ms"], &totals["credits"]),
+        (&json!(dana), &json!(3), &json!(credited_in_history), &json!(0.075)),
+        "{totals}"
+    );
+    assert!(totals["since_ms"].as_u64().unwrap() > 0, "{totals}");
+    // No API key is needed; an unknown id is not found, a malformed one names the field.
+    let (status, error) = server.call(reqwest::Method::GET, "/workers/nobody-0123456789abc", None, None).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("not_found")), "{error}");
+    let (status, error) = server.call(reqwest::Method::GET, "/workers/x", None, None).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("contributor")), "{error}");
+    let (status, fresh) =
+        server.call(reqwest::Method::GET, &format!("/workers/{}", opened.contributor), None, None).await;
+    assert_eq!((status, &fresh["slices"], &fresh["credits"]), (200, &json!(0), &json!(0.0)), "{fresh}");
 }

@@ -94,7 +94,7 @@ fn an_endless_python_slice_is_interrupted_at_its_limit_and_reported_timed_out() 
             .filter(is_this)
             .find(|e| e.kind == "slice-end")
             .unwrap_or_else(|| panic!("a slice-end for {}\n{}", start.text, worker.output()));
-        assert_eq!(end.get("outcome"), "timed_out", "{}", end.text);
+        assert_eq!(end.get("outcome"), "timedOut", "{}", end.text);
         let ms = end.number("ms").unwrap_or_else(|| panic!("ms in {}", end.text));
         assert!(ms <= LIMIT_MS + 2_000, "stopped within its limit + 2 s, took {ms} ms: {}", end.text);
         let interrupted = events.iter().filter(is_this).any(|e| e.kind == "interrupted" && e.index < end.index);

@@ -232,12 +232,12 @@ async function startWorker(options) {
     sandboxes: 1, ...options,
     onEvent: (event) => {
       const now = performance.now();
-      if (event.type === 'sandbox_created' && run.sandboxCreated === null) run.sandboxCreated = now;
-      if (event.type === 'slice_finished') {
+      if (event.type === 'sandboxCreated' && run.sandboxCreated === null) run.sandboxCreated = now;
+      if (event.type === 'sliceFinished') {
         if (run.firstFinished === null) run.firstFinished = now;
         run.finishes.push({ t: now, ms: event.ms, sandbox: event.sandbox, outcome: event.outcome });
       }
-      if (event.type === 'runtime_snapshot') run.snapshots.push(event.outcome + (event.reason ? ` (${event.reason})` : ''));
+      if (event.type === 'runtimeSnapshot') run.snapshots.push(event.outcome + (event.reason ? ` (${event.reason})` : ''));
       if (event.type === 'submitted') {
         run.accepted += event.accepted;
         if (run.firstAccepted === null && event.accepted > 0) run.firstAccepted = now;

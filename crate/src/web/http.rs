@@ -35,16 +35,23 @@ pub struct HttpSchedulerClient {
     base: String,
     /// A private pool's worker key, sent with the registration (`tessera serve --worker-key`).
     worker_key: Option<String>,
+    contributor: Option<String>,
 }
 
 impl HttpSchedulerClient {
     pub fn new(base: &str) -> HttpSchedulerClient {
-        HttpSchedulerClient { base: base.trim_end_matches('/').to_string(), worker_key: None }
+        HttpSchedulerClient { base: base.trim_end_matches('/').to_string(), worker_key: None, contributor: None }
     }
 
     /// The same client, registering with a private pool's worker key.
     pub fn with_worker_key(self, key: Option<String>) -> HttpSchedulerClient {
         HttpSchedulerClient { worker_key: key.filter(|key| !key.is_empty()), ..self }
+    }
+
+    /// The same client, registering for `contributor` (the id the page keeps for whoever
+    /// contributes), so accepted slices are credited to it.
+    pub fn with_contributor(self, contributor: Option<String>) -> HttpSchedulerClient {
+        HttpSchedulerClient { contributor: contributor.filter(|id| !id.is_empty()), ..self }
     }
 
     fn url(&self, path: &str) -> String {
@@ -197,7 +204,11 @@ async fn bytes(response: &web_sys::Response) -> Result<Vec<u8>, WorkerError> {
 
 impl SchedulerClient for HttpSchedulerClient {
     fn register(&self, request: RegisterRequest) -> Task<Result<RegisterResponse, WorkerError>> {
-        let request = RegisterRequest { worker_key: request.worker_key.or_else(|| self.worker_key.clone()), ..request };
+        let request = RegisterRequest {
+            worker_key: request.worker_key.or_else(|| self.worker_key.clone()),
+            contributor: request.contributor.or_else(|| self.contributor.clone()),
+            ..request
+        };
         self.post("/workers", None, &request, REQUEST_DEADLINE_MS)
     }
 

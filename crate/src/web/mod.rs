@@ -14,7 +14,9 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::supervisor::{Farewell, StopHandle, Supervisor, SupervisorConfig, WorkerEvent};
+use crate::supervisor::{
+    valid_cpu_share, Controls, Farewell, StopHandle, Supervisor, SupervisorConfig, WorkerEvent, MAX_SANDBOXES,
+};
 use crate::WorkerError;
 use clock::BrowserClock;
 use http::HttpSchedulerClient;
@@ -26,8 +28,12 @@ use sandbox::IsolatedSandboxFactory;
 struct WorkerOptions {
     /// Scheduler root URL; defaults to the page's origin.
     scheduler: Option<String>,
-    /// Sandboxes; defaults to `navigator.hardwareConcurrency − 1`, at least 1.
+    /// Sandboxes (1–64); defaults to `navigator.hardwareConcurrency − 1`, at least 1.
     sandboxes: Option<u32>,
+    /// The share of each sandbox's time spent on slices (0.05–1, default 1).
+    cpu_share: Option<f64>,
+    /// Who accepted slices are credited to: an id the page keeps (16–64 of `A-Z a-z 0-9 _ -`).
+    contributor: Option<String>,
     /// Stop after this many ms without work.
     idle_exit_ms: Option<u64>,
     max_slices_per_sandbox: Option<u32>,
@@ -65,7 +71,8 @@ fn page_origin() -> Option<String> {
 /// The most leases one farewell beacon names: `sendBeacon` bodies are limited to 64 KiB.
 const FAREWELL_MAX_LEASES: usize = 300;
 
-/// A browser worker: `new TesseraWorker(options)`, then `await worker.run()`; `worker.stop()` ends it.
+/// A browser worker: `new TesseraWorker(options)`, then `await worker.run()`; `worker.stop()` ends it,
+/// `pause()`/`resume()`, `setSandboxes(n)` and `setCpuShare(p)` steer it while it runs.
 /// When the page goes away (`pagehide`), every lease it holds is given back at once with
 /// `navigator.sendBeacon`, so the slices are retried elsewhere without waiting for their leases
 /// to expire and without costing them an attempt.
@@ -73,7 +80,7 @@ const FAREWELL_MAX_LEASES: usize = 300;
 pub struct TesseraWorker {
     supervisor: RefCell<Option<Supervisor<HttpSchedulerClient, IsolatedSandboxFactory, BrowserClock>>>,
     stop: StopHandle,
-    sandboxes: usize,
+    controls: Controls,
     on_pagehide: Option<Closure<dyn FnMut()>>,
 }
 
@@ -111,8 +118,15 @@ impl TesseraWorker {
             JsError::new(&WorkerError::Options("no scheduler URL and no page origin".into()).to_string())
         })?;
         let scheduler = scheduler.trim_end_matches('/').to_string();
-        let sandboxes = parsed.sandboxes.map(|n| n as usize).unwrap_or_else(default_sandboxes).max(1);
+        let sandboxes = parsed.sandboxes.map(|n| n as usize).unwrap_or_else(default_sandboxes);
+        if !(1..=MAX_SANDBOXES).contains(&sandboxes) {
+            let error = WorkerError::Options(format!("sandboxes must be 1–{MAX_SANDBOXES}, not {sandboxes}"));
+            return Err(JsError::new(&error.to_string()));
+        }
         let mut config = SupervisorConfig::with_sandboxes(sandboxes);
+        if let Some(share) = parsed.cpu_share {
+            config.cpu_share = valid_cpu_share(share).map_err(|error| JsError::new(&error.to_string()))?;
+        }
         config.idle_exit_ms = parsed.idle_exit_ms;
         if let Some(max) = parsed.max_slices_per_sandbox {
             config.max_slices_per_sandbox = max.max(1);
@@ -143,17 +157,26 @@ impl TesseraWorker {
             .with_runtime_snapshots(parsed.runtime_snapshots.unwrap_or(true))
             .with_events(listener.clone())
             .start_pyodide_ahead();
-        let client = HttpSchedulerClient::new(&scheduler).with_worker_key(parsed.worker_key);
+        if let Some(id) = parsed.contributor.as_deref().filter(|id| !tessera_protocol::is_contributor_id(id)) {
+            let error = WorkerError::Options(format!(
+                "contributor must be 16–64 characters of A-Z a-z 0-9 _ -, not {id:?} ({} characters)",
+                id.chars().count()
+            ));
+            return Err(JsError::new(&error.to_string()));
+        }
+        let client = HttpSchedulerClient::new(&scheduler)
+            .with_worker_key(parsed.worker_key)
+            .with_contributor(parsed.contributor);
         let results_url = client.results_url();
         let supervisor = Supervisor::new(client, factory, BrowserClock::new(), config, listener);
-        let stop = supervisor.stop_handle();
+        let (stop, controls) = (supervisor.stop_handle(), supervisor.controls());
         let on_pagehide = web_sys::window().map(|window| {
             let (stop, farewell) = (stop.clone(), supervisor.farewell());
             let closure = Closure::<dyn FnMut()>::new(move || say_farewell(&stop, &farewell, &results_url));
             let _ = window.add_event_listener_with_callback("pagehide", closure.as_ref().unchecked_ref());
             closure
         });
-        Ok(TesseraWorker { supervisor: RefCell::new(Some(supervisor)), stop, sandboxes, on_pagehide })
+        Ok(TesseraWorker { supervisor: RefCell::new(Some(supervisor)), stop, controls, on_pagehide })
     }
 
     /// Runs until stopped or idle; resolves with the reason (`"stopped"`, `"idle"`).
@@ -171,10 +194,50 @@ impl TesseraWorker {
         self.stop.stop();
     }
 
+    /// Starts no new slice until `resume()`: running slices finish, queued ones go back to the
+    /// scheduler for other workers, sandboxes stay loaded.
+    pub fn pause(&self) {
+        self.controls.pause();
+    }
+
+    pub fn resume(&self) {
+        self.controls.resume();
+    }
+
+    /// Whether the worker is paused.
+    #[wasm_bindgen(getter)]
+    pub fn paused(&self) -> bool {
+        self.controls.is_paused()
+    }
+
+    /// Runs `n` slices at once (1–64) from now on; sandboxes beyond that end once idle.
+    #[wasm_bindgen(js_name = setSandboxes)]
+    pub fn set_sandboxes(&self, n: f64) -> Result<(), JsError> {
+        let whole = n.fract() == 0.0 && n >= 0.0;
+        let sandboxes = if whole { n as usize } else { usize::MAX };
+        self.controls.set_sandboxes(sandboxes).map_err(|_| {
+            let error = WorkerError::Options(format!("sandboxes must be a whole number 1–{MAX_SANDBOXES}, not {n}"));
+            JsError::new(&error.to_string())
+        })
+    }
+
     /// How many sandboxes this worker runs.
     #[wasm_bindgen(getter)]
     pub fn sandboxes(&self) -> usize {
-        self.sandboxes
+        self.controls.sandboxes()
+    }
+
+    /// Spends `share` (0.05–1) of each sandbox's time on slices: after a slice of `t` ms, the
+    /// sandbox rests `t · (1 − share) / share` ms.
+    #[wasm_bindgen(js_name = setCpuShare)]
+    pub fn set_cpu_share(&self, share: f64) -> Result<(), JsError> {
+        self.controls.set_cpu_share(share).map_err(|error| JsError::new(&error.to_string()))
+    }
+
+    /// The share of each sandbox's time spent on slices.
+    #[wasm_bindgen(getter, js_name = cpuShare)]
+    pub fn cpu_share(&self) -> f64 {
+        self.controls.cpu_share()
     }
 }
 

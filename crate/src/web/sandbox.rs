@@ -30,7 +30,7 @@ use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 use super::assets::RuntimeFiles;
 use super::snapshots::RuntimeSnapshots;
 use crate::supervisor::{
-    PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SliceProgress, SliceRun, Task, WorkerEvent,
+    PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SetupPhase, SliceProgress, SliceRun, Task, WorkerEvent,
 };
 use crate::WorkerError;
 
@@ -96,6 +96,10 @@ enum FromSandbox {
     SnapshotRejected {
         reason: String,
     },
+    /// Its set-up reached `phase` (shown on the page).
+    Phase {
+        phase: SetupPhase,
+    },
 }
 
 /// Messages the sandbox host page (the iframe) posts on the control port.
@@ -141,6 +145,8 @@ struct Shared {
     setup_over: Cell<bool>,
     /// This sandbox's part in the page's runtime snapshot (Pyodide sandboxes, once ordered).
     snapshot: RefCell<Option<SnapshotRole>>,
+    /// Told of each set-up phase (`Sandbox::watch_setup`).
+    setup_watcher: RefCell<Option<Box<dyn Fn(SetupPhase)>>>,
 }
 
 /// A Pyodide sandbox's order about the runtime snapshot, and where its reports go.
@@ -260,6 +266,11 @@ impl Shared {
             FromSandbox::Progress { id, value } => {
                 if let Some(progress) = id.and_then(|id| self.pending.borrow().get(&id).map(|p| p.progress.clone())) {
                     progress.report(value);
+                }
+            }
+            FromSandbox::Phase { phase } => {
+                if let Some(watcher) = &*self.setup_watcher.borrow() {
+                    watcher(phase);
                 }
             }
             FromSandbox::Fatal { message } => self.crash(message),
@@ -636,6 +647,10 @@ impl Sandbox for Rc<IsolatedSandbox> {
     fn terminate(&self) {
         self.frame.iframe.remove();
         self.frame.shared.crash("sandbox terminated".into());
+    }
+
+    fn watch_setup(&self, observer: Box<dyn Fn(SetupPhase)>) {
+        self.frame.shared.setup_watcher.replace(Some(observer));
     }
 }
 

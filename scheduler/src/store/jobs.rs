@@ -348,8 +348,9 @@ pub fn slice_history(connection: &Connection, job_id: &str, slice: u64) -> Resul
         return Err(Error::NotFound { what: "slice", id: format!("{job_id}/{slice}") });
     };
     let mut query = connection.prepare_cached(
-        "SELECT id, worker_id, started_ms, ended_ms, outcome, message FROM leases
-         WHERE job_id = ?1 AND idx = ?2 ORDER BY started_ms, id",
+        "SELECT l.id, l.worker_id, l.started_ms, l.ended_ms, l.outcome, l.message, c.compute_ms
+         FROM leases l LEFT JOIN credits c ON c.lease_id = l.id
+         WHERE l.job_id = ?1 AND l.idx = ?2 ORDER BY l.started_ms, l.id",
     )?;
     let attempts = query
         .query_map(params![job_id, slice as i64], |row| {
@@ -360,6 +361,7 @@ pub fn slice_history(connection: &Connection, job_id: &str, slice: u64) -> Resul
                 ended_ms: row.get::<_, Option<i64>>(3)?.map(|ms| ms as u64),
                 outcome: row.get::<_, Stored<AttemptOutcome>>(4)?.0,
                 message: row.get(5)?,
+                compute_ms: row.get::<_, Option<i64>>(6)?.map(|ms| ms.max(0) as u64),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

@@ -3,7 +3,8 @@
 //! A lease is one attempt at one slice, fenced by its token. Every outcome is applied with a
 //! guarded update (`... WHERE current_lease = ? AND state = 'leased'`) whose changed-row count is
 //! checked, so an outcome can only land on the attempt it belongs to: acceptance is exactly-once
-//! however often, late or concurrently a result arrives.
+//! however often, late or concurrently a result arrives. The acceptance of an `ok` result also
+//! writes its credit (`credits`), in the same operation, so credits are exactly-once too.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -14,6 +15,7 @@ use tessera_protocol::{
     ResultItem, ResultStatus, SliceOutcome,
 };
 
+use super::credits::{credit, AcceptedSlice};
 use super::jobs::{fail_job, finish_if_done, job_descriptor, job_state};
 use super::workers::{other_worker_connected, touch, truncate};
 use super::{
@@ -57,11 +59,13 @@ struct LeaseRow {
     index: i64,
     state: LeaseState,
     outcome: AttemptOutcome,
+    /// When the lease was granted: a result cannot credit more compute than the time since.
+    started_ms: u64,
 }
 
 fn lease_row(connection: &Connection, lease_id: &str) -> Result<Option<LeaseRow>> {
     Ok(connection
-        .prepare_cached("SELECT token, worker_id, job_id, idx, state, outcome FROM leases WHERE id = ?1")?
+        .prepare_cached("SELECT token, worker_id, job_id, idx, state, outcome, started_ms FROM leases WHERE id = ?1")?
         .query_row([lease_id], |row| {
             Ok(LeaseRow {
                 token: row.get(0)?,
@@ -70,6 +74,7 @@ fn lease_row(connection: &Connection, lease_id: &str) -> Result<Option<LeaseRow>
                 index: row.get(3)?,
                 state: row.get::<_, Stored<LeaseState>>(4)?.0,
                 outcome: row.get::<_, Stored<AttemptOutcome>>(5)?.0,
+                started_ms: row.get::<_, i64>(6)?.max(0) as u64,
             })
         })
         .optional()?)
@@ -347,7 +352,10 @@ fn judge(
     }
     let attempt = Attempt { lease_id: &item.lease_id, job_id: &lease.job_id, index: lease.index, worker_id, now };
     let applied = match &item.outcome {
-        SliceOutcome::Ok { value } => accept_value(connection, &attempt, value, policy)?,
+        SliceOutcome::Ok { value } => {
+            let measured = Measured { reported_ms: item.compute_ms, leased_ms: lease.started_ms };
+            accept_value(connection, &attempt, value, measured, policy)?
+        }
         SliceOutcome::Error { message, stack } => {
             accept_error(connection, &attempt, message, stack.as_deref(), policy)?
         }
@@ -416,10 +424,20 @@ fn oversized(bytes: usize, policy: LeasePolicy) -> String {
     format!("result is {bytes} bytes, over the scheduler's {}-byte limit", policy.max_result_bytes)
 }
 
+/// The compute time a result reports, and when its lease was granted (the cap on it).
+struct Measured {
+    reported_ms: Option<u64>,
+    leased_ms: u64,
+}
+
+/// Accepts a returned value as the slice's outcome, crediting the worker's contributor with the
+/// measured compute time in the same operation. A value over the size limit becomes the slice's
+/// error instead, and credits nothing: only slices accepted `ok` earn credits.
 fn accept_value(
     connection: &Connection,
     attempt: &Attempt,
     value: &Value,
+    measured: Measured,
     policy: LeasePolicy,
 ) -> Result<Option<(ResultStatus, Option<String>)>> {
     let json = to_json(value)?;
@@ -435,6 +453,18 @@ fn accept_value(
         return Ok(None);
     }
     end_lease(connection, attempt.lease_id, AttemptOutcome::Ok, None, attempt.now)?;
+    credit(
+        connection,
+        &AcceptedSlice {
+            worker_id: attempt.worker_id,
+            lease_id: attempt.lease_id,
+            job_id: attempt.job_id,
+            slice: attempt.index,
+            leased_ms: measured.leased_ms,
+            reported_ms: measured.reported_ms,
+            now: attempt.now,
+        },
+    )?;
     Ok(Some((ResultStatus::Accepted, None)))
 }
 

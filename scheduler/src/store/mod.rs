@@ -7,12 +7,14 @@
 //! acknowledged change survives a crash, and a failed operation changes nothing.
 //!
 //! - [`schema`]: the layout and its migrations (`PRAGMA user_version`).
-//! - `workers`, `jobs`, `leasing`, `keys`: the operations, grouped by what they change.
+//! - `workers`, `jobs`, `leasing`, `keys`, `credits`: the operations, grouped by what they change
+//!   (`credits`: contributors and the ledger that credits each slice accepted `ok`).
 //! - [`read`]: the read-only queries, usable on any connection (the server's read pool).
 //!
 //! States are Rust enums stored as text; an unknown stored value is an [`Error::Corrupt`], never
 //! a silent default.
 
+mod credits;
 mod jobs;
 mod keys;
 mod leasing;
@@ -31,14 +33,17 @@ use tessera_protocol::Worktime;
 
 use crate::error::{Error, Result};
 
+pub use credits::check_contributor;
 pub(crate) use keys::same;
 pub use keys::{Deployer, Scope, MAX_KEY_NAME, SECRET_BYTES};
 pub use leasing::Reaped;
+pub use workers::RegisteredWorker;
 pub use writer::{Readers, Writer};
 
 /// The read-only queries, as functions of a connection, so the server can run them on its read
 /// pool while the writer works.
 pub mod read {
+    pub use super::credits::contributor_totals;
     pub use super::jobs::{bundle, console, job_status, list_jobs, results, slice_history};
     pub use super::keys::{deployer_by_key, job_access, list_keys};
     pub use super::workers::worker_by_token;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use crate::error::{Error, Result};
 
 /// The schema this code reads and writes.
-pub const LATEST_VERSION: i64 = 2;
+pub const LATEST_VERSION: i64 = 3;
 
 /// The version-1 layout, which a new database starts from (and [`from_v0`] rebuilds into). States
 /// are checked by SQL so no unknown value can be written.
@@ -100,7 +100,7 @@ CREATE INDEX setup_errors_by_job ON setup_errors(job_id, message);
 type Migration = fn(&Transaction) -> Result<()>;
 
 /// Every migration, in order.
-const MIGRATIONS: [Migration; 2] = [from_v0, from_v1];
+const MIGRATIONS: [Migration; 3] = [from_v0, from_v1, from_v2];
 
 /// Version 0 is the first release's layout (no version set): job state `active`, lease states
 /// `active | completed | expired`, no CHECK constraints. Tables whose shape changed are rebuilt
@@ -173,6 +173,39 @@ fn from_v1(transaction: &Transaction) -> Result<()> {
     Ok(())
 }
 
+/// Version 3: the credits ledger. Each worker earns credits for a contributor (an anonymous
+/// volunteer's stable id, kept by the browser); `credits` holds one row per slice accepted with
+/// outcome `ok` — written in the transaction that accepts it, so the ledger never disagrees with
+/// the accepted slices — and `contributors` its running totals, updated in the same transaction,
+/// so reading them costs one row. Workers from before get a contributor of their own each (a new
+/// random id of the same shape), so every accepted slice has someone to credit.
+fn from_v2(transaction: &Transaction) -> Result<()> {
+    transaction.execute_batch(
+        r#"
+        CREATE TABLE contributors (
+            id TEXT PRIMARY KEY,
+            created_ms INTEGER NOT NULL,
+            slices INTEGER NOT NULL DEFAULT 0 CHECK (slices >= 0),
+            compute_ms INTEGER NOT NULL DEFAULT 0 CHECK (compute_ms >= 0)
+        ) WITHOUT ROWID;
+        ALTER TABLE workers ADD COLUMN contributor TEXT REFERENCES contributors(id);
+        CREATE TABLE credits (
+            lease_id TEXT PRIMARY KEY,
+            contributor TEXT NOT NULL REFERENCES contributors(id),
+            job_id TEXT NOT NULL,
+            slice INTEGER NOT NULL,
+            compute_ms INTEGER NOT NULL CHECK (compute_ms >= 0),
+            at_ms INTEGER NOT NULL,
+            UNIQUE (job_id, slice)
+        ) WITHOUT ROWID;
+        CREATE INDEX credits_by_contributor ON credits(contributor, at_ms);
+        UPDATE workers SET contributor = 'c' || lower(hex(randomblob(16)));
+        INSERT INTO contributors (id, created_ms) SELECT contributor, created_ms FROM workers;
+        "#,
+    )?;
+    Ok(())
+}
+
 /// Brings the database to [`LATEST_VERSION`], or refuses one made by a newer scheduler.
 pub fn migrate(connection: &mut Connection) -> Result<()> {
     // Tables are renamed and rebuilt: foreign keys are checked once at the end instead.
@@ -209,6 +242,20 @@ pub fn migrate(connection: &mut Connection) -> Result<()> {
     }
     transaction.commit()?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Creates a database at schema `version` (1 ..= [`LATEST_VERSION`]) the way that release made
+/// it, for migration tests.
+#[cfg(test)]
+pub fn create_at_version(connection: &mut Connection, version: usize) -> Result<()> {
+    let transaction = connection.transaction()?;
+    transaction.execute_batch(SCHEMA)?;
+    for migration in MIGRATIONS.iter().take(version).skip(1) {
+        migration(&transaction)?;
+    }
+    transaction.pragma_update(None, "user_version", version as i64)?;
+    transaction.commit()?;
     Ok(())
 }
 

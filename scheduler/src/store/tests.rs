@@ -36,7 +36,13 @@ fn job(slices: usize) -> NewJob {
 }
 
 fn result(lease: &Lease, outcome: SliceOutcome) -> ResultItem {
-    ResultItem { lease_id: lease.lease_id.clone(), token: lease.token.clone(), outcome, console: vec![], compute_ms: None }
+    ResultItem {
+        lease_id: lease.lease_id.clone(),
+        token: lease.token.clone(),
+        outcome,
+        console: vec![],
+        compute_ms: None,
+    }
 }
 
 fn ok(lease: &Lease, value: Value) -> ResultItem {
@@ -70,7 +76,7 @@ fn column(store: &Store, sql: &str, lease_id: &str) -> String {
 #[test]
 fn lease_and_accept_completes_the_job() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(3), 0).unwrap();
     let answer = store.lease(&worker, 10, &[], &[], 0, POLICY).unwrap();
     assert_eq!((answer.leases.len(), answer.jobs.len()), (3, 1));
@@ -87,7 +93,7 @@ fn lease_and_accept_completes_the_job() {
 #[test]
 fn expired_leases_are_requeued_and_stale_results_refused() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     store.deploy(job(1), 0).unwrap();
     let first = lease(&mut store, &worker, 1, 0);
     assert_eq!(store.reap(5_000, None, POLICY).unwrap(), Reaped { extended: 0, expired: 1 });
@@ -105,8 +111,8 @@ fn expired_leases_are_requeued_and_stale_results_refused() {
 #[test]
 fn a_forged_item_is_refused_alone() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
-    let (other, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let other = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(4), 0).unwrap();
     let mine = lease(&mut store, &worker, 3, 0);
     let theirs = lease(&mut store, &other, 1, 0);
@@ -127,7 +133,7 @@ fn a_forged_item_is_refused_alone() {
 #[test]
 fn an_oversized_result_becomes_its_slices_error() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(2), 0).unwrap();
     let leases = lease(&mut store, &worker, 2, 0);
     let big = json!("x".repeat(2_000));
@@ -144,7 +150,7 @@ fn an_oversized_result_becomes_its_slices_error() {
 #[test]
 fn console_output_per_item_is_capped() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(1), 0).unwrap();
     let leases = lease(&mut store, &worker, 1, 0);
     let line = |i: usize| tessera_protocol::ConsoleLine {
@@ -164,7 +170,7 @@ fn console_output_per_item_is_capped() {
 #[test]
 fn worker_faults_retry_then_give_up() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(1), 0).unwrap();
     for attempt in 1..=2 {
         let leases = lease(&mut store, &worker, 1, 0);
@@ -180,7 +186,7 @@ fn worker_faults_retry_then_give_up() {
 #[test]
 fn time_outs_count_and_say_so_at_the_end() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(1), 0).unwrap();
     for _ in 0..2 {
         let leases = lease(&mut store, &worker, 1, 0);
@@ -195,7 +201,7 @@ fn time_outs_count_and_say_so_at_the_end() {
 #[test]
 fn a_release_costs_no_attempt() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(1), 0).unwrap();
     for _ in 0..5 {
         let leases = lease(&mut store, &worker, 1, 0);
@@ -216,7 +222,7 @@ fn a_release_costs_no_attempt() {
 #[test]
 fn a_faulted_slice_prefers_another_connected_worker() {
     let (_dir, mut store) = store();
-    let (first, _) = store.register_worker(None, 1, 0).unwrap();
+    let first = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     store.deploy(job(1), 0).unwrap();
     let leases = lease(&mut store, &first, 1, 0);
     submit(&mut store, &first, &[fault(&leases[0])], 10);
@@ -225,7 +231,7 @@ fn a_faulted_slice_prefers_another_connected_worker() {
     assert_eq!(again.len(), 1);
     submit(&mut store, &first, &[fault(&again[0])], 30);
     // (Two faults at max_attempts 2 finish it; use a fresh job with another worker connected.)
-    let (second, _) = store.register_worker(None, 1, 40).unwrap();
+    let second = store.register_worker(None, 1, None, 40).unwrap().worker_id;
     let job_id = store.deploy(job(1), 40).unwrap();
     let leases = store.lease(&first, 1, std::slice::from_ref(&job_id), &[], 50, POLICY).unwrap().leases;
     submit(&mut store, &first, &[fault(&leases[0])], 60);
@@ -237,8 +243,8 @@ fn a_faulted_slice_prefers_another_connected_worker() {
 #[test]
 fn a_faulted_slice_returns_to_its_worker_once_the_others_are_gone() {
     let (_dir, mut store) = store();
-    let (first, _) = store.register_worker(None, 1, 0).unwrap();
-    store.register_worker(None, 1, 0).unwrap();
+    let first = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    store.register_worker(None, 1, None, 0).unwrap();
     store.deploy(job(1), 0).unwrap();
     let leases = lease(&mut store, &first, 1, 0);
     submit(&mut store, &first, &[fault(&leases[0])], 10);
@@ -250,8 +256,8 @@ fn a_faulted_slice_returns_to_its_worker_once_the_others_are_gone() {
 #[test]
 fn one_setup_error_does_not_fail_the_job_a_second_worker_does() {
     let (_dir, mut store) = store();
-    let (first, _) = store.register_worker(None, 1, 0).unwrap();
-    let (second, _) = store.register_worker(None, 1, 0).unwrap();
+    let first = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let second = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(3), 0).unwrap();
     let leases = lease(&mut store, &first, 1, 0);
     let ack = &submit(&mut store, &first, &[setup_error(&leases[0])], 1)[0];
@@ -273,7 +279,7 @@ fn one_setup_error_does_not_fail_the_job_a_second_worker_does() {
 #[test]
 fn the_same_worker_twice_fails_the_job_when_alone() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(3), 0).unwrap();
     for (round, expected) in [(0, ResultStatus::Requeued), (1, ResultStatus::Accepted)] {
         let leases = lease(&mut store, &worker, 1, round);
@@ -285,8 +291,8 @@ fn the_same_worker_twice_fails_the_job_when_alone() {
 #[test]
 fn three_reports_fail_the_job_even_with_others_connected() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
-    store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    store.register_worker(None, 1, None, 0).unwrap();
     let job_id = store.deploy(job(3), 0).unwrap();
     // The other worker stays connected but never takes the slices: the same worker reports
     // three times (it takes other slices, passing over the one it reported on).
@@ -302,7 +308,7 @@ fn three_reports_fail_the_job_even_with_others_connected() {
 #[test]
 fn cancel_abandons_leases_and_reports_ended_jobs() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(3), 0).unwrap();
     let leases = lease(&mut store, &worker, 2, 0);
     let status = store.cancel(&job_id, 1).unwrap();
@@ -333,7 +339,7 @@ fn restart_extends_active_leases() {
     let path = dir.path().join("t.db");
     let (worker, leases) = {
         let mut store = Store::open(&path).unwrap();
-        let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+        let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
         store.deploy(job(2), 0).unwrap();
         let leases = lease(&mut store, &worker, 2, 0);
         (worker, leases)
@@ -349,7 +355,7 @@ fn restart_extends_active_leases() {
 #[test]
 fn a_paused_reaper_extends_leases_by_the_gap() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     store.deploy(job(1), 0).unwrap();
     let leases = lease(&mut store, &worker, 1, 0);
     assert_eq!(store.reap(500, None, POLICY).unwrap(), Reaped::default());
@@ -365,7 +371,7 @@ fn a_paused_reaper_extends_leases_by_the_gap() {
 #[test]
 fn slice_history_lists_attempts_oldest_first() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(1), 0).unwrap();
     let first = lease(&mut store, &worker, 1, 10);
     submit(&mut store, &worker, &[fault(&first[0])], 20);
@@ -388,7 +394,7 @@ fn slice_history_lists_attempts_oldest_first() {
 #[test]
 fn status_lists_running_slices_with_progress() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let job_id = store.deploy(job(3), 0).unwrap();
     let leases = lease(&mut store, &worker, 2, 0);
     let beat = [tessera_protocol::HeartbeatItem {
@@ -405,7 +411,7 @@ fn status_lists_running_slices_with_progress() {
 #[test]
 fn leasing_round_robins_and_prefers_warm_jobs() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let first = store.deploy(job(10), 0).unwrap();
     let second = store.deploy(job(10), 1).unwrap();
     let leases = lease(&mut store, &worker, 4, 2);
@@ -417,7 +423,7 @@ fn leasing_round_robins_and_prefers_warm_jobs() {
 #[test]
 fn last_seen_is_written_at_most_every_five_seconds() {
     let (_dir, mut store) = store();
-    let (worker, _) = store.register_worker(None, 1, 0).unwrap();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
     let last_seen = |store: &Store| -> i64 {
         store.connection.query_row("SELECT last_seen_ms FROM workers WHERE id = ?1", [&worker], |r| r.get(0)).unwrap()
     };
@@ -587,7 +593,7 @@ fn a_version_1_database_gains_keys_and_its_jobs_belong_to_admins_only() {
     }
     let mut store = Store::open(&path).unwrap();
     let version: i64 = store.connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, schema::LATEST_VERSION);
     let owner: Option<String> =
         store.connection.query_row("SELECT owner FROM jobs WHERE id = 'j1'", [], |row| row.get(0)).unwrap();
     assert_eq!(owner, None, "a job from before keys belongs to no one");
@@ -598,4 +604,241 @@ fn a_version_1_database_gains_keys_and_its_jobs_belong_to_admins_only() {
     assert!(store.job_access("j1", &Scope::OwnedBy(first.info.id)).is_err(), "not even the admin's own scope");
     assert_eq!(store.list_jobs(&Scope::OwnedBy(deployer)).unwrap().len(), 0);
     assert_eq!(store.job_status("j1").unwrap().queued, 1);
+}
+
+/// A contributor id of the documented shape.
+fn contributor(name: &str) -> String {
+    format!("{name:_<16}")
+}
+
+fn ok_measured(lease: &Lease, value: Value, compute_ms: Option<u64>) -> ResultItem {
+    ResultItem { compute_ms, ..ok(lease, value) }
+}
+
+/// The ledger's invariants: each contributor's totals are the sum of its ledger rows, and the
+/// ledger holds exactly the attempts accepted `ok` (one row each), with the time slice history
+/// shows for them.
+fn assert_ledger_matches_accepted_slices(store: &Store) {
+    let mismatched: i64 = store
+        .connection
+        .query_row(
+            "SELECT COUNT(*) FROM contributors c WHERE c.slices != (SELECT COUNT(*) FROM credits WHERE contributor = c.id)
+             OR c.compute_ms != (SELECT COALESCE(SUM(compute_ms), 0) FROM credits WHERE contributor = c.id)",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(mismatched, 0, "every contributor's totals are its ledger's sum");
+    let credited: Vec<String> = store
+        .connection
+        .prepare("SELECT lease_id FROM credits ORDER BY lease_id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let accepted_ok: Vec<String> = store
+        .connection
+        .prepare("SELECT id FROM leases WHERE outcome = 'ok' ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(credited, accepted_ok, "one ledger row per attempt accepted ok, and no other");
+}
+
+/// The compute time slice history shows for every attempt of `job_id`'s `slices` slices.
+fn credited_in_history(store: &Store, job_id: &str, slices: u64) -> u64 {
+    (0..slices)
+        .flat_map(|slice| store.slice_history(job_id, slice).unwrap().attempts)
+        .filter_map(|attempt| attempt.compute_ms)
+        .sum()
+}
+
+#[test]
+fn an_accepted_ok_result_credits_exactly_its_measured_compute_time() {
+    let (_dir, mut store) = store();
+    let alice = contributor("alice");
+    let registered = store.register_worker(None, 1, Some(&alice), 5).unwrap();
+    assert_eq!(registered.contributor, alice);
+    let job_id = store.deploy(job(3), 0).unwrap();
+    let leases = lease(&mut store, &registered.worker_id, 3, 1_000);
+    let batch = [
+        ok_measured(&leases[0], json!(0), Some(100)),
+        ok_measured(&leases[1], json!(1), Some(250)),
+        ok_measured(&leases[2], json!(2), None),
+    ];
+    let acks = submit(&mut store, &registered.worker_id, &batch, 2_000);
+    assert!(acks.iter().all(|ack| ack.status == ResultStatus::Accepted), "{acks:?}");
+    let totals = store.contributor_totals(&alice).unwrap();
+    assert_eq!(
+        totals,
+        tessera_protocol::ContributorTotals::new(alice.clone(), 3, 350, 5),
+        "a missing measurement counts the slice and credits 0 ms"
+    );
+    assert_eq!(totals.credits, 0.35);
+    let history = store.slice_history(&job_id, 1).unwrap();
+    assert_eq!(history.attempts[0].compute_ms, Some(250));
+    assert_eq!(credited_in_history(&store, &job_id, 3), 350);
+    let at: i64 = store
+        .connection
+        .query_row("SELECT at_ms FROM credits WHERE lease_id = ?1", [&leases[0].lease_id], |row| row.get(0))
+        .unwrap();
+    assert_eq!(at, 2_000);
+    assert_ledger_matches_accepted_slices(&store);
+}
+
+#[test]
+fn duplicate_stale_refused_and_failed_results_credit_nothing() {
+    let (_dir, mut store) = store();
+    let bob = contributor("bob");
+    let worker = store.register_worker(None, 1, Some(&bob), 0).unwrap().worker_id;
+    let job_id = store.deploy(job(8), 0).unwrap();
+    let leases = lease(&mut store, &worker, 8, 0);
+    let measured = |item: ResultItem| ResultItem { compute_ms: Some(400), ..item };
+    // Accepted ok once: credited once, whatever the resend claims.
+    assert_eq!(
+        submit(&mut store, &worker, &[measured(ok(&leases[0], json!(0)))], 500)[0].status,
+        ResultStatus::Accepted
+    );
+    let resent = ResultItem { compute_ms: Some(450), ..ok(&leases[0], json!(0)) };
+    assert_eq!(submit(&mut store, &worker, &[resent], 600)[0].status, ResultStatus::Duplicate);
+    // Refused (a wrong token), then every outcome other than ok, then a value over the size limit.
+    let mut forged = measured(ok(&leases[1], json!(1)));
+    forged.token = "forged".into();
+    let error = result(&leases[2], SliceOutcome::Error { message: "boom".into(), stack: None });
+    let timed_out = result(&leases[4], SliceOutcome::TimedOut { message: "too slow".into() });
+    let released = result(&leases[5], SliceOutcome::Released { reason: "page closed".into() });
+    let batch = [
+        forged,
+        measured(error),
+        measured(fault(&leases[3])),
+        measured(timed_out),
+        measured(released),
+        measured(setup_error(&leases[6])),
+        measured(ok(&leases[7], json!("x".repeat(2_000)))),
+    ];
+    use ResultStatus::*;
+    let acks = submit(&mut store, &worker, &batch, 700);
+    assert_eq!(statuses(&acks), vec![Refused, Accepted, Requeued, Requeued, Released, Requeued, Accepted]);
+    assert_eq!(store.results(&job_id, 7, 1).unwrap().0[0].status, SliceStatus::Error, "stored as an error");
+    // Stale: the refused slice's lease expires, then its result arrives.
+    store.reap(5_000, None, POLICY).unwrap();
+    let late = measured(ok(&leases[1], json!(1)));
+    assert_eq!(submit(&mut store, &worker, &[late], 5_001)[0].status, Stale);
+    let totals = store.contributor_totals(&bob).unwrap();
+    assert_eq!((totals.slices, totals.compute_ms), (1, 400));
+    assert_eq!(credited_in_history(&store, &job_id, 8), 400);
+    assert_ledger_matches_accepted_slices(&store);
+}
+
+#[test]
+fn credited_compute_is_capped_at_the_leases_age() {
+    assert_eq!(credits::credited_ms(Some(700), 1_000, 1_500), 500);
+    assert_eq!(credits::credited_ms(Some(200), 1_000, 1_500), 200);
+    assert_eq!(credits::credited_ms(None, 1_000, 1_500), 0);
+    assert_eq!(credits::credited_ms(Some(200), 1_000, 900), 0, "a clock that went back credits nothing");
+    let (_dir, mut store) = store();
+    let registered = store.register_worker(None, 1, None, 0).unwrap();
+    let job_id = store.deploy(job(2), 0).unwrap();
+    let leases = lease(&mut store, &registered.worker_id, 2, 1_000);
+    let batch = [ok_measured(&leases[0], json!(0), Some(u64::MAX)), ok_measured(&leases[1], json!(1), Some(200))];
+    submit(&mut store, &registered.worker_id, &batch, 1_500);
+    let history = store.slice_history(&job_id, 0).unwrap();
+    assert_eq!(history.attempts[0].compute_ms, Some(500), "no more than the 500 ms since the lease was granted");
+    assert_eq!(store.contributor_totals(&registered.contributor).unwrap().compute_ms, 700);
+    assert_ledger_matches_accepted_slices(&store);
+}
+
+#[test]
+fn a_contributor_accumulates_across_registrations() {
+    let (_dir, mut store) = store();
+    let carol = contributor("carol");
+    let mut credited = 0;
+    for (round, compute_ms) in [(1u64, 30u64), (2, 70)] {
+        let now = round * 10_000;
+        let registered = store.register_worker(None, 1, Some(&carol), now).unwrap();
+        assert_eq!(registered.contributor, carol);
+        store.deploy(job(1), now).unwrap();
+        let leases = lease(&mut store, &registered.worker_id, 1, now);
+        submit(&mut store, &registered.worker_id, &[ok_measured(&leases[0], json!(0), Some(compute_ms))], now + 100);
+        credited += compute_ms;
+    }
+    let totals = store.contributor_totals(&carol).unwrap();
+    assert_eq!((totals.slices, totals.compute_ms, totals.since_ms), (2, credited, 10_000), "since the first time");
+    // Without an id, each registration opens a contributor of its own, of the same shape.
+    let first = store.register_worker(None, 1, None, 0).unwrap().contributor;
+    let second = store.register_worker(None, 1, None, 0).unwrap().contributor;
+    assert!(tessera_protocol::is_contributor_id(&first), "{first}");
+    assert_ne!(first, second);
+    assert_eq!(store.contributor_totals(&first).unwrap().slices, 0);
+    assert!(matches!(store.contributor_totals(&contributor("nobody")), Err(Error::NotFound { .. })));
+    assert_ledger_matches_accepted_slices(&store);
+}
+
+#[test]
+fn a_contributor_id_of_the_wrong_shape_is_refused_and_stores_nothing() {
+    let (_dir, mut store) = store();
+    for bad in ["short", "has spaces in it, sixteen+", "../../../../etc/passwd", &"x".repeat(65)] {
+        let error = store.register_worker(None, 1, Some(bad), 0).unwrap_err();
+        assert!(matches!(&error, Error::InvalidField { field, .. } if field == "contributor"), "{error:?}");
+    }
+    let stored: (i64, i64) = store
+        .connection
+        .query_row("SELECT (SELECT COUNT(*) FROM workers), (SELECT COUNT(*) FROM contributors)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(stored, (0, 0));
+}
+
+#[test]
+fn a_version_2_database_gains_the_ledger_and_its_workers_a_contributor_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        let mut old = Connection::open(&path).unwrap();
+        schema::create_at_version(&mut old, 2).unwrap();
+        old.execute_batch(
+            "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, state, total,
+                               created_ms)
+             VALUES ('j1', 'old', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', 'running', 2, 5);
+             INSERT INTO slices (job_id, idx, datum, state, attempts) VALUES ('j1', 0, '1', 'ok', 1);
+             INSERT INTO slices (job_id, idx, datum, state, attempts, current_lease) VALUES ('j1', 1, '2', 'leased', 1, 'l2');
+             INSERT INTO leases (id, token, job_id, idx, worker_id, deadline_ms, state, outcome, started_ms, ended_ms)
+             VALUES ('l1', 't1', 'j1', 0, 'w1', 100, 'ended', 'ok', 10, 20),
+                    ('l2', 't2', 'j1', 1, 'w1', 100000, 'active', 'running', 30, NULL);
+             INSERT INTO workers (id, token, sandboxes, created_ms, last_seen_ms) VALUES ('w1', 'tw1', 1, 7, 7),
+                                                                                       ('w2', 'tw2', 1, 8, 8);",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    let version: i64 = store.connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, schema::LATEST_VERSION);
+    let contributors: Vec<(String, i64)> = store
+        .connection
+        .prepare("SELECT w.contributor, c.created_ms FROM workers w JOIN contributors c ON c.id = w.contributor ORDER BY w.id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(contributors.len(), 2, "each old worker has a contributor");
+    assert!(contributors.iter().all(|(id, _)| tessera_protocol::is_contributor_id(id)), "{contributors:?}");
+    assert_ne!(contributors[0].0, contributors[1].0);
+    assert_eq!((contributors[0].1, contributors[1].1), (7, 8));
+    assert_eq!(store.job_status("j1").unwrap().done, 1, "the jobs are as they were");
+    // The old worker's lease still works, and now credits its contributor; the slice accepted
+    // before the upgrade has no measured time and is not in the ledger.
+    let lease =
+        Lease { lease_id: "l2".into(), token: "t2".into(), job_id: "j1".into(), slice: 1, datum: json!(2), ttl_ms: 1 };
+    let acks = submit(&mut store, "w1", &[ok_measured(&lease, json!(2), Some(40))], 200);
+    assert_eq!(acks[0].status, ResultStatus::Accepted);
+    let totals = store.contributor_totals(&contributors[0].0).unwrap();
+    assert_eq!((totals.slices, totals.compute_ms), (1, 40));
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.contributor_totals(&contributors[0].0).unwrap().compute_ms, 40, "opening again changes nothing");
 }

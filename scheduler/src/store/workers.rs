@@ -1,4 +1,5 @@
-//! Workers: registration, authentication, and who is connected.
+//! Workers: registration (and the contributor each earns for), authentication, and who is
+//! connected.
 //!
 //! `last_seen_ms` decides whether a worker counts as connected (seen within one lease ttl). It is
 //! written at most once per [`SEEN_WRITE_INTERVAL_MS`] per worker — every lease, heartbeat and
@@ -6,26 +7,49 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::credits::{check_contributor, open_contributor};
 use super::{random_id, Memory, Seen, Store, SEEN_WRITE_INTERVAL_MS};
 use crate::error::{Error, Result};
 
 /// Longest user agent kept.
 const MAX_USER_AGENT: usize = 512;
 
+/// A registered worker: who it is, the token it authenticates with, and whom it earns for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisteredWorker {
+    pub worker_id: String,
+    /// Sent as `Authorization: Bearer <token>` on every worker request.
+    pub token: String,
+    /// The contributor its accepted slices credit.
+    pub contributor: String,
+}
+
 impl Store {
-    /// Records a new worker and returns `(worker_id, token)`.
-    pub fn register_worker(&mut self, user_agent: Option<&str>, sandboxes: u32, now: u64) -> Result<(String, String)> {
+    /// Records a new worker earning for `contributor` (opened if new; a new one when `None`). A
+    /// contributor id of the wrong shape is refused (`invalid_field`, field `contributor`) and
+    /// nothing is stored.
+    pub fn register_worker(
+        &mut self,
+        user_agent: Option<&str>,
+        sandboxes: u32,
+        contributor: Option<&str>,
+        now: u64,
+    ) -> Result<RegisteredWorker> {
+        if let Some(contributor) = contributor {
+            check_contributor(contributor)?;
+        }
         let user_agent = user_agent.map(|agent| truncate(agent, MAX_USER_AGENT).to_string());
         self.write(|connection, memory| {
-            let id = random_id("w", 8);
+            let contributor = open_contributor(connection, contributor, now)?;
+            let worker_id = random_id("w", 8);
             let token = random_id("", 24);
             connection.execute(
-                "INSERT INTO workers (id, token, user_agent, sandboxes, created_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![id, token, user_agent, sandboxes, now as i64],
+                "INSERT INTO workers (id, token, user_agent, sandboxes, created_ms, last_seen_ms, contributor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                params![worker_id, token, user_agent, sandboxes, now as i64, contributor],
             )?;
-            memory.seen.insert(id.clone(), Seen { seen_ms: now, written_ms: now });
-            Ok((id, token))
+            memory.seen.insert(worker_id.clone(), Seen { seen_ms: now, written_ms: now });
+            Ok(RegisteredWorker { worker_id, token, contributor })
         })
     }
 
