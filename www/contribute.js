@@ -205,9 +205,12 @@ function renderCards(sandboxes) {
     card.dataset.state = state;
     card.querySelector('.state').textContent =
       state === 'loadingRuntime' && sandbox.worktime === 'pyodide' ? 'loading Pyodide' : SANDBOX_TEXT[state] || state;
-    card.querySelector('.job-id').textContent = sandbox.job ? 'Job ' + sandbox.job : 'No job yet';
+    card.querySelector('.job-id').textContent = sandbox.job ? 'job ' + sandbox.job : 'no job yet';
     card.querySelector('.job-id').title = sandbox.job || '';
-    card.querySelector('.slice').textContent = sandbox.slice !== null ? ` · slice ${sandbox.slice}` : '';
+    card.querySelector('.slice').textContent =
+      sandbox.slice !== null
+        ? `Slice ${sandbox.slice}` + (sandbox.queued ? ` (${sandbox.queued} more queued)` : '')
+        : state === 'idle' || state === 'resting' ? 'Between slices' : 'Getting ready';
     const bar = card.querySelector('.bar');
     const percent = sandbox.progress === null || sandbox.progress === undefined ? null : Math.round(sandbox.progress * 100);
     bar.classList.toggle('indeterminate', sandbox.slice !== null && percent === null);

@@ -35,7 +35,7 @@
  *   Tessera.stats()          { state, pausedBy, cores, cpuShare, contributor, workerId, scheduler,
  *                              slicesDone, sliceErrors, computeMs, running, credits,
  *                              creditedSlices, creditedComputeMs, lastError, sandboxes: [{ sandbox,
- *                              state, worktime, job, slice, progress, sliceStartedMs }] }
+ *                              state, worktime, job, slice, progress, sliceStartedMs, queued }] }
  *   Tessera.on(name, fn) / Tessera.off(name, fn)   listen to an event (an unknown name throws)
  *
  * Events and their payloads (one object argument):
@@ -44,8 +44,9 @@
  *                  'idle' (no work to do) | 'paused'; pausedBy: ['user' | 'hidden' | 'battery']
  *   sliceStart     { job, slice, sandbox }
  *   sliceProgress  { job, slice, sandbox, progress }   progress: 0 … 1, or null (a heartbeat)
- *   sliceEnd       { job, slice, sandbox, outcome, ms }   outcome: 'ok', 'error', …; ms: time
- *                  in the sandbox as the worker measured it
+ *   sliceEnd       { job, slice, sandbox, outcome, ms }   outcome: 'ok', 'error' (the program
+ *                  threw), 'jobError', 'workerFault', 'timedOut', 'released' (given back, e.g. on
+ *                  stop: not an error); ms: time in the sandbox as the worker measured it
  *   credit         { contributor, slices, computeMs, credits, sinceMs }   the contributor's
  *                  totals on the scheduler after results were accepted (credits = compute seconds)
  *   error          { kind, message, detail }   message in plain words; kind: 'load' | 'options' |

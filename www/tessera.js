@@ -374,7 +374,7 @@ export class Tessera {
 
   runningSlices() {
     let count = 0;
-    for (const sandbox of this.sandboxes.values()) if (sandbox.slice !== null) count++;
+    for (const sandbox of this.sandboxes.values()) if (sandbox.slices.length) count++;
     return count;
   }
 
@@ -397,14 +397,28 @@ export class Tessera {
       creditedSlices: account ? account.slices : null,
       creditedComputeMs: account ? account.computeMs : null,
       lastError: this.lastError,
-      sandboxes: [...this.sandboxes.values()].map((sandbox) => ({ ...sandbox })),
+      sandboxes: [...this.sandboxes.values()].map((sandbox) => {
+        const running = sandbox.slices[0];
+        return {
+          sandbox: sandbox.sandbox,
+          state: sandbox.state,
+          worktime: sandbox.worktime,
+          job: running ? running.job : sandbox.job,
+          slice: running ? running.slice : null,
+          progress: running ? running.progress : null,
+          sliceStartedMs: running ? running.startedMs : null,
+          queued: Math.max(0, sandbox.slices.length - 1),
+        };
+      }),
     };
   }
 
   sandbox(id) {
     let sandbox = this.sandboxes.get(id);
     if (!sandbox) {
-      sandbox = { sandbox: id, state: 'loadingRuntime', worktime: null, job: null, slice: null, progress: null, sliceStartedMs: null };
+      // `slices`: the slices sent to this sandbox, oldest first. The first runs; the core may
+      // queue one more behind it (pipelining), whose `sliceStarted` comes before the first ends.
+      sandbox = { sandbox: id, state: 'loadingRuntime', worktime: null, job: null, slices: [] };
       this.sandboxes.set(id, sandbox);
     }
     return sandbox;
@@ -439,25 +453,33 @@ export class Tessera {
         break;
       case 'sliceStarted': {
         const sandbox = this.sandbox(event.sandbox);
-        Object.assign(sandbox, { job: event.job, slice: event.slice, progress: null, sliceStartedMs: Date.now(), state: 'running' });
+        sandbox.slices.push({ job: event.job, slice: event.slice, progress: null, startedMs: Date.now() });
+        sandbox.job = event.job;
+        sandbox.state = 'running';
         if (this.state === 'idle' || this.state === 'starting') this.setState('working');
         this.emit('sliceStart', { job: event.job, slice: event.slice, sandbox: event.sandbox });
         break;
       }
       case 'sliceProgress': {
         const sandbox = this.sandboxes.get(event.sandbox);
-        if (sandbox && sandbox.slice === event.slice) sandbox.progress = event.progress;
+        const slice = sandbox && sandbox.slices.find((s) => s.slice === event.slice && s.job === event.job);
+        if (slice) slice.progress = event.progress;
         this.emit('sliceProgress', { job: event.job, slice: event.slice, sandbox: event.sandbox, progress: event.progress });
         break;
       }
       case 'sliceFinished': {
         const sandbox = this.sandboxes.get(event.sandbox);
-        if (sandbox && sandbox.slice === event.slice && sandbox.job === event.job) {
-          Object.assign(sandbox, { slice: null, progress: null, sliceStartedMs: null });
+        if (sandbox) {
+          const index = sandbox.slices.findIndex((s) => s.slice === event.slice && s.job === event.job);
+          if (index >= 0) sandbox.slices.splice(index, 1);
+          // The next one runs from now on (it waited inside the sandbox until now).
+          if (index === 0 && sandbox.slices.length) sandbox.slices[0].startedMs = Math.max(sandbox.slices[0].startedMs, Date.now());
         }
+        // A released slice was given back (stop, pause, another slice's fault): not an error,
+        // and its time is not credited.
         if (event.outcome === 'ok') this.totals.slicesDone++;
-        else this.totals.sliceErrors++;
-        this.totals.computeMs += event.ms || 0;
+        else if (event.outcome !== 'released') this.totals.sliceErrors++;
+        if (event.outcome !== 'released') this.totals.computeMs += event.ms || 0;
         this.emit('sliceEnd', { job: event.job, slice: event.slice, sandbox: event.sandbox, outcome: event.outcome, ms: event.ms });
         break;
       }
@@ -482,6 +504,9 @@ export class Tessera {
         break;
       case 'idle':
         if (this.state !== 'paused') this.setState('idle');
+        break;
+      case 'sandboxesChanged':
+        this.cores = event.sandboxes;
         break;
       case 'paused':
       case 'resumed':

@@ -35,11 +35,15 @@ const HOST_STYLE: &str = "const p = getComputedStyle(document.getElementById('ho
 
 /// Globals now that were not there before the embed ran. Two are the harness's own:
 /// `window.__test` (the event recorder) and `ret_nodes`, which ChromeDriver's script wrapper
-/// assigns without declaring it on every Execute Script.
+/// assigns without declaring it on every Execute Script. Frame indices (`window[0]` …: the
+/// sandbox frames, while they exist) are not globals anyone defines; they must match the frames.
 fn new_globals(browser: &Browser) -> BTreeSet<String> {
+    let frames = browser.js("return [window.length, document.querySelectorAll('iframe').length];", vec![]);
+    assert_eq!(frames[0], frames[1], "every window index is one of the page's frames");
     let value = browser.js(
         "const before = new Set(JSON.parse(document.documentElement.dataset.globalsBefore));
-         return Object.keys(window).filter((key) => !before.has(key) && key !== '__test' && key !== 'ret_nodes');",
+         return Object.keys(window).filter((key) => !before.has(key) && key !== '__test' && key !== 'ret_nodes'
+           && !/^[0-9]+$/.test(key));",
         vec![],
     );
     value.as_array().unwrap().iter().map(|key| key.as_str().unwrap().to_string()).collect()
@@ -76,8 +80,9 @@ fn an_embed_on_another_origin_starts_through_window_tessera_and_reports_every_ev
     let api = browser.js(
         "return { frozen: Object.isFrozen(Tessera), methods: Object.keys(Tessera).sort(), stats: Tessera.stats(),
                   frames: document.querySelectorAll('iframe').length, body: document.body.children.length,
-                  fetched: performance.getEntriesByType('resource').map((r) => r.name).filter((n) => !n.endsWith('/embed.js')) };",
-        vec![],
+                  fetched: performance.getEntriesByType('resource').map((r) => r.name)
+                    .filter((n) => n.startsWith(arguments[0]) && !n.endsWith('/embed.js')) };",
+        vec![json!(scheduler.url)],
     );
     assert_eq!(api["frozen"], true, "{api}");
     assert_eq!(
