@@ -159,6 +159,20 @@ function formatDuration(ms) {
 
 const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 
+/** Sets an element's text only when it changes: an idle page does no DOM work at all. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+/** Sets an attribute only when it changes (`null` removes it). */
+function setAttr(element, name, value) {
+  if (value === null) {
+    if (element.hasAttribute(name)) element.removeAttribute(name);
+  } else if (element.getAttribute(name) !== value) {
+    element.setAttribute(name, value);
+  }
+}
+
 function render() {
   frame = 0;
   const stats = controller.stats();
@@ -166,22 +180,22 @@ function render() {
 
   let stateText = STATE_TEXT[stats.state] || stats.state;
   if (stats.state === 'paused' && stats.pausedBy.length) stateText += ' (' + stats.pausedBy.map((r) => PAUSE_TEXT[r] || r).join(', ') + ')';
-  $('state').textContent = stateText;
-  $('status').dataset.state = stats.state;
-  document.body.dataset.state = stats.state;
+  setText($('state'), stateText);
+  setAttr($('status'), 'data-state', stats.state);
+  setAttr(document.body, 'data-state', stats.state);
 
   $('start').disabled = running;
   $('stop').disabled = !running;
   $('pause').disabled = !running || stats.state === 'starting';
-  $('pause').textContent = stats.state === 'paused' ? 'Resume' : 'Pause';
+  setText($('pause'), stats.state === 'paused' ? 'Resume' : 'Pause');
 
-  if (running && document.activeElement !== coresInput) $('cores-value').textContent = String(stats.cores);
-  $('done').textContent = number.format(stats.slicesDone);
-  $('errors').textContent = number.format(stats.sliceErrors);
-  $('compute').textContent = formatDuration(stats.computeMs);
-  $('credits').dataset.value = stats.credits === null ? '' : String(stats.credits);
-  $('credits').textContent = stats.credits === null ? '—' : number.format(stats.credits);
-  $('running').textContent = `${stats.running} running of ${stats.sandboxes.length} sandbox${stats.sandboxes.length === 1 ? '' : 'es'}`;
+  if (running && document.activeElement !== coresInput) setText($('cores-value'), String(stats.cores));
+  setText($('done'), number.format(stats.slicesDone));
+  setText($('errors'), number.format(stats.sliceErrors));
+  setText($('compute'), formatDuration(stats.computeMs));
+  setAttr($('credits'), 'data-value', stats.credits === null ? '' : String(stats.credits));
+  setText($('credits'), stats.credits === null ? '—' : number.format(stats.credits));
+  setText($('running'), `${stats.running} running of ${stats.sandboxes.length} sandbox${stats.sandboxes.length === 1 ? '' : 'es'}`);
 
   renderCards(stats.sandboxes);
   drawChart();
@@ -197,28 +211,26 @@ function renderCards(sandboxes) {
     let card = cards.get(sandbox.sandbox);
     if (!card) {
       card = $('card').content.firstElementChild.cloneNode(true);
-      card.querySelector('.id').textContent = sandbox.sandbox;
+      setText(card.querySelector('.id'), String(sandbox.sandbox));
       cards.set(sandbox.sandbox, card);
       $('sandboxes').append(card);
     }
     const state = sandbox.slice !== null ? 'running' : sandbox.state;
-    card.dataset.state = state;
-    card.querySelector('.state').textContent =
-      state === 'loadingRuntime' && sandbox.worktime === 'pyodide' ? 'loading Pyodide' : SANDBOX_TEXT[state] || state;
-    card.querySelector('.job-id').textContent = sandbox.job ? 'job ' + sandbox.job : 'no job yet';
-    card.querySelector('.job-id').title = sandbox.job || '';
-    card.querySelector('.slice').textContent =
-      sandbox.slice !== null
+    setAttr(card, 'data-state', state);
+    setText(card.querySelector('.state'), state === 'loadingRuntime' && sandbox.worktime === 'pyodide' ? 'loading Pyodide' : SANDBOX_TEXT[state] || state);
+    setText(card.querySelector('.job-id'), sandbox.job ? 'job ' + sandbox.job : 'no job yet');
+    setAttr(card.querySelector('.job-id'), 'title', sandbox.job || '');
+    setText(card.querySelector('.slice'), sandbox.slice !== null
         ? `Slice ${sandbox.slice}` + (sandbox.queued ? ` (${sandbox.queued} more queued)` : '')
-        : state === 'idle' || state === 'resting' ? 'Between slices' : 'Getting ready';
+        : state === 'idle' || state === 'resting' ? 'Between slices' : 'Getting ready');
     const bar = card.querySelector('.bar');
     const percent = sandbox.progress === null || sandbox.progress === undefined ? null : Math.round(sandbox.progress * 100);
     bar.classList.toggle('indeterminate', sandbox.slice !== null && percent === null);
-    bar.firstElementChild.style.width = sandbox.slice === null ? '0%' : percent === null ? '' : `${percent}%`;
-    if (percent === null) bar.removeAttribute('aria-valuenow');
-    else bar.setAttribute('aria-valuenow', String(percent));
-    card.querySelector('.elapsed').textContent = sandbox.sliceStartedMs ? formatDuration(now - sandbox.sliceStartedMs) : '';
-    card.querySelector('.worktime').textContent = sandbox.worktime === 'pyodide' ? 'Python' : sandbox.worktime === 'map-basic' ? 'JavaScript' : '';
+    const width = sandbox.slice === null ? '0%' : percent === null ? '' : `${percent}%`;
+    if (bar.firstElementChild.style.width !== width) bar.firstElementChild.style.width = width;
+    setAttr(bar, 'aria-valuenow', percent === null ? null : String(percent));
+    setText(card.querySelector('.elapsed'), sandbox.sliceStartedMs ? formatDuration(now - sandbox.sliceStartedMs) : '');
+    setText(card.querySelector('.worktime'), sandbox.worktime === 'pyodide' ? 'Python' : sandbox.worktime === 'map-basic' ? 'JavaScript' : '');
   }
   for (const [id, card] of cards) {
     if (!seen.has(id)) {
@@ -226,8 +238,10 @@ function renderCards(sandboxes) {
       cards.delete(id);
     }
   }
-  $('no-sandboxes').hidden = cards.size > 0;
+  if ($('no-sandboxes').hidden !== cards.size > 0) $('no-sandboxes').hidden = cards.size > 0;
 }
+
+let drawn = '';
 
 function drawChart() {
   const canvas = $('chart');
@@ -240,12 +254,15 @@ function drawChart() {
     if (index >= 0) buckets[index]++;
   }
   const lastMinute = finishes.filter((at) => at > now - 60_000).length;
-  $('rate').textContent = `${number.format(lastMinute)} slices in the last minute`;
+  setText($('rate'), `${number.format(lastMinute)} slices in the last minute`);
 
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth;
   const height = canvas.clientHeight;
   if (!width || !height) return;
+  const key = `${width}x${height}@${ratio}:${buckets.join()}`;
+  if (key === drawn) return;
+  drawn = key;
   if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
     canvas.width = Math.round(width * ratio);
     canvas.height = Math.round(height * ratio);
@@ -272,8 +289,11 @@ function drawChart() {
 }
 
 // Cards' elapsed times and the chart move on their own while running and visible.
+let ticks = 0;
 setInterval(() => {
-  if (controller.state !== 'stopped' && document.visibilityState === 'visible') schedule();
+  ticks++;
+  if (controller.state === 'stopped' || document.visibilityState !== 'visible') return;
+  if (controller.runningSlices() > 0 || (finishes.length && ticks % 10 === 0)) schedule();
 }, 1000);
 window.addEventListener('resize', schedule);
 
