@@ -48,9 +48,11 @@ test: build
 test-native:
 	cargo test -p tessera-protocol -p tessera-scheduler -p tessera-worker
 
-# wasm-bindgen tests in headless Chromium, with a live scheduler on a loopback port.
+# wasm-bindgen tests with a live scheduler on a loopback port: all in headless Chromium, the
+# engine-dependent ones in headless Firefox ESR too (FIREFOX_TESTS=all for every one; see the script).
+# Without a scheduler, `wasm-pack test --headless --chrome crate` runs the scheduler-free ones.
 test-browser:
-	scripts/with-scheduler cargo test --target $(WASM_TARGET) -p tessera-worker
+	scripts/with-scheduler scripts/browser-tests
 
 # The real `tessera serve`, `tessera deploy` and `tessera worker` with headless Chromium.
 test-e2e:

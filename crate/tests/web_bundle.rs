@@ -38,6 +38,7 @@ fn validation_runs_in_wasm_and_names_the_entry() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_bundle_is_written_into_the_pyodide_filesystem() {
     let entries = vec![
         BundleEntry::Directory { path: "pkg".into() },

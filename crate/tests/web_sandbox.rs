@@ -15,6 +15,7 @@ use common::{js_job as job, python_job, scheduler};
 wasm_bindgen_test_configure!(run_in_browser);
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
@@ -34,6 +35,7 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_thrown_error_is_a_slice_error_with_its_stack() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
@@ -52,6 +54,7 @@ async fn a_thrown_error_is_a_slice_error_with_its_stack() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_program_that_is_not_a_function_fails_its_set_up() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
@@ -66,6 +69,7 @@ async fn a_program_that_is_not_a_function_fails_its_set_up() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
     // Nothing listens on port 1: Pyodide's import fails the way a flaky network would.
     let factory = IsolatedSandboxFactory::new(scheduler(), "http://127.0.0.1:1/").unwrap();
@@ -79,6 +83,7 @@ async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_terminated_sandbox_reports_a_worker_fault() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
@@ -94,6 +99,7 @@ async fn a_terminated_sandbox_reports_a_worker_fault() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn guest_code_has_no_network_or_storage_and_cannot_forge_answers() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let sandbox = factory.create(Worktime::MapBasic).unwrap();
@@ -121,6 +127,7 @@ async fn guest_code_has_no_network_or_storage_and_cannot_forge_answers() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_sandbox_lives_in_an_opaque_origin_of_its_own() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let program = "(x) => ({ origin: self.origin, protocol: location.protocol, isolated: self.crossOriginIsolated })";

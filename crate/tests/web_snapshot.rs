@@ -107,6 +107,7 @@ async fn store(bytes: &[u8]) {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn restored_sandboxes_compute_like_a_fresh_one_and_draw_their_own_random_numbers() {
     forget_stored().await.unwrap();
     let (factory, reports) = new_factory();
@@ -125,6 +126,7 @@ async fn restored_sandboxes_compute_like_a_fresh_one_and_draw_their_own_random_n
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_damaged_snapshot_is_refused_with_its_reason_and_replaced() {
     forget_stored().await.unwrap();
     store(&[7u8; 200_000]).await;
@@ -140,6 +142,7 @@ async fn a_damaged_snapshot_is_refused_with_its_reason_and_replaced() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_snapshot_of_another_pyodide_build_is_refused_and_replaced() {
     forget_stored().await.unwrap();
     let (factory, _) = new_factory();
@@ -160,6 +163,7 @@ async fn a_snapshot_of_another_pyodide_build_is_refused_and_replaced() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_restored_sandbox_can_still_be_interrupted() {
     let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).unwrap();
     assert_eq!(isolated.as_bool(), Some(true), "the interrupt needs a cross-origin isolated page");

@@ -45,6 +45,7 @@ async fn get(path: &str) -> Value {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
 async fn leases_runs_and_submits_a_whole_job() {
     let deployed =
         post("/v1/jobs", json!({"program": "(x, k) => x + k", "range": {"start": 0, "end": 40}, "arguments": [100]}))
@@ -78,4 +79,51 @@ async fn leases_runs_and_submits_a_whole_job() {
         events.iter().any(|e| matches!(e, WorkerEvent::Submitted { accepted, .. } if *accepted > 1)),
         "results went in batches"
     );
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn a_python_job_completes_on_four_sandboxes() {
+    // Each slice takes a little while, so every sandbox that comes up finds work to take.
+    let program = "import time, dcp\n\ndef handler(x):\n    end = time.time() + 0.2\n    while time.time() < end:\n        pass\n    return x * x\n\ndcp.set_slice_handler(handler)\n";
+    let deployed =
+        post("/v1/jobs", json!({"worktime": "pyodide", "program": program, "range": {"start": 0, "end": 24}})).await;
+    let job_id = deployed["job_id"].as_str().unwrap().to_string();
+
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let log = events.clone();
+    let mut config = SupervisorConfig::with_sandboxes(4);
+    config.idle_exit_ms = Some(1_500);
+    let supervisor = Supervisor::new(
+        HttpSchedulerClient::new(scheduler()),
+        IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap(),
+        BrowserClock::new(),
+        config,
+        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
+    );
+    assert_eq!(supervisor.run().await, "idle");
+
+    let status = get(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(status["state"], "complete", "{status}");
+    let page = get(&format!("/v1/jobs/{job_id}/results")).await;
+    for (index, record) in page["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(record["value"], json!(index * index));
+    }
+    let events = events.borrow();
+    let finished: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            WorkerEvent::SliceFinished { sandbox, outcome, .. } => Some((*sandbox, *outcome)),
+            _ => None,
+        })
+        .collect();
+    assert!(finished.iter().all(|(_, outcome)| *outcome == "ok"), "{events:?}");
+    let mut used: Vec<usize> = finished.iter().map(|(sandbox, _)| *sandbox).collect();
+    used.sort();
+    used.dedup();
+    assert_eq!(used.len(), 4, "all four sandboxes came up and ran slices: {events:?}");
+    let failed = events.iter().any(|event| {
+        matches!(event, WorkerEvent::SandboxRemoved { reason, .. } if reason != "its job ended" && reason != "idle")
+    });
+    assert!(!failed, "no sandbox failed or was replaced: {events:?}");
 }

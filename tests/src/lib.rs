@@ -539,8 +539,9 @@ impl Worker {
         status
     }
 
-    /// Browser profile directories named on the command lines of the worker's processes.
-    fn profiles(&self) -> Vec<PathBuf> {
+    /// Browser profile directories (`--user-data-dir`) named on the command lines of the worker's
+    /// processes seen so far that still run: call [`Worker::process_tree`] first.
+    pub fn profiles(&self) -> Vec<PathBuf> {
         let mut dirs = BTreeSet::new();
         for pid in self.seen.keys() {
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
@@ -551,6 +552,16 @@ impl Worker {
             }
         }
         dirs.into_iter().collect()
+    }
+
+    /// The processes of the worker's tree seen so far (see [`Worker::process_tree`]) that still
+    /// run: the same process (start time) and not a zombie waiting to be reaped.
+    pub fn still_running(&self) -> Vec<u32> {
+        self.seen
+            .iter()
+            .filter(|(pid, start)| start_time(**pid) == Some(**start) && !is_zombie(**pid))
+            .map(|(pid, _)| *pid)
+            .collect()
     }
 
     /// Signals every process of the tree seen so far that still is the process that was seen.
@@ -583,6 +594,11 @@ impl Drop for Worker {
     }
 }
 
+/// Removes browser profile directories a killed worker left behind (only ones in the temp dir).
+pub fn remove_profiles(dirs: &[PathBuf]) {
+    remove_dirs(dirs);
+}
+
 fn remove_dirs(dirs: &[PathBuf]) {
     for dir in dirs {
         // Only browser profiles in the temp dir, never anything else named on a command line.
@@ -590,6 +606,22 @@ fn remove_dirs(dirs: &[PathBuf]) {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Running processes (zombies excluded) whose command line names `path`, e.g. a browser profile:
+/// Chromium helpers that left a worker's process tree still name it.
+pub fn processes_naming(path: &Path) -> Vec<u32> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !is_zombie(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.windows(needle.len()).any(|window| window == needle))
+        })
+        .collect()
 }
 
 /// Sends `signal` to one process by its PID; false when there is no such process.
@@ -630,6 +662,11 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether a process has exited and waits to be reaped (state `Z`).
+pub fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state == "Z"))
 }
 
 /// When a process started (clock ticks after boot), or none when it is gone.

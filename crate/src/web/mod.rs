@@ -111,8 +111,12 @@ impl TesseraWorker {
         let parsed: WorkerOptions = if options.is_undefined() || options.is_null() {
             WorkerOptions::default()
         } else {
-            serde_wasm_bindgen::from_value(options)
-                .map_err(|error| JsError::new(&format!("invalid options: {error}")))?
+            // The path names the option (`sandboxes: invalid type: string "x", expected u32`).
+            serde_path_to_error::deserialize(serde_wasm_bindgen::Deserializer::from(options)).map_err(|error| {
+                let reason = error.inner().to_string();
+                let reason = reason.strip_prefix("Error: ").unwrap_or(&reason);
+                JsError::new(&WorkerError::Options(format!("{}: {reason}", error.path())).to_string())
+            })?
         };
         let scheduler = parsed.scheduler.or_else(page_origin).ok_or_else(|| {
             JsError::new(&WorkerError::Options("no scheduler URL and no page origin".into()).to_string())

@@ -1,5 +1,9 @@
 //! Shared by the browser tests: the live scheduler's URL and API key, and the jobs they set sandboxes up
 //! with.
+//!
+//! A test that needs the live scheduler is `#[ignore = "needs a live scheduler (make test-browser)"]`:
+//! a plain `wasm-pack test --headless --chrome crate` lists it as ignored, and `make test-browser`
+//! runs every test with `--include-ignored` through `scripts/with-scheduler`.
 #![allow(dead_code)] // Each test file uses part of it.
 
 use std::collections::BTreeMap;
@@ -12,7 +16,7 @@ use tessera_worker::supervisor::PreparedJob;
 #[allow(clippy::option_env_unwrap)] // Failing at run time, with this message, is the point.
 pub fn scheduler() -> &'static str {
     option_env!("TESSERA_TEST_SCHEDULER").expect(
-        "TESSERA_TEST_SCHEDULER is not set: run the browser tests through scripts/with-scheduler (make test-browser)",
+        "TESSERA_TEST_SCHEDULER was not set at build time: run the live-scheduler tests through scripts/with-scheduler (make test-browser)",
     )
 }
 
@@ -20,7 +24,7 @@ pub fn scheduler() -> &'static str {
 #[allow(clippy::option_env_unwrap)] // As above.
 pub fn api_key() -> &'static str {
     option_env!("TESSERA_TEST_API_KEY").expect(
-        "TESSERA_TEST_API_KEY is not set: run the browser tests through scripts/with-scheduler (make test-browser)",
+        "TESSERA_TEST_API_KEY was not set at build time: run the live-scheduler tests through scripts/with-scheduler (make test-browser)",
     )
 }
 

@@ -1,0 +1,154 @@
+//! The worker core's browser edge where no scheduler is needed, so these run under a plain
+//! `wasm-pack test --headless --chrome crate` (or `--firefox`): the JavaScript API's options, the
+//! browser clock, `fetch` failures told apart, and the supervisor backing off on the browser clock
+//! while its scheduler is not there. Nothing listens on 127.0.0.1 port 1.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tessera_worker::supervisor::{Clock, Supervisor, SupervisorConfig, WorkerEvent};
+use tessera_worker::web::clock::BrowserClock;
+use tessera_worker::web::http::{get, HttpSchedulerClient};
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
+use tessera_worker::web::TesseraWorker;
+use tessera_worker::WorkerError;
+use wasm_bindgen::{JsCast, JsError, JsValue};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// A scheduler address where nothing answers (connections are refused at once).
+const NOBODY: &str = "http://127.0.0.1:1";
+
+/// `new TesseraWorker(JSON.parse(options))`, or the message of the error it throws.
+fn new_worker(options: &str) -> Result<TesseraWorker, String> {
+    let options = js_sys::JSON::parse(options).expect("test options are JSON");
+    TesseraWorker::new(options).map_err(|error| {
+        let error: JsValue = error.into();
+        let error = error.dyn_into::<js_sys::Error>().expect("the constructor throws an Error");
+        String::from(error.message())
+    })
+}
+
+#[wasm_bindgen_test]
+fn the_javascript_api_refuses_an_unusable_option_naming_it_and_what_it_got() {
+    let refused = |options: &str| new_worker(options).err().expect("refused");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": "x"}"#);
+    assert_eq!(message, r#"invalid option: sandboxes: invalid type: string "x", expected u32"#);
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "idleExitMs": -5}"#);
+    assert!(message.starts_with("invalid option: idleExitMs: ") && message.contains("-5"), "{message}");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 0}"#);
+    assert_eq!(message, "invalid option: sandboxes must be 1–64, not 0");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "cpuShare": 2}"#);
+    assert_eq!(message, "invalid option: cpuShare must be 0.05–1, not 2");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "contributor": "short"}"#);
+    assert!(message.starts_with("invalid option: contributor must be 16–64 characters"), "{message}");
+}
+
+#[wasm_bindgen_test]
+fn the_javascript_api_takes_good_options_and_defaults_the_rest() {
+    assert_eq!(new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 4}"#).unwrap().sandboxes(), 4);
+    let cores = web_sys::window().unwrap().navigator().hardware_concurrency() as usize;
+    let default = new_worker(r#"{"scheduler": "http://127.0.0.1:1/"}"#).unwrap().sandboxes();
+    assert_eq!(default, cores.saturating_sub(1).max(1), "one core is left to the person at the machine");
+    let worker = new_worker(
+        r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": false, "cpuShare": 0.5,
+            "contributor": "c0123456789abcdef"}"#,
+    )
+    .unwrap();
+    assert_eq!(worker.cpu_share(), 0.5);
+    worker.stop();
+    assert!(worker.run().is_ok());
+    assert!(worker.run().is_err(), "a worker runs once");
+}
+
+#[wasm_bindgen_test]
+fn the_javascript_api_steers_a_worker_and_refuses_what_it_cannot_do() {
+    let worker = new_worker(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 2}"#).unwrap();
+    assert!(!worker.paused());
+    worker.pause();
+    assert!(worker.paused());
+    worker.resume();
+    assert!(!worker.paused());
+    worker.set_sandboxes(3.0).unwrap();
+    assert_eq!(worker.sandboxes(), 3);
+    worker.set_cpu_share(0.25).unwrap();
+    assert_eq!(worker.cpu_share(), 0.25);
+    let message = |error: JsError| {
+        let error: JsValue = error.into();
+        String::from(error.dyn_into::<js_sys::Error>().expect("an Error").message())
+    };
+    for bad in [0.0, 2.5, 65.0, f64::NAN] {
+        let error = message(worker.set_sandboxes(bad).unwrap_err());
+        assert!(error.starts_with("invalid option: sandboxes must be a whole number 1–64, not "), "{error}");
+    }
+    let error = message(worker.set_cpu_share(0.0).unwrap_err());
+    assert_eq!(error, "invalid option: cpuShare must be 0.05–1, not 0");
+    assert_eq!((worker.sandboxes(), worker.cpu_share()), (3, 0.25), "refused values change nothing");
+}
+
+#[wasm_bindgen_test]
+async fn the_browser_clock_is_monotonic_and_sleeps_at_least_as_asked() {
+    let clock = BrowserClock::new();
+    let before = clock.now_ms();
+    clock.sleep(60).await;
+    let after = clock.now_ms();
+    // `now_ms` drops the fraction of a millisecond, and timers may be clamped to 1 ms.
+    assert!(after + 1 >= before + 60, "slept {} ms of 60", after - before);
+    let samples: Vec<f64> = (0..100).map(|_| clock.random()).collect();
+    assert!(samples.iter().all(|sample| (0.0..1.0).contains(sample)), "{samples:?}");
+    assert!(samples.windows(2).any(|pair| pair[0] != pair[1]), "random varies");
+}
+
+#[wasm_bindgen_test]
+async fn fetch_failures_are_told_apart_from_refusals() {
+    match get(&format!("{NOBODY}/v1/health"), 10_000).await {
+        Err(WorkerError::Unreachable(_)) => {}
+        other => panic!("a refused connection is worth a retry: {other:?}"),
+    }
+    // The test runner's own server answers 404 for a path it does not have.
+    let origin = web_sys::window().unwrap().location().origin().unwrap();
+    match get(&format!("{origin}/no-such-file"), 10_000).await {
+        Err(WorkerError::Rejected(error)) => assert_eq!(error.code, "404", "{error:?}"),
+        other => panic!("a 4xx is a refusal, not worth a retry: {other:?}"),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn without_a_scheduler_the_worker_retries_registration_with_growing_delays() {
+    let clock = BrowserClock::new();
+    let attempts: Rc<RefCell<Vec<(u64, u64)>>> = Rc::default();
+    let log = attempts.clone();
+    let at = clock.clone();
+    let supervisor = Supervisor::new(
+        HttpSchedulerClient::new(NOBODY),
+        IsolatedSandboxFactory::new(NOBODY, &format!("{NOBODY}/pyodide/")).unwrap(),
+        clock.clone(),
+        SupervisorConfig::with_sandboxes(1),
+        Rc::new(move |event: &WorkerEvent| match event {
+            WorkerEvent::SchedulerUnreachable { request, retry_ms, .. } => {
+                assert_eq!(*request, "register", "nothing else is asked before registering");
+                log.borrow_mut().push((at.now_ms(), *retry_ms));
+            }
+            WorkerEvent::Stopped { .. } => {}
+            other => panic!("no scheduler, yet {other:?}"),
+        }),
+    );
+    let stop = supervisor.stop_handle();
+    wasm_bindgen_futures::spawn_local(async move {
+        gloo_timers::future::TimeoutFuture::new(2_500).await;
+        stop.stop();
+    });
+    assert_eq!(supervisor.run().await, "stopped");
+    let attempts = attempts.borrow();
+    assert!(attempts.len() >= 3, "it kept trying: {attempts:?}");
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let ((failed_at, retry_ms), (next_failed_at, next_retry_ms)) = (pair[0], pair[1]);
+        // 250 ms · 2^n, scaled by a jitter in [0.5, 1]: the delays grow, and no retry comes early.
+        let ceiling = 250u64 << n;
+        assert!((ceiling / 2..=ceiling).contains(&retry_ms), "delay {n} is {retry_ms} ms: {attempts:?}");
+        assert!(next_retry_ms >= retry_ms, "the delays grow: {attempts:?}");
+        assert!(next_failed_at + 1 >= failed_at + retry_ms, "retried before its delay: {attempts:?}");
+    }
+}
