@@ -1,45 +1,76 @@
-// The contribute page: loads the wasm worker core and shows what it does.
-// Query parameters (used by `tessera worker`): autostart=1, sandboxes=N, exitWhenIdle=1, idleMs=N,
-// logSlices=1 (a line per slice start and end, watchdog interrupt and ended job), pyodideUrl=URL,
-// workerKey=KEY (a private pool's key, `tessera serve --worker-key`).
+// The contribute page: asks before anything runs, then shows what the worker does (www/tessera.js
+// does the work; this file only draws it).
+//
+// Query parameters (used by `tessera worker` and the tests): autostart=1 (start without a click;
+// the automatic pauses are then off: a server has no tab to hide and no battery), sandboxes=N,
+// exitWhenIdle=1, idleMs=N, logSlices=1 (a line per slice start and end, watchdog interrupt and
+// ended job), pyodideUrl=URL, workerKey=KEY (a private pool's key, `tessera serve --worker-key`).
 // Lines starting with "[tessera]" are also written to the console, where `tessera worker` reads them.
-import init, { TesseraWorker } from './pkg/tessera_worker.js';
+//
+// The page exposes the same `window.Tessera` API as embed.js, for scripting it.
+import {
+  Tessera, publicApi, CPU_SHARES, CONTRIBUTOR_KEY, MAX_SANDBOXES, clampCores, defaultCores, maxCores, loadSettings, saveSettings, validContributorId,
+} from './tessera.js';
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
-const counts = { done: 0, errors: 0, running: 0 };
-let worker = null;
-
-function log(text) {
-  console.log('[tessera] ' + text);
-  const item = document.createElement('li');
-  item.textContent = new Date().toLocaleTimeString() + '  ' + text;
-  $('log').prepend(item);
-  while ($('log').children.length > 200) $('log').lastChild.remove();
-}
-
-function show() {
-  for (const key of Object.keys(counts)) $(key).textContent = counts[key];
-}
-
 const logSlices = params.get('logSlices') === '1';
+const autostart = params.get('autostart') === '1';
+const exitWhenIdle = params.get('exitWhenIdle') === '1';
+const SETTINGS = 'tessera.settings';
 
-function onEvent(event) {
+// ---- settings: remembered in localStorage; the query string wins ----
+const saved = loadSettings(SETTINGS);
+const settings = {
+  cores: Number.isFinite(saved.cores) ? clampCores(saved.cores) : defaultCores(),
+  cpuShare: CPU_SHARES.includes(saved.cpuShare) ? saved.cpuShare : 1,
+  pauseWhenHidden: saved.pauseWhenHidden !== false,
+  pauseOnBattery: saved.pauseOnBattery !== false,
+};
+const querySandboxes = parseInt(params.get('sandboxes') || '', 10);
+const save = () => saveSettings(SETTINGS, settings);
+
+// ---- the event log and the console lines `tessera worker` and the tests read ----
+const MAX_LOG = 200;
+
+function log(text, { quiet = false } = {}) {
+  console.log('[tessera] ' + text);
+  if (quiet) return;
+  const item = document.createElement('li');
+  const time = document.createElement('time');
+  time.textContent = new Date().toLocaleTimeString();
+  item.append(time, ' ', text);
+  $('log').prepend(item);
+  while ($('log').children.length > MAX_LOG) $('log').lastChild.remove();
+}
+
+const controller = new Tessera({
+  // `tessera worker --cores N` may ask for more sandboxes than this machine has cores.
+  maxCores: querySandboxes > 0 ? MAX_SANDBOXES : maxCores(),
+  pauseWhenHidden: !autostart && settings.pauseWhenHidden,
+  pauseOnBattery: !autostart && settings.pauseOnBattery,
+  onCoreEvent,
+});
+window.Tessera = publicApi(controller);
+
+/** Writes the core's events as the same lines the page always wrote (texts are read by tools). */
+function onCoreEvent(event) {
+  const counts = controller.totals;
   switch (event.type) {
-    case 'registered': log(`registered as ${event.workerId} with ${event.sandboxes} sandbox(es)`); break;
-    case 'leased': log(`leased ${event.count} slice(s)`); break;
+    case 'registered': log(`registered as ${event.workerId} with ${event.sandboxes} sandbox(es)`); clearProblem(); break;
+    case 'leased': log(`leased ${event.count} slice(s)`, { quiet: true }); clearProblem(); break;
     case 'sliceStarted':
-      counts.running++;
-      if (logSlices) log(`slice-start job=${event.job} slice=${event.slice} sandbox=${event.sandbox}`);
+      if (logSlices) log(`slice-start job=${event.job} slice=${event.slice} sandbox=${event.sandbox}`, { quiet: true });
       break;
     case 'sliceFinished':
-      counts.running = Math.max(0, counts.running - 1);
-      if (event.outcome === 'ok') counts.done++; else counts.errors++;
-      if (logSlices) log(`slice-end job=${event.job} slice=${event.slice} sandbox=${event.sandbox} outcome=${event.outcome} ms=${event.ms}`);
+      if (logSlices) {
+        // The controller counts this slice right after; the line is written as the old page did.
+        log(`slice-end job=${event.job} slice=${event.slice} sandbox=${event.sandbox} outcome=${event.outcome} ms=${event.ms}`, { quiet: true });
+      }
       break;
     case 'sliceInterrupted': log(`interrupted job=${event.job} slice=${event.slice} sandbox=${event.sandbox} (${event.reason})`); break;
     case 'jobEnded': log(`job-ended job=${event.job}`); break;
-    case 'submitted': log(`submitted: ${event.accepted} accepted, ${event.duplicate} duplicate, ${event.stale} stale, ${event.requeued} requeued, ${event.released} released, ${event.refused} refused (${counts.done} done, ${counts.errors} errors)`); break;
+    case 'submitted': log(`submitted: ${event.accepted} accepted, ${event.duplicate} duplicate, ${event.stale} stale, ${event.requeued} requeued, ${event.released} released, ${event.refused} refused (${counts.slicesDone} done, ${counts.sliceErrors} errors)`, { quiet: true }); break;
     case 'sandboxCreated': log(`sandbox ${event.sandbox} created (${event.worktime})`); break;
     case 'sandboxRemoved': log(logSlices ? `sandbox-removed sandbox=${event.sandbox} reason=${event.reason}` : `sandbox ${event.sandbox} removed: ${event.reason}`); break;
     case 'schedulerUnreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retryMs} ms`); break;
@@ -50,39 +81,289 @@ function onEvent(event) {
         ? `runtime snapshot ${event.outcome}: ${event.reason}`
         : `runtime snapshot ${event.outcome} in ${event.ms} ms`);
       break;
+    case 'paused': log('paused'); break;
+    case 'resumed': log('resumed'); break;
     case 'idle': log('no work; idle'); break;
     case 'stopped': log(`stopped (${event.reason})`); break;
   }
-  show();
+  schedule();
 }
 
-async function start() {
-  const options = { onEvent };
-  const sandboxes = parseInt($('sandboxes').value, 10);
-  if (sandboxes > 0) options.sandboxes = sandboxes;
-  if (params.get('exitWhenIdle') === '1') options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
+// ---- public events: totals, chart history, problems ----
+const finishes = []; // times (ms) of finished slices, last CHART_MS
+const CHART_MS = 5 * 60 * 1000;
+const BUCKET_MS = 10 * 1000;
+
+controller.on('start', ({ cores }) => {
+  log(`started with ${cores} sandbox(es)`);
+  $('contributor').textContent = controller.contributor;
+  clearProblem();
+  schedule();
+});
+controller.on('stop', ({ reason }) => {
+  if (exitWhenIdle) log(`exit: ${reason}; ${controller.totals.slicesDone} done, ${controller.totals.sliceErrors} errors`);
+  schedule();
+});
+controller.on('state', schedule);
+controller.on('sliceStart', schedule);
+controller.on('sliceProgress', schedule);
+controller.on('sliceEnd', () => {
+  finishes.push(Date.now());
+  schedule();
+});
+controller.on('credit', schedule);
+controller.on('error', ({ kind, message, detail }) => {
+  if (kind === 'load') log('fatal: cannot load the worker core: ' + detail);
+  showProblem(message);
+});
+
+function showProblem(message) {
+  $('problem').textContent = message;
+  $('problem').hidden = false;
+}
+
+function clearProblem() {
+  $('problem').hidden = true;
+}
+
+// ---- drawing: at most once per frame, from controller.stats() ----
+let frame = 0;
+function schedule() {
+  if (!frame) frame = requestAnimationFrame(render);
+}
+
+const STATE_TEXT = {
+  stopped: 'Stopped',
+  starting: 'Starting…',
+  working: 'Working',
+  idle: 'Waiting for work',
+  paused: 'Paused',
+};
+const PAUSE_TEXT = { user: 'by you', hidden: 'tab hidden', battery: 'on battery' };
+const SANDBOX_TEXT = {
+  loadingRuntime: 'loading',
+  loadingPackages: 'loading packages',
+  startingProgram: 'starting program',
+  running: 'running',
+  resting: 'resting',
+  idle: 'idle',
+};
+
+function formatDuration(ms) {
+  const seconds = ms / 1000;
+  if (seconds < 60) return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${String(Math.floor(seconds % 60)).padStart(2, '0')} s`;
+  return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, '0')} min`;
+}
+
+const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+
+/** Sets an element's text only when it changes: an idle page does no DOM work at all. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+/** Sets an attribute only when it changes (`null` removes it). */
+function setAttr(element, name, value) {
+  if (value === null) {
+    if (element.hasAttribute(name)) element.removeAttribute(name);
+  } else if (element.getAttribute(name) !== value) {
+    element.setAttribute(name, value);
+  }
+}
+
+function render() {
+  frame = 0;
+  const stats = controller.stats();
+  const running = stats.state !== 'stopped';
+
+  let stateText = STATE_TEXT[stats.state] || stats.state;
+  if (stats.state === 'paused' && stats.pausedBy.length) stateText += ' (' + stats.pausedBy.map((r) => PAUSE_TEXT[r] || r).join(', ') + ')';
+  setText($('state'), stateText);
+  setAttr($('status'), 'data-state', stats.state);
+  setAttr(document.body, 'data-state', stats.state);
+
+  $('start').disabled = running;
+  $('stop').disabled = !running;
+  $('pause').disabled = !running || stats.state === 'starting';
+  setText($('pause'), stats.state === 'paused' ? 'Resume' : 'Pause');
+
+  if (running && document.activeElement !== coresInput) setText($('cores-value'), String(stats.cores));
+  setText($('done'), number.format(stats.slicesDone));
+  setText($('errors'), number.format(stats.sliceErrors));
+  setText($('compute'), formatDuration(stats.computeMs));
+  setAttr($('credits'), 'data-value', stats.credits === null ? '' : String(stats.credits));
+  setText($('credits'), stats.credits === null ? '—' : number.format(stats.credits));
+  setText($('running'), `${stats.running} running of ${stats.sandboxes.length} sandbox${stats.sandboxes.length === 1 ? '' : 'es'}`);
+
+  renderCards(stats.sandboxes);
+  drawChart();
+}
+
+const cards = new Map();
+
+function renderCards(sandboxes) {
+  const now = Date.now();
+  const seen = new Set();
+  for (const sandbox of sandboxes) {
+    seen.add(sandbox.sandbox);
+    let card = cards.get(sandbox.sandbox);
+    if (!card) {
+      card = $('card').content.firstElementChild.cloneNode(true);
+      setText(card.querySelector('.id'), String(sandbox.sandbox));
+      cards.set(sandbox.sandbox, card);
+      $('sandboxes').append(card);
+    }
+    const state = sandbox.slice !== null ? 'running' : sandbox.state;
+    setAttr(card, 'data-state', state);
+    setText(card.querySelector('.state'), state === 'loadingRuntime' && sandbox.worktime === 'pyodide' ? 'loading Pyodide' : SANDBOX_TEXT[state] || state);
+    setText(card.querySelector('.job-id'), sandbox.job ? 'job ' + sandbox.job : 'no job yet');
+    setAttr(card.querySelector('.job-id'), 'title', sandbox.job || '');
+    setText(card.querySelector('.slice'), sandbox.slice !== null
+        ? `Slice ${sandbox.slice}` + (sandbox.queued ? ` (${sandbox.queued} more queued)` : '')
+        : state === 'idle' || state === 'resting' ? 'Between slices' : 'Getting ready');
+    const bar = card.querySelector('.bar');
+    const percent = sandbox.progress === null || sandbox.progress === undefined ? null : Math.round(sandbox.progress * 100);
+    bar.classList.toggle('indeterminate', sandbox.slice !== null && percent === null);
+    const width = sandbox.slice === null ? '0%' : percent === null ? '' : `${percent}%`;
+    if (bar.firstElementChild.style.width !== width) bar.firstElementChild.style.width = width;
+    setAttr(bar, 'aria-valuenow', percent === null ? null : String(percent));
+    setText(card.querySelector('.elapsed'), sandbox.sliceStartedMs ? formatDuration(now - sandbox.sliceStartedMs) : '');
+    setText(card.querySelector('.worktime'), sandbox.worktime === 'pyodide' ? 'Python' : sandbox.worktime === 'map-basic' ? 'JavaScript' : '');
+  }
+  for (const [id, card] of cards) {
+    if (!seen.has(id)) {
+      card.remove();
+      cards.delete(id);
+    }
+  }
+  if ($('no-sandboxes').hidden !== cards.size > 0) $('no-sandboxes').hidden = cards.size > 0;
+}
+
+let drawn = '';
+
+function drawChart() {
+  const canvas = $('chart');
+  const now = Date.now();
+  while (finishes.length && finishes[0] < now - CHART_MS) finishes.shift();
+  const bucketCount = CHART_MS / BUCKET_MS;
+  const buckets = new Array(bucketCount).fill(0);
+  for (const at of finishes) {
+    const index = bucketCount - 1 - Math.floor((now - at) / BUCKET_MS);
+    if (index >= 0) buckets[index]++;
+  }
+  const lastMinute = finishes.filter((at) => at > now - 60_000).length;
+  setText($('rate'), `${number.format(lastMinute)} slices in the last minute`);
+
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (!width || !height) return;
+  const key = `${width}x${height}@${ratio}:${buckets.join()}`;
+  if (key === drawn) return;
+  drawn = key;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const context = canvas.getContext('2d');
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+  const style = getComputedStyle(canvas);
+  const peak = Math.max(1, ...buckets);
+  const gap = 2;
+  const barWidth = (width - gap * (bucketCount - 1)) / bucketCount;
+  context.fillStyle = style.getPropertyValue('--grid').trim() || '#ddd';
+  context.fillRect(0, height - 1, width, 1);
+  context.fillStyle = style.getPropertyValue('--bar').trim() || '#3b6';
+  buckets.forEach((count, index) => {
+    if (!count) return;
+    const barHeight = Math.max(2, ((height - 16) * count) / peak);
+    context.fillRect(index * (barWidth + gap), height - barHeight, barWidth, barHeight);
+  });
+  context.fillStyle = style.getPropertyValue('--muted').trim() || '#777';
+  context.font = '11px system-ui, sans-serif';
+  context.textBaseline = 'top';
+  context.fillText(finishes.length ? `${peak} per 10 s` : 'No slices finished yet', 0, 0);
+}
+
+// Cards' elapsed times and the chart move on their own while running and visible.
+let ticks = 0;
+setInterval(() => {
+  ticks++;
+  if (controller.state === 'stopped' || document.visibilityState !== 'visible') return;
+  if (controller.runningSlices() > 0 || (finishes.length && ticks % 10 === 0)) schedule();
+}, 1000);
+window.addEventListener('resize', schedule);
+
+/** The contributor id this browser already has, if any (it is made on the first start). */
+function keptContributor() {
+  try {
+    const id = localStorage.getItem(CONTRIBUTOR_KEY);
+    return validContributorId(id) ? id : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---- controls ----
+const coresInput = $('cores');
+coresInput.max = String(maxCores());
+coresInput.value = String(Number.isFinite(querySandboxes) && querySandboxes > 0 ? clampCores(querySandboxes) : settings.cores);
+$('cores-hint').textContent = ` of ${maxCores()} · suggested ${defaultCores()}`;
+const showCores = () => ($('cores-value').textContent = coresInput.value);
+showCores();
+coresInput.addEventListener('input', showCores);
+coresInput.addEventListener('change', () => {
+  settings.cores = clampCores(coresInput.value);
+  save();
+  controller.setCores(settings.cores);
+  schedule();
+});
+
+for (const radio of document.querySelectorAll('input[name="cpu-share"]')) {
+  radio.checked = Number(radio.value) === settings.cpuShare;
+  radio.addEventListener('change', () => {
+    settings.cpuShare = Number(radio.value);
+    save();
+    controller.setCpuShare(settings.cpuShare);
+  });
+}
+
+$('pause-hidden').checked = settings.pauseWhenHidden;
+$('pause-battery').checked = settings.pauseOnBattery;
+$('pause-hidden').addEventListener('change', (event) => {
+  settings.pauseWhenHidden = event.target.checked;
+  save();
+  controller.setAutoPause({ whenHidden: settings.pauseWhenHidden });
+});
+$('pause-battery').addEventListener('change', (event) => {
+  settings.pauseOnBattery = event.target.checked;
+  save();
+  controller.setAutoPause({ onBattery: settings.pauseOnBattery });
+});
+
+function start() {
+  // The query's sandboxes go straight to the core (the slider stops at this machine's cores).
+  const cores = querySandboxes > 0 && !startedOnce ? querySandboxes : clampCores(coresInput.value);
+  startedOnce = true;
+  const options = { cores, cpuShare: settings.cpuShare };
+  if (exitWhenIdle) options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
   if (params.get('pyodideUrl')) options.pyodideUrl = params.get('pyodideUrl');
   if (params.get('workerKey')) options.workerKey = params.get('workerKey');
-  worker = new TesseraWorker(options);
-  $('sandboxes').value = worker.sandboxes;
-  $('start').disabled = true;
-  $('stop').disabled = false;
-  $('state').textContent = 'working';
-  log(`started with ${worker.sandboxes} sandbox(es)`);
-  const reason = await worker.run();
-  $('state').textContent = 'stopped';
-  $('start').disabled = false;
-  $('stop').disabled = true;
-  worker = null;
-  if (params.get('exitWhenIdle') === '1') log(`exit: ${reason}; ${counts.done} done, ${counts.errors} errors`);
+  controller.start(options).catch((error) => {
+    // A core that did not load was logged by the error event already.
+    if (!controller.lastError || controller.lastError.kind !== 'load') log('fatal: ' + error);
+  });
 }
 
-try {
-  await init();
-  if (params.get('sandboxes')) $('sandboxes').value = params.get('sandboxes');
-  $('start').onclick = () => start().catch((error) => log('fatal: ' + error));
-  $('stop').onclick = () => worker && worker.stop();
-  if (params.get('autostart') === '1') start().catch((error) => log('fatal: ' + error));
-} catch (error) {
-  log('fatal: cannot load the worker core: ' + error);
-}
+let startedOnce = false;
+$('start').addEventListener('click', start);
+$('stop').addEventListener('click', () => controller.stop());
+$('pause').addEventListener('click', () => (controller.state === 'paused' ? controller.resume() : controller.pause()));
+$('start').disabled = false;
+$('contributor').textContent = keptContributor() || '(made when you start)';
+render();
+
+if (autostart) start();

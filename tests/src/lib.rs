@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod webdriver;
+
 /// The `tessera` binary under test: `$TESSERA_BIN`, or the workspace's release build.
 pub fn tessera_bin() -> PathBuf {
     let path = std::env::var_os("TESSERA_BIN")

@@ -391,7 +391,10 @@ impl Frame {
         iframe.set_attribute("sandbox", "allow-scripts").map_err(error)?;
         iframe.set_attribute("allow", "cross-origin-isolated").map_err(error)?;
         iframe.set_attribute("aria-hidden", "true").map_err(error)?;
-        iframe.set_attribute("style", "display:none").map_err(error)?;
+        // Hidden through the CSSOM, not a `style` attribute: a page with a strict
+        // Content-Security-Policy (no 'unsafe-inline' styles) blocks the attribute, and the frame
+        // would show; `important` keeps the page's own `iframe { … }` rules off it.
+        iframe.style().set_property_with_priority("display", "none", "important").map_err(error)?;
         let fragment = String::from(js_sys::encode_uri_component(page_origin));
         iframe.set_src(&format!("{host_url}#host={fragment}"));
 
