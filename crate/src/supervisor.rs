@@ -457,8 +457,8 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     book: LeaseBook,
     outbox: Outbox,
     pool: Pool,
-    /// Live sandboxes by slot, with the generation that tells a replaced one from its successor.
-    sandboxes: HashMap<usize, (u64, Rc<dyn Sandbox>)>,
+    /// Live sandboxes by slot.
+    sandboxes: HashMap<usize, LiveSandbox>,
     generation: u64,
     /// Slices sent to sandboxes, by lease id: the slot and generation running them.
     running: HashMap<String, (usize, u64)>,
@@ -478,6 +478,18 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     /// Consecutive worker faults, and the pause they earn.
     faults_in_row: u32,
     fault_pause: Backoff,
+}
+
+/// A sandbox the supervisor holds.
+#[derive(Clone)]
+struct LiveSandbox {
+    /// Tells a replaced sandbox from its successor in the same slot.
+    generation: u64,
+    sandbox: Rc<dyn Sandbox>,
+    /// When the sandbox last answered a slice (core clock). A sandbox runs its slices one after
+    /// another, so a slice queued behind another (pipelined) starts when that one's answer came:
+    /// its time in the sandbox, which it is credited for, is counted from then.
+    last_answer_at: Rc<Cell<u64>>,
 }
 
 /// Slices to hold per sandbox: enough for `buffer_ms` of work at the measured pace, so fast
@@ -966,7 +978,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             ms,
         });
         // The slot may hold a newer sandbox by now (this one was removed while it ran).
-        let current = self.sandboxes.get(&slot).is_some_and(|(live, _)| *live == generation);
+        let current = self.sandboxes.get(&slot).is_some_and(|live| live.generation == generation);
         // The pace of work, from warm sandboxes only: a first slice also paid for the imports.
         let warm = current && self.pool.slot(slot).is_some_and(|s| s.served > 0);
         if warm && matches!(outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
@@ -1182,7 +1194,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         match self.factory.create(worktime) {
             Ok(sandbox) => {
                 self.generation += 1;
-                self.sandboxes.insert(slot, (self.generation, sandbox));
+                let live = LiveSandbox { generation: self.generation, sandbox, last_answer_at: Rc::default() };
+                self.sandboxes.insert(slot, live);
                 self.pool.created(slot, worktime, self.clock.now_ms());
                 self.emit(WorkerEvent::SandboxCreated { sandbox: slot, worktime });
                 let state = match worktime {
@@ -1201,7 +1214,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     /// Terminates a sandbox; slices it was still running go back at no cost (not their fault).
     fn remove_sandbox(&mut self, slot: usize, reason: &str) {
-        if let Some((generation, sandbox)) = self.sandboxes.remove(&slot) {
+        if let Some(LiveSandbox { generation, sandbox, .. }) = self.sandboxes.remove(&slot) {
             for (lease_id, (running_slot, running_generation)) in &self.running {
                 if *running_slot == slot && *running_generation == generation {
                     self.bystanders.insert(lease_id.clone(), format!("its sandbox was stopped: {reason}"));
@@ -1236,7 +1249,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     }
 
     fn start_slice(&mut self, slot: usize, job: Rc<PreparedJob>, lease: Lease, progress: Rc<SliceProgress>) {
-        let Some((generation, sandbox)) = self.sandboxes.get(&slot).cloned() else { return };
+        let Some(LiveSandbox { generation, sandbox, last_answer_at }) = self.sandboxes.get(&slot).cloned() else {
+            return;
+        };
         let needs_setup = self.pool.slot(slot).is_some_and(|s| s.job.is_none());
         self.last_worktime = Some(job.descriptor.worktime);
         self.pool.started(slot, &lease.job_id);
@@ -1289,12 +1304,14 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 }
                 on_event(&running);
             }
-            let started = clock.now_ms();
+            let sent = clock.now_ms();
             let run = sandbox.run(lease.slice, lease.datum.clone(), progress.clone());
-            let (mut run, watch) = watch_slice(run, sandbox.as_ref(), clock.as_ref(), limits, &progress, started).await;
+            let (mut run, watch) = watch_slice(run, sandbox.as_ref(), clock.as_ref(), limits, &progress, sent).await;
             console.append(&mut run.console);
             run.console = console;
-            let ms = clock.now_ms().saturating_sub(started);
+            let answered = clock.now_ms();
+            let started = sent.max(last_answer_at.replace(answered));
+            let ms = answered.saturating_sub(started);
             Event::SliceDone { slot, generation, lease, run, watch, ms }
         };
         self.tasks.push(task.boxed_local());

@@ -40,6 +40,11 @@ async fn post(path: &str, body: Value) -> Value {
 /// Runs a supervisor with `sandboxes` against the live scheduler until it has been idle 1.5 s;
 /// returns every event it emitted.
 async fn run_until_idle(sandboxes: usize) -> Vec<WorkerEvent> {
+    run_until_idle_timed(sandboxes).await.into_iter().map(|(_, event)| event).collect()
+}
+
+/// As [`run_until_idle`], each event with the time it came (`performance.now()`, ms).
+async fn run_until_idle_timed(sandboxes: usize) -> Vec<(f64, WorkerEvent)> {
     let events = Rc::new(RefCell::new(Vec::new()));
     let log = events.clone();
     let mut config = SupervisorConfig::with_sandboxes(sandboxes);
@@ -49,11 +54,38 @@ async fn run_until_idle(sandboxes: usize) -> Vec<WorkerEvent> {
         IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap(),
         BrowserClock::new(),
         config,
-        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push(event.clone())),
+        Rc::new(move |event: &WorkerEvent| log.borrow_mut().push((now_ms(), event.clone()))),
     );
     assert_eq!(supervisor.run().await, "idle");
     let events = events.borrow().clone();
     events
+}
+
+fn now_ms() -> f64 {
+    web_sys::window().and_then(|window| window.performance()).map_or(0.0, |performance| performance.now())
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn a_slice_queued_behind_another_is_timed_from_when_it_starts_not_when_it_was_sent() {
+    // One sandbox, slices of ≈ 150 ms, pipelined two deep: each slice waits for the one before
+    // it inside the sandbox. The time a slice is credited for must not include that wait, so the
+    // slices' times add up to no more than the span they ran in.
+    let program = "(x) => { const end = Date.now() + 150; while (Date.now() < end) {} return x; }";
+    post("/v1/jobs", json!({"program": program, "range": {"start": 0, "end": 16}})).await;
+    let events = run_until_idle_timed(1).await;
+    let first_start = events.iter().find(|(_, e)| matches!(e, WorkerEvent::SliceStarted { .. })).unwrap().0;
+    let last_end = events.iter().rev().find(|(_, e)| matches!(e, WorkerEvent::SliceFinished { .. })).unwrap().0;
+    let credited: u64 = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            WorkerEvent::SliceFinished { ms, outcome: "ok", .. } => Some(*ms),
+            _ => None,
+        })
+        .sum();
+    let span = last_end - first_start;
+    assert!(credited >= 16 * 150, "every slice ran its 150 ms: {credited} ms");
+    assert!((credited as f64) <= span + 50.0, "{credited} ms credited for {span:.0} ms of one sandbox's time");
 }
 
 async fn get(path: &str) -> Value {
