@@ -164,7 +164,13 @@ impl LeaseBook {
         ids.into_iter()
             .filter_map(|lease_id| {
                 let held = held.remove(&lease_id)?;
-                Some(ResultItem { lease_id, token: held.token, outcome: outcome.clone(), console: vec![], compute_ms: None })
+                Some(ResultItem {
+                    lease_id,
+                    token: held.token,
+                    outcome: outcome.clone(),
+                    console: vec![],
+                    compute_ms: None,
+                })
             })
             .collect()
     }

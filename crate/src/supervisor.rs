@@ -614,8 +614,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     /// Whether a lease request would be sent if its gate were open.
     fn lease_wanted(&self) -> bool {
-        !self.paused
-            && self.holding() <= self.wanted() / 2 && self.outbox.len() < self.config.max_undelivered
+        !self.paused && self.holding() <= self.wanted() / 2 && self.outbox.len() < self.config.max_undelivered
     }
 
     fn nothing_running(&self) -> bool {
@@ -660,8 +659,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             }
             if self.register_gate.ready(now) {
                 self.register_gate.begin();
-                let request =
-                    RegisterRequest {
+                let request = RegisterRequest {
                     user_agent: None,
                     sandboxes: self.config.sandboxes as u32,
                     worker_key: None,

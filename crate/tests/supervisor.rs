@@ -864,7 +864,9 @@ fn a_paused_worker_starts_nothing_gives_its_queue_back_and_resumes() {
         "no slice started while paused"
     );
     assert!(
-        events[paused..resumed].iter().any(|(_, event)| matches!(event, WorkerEvent::Submitted { released, .. } if *released > 0)),
+        events[paused..resumed]
+            .iter()
+            .any(|(_, event)| matches!(event, WorkerEvent::Submitted { released, .. } if *released > 0)),
         "the queued slices went back"
     );
     assert!(scheduler.attempts.borrow().values().all(|attempts| *attempts <= 1), "giving back cost no attempt");
