@@ -34,7 +34,7 @@ use crate::lease_book::LeaseBook;
 pub use crate::lease_book::{Farewell, SliceProgress};
 use crate::outbox::{cap_console, fit_outcome, Outbox};
 use crate::pool::{Placement, Pool, PoolLimits};
-use crate::watchdog::{throttled, SliceLimits, INTERRUPT_GRACE_MS, SECOND_LOOK_MS};
+use crate::watchdog::{throttled, SliceLimits, SliceQueue, INTERRUPT_GRACE_MS, QUEUED_LOOK_MS, SECOND_LOOK_MS};
 
 /// A future the supervisor can hold across loop turns (single-threaded, so not `Send`).
 pub type Task<T> = LocalBoxFuture<'static, T>;
@@ -486,10 +486,9 @@ struct LiveSandbox {
     /// Tells a replaced sandbox from its successor in the same slot.
     generation: u64,
     sandbox: Rc<dyn Sandbox>,
-    /// When the sandbox last answered a slice (core clock). A sandbox runs its slices one after
-    /// another, so a slice queued behind another (pipelined) starts when that one's answer came:
-    /// its time in the sandbox, which it is credited for, is counted from then.
-    last_answer_at: Rc<Cell<u64>>,
+    /// The slices sent to it, in the order it runs them: a pipelined slice's time limit and
+    /// credited time count from when it starts, not from when it was sent.
+    queue: Rc<SliceQueue>,
 }
 
 /// Slices to hold per sandbox: enough for `buffer_ms` of work at the measured pace, so fast
@@ -1192,7 +1191,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         match self.factory.create(worktime) {
             Ok(sandbox) => {
                 self.generation += 1;
-                let live = LiveSandbox { generation: self.generation, sandbox, last_answer_at: Rc::default() };
+                let live = LiveSandbox { generation: self.generation, sandbox, queue: Rc::default() };
                 self.sandboxes.insert(slot, live);
                 self.pool.created(slot, worktime, self.clock.now_ms());
                 self.emit(WorkerEvent::SandboxCreated { sandbox: slot, worktime });
@@ -1247,7 +1246,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     }
 
     fn start_slice(&mut self, slot: usize, job: Rc<PreparedJob>, lease: Lease, progress: Rc<SliceProgress>) {
-        let Some(LiveSandbox { generation, sandbox, last_answer_at }) = self.sandboxes.get(&slot).cloned() else {
+        let Some(LiveSandbox { generation, sandbox, queue }) = self.sandboxes.get(&slot).cloned() else {
             return;
         };
         let needs_setup = self.pool.slot(slot).is_some_and(|s| s.job.is_none());
@@ -1302,14 +1301,16 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 }
                 on_event(&running);
             }
-            let sent = clock.now_ms();
+            let (sent, place) = (clock.now_ms(), queue.enqueue());
             let run = sandbox.run(lease.slice, lease.datum.clone(), progress.clone());
-            let (mut run, watch) = watch_slice(run, sandbox.as_ref(), clock.as_ref(), limits, &progress, sent).await;
+            let started = || queue.started(place, sent);
+            let (mut run, watch) =
+                watch_slice(run, sandbox.as_ref(), clock.as_ref(), limits, &progress, &started).await;
             console.append(&mut run.console);
             run.console = console;
             let answered = clock.now_ms();
-            let started = sent.max(last_answer_at.replace(answered));
-            let ms = answered.saturating_sub(started);
+            let ms = answered.saturating_sub(started().unwrap_or(sent));
+            queue.answered(answered);
             Event::SliceDone { slot, generation, lease, run, watch, ms }
         };
         self.tasks.push(task.boxed_local());
@@ -1392,19 +1393,26 @@ async fn watch_slice<K: Clock>(
     clock: &K,
     limits: SliceLimits,
     progress: &SliceProgress,
-    started: u64,
+    started: &dyn Fn() -> Option<u64>,
 ) -> (SliceRun, Watch) {
     let mut reports = progress.reports();
-    let mut heard = started;
+    let mut heard = 0;
     let mut second_look_until = 0;
     let reason = loop {
-        let due = limits.check_at(started, heard).max(second_look_until);
-        let timer = clock.sleep(due.saturating_sub(clock.now_ms()).max(1));
+        let now = clock.now_ms();
+        let due = match started() {
+            Some(started) => limits.check_at(started, heard.max(started)).max(second_look_until),
+            // Still queued behind another slice in its sandbox: its limits have not begun.
+            None => now + QUEUED_LOOK_MS,
+        };
+        let timer = clock.sleep(due.saturating_sub(now).max(1));
         match future::select(run, timer).await {
             Either::Left((result, _)) => return (result, Watch::Quiet),
             Either::Right((_, pending)) => run = pending,
         }
         let now = clock.now_ms();
+        let Some(started) = started() else { continue };
+        heard = heard.max(started);
         if progress.reports() != reports {
             reports = progress.reports();
             heard = now;

@@ -6,6 +6,8 @@
 //! A timer that fires much later than asked means the page itself was throttled (a background
 //! tab), not that the slice is slow: it looks again shortly instead of failing the slice.
 
+use std::cell::Cell;
+
 use tessera_protocol::JobDescriptor;
 
 /// How long an interrupted slice may take to stop before its sandbox is terminated.
@@ -56,6 +58,40 @@ impl SliceLimits {
     }
 }
 
+/// How often the watchdog looks at a slice still queued behind another in its sandbox.
+pub const QUEUED_LOOK_MS: u64 = 1_000;
+
+/// The order a sandbox runs its slices in. A sandbox runs them one after another, so a slice
+/// queued behind another (pipelined) starts when that one's answer comes: its time limit, and the
+/// time it is credited for, count from then, not from when it was sent.
+#[derive(Debug, Default)]
+pub struct SliceQueue {
+    sent: Cell<u64>,
+    answered: Cell<u64>,
+    last_answer_at: Cell<u64>,
+}
+
+impl SliceQueue {
+    /// Takes the next place in the queue, for a slice being sent now.
+    pub fn enqueue(&self) -> u64 {
+        let place = self.sent.get();
+        self.sent.set(place + 1);
+        place
+    }
+
+    /// When the slice at `place`, sent at `sent`, started running; `None` while a slice ahead of
+    /// it has not answered.
+    pub fn started(&self, place: u64, sent: u64) -> Option<u64> {
+        (self.answered.get() >= place).then(|| sent.max(self.last_answer_at.get()))
+    }
+
+    /// The slice at the head of the queue answered (or was given up on) at `at`.
+    pub fn answered(&self, at: u64) {
+        self.answered.set(self.answered.get() + 1);
+        self.last_answer_at.set(at);
+    }
+}
+
 /// Whether a timer due at `due` that fired at `now` was held back by page throttling.
 pub fn throttled(due: u64, now: u64) -> bool {
     now.saturating_sub(due) > THROTTLED_LATENESS_MS
@@ -88,5 +124,18 @@ mod tests {
         assert!(!throttled(1_000, 1_900));
         assert!(throttled(1_000, 2_500));
         assert!(!throttled(1_000, 500), "early is not late");
+    }
+
+    #[test]
+    fn a_queued_slice_starts_when_the_one_ahead_answers() {
+        let queue = SliceQueue::default();
+        let (first, second) = (queue.enqueue(), queue.enqueue());
+        assert_eq!(queue.started(first, 100), Some(100), "nothing ahead: it starts when sent");
+        assert_eq!(queue.started(second, 110), None, "queued behind the first");
+        queue.answered(3_100);
+        assert_eq!(queue.started(second, 110), Some(3_100), "it started when the first answered");
+        let third = queue.enqueue();
+        queue.answered(3_400);
+        assert_eq!(queue.started(third, 5_000), Some(5_000), "sent after the queue emptied: from its send");
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use futures::channel::oneshot;
+use futures::future::Shared;
 use futures::FutureExt;
 use serde_json::{json, Value};
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
@@ -355,6 +356,9 @@ struct DoublingSandbox {
     interruptible: bool,
     hung: RefCell<Option<oneshot::Sender<()>>>,
     clock: Option<FakeClock>,
+    /// Done when the last slice sent has answered: like a real sandbox's Web Worker, this one
+    /// runs its slices one at a time, in the order they were sent.
+    turn: RefCell<Shared<Task<()>>>,
 }
 
 impl Sandbox for DoublingSandbox {
@@ -372,6 +376,31 @@ impl Sandbox for DoublingSandbox {
     }
 
     fn run(&self, _: u64, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun> {
+        let (answered, done) = oneshot::channel::<()>();
+        let before = self.turn.replace(done.map(|_| ()).boxed_local().shared());
+        let work = self.work(datum, progress);
+        async move {
+            before.await;
+            let run = work.await;
+            let _ = answered.send(());
+            run
+        }
+        .boxed_local()
+    }
+
+    fn interrupt(&self) -> bool {
+        match self.hung.borrow_mut().take() {
+            Some(sender) => sender.send(()).is_ok(),
+            None => self.interruptible,
+        }
+    }
+
+    fn terminate(&self) {}
+}
+
+impl DoublingSandbox {
+    /// One slice's work, once its turn has come.
+    fn work(&self, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun> {
         if let (Some(work_ms), Some(clock)) = (datum["work_ms"].as_u64(), self.clock.clone()) {
             return async move {
                 for step in 1..=work_ms / 50 {
@@ -408,15 +437,6 @@ impl Sandbox for DoublingSandbox {
         };
         ready(SliceRun { outcome, console: vec![], heap_bytes: None })
     }
-
-    fn interrupt(&self) -> bool {
-        match self.hung.borrow_mut().take() {
-            Some(sender) => sender.send(()).is_ok(),
-            None => self.interruptible,
-        }
-    }
-
-    fn terminate(&self) {}
 }
 
 #[derive(Default)]
@@ -442,6 +462,7 @@ impl SandboxFactory for Factory {
             interruptible: self.interruptible,
             hung: RefCell::new(None),
             clock: self.clock.clone(),
+            turn: RefCell::new(ready(()).shared()),
         }))
     }
 }
