@@ -34,9 +34,10 @@ wasm:
 		-o $(PKG)/tessera_worker_bg.wasm $(PKG)/tessera_worker_bg.wasm
 	@scripts/core-size --report $(PKG)
 
-# A sub-make, so that a toolchain the bootstrap just installed is picked up.
+# A sub-make, so that a toolchain the bootstrap just installed is picked up. The worker core comes
+# first: the scheduler binary embeds it (scheduler/build.rs).
 build: bootstrap
-	@$(MAKE) --no-print-directory scheduler wasm
+	@$(MAKE) --no-print-directory wasm scheduler
 
 demo: build
 	@scripts/demo

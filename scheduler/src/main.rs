@@ -89,10 +89,12 @@ enum Command {
         /// SQLite database file (created when missing).
         #[arg(long, default_value = "tessera.db")]
         db: PathBuf,
-        /// Static site folder (contribute page; the built worker core lives in its pkg/).
-        #[arg(long, env = "TESSERA_WWW", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../www"))]
-        www: PathBuf,
-        /// Vendored Pyodide distribution (scripts/bootstrap puts it here).
+        /// Serve the static site (contribute page; the worker core in its pkg/) from this folder
+        /// instead of the copy built into this binary: for working on the page without rebuilding.
+        #[arg(long, env = "TESSERA_WWW")]
+        www: Option<PathBuf>,
+        /// The Pyodide distribution (default: where scripts/bootstrap puts it,
+        /// ~/.cache/tessera/pyodide-0.27.7).
         #[arg(long, env = "TESSERA_PYODIDE")]
         pyodide: Option<PathBuf>,
         /// Lease lifetime without a heartbeat, in milliseconds.

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
@@ -43,6 +43,7 @@ use tower_http::trace::TraceLayer;
 use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::sandbox_host::SandboxHostPage;
+use crate::site::EmbeddedSite;
 use crate::store::{check_contributor, read, same, Deployer, LeasePolicy, Readers, RegisteredWorker, Store, Writer};
 use crate::syntax::{check_python, PythonFile};
 use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
@@ -51,8 +52,9 @@ use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub database: PathBuf,
-    /// The static site: contribute page and the built worker core under `pkg/`.
-    pub www: PathBuf,
+    /// A folder to serve the static site from instead of the copy embedded in the binary
+    /// (contribute page, worker core under `pkg/`): for working on the page without rebuilding.
+    pub www: Option<PathBuf>,
     /// The vendored Pyodide distribution, served under `/pyodide/`.
     pub pyodide: PathBuf,
     pub lease: LeasePolicy,
@@ -483,8 +485,16 @@ pub fn router(config: ServerConfig) -> Result<Router> {
     // Compressed when the browser accepts it (brotli or gzip): the page and the worker core are
     // what a JavaScript job's volunteer downloads. The Pyodide files are not: megabytes compressed
     // again on every first visit would cost the scheduler more than they save on a fast link.
-    let site = Router::new()
-        .fallback_service(ServeDir::new(&config.www))
+    let site = match &config.www {
+        Some(folder) => Router::new().fallback_service(ServeDir::new(folder)),
+        None => {
+            let embedded = Arc::new(EmbeddedSite::new());
+            Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| async move {
+                embedded.response(&method, uri.path(), &headers)
+            })
+        }
+    };
+    let site = site
         .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
         .layer(SetResponseHeaderLayer::overriding(
