@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path as FilePath, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -275,7 +275,7 @@ fn deployer_cors(origins: &[String]) -> Result<Option<CorsLayer>> {
             .iter()
             .map(|origin| {
                 HeaderValue::from_str(origin.trim_end_matches('/'))
-                    .map_err(|_| Error::Usage(format!("--deployer-origin `{origin}` is not a usable origin")))
+                    .map_err(|_| Error::Config(format!("--deployer-origin `{origin}` is not a usable origin")))
             })
             .collect::<Result<Vec<_>>>()?;
         AllowOrigin::list(parsed)
@@ -533,36 +533,30 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         ))
 }
 
+/// The admin key `serve` made for a new database: shown once, by its caller.
+#[derive(Clone, Debug)]
+pub struct FirstAdminKey {
+    /// The whole key (`tsk_…`); the database keeps only a hash of its secret.
+    pub key: String,
+    /// The URL the scheduler listens on.
+    pub url: String,
+    /// Whether it listens on a loopback address (only then may the key be saved for the CLI).
+    pub loopback: bool,
+}
+
 /// Binds `addr`, prints the actual address (so port 0 works for tests) and serves until stopped.
 ///
-/// On a database without any key (a new one) it first makes the admin key `admin` and prints it,
-/// once, on stderr as the line `TESSERA_API_KEY=<key>` — before the listening line, so whoever
-/// waits for that line finds the key already written. Listening on a loopback address it also
-/// saves the key for its URL in `credentials` (the per-user file the CLI reads), when given.
-pub async fn serve(addr: SocketAddr, config: ServerConfig, credentials: Option<PathBuf>) -> Result<()> {
+/// On a database without any key (a new one) it first makes the admin key `admin` and hands it to
+/// `on_first_key` — before the listening line, so whoever waits for that line finds the key
+/// already announced.
+pub async fn serve(addr: SocketAddr, config: ServerConfig, on_first_key: impl FnOnce(&FirstAdminKey)) -> Result<()> {
     let first_key = Store::open(&config.database)?.create_first_admin_key(now_ms())?;
     let app = router(config)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::io(format!("binding {addr}")))?;
     let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
     let url = format!("http://{local}");
     if let Some(created) = first_key {
-        eprintln!("TESSERA_API_KEY={}", created.key);
-        let saved = match credentials.as_deref() {
-            Some(file) if local.ip().is_loopback() => Some(save_first_key(file, &url, &created.key)),
-            _ => None,
-        };
-        match saved {
-            Some(Ok(file)) => eprintln!(
-                "tessera: that admin key is shown only now; it is saved for {url} in {file} (mode 0600), where \
-                 the tessera CLI finds it (--no-save-key turns this off)"
-            ),
-            Some(Err(error)) => {
-                eprintln!("tessera: that admin key is shown only now; saving it failed ({error}): keep it")
-            }
-            None => eprintln!(
-                "tessera: that admin key is shown only now: keep it (`tessera keys create NAME` makes more keys)"
-            ),
-        }
+        on_first_key(&FirstAdminKey { key: created.key, url: url.clone(), loopback: local.ip().is_loopback() });
     }
     println!("tessera scheduler listening on {url}");
     tracing::info!(%local, "listening");
@@ -572,12 +566,6 @@ pub async fn serve(addr: SocketAddr, config: ServerConfig, credentials: Option<P
         })
         .await
         .map_err(Error::io("serving"))
-}
-
-/// Saves the first admin key in the credentials file; returns the file's name.
-fn save_first_key(file: &FilePath, url: &str, key: &str) -> Result<String> {
-    crate::credentials::save(file, url, key)?;
-    Ok(file.display().to_string())
 }
 
 /// Expires overdue leases once a second, waking lease requests when slices come back. It also
