@@ -11,6 +11,7 @@ use tessera_protocol::{
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::values::readable;
 
 /// Everything `tessera deploy` is told (the command line's options, parsed by clap).
 #[derive(Clone, Debug, clap::Args)]
@@ -269,11 +270,11 @@ pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_consol
     }
 }
 
-/// One result as a JSON line.
+/// One result as a JSON line (numpy arrays spelled out: [`readable`]).
 pub fn result_line(record: &SliceRecord) -> String {
     let mut line = serde_json::json!({ "slice": record.slice, "status": record.status });
     match record.status {
-        SliceStatus::Ok => line["value"] = record.value.clone().unwrap_or(Value::Null),
+        SliceStatus::Ok => line["value"] = record.value.as_ref().map(readable).unwrap_or(Value::Null),
         SliceStatus::Error => {
             line["error"] = Value::from(record.error.clone().unwrap_or_default());
             if let Some(stack) = &record.stack {

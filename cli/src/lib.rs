@@ -5,6 +5,7 @@
 //! - [`deploy`]: `tessera deploy`, `status`, `results`: reading programs, bundles and inputs, and
 //!   printing what comes back.
 //! - [`keys`], [`credentials`]: API keys, and the per-user file where the CLI finds them.
+//! - [`values`]: numpy arrays printed with their numbers rather than base64.
 //! - [`browser`]: `tessera worker`, headless Chromium driven over the DevTools pipe.
 
 pub mod browser;
@@ -13,5 +14,6 @@ pub mod credentials;
 pub mod deploy;
 pub mod error;
 pub mod keys;
+pub mod values;
 
 pub use error::{Error, Result};
