@@ -1,4 +1,5 @@
-//! The `tessera` command: `serve`, `deploy`, `status`, `results`, `jobs`, `cancel`, `keys`, `worker`.
+//! The `tessera` command: `serve`, `deploy`, `status`, `results`, `jobs`, `cancel`, `delete`, `keys`,
+//! `worker`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +122,12 @@ enum Command {
         /// still needed); repeatable, `*` for any. Default: none.
         #[arg(long = "deployer-origin", value_name = "ORIGIN")]
         deployer_origins: Vec<String>,
+        /// Delete a finished job (complete, with errors, failed or cancelled) with its slices,
+        /// results, attempts, console and unused bundle this long after it ended: `12h`, `30d`
+        /// (at least a minute). Checked once a minute. Contributors keep their credits.
+        /// Default: keep every job forever.
+        #[arg(long, value_name = "DURATION", value_parser = parse_retention)]
+        retention: Option<Duration>,
     },
     /// Deploy a job; with --wait, follow it and print its results as JSON lines.
     Deploy {
@@ -164,6 +171,15 @@ enum Command {
         deployer: DeployerArgs,
         job: String,
     },
+    /// Delete a finished job with everything stored for it; a running job is refused unless --force.
+    Delete {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        job: String,
+        /// Cancel the job first if it is still running.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage deployer API keys (needs an admin key).
     Keys {
         #[command(subcommand)]
@@ -206,6 +222,22 @@ enum Command {
     },
 }
 
+/// Shortest `--retention`: anything shorter would delete results before a deployer could
+/// fetch them.
+const MIN_RETENTION: Duration = Duration::from_secs(60);
+
+/// `--retention`'s value: a duration as `--slice-timeout` takes it, plus days, at least
+/// [`MIN_RETENTION`].
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = Duration::from_millis(deploy::parse_duration_ms(text)?);
+    if retention < MIN_RETENTION {
+        return Err(format!(
+            "`{text}` is under a minute: finished jobs would be deleted before their results are read"
+        ));
+    }
+    Ok(retention)
+}
+
 /// Where scripts/bootstrap vendors the Pyodide distribution.
 fn default_pyodide_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -230,6 +262,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             worker_key,
             no_save_key,
             deployer_origins,
+            retention,
         } => {
             if max_lease_slices == 0 {
                 return Err(Error::Usage("--max-lease-slices must be at least 1".into()));
@@ -245,6 +278,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 worker_limits: WorkerLimits { max_lease_slices, ..WorkerLimits::default() },
                 worker_key: worker_key.filter(|key| !key.is_empty()),
                 deployer_origins,
+                retention,
             };
             let credentials = if no_save_key { None } else { credentials::default_file() };
             serve(addr, config, credentials).await?;
@@ -299,6 +333,23 @@ async fn run(cli: Cli) -> Result<bool, Error> {
         Command::Cancel { deployer, job } => {
             let status = deployer.client()?.cancel(&job).await?;
             deploy::report(&status, Output::Human);
+            Ok(true)
+        }
+        Command::Delete { deployer, job, force } => {
+            let client = deployer.client()?;
+            if force {
+                let status = client.cancel(&job).await?;
+                if status.state == tessera_protocol::JobState::Cancelled {
+                    eprintln!("tessera: job {job} cancelled");
+                }
+            }
+            let deleted = client.delete(&job).await?;
+            eprintln!(
+                "tessera: job {} deleted ({} slices{})",
+                deleted.job_id,
+                deleted.slices,
+                if deleted.bundle_deleted { ", and its bundle" } else { "" }
+            );
             Ok(true)
         }
         Command::Keys { command: KeysCommand::Create { deployer, name, admin, db: Some(db) } } => {

@@ -23,6 +23,7 @@ pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
         worker_limits: WorkerLimits::default(),
         worker_key: None,
         deployer_origins: Vec::new(),
+        retention: None,
     }
 }
 
