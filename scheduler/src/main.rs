@@ -337,11 +337,9 @@ async fn run(cli: Cli) -> Result<bool, Error> {
         }
         Command::Delete { deployer, job, force } => {
             let client = deployer.client()?;
-            if force {
-                let status = client.cancel(&job).await?;
-                if status.state == tessera_protocol::JobState::Cancelled {
-                    eprintln!("tessera: job {job} cancelled");
-                }
+            if force && client.status(&job).await?.state == tessera_protocol::JobState::Running {
+                client.cancel(&job).await?;
+                eprintln!("tessera: job {job} cancelled");
             }
             let deleted = client.delete(&job).await?;
             eprintln!(

@@ -17,9 +17,24 @@ use crate::error::{Error, Result};
 const MAX_RUNNING_LISTED: i64 = 100;
 
 impl Store {
-    /// Stores a job and all its slices as queued; returns the job id.
+    /// Stores a job and all its slices as queued; returns the job id. A bundle it names must be
+    /// stored, checked in the same unit of work: the retention sweep may delete an unused bundle
+    /// between the server's earlier look and this write.
     pub fn deploy(&mut self, job: NewJob, now: u64) -> Result<String> {
         self.write(|connection, _| {
+            if let Some(sha256) = &job.bundle {
+                let stored: Option<i64> = connection
+                    .prepare_cached("SELECT 1 FROM bundles WHERE sha256 = ?1")?
+                    .query_row([sha256], |row| row.get(0))
+                    .optional()?;
+                if stored.is_none() {
+                    return Err(Error::invalid(
+                        "bundle",
+                        "no bundle with this sha256 is stored (PUT /v1/bundles first; an unused bundle is deleted \
+                         with the last job that named it)",
+                    ));
+                }
+            }
             let id = random_id("j", 8);
             connection.execute(
                 "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, bundle,

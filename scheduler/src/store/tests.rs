@@ -1035,3 +1035,17 @@ fn a_version_3_database_gives_finished_jobs_a_full_retention_period() {
     assert_eq!((deleted[0].job_id.as_str(), deleted[0].bundle_deleted), ("j1", true));
     assert_eq!(store.job_status("j2").unwrap().queued, 1);
 }
+
+#[test]
+fn a_deploy_naming_a_bundle_that_is_gone_is_refused() {
+    let (_dir, mut store) = store();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    store.put_bundle("b", b"bytes", 0).unwrap();
+    completed_job(&mut store, &worker, Some("b"), 0);
+    assert_eq!(store.sweep_expired(2 * DAY_MS, DAY_MS).unwrap().len(), 1);
+    // A deployer that checked the bundle before the sweep deleted it is refused, not given a job
+    // whose workers cannot fetch its bundle.
+    let refused = store.deploy(NewJob { bundle: Some("b".into()), ..job(1) }, 2 * DAY_MS).unwrap_err();
+    assert!(matches!(&refused, Error::InvalidField { field, .. } if field == "bundle"), "{refused}");
+    assert!(store.list_jobs(&Scope::All).unwrap().is_empty());
+}
