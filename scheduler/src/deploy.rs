@@ -439,6 +439,8 @@ mod tests {
         assert_eq!(parse_duration_ms("30s"), Ok(30_000));
         assert_eq!(parse_duration_ms("5m"), Ok(300_000));
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("1.5d"), Ok(129_600_000));
         assert_eq!(parse_duration_ms("90"), Ok(90_000));
         assert_eq!(parse_duration_ms("1.5"), Ok(1_500));
         assert!(parse_duration_ms("5 minutes").unwrap_err().contains("unknown unit"));

@@ -432,3 +432,25 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_takes_durations_with_days_and_refuses_under_a_minute() {
+        assert_eq!(parse_retention("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_retention("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_retention("30s").unwrap_err().contains("under a minute"));
+        assert!(parse_retention("30 days").unwrap_err().contains("unknown unit"));
+        let cli = Cli::try_parse_from(["tessera", "serve", "--retention", "7d"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Serve { retention: Some(r), .. } if r == Duration::from_secs(7 * 86_400))
+        );
+        let cli = Cli::try_parse_from(["tessera", "serve"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve { retention: None, .. }), "default: keep forever");
+        let cli = Cli::try_parse_from(["tessera", "delete", "--force", "j1"]).unwrap();
+        assert!(matches!(cli.command, Command::Delete { force: true, ref job, .. } if job == "j1"));
+    }
+}
