@@ -4,7 +4,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_protocol::{
-    ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobStatus, ResultsPage,
+    ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobDeleted, JobStatus,
+    ResultsPage,
 };
 
 use crate::error::{Error, Result};
@@ -101,6 +102,11 @@ impl Client {
 
     pub async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         self.post(&format!("/jobs/{job_id}/cancel"), &serde_json::json!({})).await
+    }
+
+    /// Deletes a finished job and everything stored for it (a running one is refused: cancel first).
+    pub async fn delete(&self, job_id: &str) -> Result<JobDeleted> {
+        self.answer(self.http.delete(self.url(&format!("/jobs/{job_id}"))).bearer_auth(&self.key).send().await).await
     }
 
     pub async fn results_page(&self, job_id: &str, from: u64) -> Result<ResultsPage> {

@@ -76,7 +76,7 @@ pub fn worktime_for(program: &Path) -> Worktime {
     }
 }
 
-/// A duration in milliseconds from `500ms`, `30s`, `5m`, `1h` or plain seconds (`90`, `1.5`).
+/// A duration in milliseconds from `500ms`, `30s`, `5m`, `1h`, `30d` or plain seconds (`90`, `1.5`).
 pub fn parse_duration_ms(text: &str) -> std::result::Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
@@ -86,10 +86,12 @@ pub fn parse_duration_ms(text: &str) -> std::result::Result<u64, String> {
         "" | "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m or h (e.g. 30s, 5m)")),
+        "d" => 86_400_000.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m, h or d (e.g. 30s, 5m, 30d)")),
     };
-    let value: f64 =
-        number.parse().map_err(|_| format!("`{text}` is not a duration; use e.g. 500ms, 30s, 5m, 1h or seconds"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; use e.g. 500ms, 30s, 5m, 1h, 30d or seconds"))?;
     let ms = (value * scale).round();
     if !ms.is_finite() || ms < 1.0 || ms > u64::MAX as f64 {
         return Err(format!("`{text}` is not a usable duration"));
@@ -438,6 +440,8 @@ mod tests {
         assert_eq!(parse_duration_ms("30s"), Ok(30_000));
         assert_eq!(parse_duration_ms("5m"), Ok(300_000));
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("1.5d"), Ok(129_600_000));
         assert_eq!(parse_duration_ms("90"), Ok(90_000));
         assert_eq!(parse_duration_ms("1.5"), Ok(1_500));
         assert!(parse_duration_ms("5 minutes").unwrap_err().contains("unknown unit"));

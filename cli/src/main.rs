@@ -1,4 +1,5 @@
-//! The `tessera` command: `serve`, `deploy`, `status`, `results`, `jobs`, `cancel`, `keys`, `worker`.
+//! The `tessera` command: `serve`, `deploy`, `status`, `results`, `jobs`, `cancel`, `delete`, `keys`,
+//! `worker`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,6 +124,12 @@ enum Command {
         /// still needed); repeatable, `*` for any. Default: none.
         #[arg(long = "deployer-origin", value_name = "ORIGIN")]
         deployer_origins: Vec<String>,
+        /// Delete a finished job (complete, with errors, failed or cancelled) with its slices,
+        /// results, attempts, console and unused bundle this long after it ended: `12h`, `30d`
+        /// (at least a minute). Checked once a minute. Contributors keep their credits.
+        /// Default: keep every job forever.
+        #[arg(long, value_name = "DURATION", value_parser = parse_retention)]
+        retention: Option<Duration>,
     },
     /// Deploy a job; with --wait, follow it and print its results as JSON lines.
     Deploy {
@@ -166,6 +173,15 @@ enum Command {
         deployer: DeployerArgs,
         job: String,
     },
+    /// Delete a finished job with everything stored for it; a running job is refused unless --force.
+    Delete {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        job: String,
+        /// Cancel the job first if it is still running.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage deployer API keys (needs an admin key).
     Keys {
         #[command(subcommand)]
@@ -208,6 +224,22 @@ enum Command {
     },
 }
 
+/// Shortest `--retention`: anything shorter would delete results before a deployer could
+/// fetch them.
+const MIN_RETENTION: Duration = Duration::from_secs(60);
+
+/// `--retention`'s value: a duration as `--slice-timeout` takes it, plus days, at least
+/// [`MIN_RETENTION`].
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = Duration::from_millis(deploy::parse_duration_ms(text)?);
+    if retention < MIN_RETENTION {
+        return Err(format!(
+            "`{text}` is under a minute: finished jobs would be deleted before their results are read"
+        ));
+    }
+    Ok(retention)
+}
+
 /// Where scripts/bootstrap vendors the Pyodide distribution.
 fn default_pyodide_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -232,6 +264,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             worker_key,
             no_save_key,
             deployer_origins,
+            retention,
         } => {
             if max_lease_slices == 0 {
                 return Err(Error::Usage("--max-lease-slices must be at least 1".into()));
@@ -247,6 +280,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 worker_limits: WorkerLimits { max_lease_slices, ..WorkerLimits::default() },
                 worker_key: worker_key.filter(|key| !key.is_empty()),
                 deployer_origins,
+                retention,
             };
             let credentials = if no_save_key { None } else { credentials::default_file() };
             serve(addr, config, |first| announce_first_key(first, credentials.as_deref())).await?;
@@ -301,6 +335,21 @@ async fn run(cli: Cli) -> Result<bool, Error> {
         Command::Cancel { deployer, job } => {
             let status = deployer.client()?.cancel(&job).await?;
             deploy::report(&status, Output::Human);
+            Ok(true)
+        }
+        Command::Delete { deployer, job, force } => {
+            let client = deployer.client()?;
+            if force && client.status(&job).await?.state == tessera_protocol::JobState::Running {
+                client.cancel(&job).await?;
+                eprintln!("tessera: job {job} cancelled");
+            }
+            let deleted = client.delete(&job).await?;
+            eprintln!(
+                "tessera: job {} deleted ({} slices{})",
+                deleted.job_id,
+                deleted.slices,
+                if deleted.bundle_deleted { ", and its bundle" } else { "" }
+            );
             Ok(true)
         }
         Command::Keys { command: KeysCommand::Create { deployer, name, admin, db: Some(db) } } => {
@@ -404,5 +453,27 @@ fn main() -> ExitCode {
             eprintln!("tessera: {error}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_takes_durations_with_days_and_refuses_under_a_minute() {
+        assert_eq!(parse_retention("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_retention("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_retention("30s").unwrap_err().contains("under a minute"));
+        assert!(parse_retention("30 days").unwrap_err().contains("unknown unit"));
+        let cli = Cli::try_parse_from(["tessera", "serve", "--retention", "7d"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Serve { retention: Some(r), .. } if r == Duration::from_secs(7 * 86_400))
+        );
+        let cli = Cli::try_parse_from(["tessera", "serve"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve { retention: None, .. }), "default: keep forever");
+        let cli = Cli::try_parse_from(["tessera", "delete", "--force", "j1"]).unwrap();
+        assert!(matches!(cli.command, Command::Delete { force: true, ref job, .. } if job == "j1"));
     }
 }

@@ -27,6 +27,7 @@ pub fn is_contributor_id(id: &str) -> bool {
 
 /// `GET /v1/workers/{contributor}`: what the ledger credits a contributor with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContributorTotals {
     pub contributor: String,
     /// Slices accepted with outcome `ok` from this contributor's workers.

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 /// The runtime a job's program runs in inside a sandbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Worktime {
     /// A JavaScript work function `(datum, ...args) => result`, possibly async.
@@ -38,6 +39,7 @@ impl std::str::FromStr for Worktime {
 
 /// `START:END[:STEP]`, END exclusive: the slices are START, START+STEP, … below END.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Range {
     pub start: i64,
     pub end: i64,
@@ -84,6 +86,7 @@ impl std::str::FromStr for Range {
 
 /// `POST /v1/jobs`: everything a job is made of. Exactly one of `slices` and `range` is given.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// A name for people; defaults to the job id.
@@ -127,6 +130,7 @@ pub const DEFAULT_SLICE_TIMEOUT_MS: u64 = 5 * 60_000;
 
 /// Answer to a deploy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployResponse {
     pub job_id: String,
     pub total: u64,
@@ -137,6 +141,7 @@ pub struct DeployResponse {
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Slices are still queued or leased.
@@ -186,6 +191,7 @@ impl std::str::FromStr for JobState {
 
 /// A slice being worked on right now, with the progress its program last reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunningSlice {
     pub slice: u64,
     pub worker_id: String,
@@ -196,6 +202,7 @@ pub struct RunningSlice {
 
 /// `GET /v1/jobs/{id}`: counts a deployer or progress bar needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStatus {
     pub job_id: String,
     pub name: String,
@@ -223,6 +230,7 @@ pub struct JobStatus {
 
 /// How one attempt (lease) at a slice ended, in the slice's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// Still leased.
@@ -287,6 +295,7 @@ impl std::str::FromStr for AttemptOutcome {
 
 /// One attempt at a slice: who ran it, how long, how it ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     pub lease_id: String,
     pub worker_id: String,
@@ -306,6 +315,7 @@ pub struct Attempt {
 
 /// `GET /v1/jobs/{id}/slices/{slice}`: a slice's status and every attempt at it, oldest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SliceHistory {
     pub job_id: String,
     pub slice: u64,
@@ -317,6 +327,7 @@ pub struct SliceHistory {
 
 /// One line of `GET /v1/jobs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobSummary {
     pub job_id: String,
     pub name: String,
@@ -326,8 +337,21 @@ pub struct JobSummary {
     pub errors: u64,
 }
 
+/// Answer to `DELETE /v1/jobs/{id}`: the job is gone, with everything stored for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobDeleted {
+    pub job_id: String,
+    /// Slices deleted with their data and results.
+    pub slices: u64,
+    /// Whether the job's bundle went too (it stays while another job names it, or was uploaded
+    /// within the last hour).
+    pub bundle_deleted: bool,
+}
+
 /// A slice's final or current status in a results page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SliceStatus {
     Pending,
@@ -337,6 +361,7 @@ pub enum SliceStatus {
 
 /// One slice in a results page.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SliceRecord {
     pub slice: u64,
     pub status: SliceStatus,
@@ -350,6 +375,7 @@ pub struct SliceRecord {
 
 /// `GET /v1/jobs/{id}/results?from=N&limit=M`: slices in order; `next` is where the next page starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultsPage {
     pub results: Vec<SliceRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -358,6 +384,7 @@ pub struct ResultsPage {
 
 /// Output a program printed, as shipped with results and read back by the deployer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsoleLine {
     /// The slice that was running, or none for output of the program's set-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]

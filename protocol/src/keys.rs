@@ -10,6 +10,7 @@ pub const KEY_PREFIX: &str = "tsk_";
 
 /// `POST /v1/keys` (admin keys only).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateKeyRequest {
     /// Who or what the key is for (1 to 64 characters, no control characters).
     pub name: String,
@@ -20,6 +21,7 @@ pub struct CreateKeyRequest {
 
 /// A key as `GET /v1/keys` lists it: never its secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyInfo {
     /// The key's id, the `<id>` of `tsk_<id>_<secret>`; jobs record it as their owner.
     pub id: String,
@@ -33,6 +35,7 @@ pub struct ApiKeyInfo {
 
 /// The answer to `POST /v1/keys`: the only time the whole key is shown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub info: ApiKeyInfo,

@@ -15,6 +15,7 @@ use crate::job::{ConsoleLine, Worktime};
 
 /// `POST /v1/workers`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The browser's user agent, for the operator's logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,6 +35,7 @@ pub struct RegisterRequest {
 
 /// The worker's identity and the timing rules it must follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     pub worker_id: String,
     /// The contributor credited for this worker's accepted slices (`GET /v1/workers/{contributor}`):
@@ -54,6 +56,7 @@ pub struct RegisterResponse {
 /// Request limits a scheduler enforces on worker requests; sent at registration so a worker
 /// sizes its requests to fit instead of learning them from refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct WorkerLimits {
     /// Most slices one lease request may ask for (`max_slices`).
@@ -86,6 +89,7 @@ impl Default for WorkerLimits {
 
 /// `POST /v1/leases`: ask for up to `max_slices` slices, waiting up to `wait_ms` when there are none.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseRequest {
     pub max_slices: u32,
     #[serde(default)]
@@ -100,6 +104,7 @@ pub struct LeaseRequest {
 
 /// One attempt at one slice.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lease {
     pub lease_id: String,
     pub token: String,
@@ -112,6 +117,7 @@ pub struct Lease {
 
 /// What a sandbox needs to set up a job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobDescriptor {
     pub job_id: String,
     pub name: String,
@@ -141,6 +147,7 @@ fn default_slice_timeout() -> u64 {
 
 /// Answer to a lease request: the leases, and descriptors of jobs the worker did not know yet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseResponse {
     pub leases: Vec<Lease>,
     #[serde(default)]
@@ -153,6 +160,7 @@ pub struct LeaseResponse {
 
 /// One held lease in a heartbeat.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatItem {
     pub lease_id: String,
     pub token: String,
@@ -163,12 +171,14 @@ pub struct HeartbeatItem {
 
 /// `POST /v1/leases/heartbeat`: extend held leases.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatRequest {
     pub leases: Vec<HeartbeatItem>,
 }
 
 /// Which leases were extended, and which are no longer the worker's (expired, job cancelled).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     pub extended: Vec<String>,
     pub lost: Vec<String>,
@@ -180,6 +190,7 @@ pub struct HeartbeatResponse {
 
 /// How one attempt at a slice ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SliceOutcome {
     /// The program returned a value.
@@ -225,6 +236,7 @@ impl SliceOutcome {
 
 /// One finished lease in a results batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultItem {
     pub lease_id: String,
     pub token: String,
@@ -240,6 +252,7 @@ pub struct ResultItem {
 
 /// `POST /v1/results`: a batch of finished leases.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultsRequest {
     pub results: Vec<ResultItem>,
     /// The worker token, for a batch sent with `navigator.sendBeacon` (which cannot set the
@@ -250,6 +263,7 @@ pub struct ResultsRequest {
 
 /// What became of one submitted result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ResultStatus {
     /// Stored; this is the slice's outcome.
@@ -270,6 +284,7 @@ pub enum ResultStatus {
 
 /// The answer for one submitted result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultAck {
     pub lease_id: String,
     pub status: ResultStatus,
@@ -281,6 +296,7 @@ pub struct ResultAck {
 
 /// Answer to a results batch, one ack per item in the same order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultsResponse {
     pub acks: Vec<ResultAck>,
 }

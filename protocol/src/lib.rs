@@ -13,8 +13,8 @@ pub mod lease;
 pub use bundle::{BundleEntry, BundleError, BundleLimits};
 pub use credits::{is_contributor_id, ContributorTotals, COMPUTE_MS_PER_CREDIT};
 pub use job::{
-    Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse, JobState, JobStatus, JobSummary, Range,
-    ResultsPage, RunningSlice, SliceHistory, SliceRecord, SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,
+    Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse, JobDeleted, JobState, JobStatus, JobSummary,
+    Range, ResultsPage, RunningSlice, SliceHistory, SliceRecord, SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,
 };
 pub use keys::{ApiKeyInfo, CreateKeyRequest, CreatedKey, KEY_PREFIX};
 pub use lease::{
@@ -31,6 +31,7 @@ pub const API_PREFIX: &str = "/v1";
 /// The body of every 4xx/5xx answer: a stable machine-readable code, the offending field when
 /// there is one, and a sentence for people.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// Stable code such as `invalid_field`, `not_found`, `wrong_token`, `unauthorized`, `too_large`.
     pub code: String,

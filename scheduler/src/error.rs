@@ -38,6 +38,10 @@ pub enum Error {
     /// A valid key that may not do this (an admin-only endpoint).
     #[error("{0}")]
     Forbidden(String),
+    /// The request conflicts with the resource's state (deleting a job that is still running);
+    /// the message says what to do first.
+    #[error("{0}")]
+    Conflict(String),
     /// A deployer endpoint was sent a body of another type (a form, plain text): refused, so no
     /// cross-origin form or plain-text POST can reach it.
     #[error("this endpoint takes `Content-Type: {expected}`, not {}", got.as_deref().map(|got| format!("`{got}`")).unwrap_or_else(|| "a body without one".into()))]
@@ -96,6 +100,7 @@ impl Error {
             ),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, body("unauthorized", Some("authorization"))),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, body("forbidden", Some("authorization"))),
+            Error::Conflict(_) => (StatusCode::CONFLICT, body("conflict", None)),
             Error::UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, body("unsupported_media_type", Some("content-type")))
             }

@@ -29,9 +29,10 @@ use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tessera_protocol::{
-    bundle, ApiKeyInfo, BundleLimits, ContributorTotals, CreateKeyRequest, DeployRequest, DeployResponse,
-    HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
-    ResultStatus, ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
+    bundle, ApiError, ApiKeyInfo, BundleLimits, ConsoleLine, ContributorTotals, CreateKeyRequest, CreatedKey,
+    DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse, JobDeleted, JobStatus, JobSummary,
+    LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus, ResultsPage, ResultsRequest,
+    ResultsResponse, SliceHistory, WorkerLimits, Worktime,
 };
 use tokio::sync::{Notify, Semaphore};
 use tower_http::compression::CompressionLayer;
@@ -44,7 +45,9 @@ use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::sandbox_host::SandboxHostPage;
 use crate::site::EmbeddedSite;
-use crate::store::{check_contributor, read, same, Deployer, LeasePolicy, Readers, RegisteredWorker, Store, Writer};
+use crate::store::{
+    check_contributor, read, same, Deployer, LeasePolicy, Readers, RegisteredWorker, Store, Writer, SWEEP_BATCH,
+};
 use crate::syntax::{check_python, PythonFile};
 use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
 
@@ -71,6 +74,10 @@ pub struct ServerConfig {
     /// Origins whose pages may call the deployer endpoints (CORS, with the key still required);
     /// `*` is any origin. Empty: deployer endpoints send no CORS headers at all.
     pub deployer_origins: Vec<String>,
+    /// How long a finished job (complete, complete with errors, failed, cancelled) is kept
+    /// before the retention sweep deletes it and everything stored for it. `None` keeps jobs
+    /// forever: deleting deployers' results cannot be undone, so the operator opts in.
+    pub retention: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -283,7 +290,7 @@ fn deployer_cors(origins: &[String]) -> Result<Option<CorsLayer>> {
     Ok(Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::PUT])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
             .max_age(Duration::from_secs(600)),
     ))
@@ -399,6 +406,12 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
 /// Opening the store extends every active lease to at least now + ttl: work still running in
 /// browsers while the scheduler was down is not made stale by the restart.
 pub fn router(config: ServerConfig) -> Result<Router> {
+    app(config).map(|(router, _)| router)
+}
+
+/// The router and a handle on its housekeeping, so a test can run a retention pass at a time of
+/// its choosing instead of waiting for the periodic one.
+pub fn app(config: ServerConfig) -> Result<(Router, Housekeeping)> {
     let mut store = Store::open(&config.database)?;
     let active = store.extend_active_leases(now_ms() + config.lease.ttl_ms)?;
     if active > 0 {
@@ -416,6 +429,10 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         limits,
     };
     spawn_lease_reaper(state.clone());
+    let housekeeping = Housekeeping { writer: state.writer.clone(), readers: state.readers.clone() };
+    if let Some(retention) = config.retention {
+        spawn_retention_sweep(housekeeping.clone(), retention);
+    }
 
     // Hostile input costs little: every route has its own body limit, time limit and pool of
     // slots (docs/SECURITY.md, "Hostile input").
@@ -431,7 +448,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
     // Workers are anonymous pages on any origin: open, cross-origin. A bundle is fetched by its
     // sha256 (which a job descriptor names), so downloading one needs no key either.
     let worker_api = Router::new()
-        .route("/health", general.guard(get(|| async { Json(serde_json::json!({"ok": true})) }), SMALL_BODY_BYTES))
+        .route("/health", general.guard(get(health), SMALL_BODY_BYTES))
         .route("/workers", general.guard(post(register), REGISTER_BODY_BYTES.min(max_body)))
         .route("/workers/{contributor}", general.guard(get(contributor_totals), SMALL_BODY_BYTES))
         .route("/leases", polls.guard(post(lease), LEASE_BODY_BYTES.min(max_body)))
@@ -439,6 +456,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .route("/results", results.guard(post(submit_results), max_body))
         .route("/bundles/{sha256}", general.guard(get(download_bundle), SMALL_BODY_BYTES))
         .route("/packages", general.guard(get(list_packages), SMALL_BODY_BYTES))
+        .route("/openapi.json", general.guard(get(openapi_json), SMALL_BODY_BYTES))
         .layer(CorsLayer::permissive());
     // Deployers: an API key on every request, JSON bodies only, same-origin.
     let json = || axum::middleware::from_fn(json_only);
@@ -449,7 +467,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
                 .guard(post(deploy).route_layer(json()), max_body)
                 .merge(general.guard(get(list_jobs), SMALL_BODY_BYTES)),
         )
-        .route("/jobs/{id}", general.guard(get(job_status), SMALL_BODY_BYTES))
+        .route("/jobs/{id}", general.guard(get(job_status).delete(delete_job), SMALL_BODY_BYTES))
         .route("/jobs/{id}/results", general.guard(get(job_results), SMALL_BODY_BYTES))
         .route("/jobs/{id}/console", general.guard(get(job_console), SMALL_BODY_BYTES))
         .route("/jobs/{id}/slices/{slice}", general.guard(get(slice_history), SMALL_BODY_BYTES))
@@ -514,7 +532,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .merge(site)
         .layer(axum::middleware::from_fn_with_state(general, pass_gate))
         .layer(CorsLayer::permissive());
-    Ok(Router::new()
+    let router = Router::new()
         .nest(tessera_protocol::API_PREFIX, api)
         .merge(static_files)
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -530,7 +548,8 @@ pub fn router(config: ServerConfig) -> Result<Router> {
                 .on_response(|response: &Response, latency: Duration, _span: &tracing::Span| {
                     tracing::debug!(status = response.status().as_u16(), ms = latency.as_millis() as u64, "served");
                 }),
-        ))
+        );
+    Ok((router, housekeeping))
 }
 
 /// The admin key `serve` made for a new database: shown once, by its caller.
@@ -600,6 +619,69 @@ fn spawn_lease_reaper(state: AppState) {
     });
 }
 
+/// How often the retention sweep looks for expired jobs: a job is deleted at most this long
+/// after its retention period ran out.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The scheduler's housekeeping: the retention sweep, run periodically by the server and on
+/// demand by tests (with a clock of their choosing).
+#[derive(Clone)]
+pub struct Housekeeping {
+    writer: Writer,
+    readers: Readers,
+}
+
+impl Housekeeping {
+    /// Deletes every job that reached its final state at or before `now - retention`, one job
+    /// per unit of work through the group-commit writer: requests queued meanwhile are committed
+    /// between two jobs, so a long pass never holds the writer for more than one job. Returns
+    /// what was deleted.
+    pub async fn sweep(&self, now: u64, retention: Duration) -> Result<Vec<JobDeleted>> {
+        let cutoff = now.saturating_sub(retention.as_millis() as u64);
+        let mut deleted = Vec::new();
+        loop {
+            let batch = self.readers.run(move |connection| read::expired_jobs(connection, cutoff, SWEEP_BATCH)).await?;
+            if batch.is_empty() {
+                return Ok(deleted);
+            }
+            let mut progressed = false;
+            for job_id in batch {
+                let gone = self.writer.run(move |store| store.delete_expired_job(&job_id, cutoff, now)).await?;
+                if let Some(gone) = gone {
+                    tracing::info!(job = %gone.job_id, slices = gone.slices, bundle = gone.bundle_deleted,
+                        "retention: deleted a finished job");
+                    deleted.push(gone);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                // The readers saw jobs the writer no longer finds expired (deleted meanwhile, or a
+                // reader behind the writer): the next pass looks again.
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
+/// Runs the retention sweep every [`SWEEP_INTERVAL`] (the first pass at start-up).
+fn spawn_retention_sweep(housekeeping: Housekeeping, retention: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(error) = housekeeping.sweep(now_ms(), retention).await {
+                tracing::error!(%error, "retention sweep failed; it runs again in a minute");
+            }
+        }
+    });
+}
+
+#[utoipa::path(
+    post, path = "/v1/workers", tag = "workers",
+    request_body = RegisterRequest,
+    responses((status = 200, description = "registered: the worker's id, token, contributor and the limits", body = RegisterResponse),
+        (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 403, description = "a private pool's missing or wrong `worker_key`", body = ApiError))
+)]
 async fn register(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RegisterRequest>,
@@ -638,6 +720,12 @@ async fn register(
 /// A contributor's credits. Open and cross-origin like the other worker endpoints: the id is the
 /// handle (a random id only its browser knows), so a page on any site can show its volunteer's
 /// totals. An id of the wrong shape is `invalid_field`; an unknown one `not_found`.
+#[utoipa::path(
+    get, path = "/v1/workers/{contributor}", tag = "workers",
+    params(("contributor" = String, Path, description = "the contributor id (16 to 64 of `A-Z a-z 0-9 _ -`)")),
+    responses((status = 200, description = "the contributor's credits", body = ContributorTotals), (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError),
+        (status = 404, description = "unknown contributor", body = ApiError))
+)]
 async fn contributor_totals(
     State(state): State<AppState>,
     Path(contributor): Path<String>,
@@ -646,6 +734,12 @@ async fn contributor_totals(
     Ok(Json(state.readers.run(move |connection| read::contributor_totals(connection, &contributor)).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/leases", tag = "workers", security(("worker_token" = [])),
+    request_body = LeaseRequest,
+    responses((status = 200, description = "leases (possibly none after the wait), new job descriptors and ended jobs", body = LeaseResponse),
+        (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 403, description = "missing or unknown worker token", body = ApiError))
+)]
 async fn lease(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -678,6 +772,11 @@ async fn lease(
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/leases/heartbeat", tag = "workers", security(("worker_token" = [])),
+    request_body = HeartbeatRequest,
+    responses((status = 200, description = "leases extended and lost", body = HeartbeatResponse), (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 403, description = "missing or unknown worker token", body = ApiError))
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -696,6 +795,11 @@ async fn heartbeat(
     Ok(Json(answer))
 }
 
+#[utoipa::path(
+    post, path = "/v1/results", tag = "workers", security(("worker_token" = [])),
+    request_body = ResultsRequest,
+    responses((status = 200, description = "one ack per item, in order", body = ResultsResponse), (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 403, description = "missing or unknown worker token", body = ApiError))
+)]
 async fn submit_results(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -719,6 +823,11 @@ async fn submit_results(
     Ok(Json(ResultsResponse { acks }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),
+    request_body = DeployRequest,
+    responses((status = 200, description = "deployed", body = DeployResponse), (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 401, description = "no valid API key", body = ApiError), (status = 413, description = "the body is over `--max-body-bytes`", body = ApiError), (status = 415, description = "the body is not `application/json`", body = ApiError))
+)]
 async fn deploy(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -777,11 +886,19 @@ async fn deploy(
     Ok(Json(DeployResponse { job_id, total, packages }))
 }
 
-async fn list_jobs(State(state): State<AppState>, Caller(caller): Caller) -> Result<impl IntoResponse> {
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),
+    responses((status = 200, description = "the caller's jobs (every job for an admin key), newest first", body = Vec<JobSummary>), (status = 401, description = "no valid API key", body = ApiError))
+)]
+async fn list_jobs(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<Vec<JobSummary>>> {
     let scope = caller.scope();
     Ok(Json(state.readers.run(move |connection| read::list_jobs(connection, &scope)).await?))
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])), params(("id" = String, Path, description = "the job id (`j…`)")),
+    responses((status = 200, description = "the job's state, counts, limits and running slices", body = JobStatus), (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError))
+)]
 async fn job_status(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -790,6 +907,12 @@ async fn job_status(
     Ok(Json(state.read_own_job(&caller, id, read::job_status).await?))
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/slices/{slice}", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the job id"), ("slice" = u64, Path, description = "the slice number")),
+    responses((status = 200, description = "the slice's status and every attempt, oldest first", body = SliceHistory), (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 401, description = "no valid API key", body = ApiError),
+        (status = 404, description = "no such job or slice", body = ApiError))
+)]
 async fn slice_history(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -806,6 +929,13 @@ struct PageQuery {
     limit: Option<u64>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/results", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the job id"),
+        ("from" = Option<u64>, Query, description = "first slice of the page (default 0)"),
+        ("limit" = Option<u64>, Query, description = "slices in the page, 1 to 10,000 (default 1,000)")),
+    responses((status = 200, description = "results in slice order; `next` starts the following page", body = ResultsPage), (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError))
+)]
 async fn job_results(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -820,19 +950,31 @@ async fn job_results(
     Ok(Json(ResultsPage { results, next }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/console", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the job id"),
+        ("after" = Option<u64>, Query, description = "the last `seq` already read (default 0)"),
+        ("limit" = Option<u64>, Query, description = "lines, 1 to 10,000 (default 1,000)")),
+    responses((status = 200, description = "the program's output lines after `after`", body = ConsoleLines), (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError))
+)]
 async fn job_console(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
-) -> Result<impl IntoResponse> {
+) -> Result<Json<ConsoleLines>> {
     let after = page.after.unwrap_or(0);
     let limit = page.limit.unwrap_or(1_000).clamp(1, 10_000);
     let lines =
         state.read_own_job(&caller, id, move |connection, id| read::console(connection, id, after, limit)).await?;
-    Ok(Json(serde_json::json!({ "lines": lines })))
+    Ok(Json(ConsoleLines { lines }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("api_key" = [])), params(("id" = String, Path, description = "the job id (`j…`)")),
+    request_body(content = Object, description = "`{}`", content_type = "application/json"),
+    responses((status = 200, description = "the job's status after cancelling", body = JobStatus), (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError), (status = 415, description = "the body is not `application/json`", body = ApiError))
+)]
 async fn cancel_job(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -850,6 +992,37 @@ async fn cancel_job(
     Ok(Json(status))
 }
 
+/// Deletes a finished job with everything stored for it; a running one is refused (409
+/// `conflict`): cancel it first.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])), params(("id" = String, Path, description = "the job id (`j…`)")),
+    responses((status = 200, description = "deleted, with its slices, results, leases, console and (when unused) bundle", body = JobDeleted),
+        (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError), (status = 409, description = "the job is still running: cancel it first", body = ApiError))
+)]
+async fn delete_job(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobDeleted>> {
+    let scope = caller.scope();
+    let deleted = state
+        .writer
+        .run(move |store| {
+            store.job_access(&id, &scope)?;
+            store.delete_job(&id, now_ms())
+        })
+        .await?;
+    tracing::info!(job = %deleted.job_id, slices = deleted.slices, key = %caller.key_id, "job deleted");
+    Ok(Json(deleted))
+}
+
+#[utoipa::path(
+    put, path = "/v1/bundles", tag = "jobs", security(("api_key" = [])),
+    request_body(content = GzipBytes, description = "the `.tar.gz` bytes", content_type = "application/gzip"),
+    responses((status = 201, description = "stored under its sha256", body = BundleStored),
+        (status = 400, description = "an unusable bundle; the message names the entry", body = ApiError), (status = 401, description = "no valid API key", body = ApiError), (status = 413, description = "the body is over `--max-body-bytes`", body = ApiError),
+        (status = 415, description = "the body is not `application/gzip`", body = ApiError))
+)]
 async fn upload_bundle(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -864,11 +1037,17 @@ async fn upload_bundle(
     })
     .await?;
     let key = sha256.clone();
-    state.writer.run(move |store| store.put_bundle(&key, &bytes)).await?;
+    state.writer.run(move |store| store.put_bundle(&key, &bytes, now_ms())).await?;
     tracing::info!(%sha256, key = %caller.key_id, "bundle stored");
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "sha256": sha256 }))))
+    Ok((StatusCode::CREATED, Json(BundleStored { sha256 })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/bundles/{sha256}", tag = "workers",
+    params(("sha256" = String, Path, description = "the bundle's sha256, as `PUT /v1/bundles` returned it")),
+    responses((status = 200, description = "the bundle's bytes (immutable)", body = GzipBytes, content_type = "application/gzip"),
+        (status = 404, description = "no such bundle", body = ApiError))
+)]
 async fn download_bundle(State(state): State<AppState>, Path(sha256): Path<String>) -> Result<Response> {
     let bytes = state.readers.run(move |connection| read::bundle(connection, &sha256)).await?;
     Ok((
@@ -881,10 +1060,38 @@ async fn download_bundle(State(state): State<AppState>, Path(sha256): Path<Strin
         .into_response())
 }
 
+/// `{"ok": true}`: the scheduler is up.
+#[utoipa::path(
+    get, path = "/v1/health", tag = "workers",
+    responses((status = 200, description = "the scheduler is up", body = Health))
+)]
+async fn health() -> Json<Health> {
+    Json(Health { ok: true })
+}
+
+/// The OpenAPI 3.1 description of `/v1`, generated from the handlers' annotations.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "workers",
+    responses((status = 200, description = "this description (OpenAPI 3.1)", body = Object))
+)]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+#[utoipa::path(
+    get, path = "/v1/packages", tag = "workers",
+    responses((status = 200, description = "the Pyodide packages this scheduler can serve", body = Vec<String>))
+)]
 async fn list_packages(State(state): State<AppState>) -> Json<Vec<String>> {
     Json(state.packages.available())
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys", security(("api_key" = [])),
+    request_body = CreateKeyRequest,
+    responses((status = 201, description = "the new key; the whole key is shown only here", body = CreatedKey), (status = 400, description = "a field is missing, malformed or out of range; `field` names it", body = ApiError), (status = 401, description = "no valid API key", body = ApiError),
+        (status = 403, description = "not an admin key", body = ApiError), (status = 415, description = "the body is not `application/json`", body = ApiError))
+)]
 async fn create_key(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -895,10 +1102,23 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys", security(("api_key" = [])),
+    responses((status = 200, description = "every key, oldest first, never a secret", body = Vec<ApiKeyInfo>), (status = 401, description = "no valid API key", body = ApiError),
+        (status = 403, description = "not an admin key", body = ApiError))
+)]
 async fn list_keys(State(state): State<AppState>, Admin(_): Admin) -> Result<Json<Vec<ApiKeyInfo>>> {
     Ok(Json(state.readers.run(read::list_keys).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/revoke", tag = "keys", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the key id (`k…`)")),
+    request_body(content = Object, description = "`{}`", content_type = "application/json"),
+    responses((status = 200, description = "the key, with `revoked_ms`", body = ApiKeyInfo),
+        (status = 400, description = "the last admin key cannot be revoked", body = ApiError), (status = 401, description = "no valid API key", body = ApiError),
+        (status = 403, description = "not an admin key", body = ApiError), (status = 404, description = "no such key", body = ApiError), (status = 415, description = "the body is not `application/json`", body = ApiError))
+)]
 async fn revoke_key(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -909,4 +1129,88 @@ async fn revoke_key(
     state.forget_key(&revoked.id);
     tracing::info!(key = %revoked.id, name = %revoked.name, by = %admin.key_id, "API key revoked");
     Ok(Json(revoked))
+}
+
+/// `GET /v1/health`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    ok: bool,
+}
+
+/// `GET /v1/jobs/{id}/console`'s answer: lines after `after`, oldest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ConsoleLines {
+    lines: Vec<ConsoleLine>,
+}
+
+/// `PUT /v1/bundles`'s answer: the address the bundle is stored under.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct BundleStored {
+    sha256: String,
+}
+
+/// A bundle's bytes in the description: a gzip-compressed tar archive, not a JSON array.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Only describes a body; the handlers read and send raw bytes.
+struct GzipBytes(Vec<u8>);
+
+/// The OpenAPI description of `/v1`: every annotated handler, the protocol's types as schemas,
+/// and the two bearer schemes (deployer API keys, worker tokens). A test checks it against
+/// docs/PROTOCOL.md, so the description, the handlers and the document cannot drift apart.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera scheduler protocol",
+        version = "1",
+        description = "HTTP + JSON under /v1: deployer endpoints (API key) and worker endpoints \
+                       (open, worker token). docs/PROTOCOL.md describes every endpoint with examples."
+    ),
+    paths(
+        health, openapi_json, register, contributor_totals, lease, heartbeat, submit_results, download_bundle,
+        list_packages, deploy, list_jobs, job_status, delete_job, slice_history, job_results, job_console, cancel_job,
+        upload_bundle, create_key, list_keys, revoke_key
+    ),
+    components(schemas(ApiError)),
+    modifiers(&BearerSchemes),
+    tags(
+        (name = "jobs", description = "deployer endpoints: an API key on every request"),
+        (name = "keys", description = "API keys: admin keys only"),
+        (name = "workers", description = "worker endpoints: open and cross-origin; leases and results need the worker token"),
+    )
+)]
+struct ApiDoc;
+
+/// Adds the security schemes the operations name: `api_key` and `worker_token`.
+struct BearerSchemes;
+
+impl utoipa::Modify for BearerSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("tsk_<id>_<secret>")
+                    .description(Some("a deployer API key: `Authorization: Bearer tsk_…`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "worker_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("the token `POST /v1/workers` returned"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 description of `/v1` that `GET /v1/openapi.json` serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
 }

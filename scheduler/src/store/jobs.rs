@@ -17,9 +17,24 @@ use crate::error::{Error, Result};
 const MAX_RUNNING_LISTED: i64 = 100;
 
 impl Store {
-    /// Stores a job and all its slices as queued; returns the job id.
+    /// Stores a job and all its slices as queued; returns the job id. A bundle it names must be
+    /// stored, checked in the same unit of work: the retention sweep may delete an unused bundle
+    /// between the server's earlier look and this write.
     pub fn deploy(&mut self, job: NewJob, now: u64) -> Result<String> {
         self.write(|connection, _| {
+            if let Some(sha256) = &job.bundle {
+                let stored: Option<i64> = connection
+                    .prepare_cached("SELECT 1 FROM bundles WHERE sha256 = ?1")?
+                    .query_row([sha256], |row| row.get(0))
+                    .optional()?;
+                if stored.is_none() {
+                    return Err(Error::invalid(
+                        "bundle",
+                        "no bundle with this sha256 is stored (PUT /v1/bundles first; an unused bundle is deleted \
+                         with the last job that named it)",
+                    ));
+                }
+            }
             let id = random_id("j", 8);
             connection.execute(
                 "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, bundle,
@@ -57,8 +72,8 @@ impl Store {
         self.write(|connection, _| {
             job_total(connection, job_id)?;
             let changed = connection.execute(
-                "UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3",
-                params![JobState::Cancelled.as_str(), job_id, JobState::Running.as_str()],
+                "UPDATE jobs SET state = ?1, ended_ms = ?4 WHERE id = ?2 AND state = ?3",
+                params![JobState::Cancelled.as_str(), job_id, JobState::Running.as_str(), now as i64],
             )?;
             if changed > 0 {
                 abandon_leases(connection, job_id, now)?;
@@ -67,11 +82,15 @@ impl Store {
         })
     }
 
-    /// Stores an uploaded bundle under its sha256 (idempotent).
-    pub fn put_bundle(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
+    /// Stores an uploaded bundle under its sha256 (idempotent). Uploading it again renews its
+    /// upload time, so a bundle about to be named by a deploy is not deleted as unused meanwhile.
+    pub fn put_bundle(&mut self, sha256: &str, bytes: &[u8], now: u64) -> Result<()> {
         self.write(|connection, _| {
-            connection
-                .execute("INSERT OR IGNORE INTO bundles (sha256, bytes) VALUES (?1, ?2)", params![sha256, bytes])?;
+            connection.execute(
+                "INSERT INTO bundles (sha256, bytes, uploaded_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sha256) DO UPDATE SET uploaded_ms = MAX(uploaded_ms, excluded.uploaded_ms)",
+                params![sha256, bytes, now as i64],
+            )?;
             Ok(())
         })
     }
@@ -134,8 +153,8 @@ pub(super) fn abandon_leases(connection: &Connection, job_id: &str, now: u64) ->
 /// Fails a running job with `error` (nothing more is handed out); returns whether it was running.
 pub(super) fn fail_job(connection: &Connection, job_id: &str, error: &str, now: u64) -> Result<bool> {
     let changed = connection.execute(
-        "UPDATE jobs SET state = ?1, error = ?2 WHERE id = ?3 AND state = ?4",
-        params![JobState::Failed.as_str(), error, job_id, JobState::Running.as_str()],
+        "UPDATE jobs SET state = ?1, error = ?2, ended_ms = ?5 WHERE id = ?3 AND state = ?4",
+        params![JobState::Failed.as_str(), error, job_id, JobState::Running.as_str(), now as i64],
     )?;
     if changed > 0 {
         abandon_leases(connection, job_id, now)?;
@@ -143,8 +162,9 @@ pub(super) fn fail_job(connection: &Connection, job_id: &str, error: &str, now: 
     Ok(changed > 0)
 }
 
-/// Marks a running job `complete` or `complete_with_errors` once no slice is queued or leased.
-pub(super) fn finish_if_done(connection: &Connection, job_id: &str) -> Result<()> {
+/// Marks a running job `complete` or `complete_with_errors` once no slice is queued or leased,
+/// noting `now` as when it ended (retention counts from then).
+pub(super) fn finish_if_done(connection: &Connection, job_id: &str, now: u64) -> Result<()> {
     let unfinished: Option<i64> = connection
         .prepare_cached("SELECT 1 FROM slices WHERE job_id = ?1 AND state IN ('queued', 'leased') LIMIT 1")?
         .query_row([job_id], |row| row.get(0))
@@ -157,11 +177,9 @@ pub(super) fn finish_if_done(connection: &Connection, job_id: &str) -> Result<()
         .query_row([job_id], |row| row.get(0))
         .optional()?;
     let state = if errors.is_some() { JobState::CompleteWithErrors } else { JobState::Complete };
-    connection.prepare_cached("UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3")?.execute(params![
-        state.as_str(),
-        job_id,
-        JobState::Running.as_str()
-    ])?;
+    connection
+        .prepare_cached("UPDATE jobs SET state = ?1, ended_ms = ?4 WHERE id = ?2 AND state = ?3")?
+        .execute(params![state.as_str(), job_id, JobState::Running.as_str(), now as i64])?;
     Ok(())
 }
 

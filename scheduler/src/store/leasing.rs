@@ -257,7 +257,7 @@ impl Store {
                 acks.push(ResultAck { lease_id: item.lease_id.clone(), status, message });
             }
             for job_id in &touched_jobs {
-                finish_if_done(connection, job_id)?;
+                finish_if_done(connection, job_id, now)?;
             }
             Ok(acks)
         })
@@ -297,7 +297,7 @@ impl Store {
                 touched_jobs.insert(job_id.clone());
             }
             for job_id in &touched_jobs {
-                finish_if_done(connection, job_id)?;
+                finish_if_done(connection, job_id, now)?;
             }
             Ok(reaped)
         })

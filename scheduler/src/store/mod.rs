@@ -7,8 +7,9 @@
 //! acknowledged change survives a crash, and a failed operation changes nothing.
 //!
 //! - [`schema`]: the layout and its migrations (`PRAGMA user_version`).
-//! - `workers`, `jobs`, `leasing`, `keys`, `credits`: the operations, grouped by what they change
-//!   (`credits`: contributors and the ledger that credits each slice accepted `ok`).
+//! - `workers`, `jobs`, `leasing`, `keys`, `credits`, `retention`: the operations, grouped by what
+//!   they change (`credits`: contributors and the ledger that credits each slice accepted `ok`;
+//!   `retention`: deleting finished jobs).
 //! - [`read`]: the read-only queries, usable on any connection (the server's read pool).
 //!
 //! States are Rust enums stored as text; an unknown stored value is an [`Error::Corrupt`], never
@@ -18,6 +19,7 @@ mod credits;
 mod jobs;
 mod keys;
 mod leasing;
+mod retention;
 pub mod schema;
 mod workers;
 mod writer;
@@ -37,6 +39,7 @@ pub use credits::check_contributor;
 pub(crate) use keys::same;
 pub use keys::{Deployer, Scope, MAX_KEY_NAME, SECRET_BYTES};
 pub use leasing::Reaped;
+pub use retention::{BUNDLE_GRACE_MS, SWEEP_BATCH};
 pub use workers::RegisteredWorker;
 pub use writer::{Readers, Writer};
 
@@ -46,6 +49,7 @@ pub mod read {
     pub use super::credits::contributor_totals;
     pub use super::jobs::{bundle, console, job_status, list_jobs, results, slice_history};
     pub use super::keys::{deployer_by_key, job_access, list_keys};
+    pub use super::retention::expired_jobs;
     pub use super::workers::worker_by_token;
 }
 

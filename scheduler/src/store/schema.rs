@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use crate::error::{Error, Result};
 
 /// The schema this code reads and writes.
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
 /// The version-1 layout, which a new database starts from (and [`from_v0`] rebuilds into). States
 /// are checked by SQL so no unknown value can be written.
@@ -100,7 +100,7 @@ CREATE INDEX setup_errors_by_job ON setup_errors(job_id, message);
 type Migration = fn(&Transaction) -> Result<()>;
 
 /// Every migration, in order.
-const MIGRATIONS: [Migration; 3] = [from_v0, from_v1, from_v2];
+const MIGRATIONS: [Migration; 4] = [from_v0, from_v1, from_v2, from_v3];
 
 /// Version 0 is the first release's layout (no version set): job state `active`, lease states
 /// `active | completed | expired`, no CHECK constraints. Tables whose shape changed are rebuilt
@@ -201,6 +201,25 @@ fn from_v2(transaction: &Transaction) -> Result<()> {
         CREATE INDEX credits_by_contributor ON credits(contributor, at_ms);
         UPDATE workers SET contributor = 'c' || lower(hex(randomblob(16)));
         INSERT INTO contributors (id, created_ms) SELECT contributor, created_ms FROM workers;
+        "#,
+    )?;
+    Ok(())
+}
+
+/// Version 4: retention. `jobs.ended_ms` is when a job reached its final state (NULL while it
+/// runs), so `tessera serve --retention` can delete finished jobs once they are old enough; jobs
+/// that had already finished are given the time of this migration, so an upgrade never deletes a
+/// deployer's results earlier than a full retention period after it. `bundles.uploaded_ms` is when
+/// a bundle was last uploaded: a bundle uploaded moments ago is kept even while no job names it
+/// yet (its deploy may be on its way); bundles from before count as uploaded long ago (0).
+fn from_v3(transaction: &Transaction) -> Result<()> {
+    transaction.execute_batch(
+        r#"
+        ALTER TABLE jobs ADD COLUMN ended_ms INTEGER;
+        UPDATE jobs SET ended_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER) WHERE state <> 'running';
+        CREATE INDEX jobs_by_ended ON jobs(ended_ms) WHERE ended_ms IS NOT NULL;
+        CREATE INDEX jobs_by_bundle ON jobs(bundle) WHERE bundle IS NOT NULL;
+        ALTER TABLE bundles ADD COLUMN uploaded_ms INTEGER NOT NULL DEFAULT 0;
         "#,
     )?;
     Ok(())

@@ -842,3 +842,210 @@ fn a_version_2_database_gains_the_ledger_and_its_workers_a_contributor_each() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.contributor_totals(&contributors[0].0).unwrap().compute_ms, 40, "opening again changes nothing");
 }
+
+const DAY_MS: u64 = 86_400_000;
+
+/// Rows of `table` stored for job `job_id`.
+fn rows_of(store: &Store, table: &str, job_id: &str) -> i64 {
+    store
+        .connection
+        .query_row(&format!("SELECT COUNT(*) FROM {table} WHERE job_id = ?1"), [job_id], |row| row.get(0))
+        .unwrap()
+}
+
+fn bundle_stored(store: &Store, sha256: &str) -> bool {
+    store.bundle(sha256).is_ok()
+}
+
+/// Deploys a job (with `bundle`) and runs every slice to `ok` on `worker` at `now`, with a
+/// console line and a measured time each; returns the job id.
+fn completed_job(store: &mut Store, worker: &str, bundle: Option<&str>, now: u64) -> String {
+    let job_id = store.deploy(NewJob { bundle: bundle.map(str::to_string), ..job(2) }, now).unwrap();
+    let leases = lease(store, worker, 10, now);
+    assert_eq!(leases.len(), 2);
+    let items: Vec<ResultItem> = leases
+        .iter()
+        .map(|lease| ResultItem {
+            console: vec![tessera_protocol::ConsoleLine {
+                seq: None,
+                slice: Some(lease.slice),
+                stream: "stdout".into(),
+                text: "hi".into(),
+            }],
+            ..ok_measured(lease, json!(lease.slice), Some(5))
+        })
+        .collect();
+    assert!(statuses(&submit(store, worker, &items, now + 10)).iter().all(|s| *s == ResultStatus::Accepted));
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Complete);
+    job_id
+}
+
+#[test]
+fn retention_removes_an_expired_jobs_slices_results_and_bundle_and_nothing_else() {
+    let (_dir, mut store) = store();
+    let alice = contributor("alice");
+    let worker = store.register_worker(None, 1, Some(&alice), 0).unwrap().worker_id;
+    store.put_bundle("own", b"own bytes", 0).unwrap();
+    store.put_bundle("shared", b"shared bytes", 0).unwrap();
+    // Expired: finished on day 0; one with a bundle of its own, one sharing a bundle.
+    let expired = completed_job(&mut store, &worker, Some("own"), 1_000);
+    let expired_shared = completed_job(&mut store, &worker, Some("shared"), 2_000);
+    let cancelled = store.deploy(job(3), 3_000).unwrap();
+    store.cancel(&cancelled, 3_500).unwrap();
+    // Kept: a job finished on day 2 that shares the bundle, and a job still running (deployed on
+    // day 0, so only its end, not its age, decides).
+    let recent = completed_job(&mut store, &worker, Some("shared"), 2 * DAY_MS);
+    let running = store.deploy(NewJob { bundle: Some("own".into()), ..job(2) }, 500).unwrap();
+    // The running job's slices are leased: an attempt in flight is not touched either.
+    assert_eq!(lease(&mut store, &worker, 1, 2 * DAY_MS).len(), 1);
+    let totals_before = store.contributor_totals(&alice).unwrap();
+    let ledger_before: i64 = store.connection.query_row("SELECT COUNT(*) FROM credits", [], |row| row.get(0)).unwrap();
+    let keep = |store: &Store, job_id: &str| {
+        [("slices", rows_of(store, "slices", job_id)), ("leases", rows_of(store, "leases", job_id))]
+    };
+    let recent_rows = keep(&store, &recent);
+    let running_rows = keep(&store, &running);
+    assert_eq!(rows_of(&store, "console", &recent), 2);
+
+    // One day's retention, swept on day 2: the three jobs that ended on day 0 go.
+    let deleted = store.sweep_expired(2 * DAY_MS + 100, DAY_MS).unwrap();
+    let mut ids: Vec<&str> = deleted.iter().map(|gone| gone.job_id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![expired.as_str(), expired_shared.as_str(), cancelled.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    for job_id in [&expired, &expired_shared, &cancelled] {
+        for table in ["slices", "leases", "console", "setup_errors"] {
+            assert_eq!(rows_of(&store, table, job_id), 0, "{table} of {job_id}");
+        }
+        assert!(matches!(store.job_status(job_id), Err(Error::NotFound { .. })));
+    }
+    // The bundle only the expired job used is gone; the one a kept job still names stays, and so
+    // does the one the running job names.
+    assert!(bundle_stored(&store, "shared"), "a kept job names it");
+    assert!(bundle_stored(&store, "own"), "the running job names it");
+    assert_eq!(deleted.iter().find(|gone| gone.job_id == expired).map(|gone| gone.bundle_deleted), Some(false));
+    // Everything else is as it was.
+    assert_eq!(keep(&store, &recent), recent_rows);
+    assert_eq!(keep(&store, &running), running_rows);
+    assert_eq!(rows_of(&store, "console", &recent), 2);
+    assert_eq!(store.job_status(&recent).unwrap().done, 2);
+    assert_eq!(store.job_status(&running).unwrap().leased, 1);
+    assert_eq!(store.contributor_totals(&alice).unwrap(), totals_before, "contributors keep their credits");
+    let ledger_after: i64 = store.connection.query_row("SELECT COUNT(*) FROM credits", [], |row| row.get(0)).unwrap();
+    assert_eq!(ledger_after, ledger_before, "the ledger keeps its rows");
+    assert!(store.sweep_expired(2 * DAY_MS + 100, DAY_MS).unwrap().is_empty(), "a second pass finds nothing");
+
+    // Once the running job ends and expires, it goes with the bundle no one names any more.
+    // (It ends just before the recent job did, so one cutoff falls between the two.)
+    store.cancel(&running, 2 * DAY_MS).unwrap();
+    let deleted = store.sweep_expired(3 * DAY_MS + 5, DAY_MS).unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!((deleted[0].job_id.as_str(), deleted[0].slices, deleted[0].bundle_deleted), (running.as_str(), 2, true));
+    assert!(!bundle_stored(&store, "own"));
+    assert!(bundle_stored(&store, "shared"), "the recent job still names it");
+    assert_eq!(store.contributor_totals(&alice).unwrap(), totals_before);
+}
+
+#[test]
+fn a_bundle_uploaded_within_the_grace_period_outlives_its_deleted_job() {
+    let (_dir, mut store) = store();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    store.put_bundle("b", b"bytes", 0).unwrap();
+    let job_id = completed_job(&mut store, &worker, Some("b"), 0);
+    // The deployer uploads the same bundle again for its next deploy, just before the sweep.
+    let sweep_at = DAY_MS + 10;
+    store.put_bundle("b", b"bytes", sweep_at - 1).unwrap();
+    let deleted = store.sweep_expired(sweep_at, DAY_MS).unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].job_id, job_id);
+    assert!(!deleted[0].bundle_deleted);
+    assert!(bundle_stored(&store, "b"), "a deploy naming it may be on its way");
+}
+
+#[test]
+fn deleting_a_job_refuses_a_running_one_and_then_it_is_gone() {
+    let (_dir, mut store) = store();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let job_id = store.deploy(job(2), 0).unwrap();
+    assert_eq!(lease(&mut store, &worker, 1, 0).len(), 1);
+    let refused = store.delete_job(&job_id, 10).unwrap_err();
+    assert!(matches!(&refused, Error::Conflict(message) if message.contains("cancel it first")), "{refused}");
+    assert_eq!(store.job_status(&job_id).unwrap().leased, 1, "a refusal changes nothing");
+    store.cancel(&job_id, 20).unwrap();
+    let deleted = store.delete_job(&job_id, 30).unwrap();
+    assert_eq!((deleted.slices, deleted.bundle_deleted), (2, false));
+    for table in ["slices", "leases", "console", "setup_errors"] {
+        assert_eq!(rows_of(&store, table, &job_id), 0, "{table}");
+    }
+    assert!(matches!(store.delete_job(&job_id, 40), Err(Error::NotFound { .. })));
+    assert!(matches!(store.job_status(&job_id), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn jobs_note_when_they_ended() {
+    let (_dir, mut store) = store();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let ended = |store: &Store, job_id: &str| -> Option<i64> {
+        store.connection.query_row("SELECT ended_ms FROM jobs WHERE id = ?1", [job_id], |row| row.get(0)).unwrap()
+    };
+    let complete = completed_job(&mut store, &worker, None, 100);
+    assert_eq!(ended(&store, &complete), Some(110));
+    let cancelled = store.deploy(job(1), 200).unwrap();
+    assert_eq!(ended(&store, &cancelled), None, "running");
+    store.cancel(&cancelled, 250).unwrap();
+    assert_eq!(ended(&store, &cancelled), Some(250));
+    store.cancel(&cancelled, 300).unwrap();
+    assert_eq!(ended(&store, &cancelled), Some(250), "cancelling again does not move it");
+}
+
+#[test]
+fn a_version_3_database_gives_finished_jobs_a_full_retention_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let mut old = Connection::open(&path).unwrap();
+        schema::create_at_version(&mut old, 3).unwrap();
+        old.execute_batch(
+            "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, bundle, state,
+                               total, created_ms)
+             VALUES ('j1', 'done', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', 'b1', 'complete', 1, 5),
+                    ('j2', 'busy', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', NULL, 'running', 1, 6);
+             INSERT INTO slices (job_id, idx, datum, state, attempts, result) VALUES ('j1', 0, '1', 'ok', 1, '1');
+             INSERT INTO slices (job_id, idx, datum, state) VALUES ('j2', 0, '1', 'queued');
+             INSERT INTO bundles (sha256, bytes) VALUES ('b1', x'00');",
+        )
+        .unwrap();
+    }
+    let before = crate::server::now_ms() as i64;
+    let mut store = Store::open(&path).unwrap();
+    let after = crate::server::now_ms() as i64;
+    let version: i64 = store.connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, schema::LATEST_VERSION);
+    let ended = |id: &str| -> Option<i64> {
+        store.connection.query_row("SELECT ended_ms FROM jobs WHERE id = ?1", [id], |row| row.get(0)).unwrap()
+    };
+    let migrated = ended("j1").expect("a finished job gets an end");
+    assert!((before..=after).contains(&migrated), "{before} <= {migrated} <= {after}");
+    assert_eq!(ended("j2"), None);
+    // Not deleted by a sweep right after the upgrade, only a retention period after it.
+    assert!(store.sweep_expired(after as u64, DAY_MS).unwrap().is_empty());
+    let deleted = store.sweep_expired(migrated as u64 + DAY_MS, DAY_MS).unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!((deleted[0].job_id.as_str(), deleted[0].bundle_deleted), ("j1", true));
+    assert_eq!(store.job_status("j2").unwrap().queued, 1);
+}
+
+#[test]
+fn a_deploy_naming_a_bundle_that_is_gone_is_refused() {
+    let (_dir, mut store) = store();
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    store.put_bundle("b", b"bytes", 0).unwrap();
+    completed_job(&mut store, &worker, Some("b"), 0);
+    assert_eq!(store.sweep_expired(2 * DAY_MS, DAY_MS).unwrap().len(), 1);
+    // A deployer that checked the bundle before the sweep deleted it is refused, not given a job
+    // whose workers cannot fetch its bundle.
+    let refused = store.deploy(NewJob { bundle: Some("b".into()), ..job(1) }, 2 * DAY_MS).unwrap_err();
+    assert!(matches!(&refused, Error::InvalidField { field, .. } if field == "bundle"), "{refused}");
+    assert!(store.list_jobs(&Scope::All).unwrap().is_empty());
+}

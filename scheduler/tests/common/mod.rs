@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use tessera_protocol::{BundleLimits, WorkerLimits};
-use tessera_scheduler::server::{router, ServerConfig};
+use tessera_scheduler::server::{app, router, Housekeeping, ServerConfig};
 use tessera_scheduler::store::{LeasePolicy, Store};
 use tessera_scheduler::validate::DeployLimits;
 
@@ -22,6 +22,7 @@ pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
         worker_limits: WorkerLimits::default(),
         worker_key: None,
         deployer_origins: Vec::new(),
+        retention: None,
     }
 }
 
@@ -39,4 +40,15 @@ pub async fn serve(config: ServerConfig) -> (SocketAddr, String) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, key)
+}
+
+/// Like [`serve`], and also returns the server's housekeeping, so a test can run a retention
+/// pass at a time of its choosing.
+pub async fn serve_with_housekeeping(config: ServerConfig) -> (SocketAddr, String, Housekeeping) {
+    let key = create_key(&config, "tester", false);
+    let (app, housekeeping) = app(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, key, housekeeping)
 }
