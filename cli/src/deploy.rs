@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tessera_protocol::{
-    bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceHistory, SliceRecord, SliceStatus, Worktime,
+    bundle, BundleEntry, ConsoleLine, DeployRequest, JobState, JobStatus, Range, SliceHistory, SliceRecord,
+    SliceStatus, Worktime,
 };
 
-use crate::client::Client;
+use crate::client::{Client, JobEvent};
 use crate::error::{Error, Result};
 
 /// Everything `tessera deploy` is told (the command line's options, parsed by clap).
@@ -212,10 +213,13 @@ pub async fn deploy(client: &Client, options: DeployOptions) -> Result<bool> {
     Ok(report(&status, output))
 }
 
-/// Polls a job until it is final, showing progress (a bar on a terminal, lines otherwise) and console output.
+/// Follows a job's event stream until the job is final, showing progress (a bar on a terminal,
+/// lines otherwise) and console output. A dropped connection is resumed from the last event
+/// received, so no console line is missed or shown twice.
 pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_console: bool) -> Result<JobStatus> {
     let started = Instant::now();
-    let terminal = std::io::stderr().is_terminal() && output == Output::Human;
+    let human = output == Output::Human;
+    let terminal = std::io::stderr().is_terminal() && human;
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -224,49 +228,85 @@ pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_consol
         );
         bar
     });
-    let mut console_after = 0;
+    let say = |text: String| match &bar {
+        Some(bar) => bar.println(text),
+        None => eprintln!("{text}"),
+    };
+    // Counted from the stream itself: it replays every final outcome from the start.
+    let (mut total, mut done, mut errors) = (0u64, 0u64, 0u64);
     let mut last_line = Instant::now() - Duration::from_secs(10);
-    loop {
-        let status = client.status(job_id).await?;
-        if show_console {
-            for line in client.console(job_id, console_after).await? {
-                console_after = line.seq.unwrap_or(console_after);
-                let text = match line.slice {
-                    Some(slice) => format!("[slice {slice} {}] {}", line.stream, line.text.trim_end()),
-                    None => format!("[{}] {}", line.stream, line.text.trim_end()),
-                };
-                match &bar {
-                    Some(bar) => bar.println(text),
-                    None => eprintln!("{text}"),
+    let on_event = |event: &JobEvent| -> Result<()> {
+        match event.name.as_str() {
+            "state" | "progress" => total = event.data["total"].as_u64().unwrap_or(total),
+            "result" => match event.data["status"].as_str() {
+                Some("ok") => done += 1,
+                Some("error") => errors += 1,
+                _ => {}
+            },
+            "console" if show_console => {
+                if let Ok(line) = serde_json::from_value::<ConsoleLine>(event.data.clone()) {
+                    say(console_text(&line));
                 }
             }
+            _ => {}
         }
-        let finished = status.done + status.errors;
+        let finished = done + errors;
         match &bar {
             Some(bar) => {
-                bar.set_length(status.total);
+                bar.set_length(total);
                 bar.set_position(finished);
-                bar.set_message(format!("({} errors)", status.errors));
+                bar.set_message(format!("({errors} errors)"));
             }
-            None if output == Output::Human && last_line.elapsed() >= Duration::from_secs(2) => {
+            None if human && last_line.elapsed() >= Duration::from_secs(2) => {
                 eprintln!(
-                    "progress: {finished}/{} slices ({} errors) after {:.1}s",
-                    status.total,
-                    status.errors,
+                    "progress: {finished}/{total} slices ({errors} errors) after {:.1}s",
                     started.elapsed().as_secs_f64()
                 );
                 last_line = Instant::now();
             }
             None => {}
         }
-        if status.state.is_final() {
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            return Ok(status);
+        Ok(())
+    };
+    let on_reconnect = |after: u64, error: &Error| {
+        if human {
+            say(format!("tessera: {error}; reconnecting after event {after}"));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let status = client.follow(job_id, on_event, on_reconnect).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
+    status
+}
+
+/// A console line for people: `[slice 4 stdout] text`.
+fn console_text(line: &ConsoleLine) -> String {
+    match line.slice {
+        Some(slice) => format!("[slice {slice} {}] {}", line.stream, line.text.trim_end()),
+        None => format!("[{}] {}", line.stream, line.text.trim_end()),
+    }
+}
+
+/// `tessera results JOB --follow`: prints each result as a JSON line on stdout the moment it
+/// arrives (in the order slices finish), until the job is final; resumes from the last event when
+/// the connection drops, so every slice is printed exactly once. Returns the final status.
+pub async fn follow_results(client: &Client, job_id: &str, output: Output) -> Result<JobStatus> {
+    let on_event = |event: &JobEvent| -> Result<()> {
+        if event.name != "result" {
+            return Ok(());
+        }
+        let record: SliceRecord = serde_json::from_value(event.data.clone())
+            .map_err(|error| Error::Unreachable(format!("unexpected result event from the scheduler: {error}")))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", result_line(&record)).and_then(|()| out.flush()).map_err(Error::io("writing results"))
+    };
+    let on_reconnect = |after: u64, error: &Error| {
+        if output == Output::Human {
+            eprintln!("tessera: {error}; reconnecting after event {after}");
+        }
+    };
+    client.follow(job_id, on_event, on_reconnect).await
 }
 
 /// One result as a JSON line.

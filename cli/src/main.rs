@@ -143,7 +143,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a job's results in slice order (JSON lines).
+    /// Print a job's results in slice order (JSON lines); with --follow, as they arrive.
     Results {
         #[command(flatten)]
         deployer: DeployerArgs,
@@ -151,6 +151,10 @@ enum Command {
         /// JSON lines only, no summary.
         #[arg(long)]
         json: bool,
+        /// Print results as they arrive (in the order slices finish) until the job ends, over the
+        /// job's event stream (resumed where it broke off if the connection drops).
+        #[arg(long)]
+        follow: bool,
     },
     /// List your jobs (every job with an admin key), newest first.
     Jobs {
@@ -271,7 +275,12 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(true)
         }
-        Command::Results { deployer, job, json } => {
+        Command::Results { deployer, job, json, follow: true } => {
+            let output = if json { Output::Json } else { Output::Human };
+            let status = deploy::follow_results(&deployer.client()?, &job, output).await?;
+            Ok(deploy::report(&status, output))
+        }
+        Command::Results { deployer, job, json, follow: false } => {
             let client = deployer.client()?;
             let status = client.status(&job).await?;
             deploy::print_results(&client, &job).await?;
