@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_protocol::{
-    ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobStatus, ResultsPage,
+    AddSlicesResponse, ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobStatus,
+    ResultsPage,
 };
 
 use crate::error::{Error, Result};
@@ -99,6 +100,16 @@ impl Client {
     /// A slice's status and every attempt at it.
     pub async fn slice_history(&self, job_id: &str, slice: u64) -> Result<tessera_protocol::SliceHistory> {
         self.get(&format!("/jobs/{job_id}/slices/{slice}")).await
+    }
+
+    /// Adds a page of slices to an open job; answers the first index added and the new total.
+    pub async fn add_slices(&self, job_id: &str, slices: &[serde_json::Value]) -> Result<AddSlicesResponse> {
+        self.post(&format!("/jobs/{job_id}/slices"), &serde_json::json!({ "slices": slices })).await
+    }
+
+    /// Closes an open job: it completes once its slices are done.
+    pub async fn close(&self, job_id: &str) -> Result<JobStatus> {
+        self.post(&format!("/jobs/{job_id}/close"), &serde_json::json!({})).await
     }
 
     pub async fn cancel(&self, job_id: &str) -> Result<JobStatus> {

@@ -48,6 +48,10 @@ pub struct DeployOptions {
     /// Longest a slice may run without reporting progress (same forms; default: no limit).
     #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
     pub no_progress_timeout: Option<u64>,
+    /// Deploy an open job: it may start without slices (no --slices or --range), takes more with
+    /// `tessera add-slices`, and completes only after `tessera close`.
+    #[arg(long)]
+    pub open: bool,
     /// Follow the job and print its results.
     #[arg(long)]
     pub wait: bool,
@@ -141,6 +145,7 @@ pub fn build_request(options: &DeployOptions) -> Result<DeployRequest> {
         bundle: None,
         slice_timeout_ms: options.slice_timeout,
         no_progress_timeout_ms: options.no_progress_timeout,
+        open: options.open,
     })
 }
 
@@ -309,6 +314,51 @@ pub async fn follow_results(client: &Client, job_id: &str, output: Output) -> Re
     client.follow(job_id, on_event, on_reconnect).await
 }
 
+/// Most slices sent in one `tessera add-slices` page.
+pub const PAGE_SLICES: usize = 10_000;
+/// A page is sent once its slices' JSON passes this many bytes (the scheduler takes pages of up
+/// to 16 MiB), so the CLI holds one page at a time whatever the file's size.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// `tessera add-slices JOB FILE`: reads JSON lines (one slice per line; `-` is stdin) and adds
+/// them to an open job in pages, so only one page is held at a time. Returns how many slices were
+/// added and the job's total after the last page.
+pub async fn add_slices(client: &Client, job_id: &str, file: &Path) -> Result<(u64, u64)> {
+    let reader: Box<dyn std::io::BufRead> = if file == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let opened = std::fs::File::open(file)
+            .map_err(|error| Error::Usage(format!("cannot read slices file `{}`: {error}", file.display())))?;
+        Box::new(std::io::BufReader::new(opened))
+    };
+    let (mut page, mut bytes, mut added, mut total) = (Vec::new(), 0, 0u64, None);
+    for (number, line) in std::io::BufRead::lines(reader).enumerate() {
+        let line = line.map_err(Error::io(format!("reading `{}`", file.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let slice: Value = serde_json::from_str(&line)
+            .map_err(|error| Error::Usage(format!("`{}` line {}: not JSON ({error})", file.display(), number + 1)))?;
+        bytes += line.len() + 1;
+        page.push(slice);
+        if page.len() >= PAGE_SLICES || bytes >= PAGE_BYTES {
+            total = Some(client.add_slices(job_id, &page).await?.total);
+            added += page.len() as u64;
+            page.clear();
+            bytes = 0;
+        }
+    }
+    if !page.is_empty() {
+        total = Some(client.add_slices(job_id, &page).await?.total);
+        added += page.len() as u64;
+    }
+    let total = match total {
+        Some(total) => total,
+        None => client.status(job_id).await?.total,
+    };
+    Ok((added, total))
+}
+
 /// One result as a JSON line.
 pub fn result_line(record: &SliceRecord) -> String {
     let mut line = serde_json::json!({ "slice": record.slice, "status": record.status });
@@ -369,6 +419,9 @@ pub fn report(status: &JobStatus, output: Output) -> bool {
         if status.state == JobState::Running {
             line.push_str(&format!(" ({} queued, {} running)", status.queued, status.leased));
         }
+        if status.open {
+            line.push_str(&format!("; open: `tessera close {}` once every slice is added", status.job_id));
+        }
         if status.state == JobState::CompleteWithErrors {
             line.push_str(&format!(
                 "; {} slice{} ended in an error (see `tessera results {}`)",
@@ -388,7 +441,7 @@ pub fn report(status: &JobStatus, output: Output) -> bool {
 /// `tessera status JOB` for people: counts, state, limits, and the progress of running slices.
 pub fn print_status(status: &JobStatus) {
     println!("job {} ({}, {})", status.job_id, status.name, status.worktime.as_str());
-    println!("state: {}", state_word(status.state));
+    println!("state: {}{}", state_word(status.state), if status.open { " (open: takes more slices)" } else { "" });
     println!(
         "slices: {} total, {} ok, {} errors, {} queued, {} running",
         status.total, status.done, status.errors, status.queued, status.leased
@@ -519,6 +572,7 @@ mod tests {
             bundle: None,
             slice_timeout: None,
             no_progress_timeout: None,
+            open: false,
             wait: false,
             json: false,
             quiet: false,

@@ -164,6 +164,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add slices to an open job (`deploy --open`): FILE holds one JSON value per line (`-` reads
+    /// stdin); they are sent in pages, so a file of any size is read in bounded memory.
+    AddSlices {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        job: String,
+        file: PathBuf,
+        /// Print `{"job_id", "added", "total"}` instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close an open job: no more slices; it completes once its slices are done.
+    Close {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        job: String,
+    },
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -305,6 +322,20 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                     );
                 }
             }
+            Ok(true)
+        }
+        Command::AddSlices { deployer, job, file, json } => {
+            let (added, total) = deploy::add_slices(&deployer.client()?, &job, &file).await?;
+            if json {
+                println!("{}", serde_json::json!({"job_id": job, "added": added, "total": total}));
+            } else {
+                eprintln!("added {added} slices to job {job} ({total} in all)");
+            }
+            Ok(true)
+        }
+        Command::Close { deployer, job } => {
+            let status = deployer.client()?.close(&job).await?;
+            deploy::report(&status, Output::Human);
             Ok(true)
         }
         Command::Cancel { deployer, job } => {

@@ -31,9 +31,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
 use tessera_protocol::{
-    bundle, ApiKeyInfo, BundleLimits, ContributorTotals, CreateKeyRequest, DeployRequest, DeployResponse,
-    HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
-    ResultStatus, ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
+    bundle, AddSlicesRequest, AddSlicesResponse, ApiKeyInfo, BundleLimits, ContributorTotals, CreateKeyRequest,
+    DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse,
+    RegisterRequest, RegisterResponse, ResultStatus, ResultsPage, ResultsRequest, ResultsResponse, SliceHistory,
+    WorkerLimits, Worktime,
 };
 use tokio::sync::{watch, Notify, Semaphore};
 use tower_http::compression::CompressionLayer;
@@ -468,6 +469,11 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .route("/jobs/{id}/results", general.guard(get(job_results), SMALL_BODY_BYTES))
         .route("/jobs/{id}/console", general.guard(get(job_console), SMALL_BODY_BYTES))
         .route("/jobs/{id}/events", general.guard(get(job_events), SMALL_BODY_BYTES))
+        .route(
+            "/jobs/{id}/slices",
+            uploads.guard(post(add_slices).route_layer(json()), max_body.min(MAX_SLICES_PAGE_BYTES)),
+        )
+        .route("/jobs/{id}/close", general.guard(post(close_job).route_layer(json()), SMALL_BODY_BYTES))
         .route("/jobs/{id}/slices/{slice}", general.guard(get(slice_history), SMALL_BODY_BYTES))
         .route("/jobs/{id}/cancel", general.guard(post(cancel_job).route_layer(json()), SMALL_BODY_BYTES))
         .route(
@@ -868,6 +874,54 @@ async fn cancel_job(
         .await?;
     state.job_events_changed();
     tracing::info!(job = %status.job_id, key = %caller.key_id, "job cancelled");
+    Ok(Json(status))
+}
+
+/// Largest `POST /v1/jobs/{id}/slices` body: a page of slices. Inputs of any total size go in
+/// pages, so neither side holds more than a page at once.
+pub const MAX_SLICES_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// `POST /v1/jobs/{id}/slices`: a page of slices for an open job.
+async fn add_slices(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Json<AddSlicesResponse>> {
+    let body = read_body(request).await?;
+    let page: AddSlicesRequest = blocking(move || parse_body(&body)).await?;
+    if page.slices.is_empty() {
+        return Err(Error::invalid("slices", "the page has no slices"));
+    }
+    let scope = caller.scope();
+    let max_total = state.config.deploy.max_slices as u64;
+    let (first, total) = state
+        .writer
+        .run(move |store| {
+            store.job_access(&id, &scope)?;
+            store.add_slices(&id, &page.slices, max_total)
+        })
+        .await?;
+    state.work_available.notify_waiters();
+    Ok(Json(AddSlicesResponse { first, total }))
+}
+
+/// `POST /v1/jobs/{id}/close`: no more slices for an open job; it completes once they are done.
+async fn close_job(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>> {
+    let scope = caller.scope();
+    let status = state
+        .writer
+        .run(move |store| {
+            store.job_access(&id, &scope)?;
+            store.close(&id)
+        })
+        .await?;
+    state.job_events_changed();
+    tracing::info!(job = %status.job_id, key = %caller.key_id, total = status.total, "job closed");
     Ok(Json(status))
 }
 

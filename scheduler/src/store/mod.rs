@@ -71,6 +71,8 @@ pub struct NewJob {
     pub no_progress_timeout_ms: Option<u64>,
     /// The id of the API key that deploys it; only that key (and admin keys) may see it.
     pub owner: Option<String>,
+    /// Open: slices may be added until it is closed ([`Store::add_slices`], [`Store::close`]).
+    pub open: bool,
 }
 
 /// Timing, retry and size rules the store applies.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use crate::error::{Error, Result};
 
 /// The schema this code reads and writes.
-pub const LATEST_VERSION: i64 = 4;
+pub const LATEST_VERSION: i64 = 5;
 
 /// The version-1 layout, which a new database starts from (and [`from_v0`] rebuilds into). States
 /// are checked by SQL so no unknown value can be written.
@@ -100,7 +100,7 @@ CREATE INDEX setup_errors_by_job ON setup_errors(job_id, message);
 type Migration = fn(&Transaction) -> Result<()>;
 
 /// Every migration, in order.
-const MIGRATIONS: [Migration; 4] = [from_v0, from_v1, from_v2, from_v3];
+const MIGRATIONS: [Migration; 5] = [from_v0, from_v1, from_v2, from_v3, from_v4];
 
 /// Version 0 is the first release's layout (no version set): job state `active`, lease states
 /// `active | completed | expired`, no CHECK constraints. Tables whose shape changed are rebuilt
@@ -234,6 +234,12 @@ fn from_v3(transaction: &Transaction) -> Result<()> {
         FROM jobs WHERE state != 'running';
         "#,
     )?;
+    Ok(())
+}
+
+/// Version 5: open jobs, which take more slices until they are closed. Jobs from before are closed.
+fn from_v4(transaction: &Transaction) -> Result<()> {
+    transaction.execute_batch("ALTER TABLE jobs ADD COLUMN open INTEGER NOT NULL DEFAULT 0 CHECK (open IN (0, 1));")?;
     Ok(())
 }
 

@@ -32,6 +32,7 @@ fn job(slices: usize) -> NewJob {
         slice_timeout_ms: 60_000,
         no_progress_timeout_ms: None,
         owner: None,
+        open: false,
     }
 }
 
@@ -966,4 +967,29 @@ fn a_version_3_database_gains_event_logs_for_its_jobs() {
     // New events go on from where the rebuilt log ends.
     store.cancel("j2", 7).unwrap();
     assert_eq!(event_log(&store, "j2").last(), Some(&(3, "state", None)));
+}
+
+#[test]
+fn an_open_job_completes_only_once_closed() {
+    let (_dir, mut store) = store();
+    let job_id = store.deploy(NewJob { open: true, ..job(0) }, 0).unwrap();
+    assert!(store.job_status(&job_id).unwrap().open);
+    assert_eq!(store.add_slices(&job_id, &[json!(5), json!(6)], 10).unwrap(), (0, 2));
+    let worker = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let leases = lease(&mut store, &worker, 10, 1);
+    submit(&mut store, &worker, &[ok(&leases[0], json!(1)), ok(&leases[1], json!(2))], 2);
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Running, "open: more may come");
+    let over = store.add_slices(&job_id, &vec![json!(0); 9], 10).unwrap_err().to_string();
+    assert!(over.contains("limit of 10"), "{over}");
+    assert_eq!(store.add_slices(&job_id, &[json!(7)], 10).unwrap(), (2, 3));
+    let closed = store.close(&job_id).unwrap();
+    assert_eq!((closed.state, closed.open, closed.queued), (JobState::Running, false, 1));
+    let last = lease(&mut store, &worker, 10, 3);
+    assert_eq!((last[0].slice, &last[0].datum), (2, &json!(7)));
+    submit(&mut store, &worker, &[ok(&last[0], json!(3))], 4);
+    assert_eq!(store.job_status(&job_id).unwrap().state, JobState::Complete);
+    let log = event_log(&store, &job_id);
+    assert_eq!(log.iter().filter(|(_, kind, _)| *kind == "state").count(), 3, "deployed, closed, complete: {log:?}");
+    let late = store.add_slices(&job_id, &[json!(8)], 10).unwrap_err().to_string();
+    assert!(late.contains("not open"), "{late}");
 }
