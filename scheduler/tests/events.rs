@@ -197,6 +197,7 @@ async fn events_arrive_in_order_with_positions_and_the_stream_ends_at_the_final_
     }
     assert_eq!(ids, (1..=7).collect::<Vec<_>>());
     assert!(server.events(&job_id, 7).await.next().await.is_none());
+    assert!(server.events(&job_id, u64::MAX).await.next().await.is_none(), "past every event");
 }
 
 #[tokio::test]

@@ -144,7 +144,9 @@ pub fn events(
          LEFT JOIN console c ON e.kind = 'console' AND c.seq = e.ref
          WHERE e.job_id = ?1 AND e.position > ?2 ORDER BY e.position LIMIT ?3",
     )?;
-    let mut rows = query.query(params![job_id, after as i64, limit as i64])?;
+    // Positions are at most i64::MAX: a larger `after` is past every event.
+    let after = after.min(i64::MAX as u64) as i64;
+    let mut rows = query.query(params![job_id, after, limit.min(i64::MAX as u64) as i64])?;
     let mut page = Vec::new();
     let mut bytes = 0;
     while let Some(row) = rows.next()? {
