@@ -1,11 +1,13 @@
 //! The deployer's HTTP client for protocol v1, used by the CLI commands. Every request carries
 //! the deployer's API key (`Authorization: Bearer tsk_…`).
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_protocol::{
-    ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobDeleted, JobStatus,
-    ResultsPage,
+    AddSlicesResponse, ApiError, ApiKeyInfo, CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, JobDeleted,
+    JobStatus, ResultsPage,
 };
 
 use crate::error::{Error, Result};
@@ -100,6 +102,16 @@ impl Client {
         self.get(&format!("/jobs/{job_id}/slices/{slice}")).await
     }
 
+    /// Adds a page of slices to an open job; answers the first index added and the new total.
+    pub async fn add_slices(&self, job_id: &str, slices: &[serde_json::Value]) -> Result<AddSlicesResponse> {
+        self.post(&format!("/jobs/{job_id}/slices"), &serde_json::json!({ "slices": slices })).await
+    }
+
+    /// Closes an open job: it completes once its slices are done.
+    pub async fn close(&self, job_id: &str) -> Result<JobStatus> {
+        self.post(&format!("/jobs/{job_id}/close"), &serde_json::json!({})).await
+    }
+
     pub async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         self.post(&format!("/jobs/{job_id}/cancel"), &serde_json::json!({})).await
     }
@@ -119,6 +131,79 @@ impl Client {
         serde_json::from_value(answer["lines"].clone()).map_err(|error| Error::Unreachable(error.to_string()))
     }
 
+    /// Opens a job's event stream (`GET /v1/jobs/{id}/events`) after position `after`.
+    pub async fn events(&self, job_id: &str, after: u64) -> Result<Events> {
+        let response = self
+            .http
+            .get(self.url(&format!("/jobs/{job_id}/events?after={after}")))
+            .bearer_auth(&self.key)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|error| Error::Unreachable(format!("{} ({error})", self.base)))?;
+        if !response.status().is_success() {
+            // The error body, read as any other answer's (this never succeeds: the status says so).
+            return self.answer::<serde_json::Value>(Ok(response)).await.and_then(|body| {
+                Err(Error::Unreachable(format!("unexpected answer to an event stream request: {body}")))
+            });
+        }
+        Ok(Events { response, buffer: Vec::new() })
+    }
+
+    /// Follows a job's events until its final state, reconnecting from the last position
+    /// received when the connection drops (so nothing is missed or seen twice), and hands each
+    /// event to `on_event`; returns the final status. `on_reconnect` hears of each reconnection.
+    /// Refusals (unknown job, bad key) are returned at once; the scheduler being unreachable is
+    /// retried, giving up after [`MAX_RECONNECTS`] attempts in a row without an event.
+    pub async fn follow(
+        &self,
+        job_id: &str,
+        mut on_event: impl FnMut(&JobEvent) -> Result<()>,
+        mut on_reconnect: impl FnMut(u64, &Error),
+    ) -> Result<JobStatus> {
+        let mut after = 0;
+        let mut failures = 0u32;
+        loop {
+            let outcome = match self.events(job_id, after).await {
+                Ok(mut events) => loop {
+                    match events.next().await {
+                        Ok(Some(event)) => {
+                            failures = 0;
+                            if let Some(id) = event.id {
+                                after = id;
+                            }
+                            on_event(&event)?;
+                            if event.name == "state" {
+                                let status: JobStatus =
+                                    serde_json::from_value(event.data.clone()).map_err(|error| {
+                                        Error::Unreachable(format!(
+                                            "unexpected state event from the scheduler: {error}"
+                                        ))
+                                    })?;
+                                if status.state.is_final() {
+                                    return Ok(status);
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            break Error::Unreachable("the event stream ended before the job's final state".into())
+                        }
+                        Err(error) => break error,
+                    }
+                },
+                Err(error @ Error::Unreachable(_)) => error,
+                Err(error) => return Err(error),
+            };
+            failures += 1;
+            if failures > MAX_RECONNECTS {
+                return Err(outcome);
+            }
+            on_reconnect(after, &outcome);
+            let backoff = Duration::from_millis(250u64.saturating_mul(1 << failures.min(5)).min(5_000));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
     /// Makes an API key (admin keys only).
     pub async fn create_key(&self, name: &str, admin: bool) -> Result<CreatedKey> {
         self.post("/keys", &CreateKeyRequest { name: name.into(), admin }).await
@@ -132,5 +217,94 @@ impl Client {
     /// Revokes an API key by its id (admin keys only).
     pub async fn revoke_key(&self, id: &str) -> Result<ApiKeyInfo> {
         self.post(&format!("/keys/{id}/revoke"), &serde_json::json!({})).await
+    }
+}
+
+/// Reconnections in a row without receiving an event before `follow` gives up.
+pub const MAX_RECONNECTS: u32 = 20;
+
+/// Largest event accepted from a stream (a result is at most the scheduler's result limit, a few MiB).
+const MAX_EVENT_BYTES: usize = 256 * 1024 * 1024;
+
+/// One server-sent event of a job's stream: its position (none for `progress`), name and data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobEvent {
+    pub id: Option<u64>,
+    pub name: String,
+    pub data: serde_json::Value,
+}
+
+/// An open event stream, read one event at a time.
+pub struct Events {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Events {
+    /// The next event, skipping keep-alive comments; `None` when the scheduler ended the stream.
+    pub async fn next(&mut self) -> Result<Option<JobEvent>> {
+        loop {
+            if let Some(end) = find_event_end(&self.buffer) {
+                let block: Vec<u8> = self.buffer.drain(..end).collect();
+                if let Some(event) = parse_event(&block)? {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            if self.buffer.len() > MAX_EVENT_BYTES {
+                return Err(Error::Unreachable(format!("an event from the scheduler is over {MAX_EVENT_BYTES} bytes")));
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.buffer.extend_from_slice(&bytes),
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(Error::Unreachable(format!("the event stream broke: {error}"))),
+            }
+        }
+    }
+}
+
+/// Where the first complete event of `buffer` ends (after its blank line), if one is complete.
+fn find_event_end(buffer: &[u8]) -> Option<usize> {
+    let normalized = buffer.windows(2).position(|pair| pair == b"\n\n").map(|at| at + 2);
+    let crlf = buffer.windows(4).position(|quad| quad == b"\r\n\r\n").map(|at| at + 4);
+    match (normalized, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One event block (`id:`, `event:`, `data:` lines); `None` for a comment-only block.
+fn parse_event(block: &[u8]) -> Result<Option<JobEvent>> {
+    let text = std::str::from_utf8(block).map_err(|_| Error::Unreachable("an event is not UTF-8".into()))?;
+    let (mut id, mut name, mut data) = (None, None, Vec::new());
+    for line in text.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => id = value.parse().ok(),
+            "event" => name = Some(value.to_string()),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    let Some(name) = name else { return Ok(None) };
+    let data = serde_json::from_str(&data.join("\n"))
+        .map_err(|error| Error::Unreachable(format!("unreadable `{name}` event from the scheduler: {error}")))?;
+    Ok(Some(JobEvent { id, name, data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_parsed_and_comments_skipped() {
+        assert_eq!(parse_event(b":\n\n").unwrap(), None);
+        let event = parse_event(b"id: 3\nevent: result\ndata: {\"slice\":0}\n\n").unwrap().unwrap();
+        assert_eq!(event, JobEvent { id: Some(3), name: "result".into(), data: serde_json::json!({"slice": 0}) });
+        let progress = parse_event(b"event:progress\ndata:{\"done\":1}\n\n").unwrap().unwrap();
+        assert_eq!((progress.id, progress.name.as_str()), (None, "progress"));
+        assert_eq!(find_event_end(b"id: 1\ndata: {}\n\nid: 2"), Some(16));
+        assert_eq!(find_event_end(b"id: 1\ndata: {}\n"), None);
     }
 }

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tessera_protocol::{
-    bundle, BundleEntry, DeployRequest, JobState, JobStatus, Range, SliceHistory, SliceRecord, SliceStatus, Worktime,
+    bundle, BundleEntry, ConsoleLine, DeployRequest, JobState, JobStatus, Range, SliceHistory, SliceRecord,
+    SliceStatus, Worktime,
 };
 
-use crate::client::Client;
+use crate::client::{Client, JobEvent};
 use crate::error::{Error, Result};
 use crate::values::readable;
 
@@ -48,6 +49,10 @@ pub struct DeployOptions {
     /// Longest a slice may run without reporting progress (same forms; default: no limit).
     #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
     pub no_progress_timeout: Option<u64>,
+    /// Deploy an open job: it may start without slices (no --slices or --range), takes more with
+    /// `tessera add-slices`, and completes only after `tessera close`.
+    #[arg(long)]
+    pub open: bool,
     /// Follow the job and print its results.
     #[arg(long)]
     pub wait: bool,
@@ -143,6 +148,7 @@ pub fn build_request(options: &DeployOptions) -> Result<DeployRequest> {
         bundle: None,
         slice_timeout_ms: options.slice_timeout,
         no_progress_timeout_ms: options.no_progress_timeout,
+        open: options.open,
     })
 }
 
@@ -215,10 +221,13 @@ pub async fn deploy(client: &Client, options: DeployOptions) -> Result<bool> {
     Ok(report(&status, output))
 }
 
-/// Polls a job until it is final, showing progress (a bar on a terminal, lines otherwise) and console output.
+/// Follows a job's event stream until the job is final, showing progress (a bar on a terminal,
+/// lines otherwise) and console output. A dropped connection is resumed from the last event
+/// received, so no console line is missed or shown twice.
 pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_console: bool) -> Result<JobStatus> {
     let started = Instant::now();
-    let terminal = std::io::stderr().is_terminal() && output == Output::Human;
+    let human = output == Output::Human;
+    let terminal = std::io::stderr().is_terminal() && human;
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -227,49 +236,130 @@ pub async fn wait_for(client: &Client, job_id: &str, output: Output, show_consol
         );
         bar
     });
-    let mut console_after = 0;
+    let say = |text: String| match &bar {
+        Some(bar) => bar.println(text),
+        None => eprintln!("{text}"),
+    };
+    // Counted from the stream itself: it replays every final outcome from the start.
+    let (mut total, mut done, mut errors) = (0u64, 0u64, 0u64);
     let mut last_line = Instant::now() - Duration::from_secs(10);
-    loop {
-        let status = client.status(job_id).await?;
-        if show_console {
-            for line in client.console(job_id, console_after).await? {
-                console_after = line.seq.unwrap_or(console_after);
-                let text = match line.slice {
-                    Some(slice) => format!("[slice {slice} {}] {}", line.stream, line.text.trim_end()),
-                    None => format!("[{}] {}", line.stream, line.text.trim_end()),
-                };
-                match &bar {
-                    Some(bar) => bar.println(text),
-                    None => eprintln!("{text}"),
+    let on_event = |event: &JobEvent| -> Result<()> {
+        match event.name.as_str() {
+            "state" | "progress" => total = event.data["total"].as_u64().unwrap_or(total),
+            "result" => match event.data["status"].as_str() {
+                Some("ok") => done += 1,
+                Some("error") => errors += 1,
+                _ => {}
+            },
+            "console" if show_console => {
+                if let Ok(line) = serde_json::from_value::<ConsoleLine>(event.data.clone()) {
+                    say(console_text(&line));
                 }
             }
+            _ => {}
         }
-        let finished = status.done + status.errors;
+        let finished = done + errors;
         match &bar {
             Some(bar) => {
-                bar.set_length(status.total);
+                bar.set_length(total);
                 bar.set_position(finished);
-                bar.set_message(format!("({} errors)", status.errors));
+                bar.set_message(format!("({errors} errors)"));
             }
-            None if output == Output::Human && last_line.elapsed() >= Duration::from_secs(2) => {
+            None if human && last_line.elapsed() >= Duration::from_secs(2) => {
                 eprintln!(
-                    "progress: {finished}/{} slices ({} errors) after {:.1}s",
-                    status.total,
-                    status.errors,
+                    "progress: {finished}/{total} slices ({errors} errors) after {:.1}s",
                     started.elapsed().as_secs_f64()
                 );
                 last_line = Instant::now();
             }
             None => {}
         }
-        if status.state.is_final() {
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            return Ok(status);
+        Ok(())
+    };
+    let on_reconnect = |after: u64, error: &Error| {
+        if human {
+            say(format!("tessera: {error}; reconnecting after event {after}"));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let status = client.follow(job_id, on_event, on_reconnect).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
+    status
+}
+
+/// A console line for people: `[slice 4 stdout] text`.
+fn console_text(line: &ConsoleLine) -> String {
+    match line.slice {
+        Some(slice) => format!("[slice {slice} {}] {}", line.stream, line.text.trim_end()),
+        None => format!("[{}] {}", line.stream, line.text.trim_end()),
+    }
+}
+
+/// `tessera results JOB --follow`: prints each result as a JSON line on stdout the moment it
+/// arrives (in the order slices finish), until the job is final; resumes from the last event when
+/// the connection drops, so every slice is printed exactly once. Returns the final status.
+pub async fn follow_results(client: &Client, job_id: &str, output: Output) -> Result<JobStatus> {
+    let on_event = |event: &JobEvent| -> Result<()> {
+        if event.name != "result" {
+            return Ok(());
+        }
+        let record: SliceRecord = serde_json::from_value(event.data.clone())
+            .map_err(|error| Error::Unreachable(format!("unexpected result event from the scheduler: {error}")))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", result_line(&record)).and_then(|()| out.flush()).map_err(Error::io("writing results"))
+    };
+    let on_reconnect = |after: u64, error: &Error| {
+        if output == Output::Human {
+            eprintln!("tessera: {error}; reconnecting after event {after}");
+        }
+    };
+    client.follow(job_id, on_event, on_reconnect).await
+}
+
+/// Most slices sent in one `tessera add-slices` page.
+pub const PAGE_SLICES: usize = 10_000;
+/// A page is sent once its slices' JSON passes this many bytes (the scheduler takes pages of up
+/// to 16 MiB), so the CLI holds one page at a time whatever the file's size.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// `tessera add-slices JOB FILE`: reads JSON lines (one slice per line; `-` is stdin) and adds
+/// them to an open job in pages, so only one page is held at a time. Returns how many slices were
+/// added and the job's total after the last page.
+pub async fn add_slices(client: &Client, job_id: &str, file: &Path) -> Result<(u64, u64)> {
+    let reader: Box<dyn std::io::BufRead> = if file == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let opened = std::fs::File::open(file)
+            .map_err(|error| Error::Usage(format!("cannot read slices file `{}`: {error}", file.display())))?;
+        Box::new(std::io::BufReader::new(opened))
+    };
+    let (mut page, mut bytes, mut added, mut total) = (Vec::new(), 0, 0u64, None);
+    for (number, line) in std::io::BufRead::lines(reader).enumerate() {
+        let line = line.map_err(Error::io(format!("reading `{}`", file.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let slice: Value = serde_json::from_str(&line)
+            .map_err(|error| Error::Usage(format!("`{}` line {}: not JSON ({error})", file.display(), number + 1)))?;
+        bytes += line.len() + 1;
+        page.push(slice);
+        if page.len() >= PAGE_SLICES || bytes >= PAGE_BYTES {
+            total = Some(client.add_slices(job_id, &page).await?.total);
+            added += page.len() as u64;
+            page.clear();
+            bytes = 0;
+        }
+    }
+    if !page.is_empty() {
+        total = Some(client.add_slices(job_id, &page).await?.total);
+        added += page.len() as u64;
+    }
+    let total = match total {
+        Some(total) => total,
+        None => client.status(job_id).await?.total,
+    };
+    Ok((added, total))
 }
 
 /// One result as a JSON line (numpy arrays spelled out: [`readable`]).
@@ -332,6 +422,9 @@ pub fn report(status: &JobStatus, output: Output) -> bool {
         if status.state == JobState::Running {
             line.push_str(&format!(" ({} queued, {} running)", status.queued, status.leased));
         }
+        if status.open {
+            line.push_str(&format!("; open: `tessera close {}` once every slice is added", status.job_id));
+        }
         if status.state == JobState::CompleteWithErrors {
             line.push_str(&format!(
                 "; {} slice{} ended in an error (see `tessera results {}`)",
@@ -351,7 +444,7 @@ pub fn report(status: &JobStatus, output: Output) -> bool {
 /// `tessera status JOB` for people: counts, state, limits, and the progress of running slices.
 pub fn print_status(status: &JobStatus) {
     println!("job {} ({}, {})", status.job_id, status.name, status.worktime.as_str());
-    println!("state: {}", state_word(status.state));
+    println!("state: {}{}", state_word(status.state), if status.open { " (open: takes more slices)" } else { "" });
     println!(
         "slices: {} total, {} ok, {} errors, {} queued, {} running",
         status.total, status.done, status.errors, status.queued, status.leased
@@ -484,6 +577,7 @@ mod tests {
             bundle: None,
             slice_timeout: None,
             no_progress_timeout: None,
+            open: false,
             wait: false,
             json: false,
             quiet: false,

@@ -150,7 +150,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a job's results in slice order (JSON lines).
+    /// Print a job's results in slice order (JSON lines); with --follow, as they arrive.
     Results {
         #[command(flatten)]
         deployer: DeployerArgs,
@@ -158,6 +158,10 @@ enum Command {
         /// JSON lines only, no summary.
         #[arg(long)]
         json: bool,
+        /// Print results as they arrive (in the order slices finish) until the job ends, over the
+        /// job's event stream (resumed where it broke off if the connection drops).
+        #[arg(long)]
+        follow: bool,
     },
     /// List your jobs (every job with an admin key), newest first.
     Jobs {
@@ -166,6 +170,23 @@ enum Command {
         /// JSON lines.
         #[arg(long)]
         json: bool,
+    },
+    /// Add slices to an open job (`deploy --open`): FILE holds one JSON value per line (`-` reads
+    /// stdin); they are sent in pages, so a file of any size is read in bounded memory.
+    AddSlices {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        job: String,
+        file: PathBuf,
+        /// Print `{"job_id", "added", "total"}` instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close an open job: no more slices; it completes once its slices are done.
+    Close {
+        #[command(flatten)]
+        deployer: DeployerArgs,
+        job: String,
     },
     /// Cancel a job.
     Cancel {
@@ -305,7 +326,12 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(true)
         }
-        Command::Results { deployer, job, json } => {
+        Command::Results { deployer, job, json, follow: true } => {
+            let output = if json { Output::Json } else { Output::Human };
+            let status = deploy::follow_results(&deployer.client()?, &job, output).await?;
+            Ok(deploy::report(&status, output))
+        }
+        Command::Results { deployer, job, json, follow: false } => {
             let client = deployer.client()?;
             let status = client.status(&job).await?;
             deploy::print_results(&client, &job).await?;
@@ -330,6 +356,20 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                     );
                 }
             }
+            Ok(true)
+        }
+        Command::AddSlices { deployer, job, file, json } => {
+            let (added, total) = deploy::add_slices(&deployer.client()?, &job, &file).await?;
+            if json {
+                println!("{}", serde_json::json!({"job_id": job, "added": added, "total": total}));
+            } else {
+                eprintln!("added {added} slices to job {job} ({total} in all)");
+            }
+            Ok(true)
+        }
+        Command::Close { deployer, job } => {
+            let status = deployer.client()?.close(&job).await?;
+            deploy::report(&status, Output::Human);
             Ok(true)
         }
         Command::Cancel { deployer, job } => {

@@ -123,6 +123,25 @@ pub struct DeployRequest {
     /// Longest a slice may run without calling `progress()`; none (the default) means no such limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_progress_timeout_ms: Option<u64>,
+    /// An open job: more slices may be added (`POST /v1/jobs/{id}/slices`) until it is closed
+    /// (`POST /v1/jobs/{id}/close`), and it may start with none. It is never complete while open.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
+}
+
+/// `POST /v1/jobs/{id}/slices`: a page of slices added to an open job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AddSlicesRequest {
+    pub slices: Vec<Value>,
+}
+
+/// Answer to [`AddSlicesRequest`]: the index of the first slice added and the job's new total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AddSlicesResponse {
+    pub first: u64,
+    pub total: u64,
 }
 
 /// A slice's time limit when the deployer sets none: five minutes.
@@ -226,6 +245,9 @@ pub struct JobStatus {
     /// Leased slices with their reported progress (at most 100, lowest slice first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub running: Vec<RunningSlice>,
+    /// The job is open: slices may still be added, and it does not complete until closed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
 }
 
 /// How one attempt (lease) at a slice ended, in the slice's history.

@@ -13,8 +13,9 @@ pub mod lease;
 pub use bundle::{BundleEntry, BundleError, BundleLimits};
 pub use credits::{is_contributor_id, ContributorTotals, COMPUTE_MS_PER_CREDIT};
 pub use job::{
-    Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse, JobDeleted, JobState, JobStatus, JobSummary,
-    Range, ResultsPage, RunningSlice, SliceHistory, SliceRecord, SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,
+    AddSlicesRequest, AddSlicesResponse, Attempt, AttemptOutcome, ConsoleLine, DeployRequest, DeployResponse,
+    JobDeleted, JobState, JobStatus, JobSummary, Range, ResultsPage, RunningSlice, SliceHistory, SliceRecord,
+    SliceStatus, Worktime, DEFAULT_SLICE_TIMEOUT_MS,
 };
 pub use keys::{ApiKeyInfo, CreateKeyRequest, CreatedKey, KEY_PREFIX};
 pub use lease::{

@@ -24,17 +24,19 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 use tessera_protocol::{
-    bundle, ApiError, ApiKeyInfo, BundleLimits, ConsoleLine, ContributorTotals, CreateKeyRequest, CreatedKey,
-    DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse, JobDeleted, JobStatus, JobSummary,
-    LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus, ResultsPage, ResultsRequest,
-    ResultsResponse, SliceHistory, WorkerLimits, Worktime,
+    bundle, AddSlicesRequest, AddSlicesResponse, ApiError, ApiKeyInfo, BundleLimits, ConsoleLine, ContributorTotals,
+    CreateKeyRequest, CreatedKey, DeployRequest, DeployResponse, HeartbeatRequest, HeartbeatResponse, JobDeleted,
+    JobStatus, JobSummary, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, ResultStatus, ResultsPage,
+    ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
 };
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
@@ -45,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::sandbox_host::SandboxHostPage;
 use crate::site::EmbeddedSite;
+use crate::store::events::{EventBody, JobEvent};
 use crate::store::{
     check_contributor, read, same, Deployer, LeasePolicy, Readers, RegisteredWorker, Store, Writer, SWEEP_BATCH,
 };
@@ -104,6 +107,11 @@ struct AppState {
     keys: Arc<Mutex<KeyCache>>,
     /// Woken whenever slices become available (deploy, requeue).
     work_available: Arc<Notify>,
+    /// Bumped after every committed change that may have added job events or moved progress
+    /// (results, heartbeats, cancels, expiries): event streams that caught up wait on it.
+    job_events: Arc<watch::Sender<u64>>,
+    /// Event streams open at once, at most [`MAX_EVENT_STREAMS`].
+    event_streams: Arc<Semaphore>,
     packages: Arc<PackageIndex>,
     config: Arc<ServerConfig>,
     limits: WorkerLimits,
@@ -176,6 +184,11 @@ impl AppState {
             }
         }
         Ok(deployer)
+    }
+
+    /// Wakes the event streams waiting for news: called once a change is committed.
+    fn job_events_changed(&self) {
+        self.job_events.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Drops a revoked key from the cache (called once the revocation is committed).
@@ -424,6 +437,8 @@ pub fn app(config: ServerConfig) -> Result<(Router, Housekeeping)> {
         tokens: Arc::new(Mutex::new(HashMap::new())),
         keys: Arc::new(Mutex::new(KeyCache::default())),
         work_available: Arc::new(Notify::new()),
+        job_events: Arc::new(watch::channel(0).0),
+        event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         packages: Arc::new(PackageIndex::load(&config.pyodide)),
         config: Arc::new(config.clone()),
         limits,
@@ -470,6 +485,12 @@ pub fn app(config: ServerConfig) -> Result<(Router, Housekeeping)> {
         .route("/jobs/{id}", general.guard(get(job_status).delete(delete_job), SMALL_BODY_BYTES))
         .route("/jobs/{id}/results", general.guard(get(job_results), SMALL_BODY_BYTES))
         .route("/jobs/{id}/console", general.guard(get(job_console), SMALL_BODY_BYTES))
+        .route("/jobs/{id}/events", general.guard(get(job_events), SMALL_BODY_BYTES))
+        .route(
+            "/jobs/{id}/slices",
+            uploads.guard(post(add_slices).route_layer(json()), max_body.min(MAX_SLICES_PAGE_BYTES)),
+        )
+        .route("/jobs/{id}/close", general.guard(post(close_job).route_layer(json()), SMALL_BODY_BYTES))
         .route("/jobs/{id}/slices/{slice}", general.guard(get(slice_history), SMALL_BODY_BYTES))
         .route("/jobs/{id}/cancel", general.guard(post(cancel_job).route_layer(json()), SMALL_BODY_BYTES))
         .route(
@@ -610,6 +631,7 @@ fn spawn_lease_reaper(state: AppState) {
                     if reaped.expired > 0 {
                         tracing::info!(count = reaped.expired, "leases expired; their slices are queued again");
                         state.work_available.notify_waiters();
+                        state.job_events_changed();
                     }
                 }
                 Err(error) => tracing::error!(%error, "lease reaper failed"),
@@ -792,6 +814,8 @@ async fn heartbeat(
     }
     let policy = state.config.lease;
     let answer = state.writer.run(move |store| store.heartbeat(&worker_id, &request.leases, now_ms(), policy)).await?;
+    // Progress may have moved.
+    state.job_events_changed();
     Ok(Json(answer))
 }
 
@@ -816,6 +840,7 @@ async fn submit_results(
     let policy = state.config.lease;
     let worker = worker_id.clone();
     let acks = state.writer.run(move |store| store.submit_results(&worker, &request.results, now_ms(), policy)).await?;
+    state.job_events_changed();
     if acks.iter().any(|ack| matches!(ack.status, ResultStatus::Requeued | ResultStatus::Released)) {
         state.work_available.notify_waiters();
     }
@@ -988,7 +1013,70 @@ async fn cancel_job(
             store.cancel(&id, now_ms())
         })
         .await?;
+    state.job_events_changed();
     tracing::info!(job = %status.job_id, key = %caller.key_id, "job cancelled");
+    Ok(Json(status))
+}
+
+/// Largest `POST /v1/jobs/{id}/slices` body: a page of slices. Inputs of any total size go in
+/// pages, so neither side holds more than a page at once.
+pub const MAX_SLICES_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// `POST /v1/jobs/{id}/slices`: a page of slices for an open job.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/slices", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the job id")), request_body = AddSlicesRequest,
+    responses((status = 200, description = "added: the first new slice's index and the job's new total", body = AddSlicesResponse),
+        (status = 400, description = "an empty page, a job that is not open or not running, or over the slice limit", body = ApiError),
+        (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError),
+        (status = 413, description = "the page is over 16 MiB", body = ApiError))
+)]
+async fn add_slices(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Json<AddSlicesResponse>> {
+    let body = read_body(request).await?;
+    let page: AddSlicesRequest = blocking(move || parse_body(&body)).await?;
+    if page.slices.is_empty() {
+        return Err(Error::invalid("slices", "the page has no slices"));
+    }
+    let scope = caller.scope();
+    let max_total = state.config.deploy.max_slices as u64;
+    let (first, total) = state
+        .writer
+        .run(move |store| {
+            store.job_access(&id, &scope)?;
+            store.add_slices(&id, &page.slices, max_total)
+        })
+        .await?;
+    state.work_available.notify_waiters();
+    Ok(Json(AddSlicesResponse { first, total }))
+}
+
+/// `POST /v1/jobs/{id}/close`: no more slices for an open job; it completes once they are done.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/close", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the job id")),
+    responses((status = 200, description = "closed (closing again changes nothing): the job's status", body = JobStatus),
+        (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError))
+)]
+async fn close_job(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>> {
+    let scope = caller.scope();
+    let status = state
+        .writer
+        .run(move |store| {
+            store.job_access(&id, &scope)?;
+            store.close(&id, now_ms())
+        })
+        .await?;
+    state.job_events_changed();
+    tracing::info!(job = %status.job_id, key = %caller.key_id, total = status.total, "job closed");
     Ok(Json(status))
 }
 
@@ -1168,7 +1256,8 @@ struct GzipBytes(Vec<u8>);
     ),
     paths(
         health, openapi_json, register, contributor_totals, lease, heartbeat, submit_results, download_bundle,
-        list_packages, deploy, list_jobs, job_status, delete_job, slice_history, job_results, job_console, cancel_job,
+        list_packages, deploy, list_jobs, job_status, delete_job, slice_history, job_results, job_console, job_events,
+        add_slices, close_job, cancel_job,
         upload_bundle, create_key, list_keys, revoke_key
     ),
     components(schemas(ApiError)),
@@ -1213,4 +1302,199 @@ impl utoipa::Modify for BearerSchemes {
 /// The OpenAPI 3.1 description of `/v1` that `GET /v1/openapi.json` serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     <ApiDoc as utoipa::OpenApi>::openapi()
+}
+
+/// Event streams open at once; past it a new one is answered 503 `busy`. Each costs a task, a
+/// reader query when there is news, and at most one page of events in memory.
+pub const MAX_EVENT_STREAMS: usize = 10_000;
+/// Most events read from the store at once for one stream.
+const EVENT_PAGE: u64 = 256;
+/// A page stops growing once its results and text pass this many bytes (a slow client holds at
+/// most about one page, whatever the job's size: the stream reads the next page only when the
+/// connection has taken the last one).
+const EVENT_PAGE_BYTES: usize = 1024 * 1024;
+/// `progress` events are sent at most this often per stream.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A comment line is sent after this long without an event, so proxies keep the stream open and
+/// a client notices a dead connection.
+pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// `GET /v1/jobs/{id}/events`: the job's event log as server-sent events, from after `after` (or
+/// the `Last-Event-ID` header a reconnecting `EventSource` sends), then live until the job ends.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the job id"),
+        ("after" = Option<u64>, Query, description = "the last event position already seen (default 0; or the `Last-Event-ID` header)")),
+    responses((status = 200, description = "`text/event-stream`: `result`, `console`, `state` (each with its position as `id`) and `progress` events; ends after the final state", content_type = "text/event-stream", body = String),
+        (status = 400, description = "a `Last-Event-ID` that is not a position", body = ApiError),
+        (status = 401, description = "no valid API key", body = ApiError), (status = 404, description = "no such job (or another deployer's)", body = ApiError),
+        (status = 503, description = "too many event streams open", body = ApiError))
+)]
+async fn job_events(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response> {
+    let after = match query.after {
+        Some(after) => after,
+        None => match headers.get("last-event-id") {
+            None => 0,
+            Some(value) => value.to_str().ok().and_then(|text| text.trim().parse().ok()).ok_or_else(|| {
+                Error::invalid("Last-Event-ID", "the last event id is not an event position (an integer ≥ 0)")
+            })?,
+        },
+    };
+    state.read_own_job(&caller, id.clone(), |_, _| Ok(())).await?;
+    let permit = state.event_streams.clone().try_acquire_owned().map_err(|_| Error::Busy)?;
+    let changes = state.job_events.subscribe();
+    let stream = EventStream {
+        readers: state.readers.clone(),
+        job_id: id,
+        after,
+        pending: std::collections::VecDeque::new(),
+        ended: false,
+        changes,
+        progress: None,
+        progress_sent_at: None,
+        progress_stale: true,
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(stream, |mut stream| async move {
+        stream.next_event().await.map(|event| (Ok::<_, Infallible>(event), stream))
+    });
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE));
+    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))], sse).into_response())
+}
+
+/// One client's position in a job's event log, and what it needs to go on from there.
+struct EventStream {
+    readers: Readers,
+    job_id: String,
+    /// The last position delivered (or the one the client resumed after).
+    after: u64,
+    /// The rest of the page read last, already encoded.
+    pending: std::collections::VecDeque<SseEvent>,
+    /// The final state event is in `pending`: the stream ends once it is sent.
+    ended: bool,
+    changes: watch::Receiver<u64>,
+    /// The last `progress` sent, and when.
+    progress: Option<Value>,
+    progress_sent_at: Option<tokio::time::Instant>,
+    /// Something changed since progress was last looked at.
+    progress_stale: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl EventStream {
+    /// The next event to send, waiting for one when caught up; `None` ends the stream (after the
+    /// final state event, or when the job can no longer be read).
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            // Marked seen before reading: a change committed after this read wakes the wait below.
+            self.changes.borrow_and_update();
+            let (job_id, after) = (self.job_id.clone(), self.after);
+            let page = self
+                .readers
+                .run(move |connection| read::events(connection, &job_id, after, EVENT_PAGE, EVENT_PAGE_BYTES))
+                .await;
+            let (events, job_state) = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(job = %self.job_id, %error, "event stream ended: the job's events cannot be read");
+                    return None;
+                }
+            };
+            if !events.is_empty() {
+                for event in events {
+                    self.after = event.position;
+                    self.ended |= event.is_final();
+                    match encode_event(&event) {
+                        Ok(encoded) => self.pending.push_back(encoded),
+                        Err(error) => {
+                            tracing::error!(job = %self.job_id, %error, "event stream ended: an event cannot be encoded");
+                            return None;
+                        }
+                    }
+                }
+                continue;
+            }
+            if job_state.is_final() {
+                // Caught up past the final state event (a client resuming after the end).
+                return None;
+            }
+            if let Some(event) = self.progress_event().await {
+                return Some(event);
+            }
+            let due = self.progress_stale.then(|| self.progress_sent_at.map(|sent| sent + PROGRESS_INTERVAL)).flatten();
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    self.progress_stale = true;
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
+            }
+        }
+    }
+
+    /// A `progress` event when progress was reported since the last one, at most one per
+    /// [`PROGRESS_INTERVAL`]; `None` when nothing moved or it is too soon.
+    async fn progress_event(&mut self) -> Option<SseEvent> {
+        if !self.progress_stale {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        if self.progress_sent_at.is_some_and(|sent| now < sent + PROGRESS_INTERVAL) {
+            return None;
+        }
+        self.progress_stale = false;
+        let job_id = self.job_id.clone();
+        let status = match self.readers.run(move |connection| read::job_status(connection, &job_id)).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(job = %self.job_id, %error, "cannot read the job's progress");
+                return None;
+            }
+        };
+        let running: Vec<Value> = status
+            .running
+            .iter()
+            .map(|slice| serde_json::json!({"slice": slice.slice, "progress": slice.progress}))
+            .collect();
+        let progress = serde_json::json!({
+            "done": status.done, "errors": status.errors, "total": status.total, "running": running,
+        });
+        if self.progress.as_ref() == Some(&progress) {
+            return None;
+        }
+        self.progress_sent_at = Some(now);
+        let event = SseEvent::default().event("progress").data(progress.to_string());
+        self.progress = Some(progress);
+        Some(event)
+    }
+}
+
+/// An event of the log as sent: `event:` its kind, `id:` its position, `data:` its JSON.
+fn encode_event(event: &JobEvent) -> Result<SseEvent> {
+    let data = match &event.body {
+        EventBody::Result(record) => serde_json::to_string(record),
+        EventBody::Console(line) => serde_json::to_string(line),
+        EventBody::State(status) => serde_json::to_string(status),
+    }
+    .map_err(|error| Error::Store(format!("cannot encode event {}: {error}", event.position)))?;
+    Ok(SseEvent::default().event(event.kind().as_str()).id(event.position.to_string()).data(data))
 }

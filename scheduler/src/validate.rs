@@ -272,7 +272,10 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
     }
     let slices: Vec<Value> = match (request.slices, request.range) {
         (Some(_), Some(_)) => return Err(Error::invalid("range", "give either slices or range, not both")),
-        (None, None) => return Err(Error::invalid("slices", "a job needs slices (a JSON array) or a range")),
+        (None, None) if request.open => Vec::new(),
+        (None, None) => {
+            return Err(Error::invalid("slices", "a job needs slices (a JSON array) or a range (or `open: true`)"))
+        }
         (Some(slices), None) => slices,
         (None, Some(range)) => range
             .values(limits.max_slices)
@@ -281,7 +284,7 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
             .map(Value::from)
             .collect(),
     };
-    if slices.is_empty() {
+    if slices.is_empty() && !request.open {
         return Err(Error::invalid("slices", "the job has no slices"));
     }
     if slices.len() > limits.max_slices {
@@ -329,6 +332,7 @@ pub fn validate_deploy(request: DeployRequest, limits: &DeployLimits) -> Result<
         slice_timeout_ms,
         no_progress_timeout_ms,
         owner: None,
+        open: request.open,
     })
 }
 

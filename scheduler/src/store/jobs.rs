@@ -10,6 +10,7 @@ use tessera_protocol::{
     SliceRecord, SliceStatus, Worktime,
 };
 
+use super::events::state_changed;
 use super::{random_id, to_json, Json, NewJob, Scope, SliceState, Store, Stored};
 use crate::error::{Error, Result};
 
@@ -38,8 +39,8 @@ impl Store {
             let id = random_id("j", 8);
             connection.execute(
                 "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, bundle,
-                                   state, total, created_ms, slice_timeout_ms, no_progress_timeout_ms, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                   state, total, created_ms, slice_timeout_ms, no_progress_timeout_ms, owner, open)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     id,
                     job.name.clone().unwrap_or_else(|| id.clone()),
@@ -56,6 +57,7 @@ impl Store {
                     job.slice_timeout_ms as i64,
                     job.no_progress_timeout_ms.map(|ms| ms as i64),
                     job.owner,
+                    job.open,
                 ],
             )?;
             let mut insert =
@@ -63,6 +65,8 @@ impl Store {
             for (index, datum) in job.slices.iter().enumerate() {
                 insert.execute(params![id, index as i64, to_json(datum)?, SliceState::Queued.as_str()])?;
             }
+            // A stream's first event: the job as deployed.
+            state_changed(connection, &id)?;
             Ok(id)
         })
     }
@@ -77,6 +81,62 @@ impl Store {
             )?;
             if changed > 0 {
                 abandon_leases(connection, job_id, now)?;
+                state_changed(connection, job_id)?;
+            }
+            job_status(connection, job_id)
+        })
+    }
+
+    /// Appends `slices` to an open, running job as queued slices; returns the index of the first
+    /// one added and the job's new total. At most `max_total` slices per job.
+    pub fn add_slices(&mut self, job_id: &str, slices: &[Value], max_total: u64) -> Result<(u64, u64)> {
+        self.write(|connection, _| {
+            let (state, open, total): (Stored<JobState>, bool, i64) = connection
+                .prepare_cached("SELECT state, open, total FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?
+                .ok_or_else(|| Error::NotFound { what: "job", id: job_id.into() })?;
+            if !open {
+                return Err(Error::invalid(
+                    "slices",
+                    format!("job `{job_id}` is not open: slices can be added only to a job deployed with `open: true`, until it is closed"),
+                ));
+            }
+            if state.0 != JobState::Running {
+                return Err(Error::invalid("slices", format!("job `{job_id}` is {}: no slices can be added", state.0.as_str())));
+            }
+            let first = total as u64;
+            let new_total = first + slices.len() as u64;
+            if new_total > max_total {
+                return Err(Error::invalid(
+                    "slices",
+                    format!("{new_total} slices in all would be over this scheduler's limit of {max_total} per job"),
+                ));
+            }
+            let mut insert =
+                connection.prepare_cached("INSERT INTO slices (job_id, idx, datum, state) VALUES (?1, ?2, ?3, ?4)")?;
+            for (offset, datum) in slices.iter().enumerate() {
+                insert.execute(params![job_id, (first + offset as u64) as i64, to_json(datum)?, SliceState::Queued.as_str()])?;
+            }
+            connection
+                .prepare_cached("UPDATE jobs SET total = ?1 WHERE id = ?2")?
+                .execute(params![new_total as i64, job_id])?;
+            Ok((first, new_total))
+        })
+    }
+
+    /// Closes an open job: no more slices may be added, and it completes once every slice has its
+    /// outcome (at once, when they all have). Closing a job that is not open changes nothing.
+    pub fn close(&mut self, job_id: &str, now: u64) -> Result<JobStatus> {
+        self.write(|connection, _| {
+            job_total(connection, job_id)?;
+            let changed = connection.execute(
+                "UPDATE jobs SET open = 0 WHERE id = ?1 AND open = 1 AND state = ?2",
+                params![job_id, JobState::Running.as_str()],
+            )?;
+            if changed > 0 {
+                state_changed(connection, job_id)?;
+                finish_if_done(connection, job_id, now)?;
             }
             job_status(connection, job_id)
         })
@@ -151,6 +211,8 @@ pub(super) fn abandon_leases(connection: &Connection, job_id: &str, now: u64) ->
 }
 
 /// Fails a running job with `error` (nothing more is handed out); returns whether it was running.
+/// The caller records the state change (after the console lines of the report that failed it, so
+/// the final state stays the last event of the job's log).
 pub(super) fn fail_job(connection: &Connection, job_id: &str, error: &str, now: u64) -> Result<bool> {
     let changed = connection.execute(
         "UPDATE jobs SET state = ?1, error = ?2, ended_ms = ?5 WHERE id = ?3 AND state = ?4",
@@ -162,9 +224,17 @@ pub(super) fn fail_job(connection: &Connection, job_id: &str, error: &str, now: 
     Ok(changed > 0)
 }
 
-/// Marks a running job `complete` or `complete_with_errors` once no slice is queued or leased,
-/// noting `now` as when it ended (retention counts from then).
+/// Marks a running job `complete` or `complete_with_errors` once no slice is queued or leased
+/// (an open job never: more slices may come until it is closed), noting `now` as when it ended
+/// (retention counts from then).
 pub(super) fn finish_if_done(connection: &Connection, job_id: &str, now: u64) -> Result<()> {
+    let open: Option<bool> = connection
+        .prepare_cached("SELECT open FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?;
+    if open != Some(false) {
+        return Ok(());
+    }
     let unfinished: Option<i64> = connection
         .prepare_cached("SELECT 1 FROM slices WHERE job_id = ?1 AND state IN ('queued', 'leased') LIMIT 1")?
         .query_row([job_id], |row| row.get(0))
@@ -177,9 +247,12 @@ pub(super) fn finish_if_done(connection: &Connection, job_id: &str, now: u64) ->
         .query_row([job_id], |row| row.get(0))
         .optional()?;
     let state = if errors.is_some() { JobState::CompleteWithErrors } else { JobState::Complete };
-    connection
+    let changed = connection
         .prepare_cached("UPDATE jobs SET state = ?1, ended_ms = ?4 WHERE id = ?2 AND state = ?3")?
         .execute(params![state.as_str(), job_id, JobState::Running.as_str(), now as i64])?;
+    if changed > 0 {
+        state_changed(connection, job_id)?;
+    }
     Ok(())
 }
 
@@ -221,7 +294,7 @@ fn job_total(connection: &Connection, job_id: &str) -> Result<u64> {
 pub fn job_status(connection: &Connection, job_id: &str) -> Result<JobStatus> {
     let row = connection
         .prepare_cached(
-            "SELECT name, worktime, state, total, error, created_ms, slice_timeout_ms, no_progress_timeout_ms
+            "SELECT name, worktime, state, total, error, created_ms, slice_timeout_ms, no_progress_timeout_ms, open
              FROM jobs WHERE id = ?1",
         )?
         .query_row([job_id], |row| {
@@ -234,10 +307,12 @@ pub fn job_status(connection: &Connection, job_id: &str) -> Result<JobStatus> {
                 row.get::<_, i64>(5)?,
                 row.get::<_, i64>(6)?,
                 row.get::<_, Option<i64>>(7)?,
+                row.get::<_, bool>(8)?,
             ))
         })
         .optional()?;
-    let Some((name, worktime, state, total, error, created_ms, slice_timeout_ms, no_progress_timeout_ms)) = row else {
+    let Some((name, worktime, state, total, error, created_ms, slice_timeout_ms, no_progress_timeout_ms, open)) = row
+    else {
         return Err(Error::NotFound { what: "job", id: job_id.into() });
     };
     let mut counts = [0u64; 4];
@@ -271,6 +346,7 @@ pub fn job_status(connection: &Connection, job_id: &str) -> Result<JobStatus> {
         slice_timeout_ms: slice_timeout_ms as u64,
         no_progress_timeout_ms: no_progress_timeout_ms.map(|ms| ms as u64),
         running,
+        open,
     })
 }
 
@@ -321,7 +397,7 @@ pub fn results(connection: &Connection, job_id: &str, from: u64, limit: u64) -> 
     Ok((rows.collect::<rusqlite::Result<_>>()?, total))
 }
 
-fn slice_status(state: SliceState) -> SliceStatus {
+pub(super) fn slice_status(state: SliceState) -> SliceStatus {
     match state {
         SliceState::Ok => SliceStatus::Ok,
         SliceState::Error => SliceStatus::Error,

@@ -10,12 +10,15 @@
 //! - `workers`, `jobs`, `leasing`, `keys`, `credits`, `retention`: the operations, grouped by what
 //!   they change (`credits`: contributors and the ledger that credits each slice accepted `ok`;
 //!   `retention`: deleting finished jobs).
+//! - [`events`]: each job's append-only event log, written in the operation that makes the
+//!   change it records; `GET /v1/jobs/{id}/events` streams it.
 //! - [`read`]: the read-only queries, usable on any connection (the server's read pool).
 //!
 //! States are Rust enums stored as text; an unknown stored value is an [`Error::Corrupt`], never
 //! a silent default.
 
 mod credits;
+pub mod events;
 mod jobs;
 mod keys;
 mod leasing;
@@ -47,6 +50,7 @@ pub use writer::{Readers, Writer};
 /// pool while the writer works.
 pub mod read {
     pub use super::credits::contributor_totals;
+    pub use super::events::events;
     pub use super::jobs::{bundle, console, job_status, list_jobs, results, slice_history};
     pub use super::keys::{deployer_by_key, job_access, list_keys};
     pub use super::retention::expired_jobs;
@@ -71,6 +75,8 @@ pub struct NewJob {
     pub no_progress_timeout_ms: Option<u64>,
     /// The id of the API key that deploys it; only that key (and admin keys) may see it.
     pub owner: Option<String>,
+    /// Open: slices may be added until it is closed ([`Store::add_slices`], [`Store::close`]).
+    pub open: bool,
 }
 
 /// Timing, retry and size rules the store applies.

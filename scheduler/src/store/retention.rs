@@ -23,7 +23,7 @@ pub const BUNDLE_GRACE_MS: u64 = 60 * 60 * 1_000;
 
 /// Tables holding a job's rows, keyed by `job_id`, in the order they are emptied (the job row
 /// itself goes last: `slices` references it). A table added for jobs later belongs here too.
-const JOB_TABLES: [&str; 4] = ["leases", "console", "setup_errors", "slices"];
+const JOB_TABLES: [&str; 5] = ["job_events", "leases", "console", "setup_errors", "slices"];
 
 impl Store {
     /// Deletes a job the deployer no longer wants, with everything stored for it. A running job
