@@ -20,6 +20,7 @@ from ._wire import decode, encode, holds_numpy
 from .errors import JobFailed, SliceError, TesseraError
 
 EVENTS = ("result", "error", "console", "progress", "complete")
+_EVENT_ALIASES = {"status": "progress"}  # DCP's name for progress
 Work = Union[Callable[..., Any], str, os.PathLike]
 
 
@@ -29,6 +30,16 @@ class SliceResult:
 
     slice: int
     value: Any
+
+    @property
+    def result(self) -> Any:
+        """The value (DCP's name)."""
+        return self.value
+
+    @property
+    def sliceNumber(self) -> int:  # noqa: N802 - DCP's name
+        """The slice number (DCP's name)."""
+        return self.slice
 
 
 @dataclass
@@ -198,6 +209,7 @@ class Job:
         """Calls `callback` for each `event` — result (`SliceResult`), error (`SliceError` or
         `JobFailed`), console (`ConsoleLine`), progress (`Progress`), complete (the final status) —
         while `wait` or `results` follows the job."""
+        event = _EVENT_ALIASES.get(event, event)
         if event not in self._callbacks:
             raise ValueError(f"unknown event {event!r}; use one of {', '.join(EVENTS)}")
         self._callbacks[event].append(callback)
@@ -330,6 +342,8 @@ class Job:
                     if next_index in self._results:
                         continue
                     raise self._failure()
+            for _ in pump:  # on to the final state: its events (complete, console) fire too
+                pass
         else:
             given = set()
             for index in sorted(self._results):
