@@ -23,7 +23,7 @@ bootstrap:
 	@scripts/bootstrap
 
 scheduler:
-	cargo build --release -p tessera-scheduler
+	cargo build --release -p tessera-cli
 
 # The worker core: wasm → wasm-bindgen (ES module for the page) → wasm-opt -Oz; then its size,
 # raw and gzipped (`scripts/core-size` alone also fails above its limit).
@@ -34,9 +34,10 @@ wasm:
 		-o $(PKG)/tessera_worker_bg.wasm $(PKG)/tessera_worker_bg.wasm
 	@scripts/core-size --report $(PKG)
 
-# A sub-make, so that a toolchain the bootstrap just installed is picked up.
+# A sub-make, so that a toolchain the bootstrap just installed is picked up. The worker core comes
+# first: the scheduler binary embeds it (scheduler/build.rs).
 build: bootstrap
-	@$(MAKE) --no-print-directory scheduler wasm
+	@$(MAKE) --no-print-directory wasm scheduler
 
 demo: build
 	@scripts/demo
@@ -46,7 +47,7 @@ test: build
 
 # Protocol, scheduler (real SQLite, real HTTP) and worker-core decisions.
 test-native:
-	cargo test -p tessera-protocol -p tessera-scheduler -p tessera-worker
+	cargo test -p tessera-protocol -p tessera-scheduler -p tessera-cli -p tessera-worker
 
 # wasm-bindgen tests with a live scheduler on a loopback port: all in headless Chromium, the
 # engine-dependent ones in headless Firefox ESR too (FIREFOX_TESTS=all for every one; see the script).

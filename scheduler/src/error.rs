@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tessera_protocol::ApiError;
 
-/// Everything that can go wrong in the scheduler and the CLI.
+/// Everything that can go wrong in the scheduler: its store, its HTTP server and their checks.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A request field is missing, malformed or out of range.
@@ -54,18 +54,9 @@ pub enum Error {
     Store(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-    /// The scheduler answered a CLI request with an error.
+    /// `tessera serve` was configured with something it cannot use.
     #[error("{0}")]
-    Api(ApiError),
-    /// The CLI could not reach the scheduler.
-    #[error("cannot reach the scheduler: {0}")]
-    Unreachable(String),
-    /// A CLI argument or local file is unusable.
-    #[error("{0}")]
-    Usage(String),
-    /// The worker's browser failed or exited.
-    #[error("browser: {0}")]
-    Browser(String),
+    Config(String),
     /// The embedded sandbox host page cannot be served safely (a build defect).
     #[error("sandbox host page: {0}")]
     SandboxHost(String),
@@ -108,15 +99,12 @@ impl Error {
             Error::UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, body("unsupported_media_type", Some("content-type")))
             }
-            Error::Api(api) => (StatusCode::BAD_GATEWAY, api.clone()),
             Error::Database(_)
             | Error::Corrupt(_)
             | Error::Store(_)
             | Error::Task(_)
             | Error::Io { .. }
-            | Error::Unreachable(_)
-            | Error::Usage(_)
-            | Error::Browser(_)
+            | Error::Config(_)
             | Error::SandboxHost(_) => (StatusCode::INTERNAL_SERVER_ERROR, body("internal", None)),
         }
     }

@@ -38,7 +38,10 @@ impl PackageIndex {
     /// empty index (map-basic jobs still work; Python jobs that need packages are refused).
     pub fn load(distribution: &Path) -> PackageIndex {
         let Ok(text) = std::fs::read_to_string(distribution.join("pyodide-lock.json")) else {
-            tracing::warn!(path = %distribution.display(), "no Pyodide distribution; run scripts/bootstrap");
+            tracing::warn!(
+                path = %distribution.display(),
+                "no Pyodide distribution here: Python jobs cannot run (scripts/bootstrap vendors it; --pyodide DIR points elsewhere)"
+            );
             return PackageIndex::default();
         };
         let Ok(lock) = serde_json::from_str::<Lock>(&text) else {

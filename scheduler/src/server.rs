@@ -15,25 +15,27 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path as FilePath, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 use tessera_protocol::{
     bundle, ApiKeyInfo, BundleLimits, ContributorTotals, CreateKeyRequest, DeployRequest, DeployResponse,
     HeartbeatRequest, HeartbeatResponse, JobStatus, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
     ResultStatus, ResultsPage, ResultsRequest, ResultsResponse, SliceHistory, WorkerLimits, Worktime,
 };
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
@@ -43,6 +45,8 @@ use tower_http::trace::TraceLayer;
 use crate::error::{Error, Result};
 use crate::packages::PackageIndex;
 use crate::sandbox_host::SandboxHostPage;
+use crate::site::EmbeddedSite;
+use crate::store::events::{EventBody, JobEvent};
 use crate::store::{check_contributor, read, same, Deployer, LeasePolicy, Readers, RegisteredWorker, Store, Writer};
 use crate::syntax::{check_python, PythonFile};
 use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
@@ -51,8 +55,9 @@ use crate::validate::{parse_body, parse_deploy, validate_deploy, DeployLimits};
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub database: PathBuf,
-    /// The static site: contribute page and the built worker core under `pkg/`.
-    pub www: PathBuf,
+    /// A folder to serve the static site from instead of the copy embedded in the binary
+    /// (contribute page, worker core under `pkg/`): for working on the page without rebuilding.
+    pub www: Option<PathBuf>,
     /// The vendored Pyodide distribution, served under `/pyodide/`.
     pub pyodide: PathBuf,
     pub lease: LeasePolicy,
@@ -95,6 +100,11 @@ struct AppState {
     keys: Arc<Mutex<KeyCache>>,
     /// Woken whenever slices become available (deploy, requeue).
     work_available: Arc<Notify>,
+    /// Bumped after every committed change that may have added job events or moved progress
+    /// (results, heartbeats, cancels, expiries): event streams that caught up wait on it.
+    job_events: Arc<watch::Sender<u64>>,
+    /// Event streams open at once, at most [`MAX_EVENT_STREAMS`].
+    event_streams: Arc<Semaphore>,
     packages: Arc<PackageIndex>,
     config: Arc<ServerConfig>,
     limits: WorkerLimits,
@@ -167,6 +177,11 @@ impl AppState {
             }
         }
         Ok(deployer)
+    }
+
+    /// Wakes the event streams waiting for news: called once a change is committed.
+    fn job_events_changed(&self) {
+        self.job_events.send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Drops a revoked key from the cache (called once the revocation is committed).
@@ -273,7 +288,7 @@ fn deployer_cors(origins: &[String]) -> Result<Option<CorsLayer>> {
             .iter()
             .map(|origin| {
                 HeaderValue::from_str(origin.trim_end_matches('/'))
-                    .map_err(|_| Error::Usage(format!("--deployer-origin `{origin}` is not a usable origin")))
+                    .map_err(|_| Error::Config(format!("--deployer-origin `{origin}` is not a usable origin")))
             })
             .collect::<Result<Vec<_>>>()?;
         AllowOrigin::list(parsed)
@@ -409,6 +424,8 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         tokens: Arc::new(Mutex::new(HashMap::new())),
         keys: Arc::new(Mutex::new(KeyCache::default())),
         work_available: Arc::new(Notify::new()),
+        job_events: Arc::new(watch::channel(0).0),
+        event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         packages: Arc::new(PackageIndex::load(&config.pyodide)),
         config: Arc::new(config.clone()),
         limits,
@@ -450,6 +467,7 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         .route("/jobs/{id}", general.guard(get(job_status), SMALL_BODY_BYTES))
         .route("/jobs/{id}/results", general.guard(get(job_results), SMALL_BODY_BYTES))
         .route("/jobs/{id}/console", general.guard(get(job_console), SMALL_BODY_BYTES))
+        .route("/jobs/{id}/events", general.guard(get(job_events), SMALL_BODY_BYTES))
         .route("/jobs/{id}/slices/{slice}", general.guard(get(slice_history), SMALL_BODY_BYTES))
         .route("/jobs/{id}/cancel", general.guard(post(cancel_job).route_layer(json()), SMALL_BODY_BYTES))
         .route(
@@ -483,8 +501,16 @@ pub fn router(config: ServerConfig) -> Result<Router> {
     // Compressed when the browser accepts it (brotli or gzip): the page and the worker core are
     // what a JavaScript job's volunteer downloads. The Pyodide files are not: megabytes compressed
     // again on every first visit would cost the scheduler more than they save on a fast link.
-    let site = Router::new()
-        .fallback_service(ServeDir::new(&config.www))
+    let site = match &config.www {
+        Some(folder) => Router::new().fallback_service(ServeDir::new(folder)),
+        None => {
+            let embedded = Arc::new(EmbeddedSite::new());
+            Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| async move {
+                embedded.response(&method, uri.path(), &headers)
+            })
+        }
+    };
+    let site = site
         .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
         .layer(SetResponseHeaderLayer::overriding(
@@ -523,36 +549,30 @@ pub fn router(config: ServerConfig) -> Result<Router> {
         ))
 }
 
+/// The admin key `serve` made for a new database: shown once, by its caller.
+#[derive(Clone, Debug)]
+pub struct FirstAdminKey {
+    /// The whole key (`tsk_…`); the database keeps only a hash of its secret.
+    pub key: String,
+    /// The URL the scheduler listens on.
+    pub url: String,
+    /// Whether it listens on a loopback address (only then may the key be saved for the CLI).
+    pub loopback: bool,
+}
+
 /// Binds `addr`, prints the actual address (so port 0 works for tests) and serves until stopped.
 ///
-/// On a database without any key (a new one) it first makes the admin key `admin` and prints it,
-/// once, on stderr as the line `TESSERA_API_KEY=<key>` — before the listening line, so whoever
-/// waits for that line finds the key already written. Listening on a loopback address it also
-/// saves the key for its URL in `credentials` (the per-user file the CLI reads), when given.
-pub async fn serve(addr: SocketAddr, config: ServerConfig, credentials: Option<PathBuf>) -> Result<()> {
+/// On a database without any key (a new one) it first makes the admin key `admin` and hands it to
+/// `on_first_key` — before the listening line, so whoever waits for that line finds the key
+/// already announced.
+pub async fn serve(addr: SocketAddr, config: ServerConfig, on_first_key: impl FnOnce(&FirstAdminKey)) -> Result<()> {
     let first_key = Store::open(&config.database)?.create_first_admin_key(now_ms())?;
     let app = router(config)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::io(format!("binding {addr}")))?;
     let local = listener.local_addr().map_err(Error::io("reading the bound address"))?;
     let url = format!("http://{local}");
     if let Some(created) = first_key {
-        eprintln!("TESSERA_API_KEY={}", created.key);
-        let saved = match credentials.as_deref() {
-            Some(file) if local.ip().is_loopback() => Some(save_first_key(file, &url, &created.key)),
-            _ => None,
-        };
-        match saved {
-            Some(Ok(file)) => eprintln!(
-                "tessera: that admin key is shown only now; it is saved for {url} in {file} (mode 0600), where \
-                 the tessera CLI finds it (--no-save-key turns this off)"
-            ),
-            Some(Err(error)) => {
-                eprintln!("tessera: that admin key is shown only now; saving it failed ({error}): keep it")
-            }
-            None => eprintln!(
-                "tessera: that admin key is shown only now: keep it (`tessera keys create NAME` makes more keys)"
-            ),
-        }
+        on_first_key(&FirstAdminKey { key: created.key, url: url.clone(), loopback: local.ip().is_loopback() });
     }
     println!("tessera scheduler listening on {url}");
     tracing::info!(%local, "listening");
@@ -562,12 +582,6 @@ pub async fn serve(addr: SocketAddr, config: ServerConfig, credentials: Option<P
         })
         .await
         .map_err(Error::io("serving"))
-}
-
-/// Saves the first admin key in the credentials file; returns the file's name.
-fn save_first_key(file: &FilePath, url: &str, key: &str) -> Result<String> {
-    crate::credentials::save(file, url, key)?;
-    Ok(file.display().to_string())
 }
 
 /// Expires overdue leases once a second, waking lease requests when slices come back. It also
@@ -593,6 +607,7 @@ fn spawn_lease_reaper(state: AppState) {
                     if reaped.expired > 0 {
                         tracing::info!(count = reaped.expired, "leases expired; their slices are queued again");
                         state.work_available.notify_waiters();
+                        state.job_events_changed();
                     }
                 }
                 Err(error) => tracing::error!(%error, "lease reaper failed"),
@@ -695,6 +710,8 @@ async fn heartbeat(
     }
     let policy = state.config.lease;
     let answer = state.writer.run(move |store| store.heartbeat(&worker_id, &request.leases, now_ms(), policy)).await?;
+    // Progress may have moved.
+    state.job_events_changed();
     Ok(Json(answer))
 }
 
@@ -714,6 +731,7 @@ async fn submit_results(
     let policy = state.config.lease;
     let worker = worker_id.clone();
     let acks = state.writer.run(move |store| store.submit_results(&worker, &request.results, now_ms(), policy)).await?;
+    state.job_events_changed();
     if acks.iter().any(|ack| matches!(ack.status, ResultStatus::Requeued | ResultStatus::Released)) {
         state.work_available.notify_waiters();
     }
@@ -848,6 +866,7 @@ async fn cancel_job(
             store.cancel(&id, now_ms())
         })
         .await?;
+    state.job_events_changed();
     tracing::info!(job = %status.job_id, key = %caller.key_id, "job cancelled");
     Ok(Json(status))
 }
@@ -911,4 +930,190 @@ async fn revoke_key(
     state.forget_key(&revoked.id);
     tracing::info!(key = %revoked.id, name = %revoked.name, by = %admin.key_id, "API key revoked");
     Ok(Json(revoked))
+}
+
+/// Event streams open at once; past it a new one is answered 503 `busy`. Each costs a task, a
+/// reader query when there is news, and at most one page of events in memory.
+pub const MAX_EVENT_STREAMS: usize = 10_000;
+/// Most events read from the store at once for one stream.
+const EVENT_PAGE: u64 = 256;
+/// A page stops growing once its results and text pass this many bytes (a slow client holds at
+/// most about one page, whatever the job's size: the stream reads the next page only when the
+/// connection has taken the last one).
+const EVENT_PAGE_BYTES: usize = 1024 * 1024;
+/// `progress` events are sent at most this often per stream.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A comment line is sent after this long without an event, so proxies keep the stream open and
+/// a client notices a dead connection.
+pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// `GET /v1/jobs/{id}/events`: the job's event log as server-sent events, from after `after` (or
+/// the `Last-Event-ID` header a reconnecting `EventSource` sends), then live until the job ends.
+async fn job_events(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response> {
+    let after = match query.after {
+        Some(after) => after,
+        None => match headers.get("last-event-id") {
+            None => 0,
+            Some(value) => value.to_str().ok().and_then(|text| text.trim().parse().ok()).ok_or_else(|| {
+                Error::invalid("Last-Event-ID", "the last event id is not an event position (an integer ≥ 0)")
+            })?,
+        },
+    };
+    state.read_own_job(&caller, id.clone(), |_, _| Ok(())).await?;
+    let permit = state.event_streams.clone().try_acquire_owned().map_err(|_| Error::Busy)?;
+    let changes = state.job_events.subscribe();
+    let stream = EventStream {
+        readers: state.readers.clone(),
+        job_id: id,
+        after,
+        pending: std::collections::VecDeque::new(),
+        ended: false,
+        changes,
+        progress: None,
+        progress_sent_at: None,
+        progress_stale: true,
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(stream, |mut stream| async move {
+        stream.next_event().await.map(|event| (Ok::<_, Infallible>(event), stream))
+    });
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE));
+    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))], sse).into_response())
+}
+
+/// One client's position in a job's event log, and what it needs to go on from there.
+struct EventStream {
+    readers: Readers,
+    job_id: String,
+    /// The last position delivered (or the one the client resumed after).
+    after: u64,
+    /// The rest of the page read last, already encoded.
+    pending: std::collections::VecDeque<SseEvent>,
+    /// The final state event is in `pending`: the stream ends once it is sent.
+    ended: bool,
+    changes: watch::Receiver<u64>,
+    /// The last `progress` sent, and when.
+    progress: Option<Value>,
+    progress_sent_at: Option<tokio::time::Instant>,
+    /// Something changed since progress was last looked at.
+    progress_stale: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl EventStream {
+    /// The next event to send, waiting for one when caught up; `None` ends the stream (after the
+    /// final state event, or when the job can no longer be read).
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            // Marked seen before reading: a change committed after this read wakes the wait below.
+            self.changes.borrow_and_update();
+            let (job_id, after) = (self.job_id.clone(), self.after);
+            let page = self
+                .readers
+                .run(move |connection| read::events(connection, &job_id, after, EVENT_PAGE, EVENT_PAGE_BYTES))
+                .await;
+            let (events, job_state) = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(job = %self.job_id, %error, "event stream ended: the job's events cannot be read");
+                    return None;
+                }
+            };
+            if !events.is_empty() {
+                for event in events {
+                    self.after = event.position;
+                    self.ended |= event.is_final();
+                    match encode_event(&event) {
+                        Ok(encoded) => self.pending.push_back(encoded),
+                        Err(error) => {
+                            tracing::error!(job = %self.job_id, %error, "event stream ended: an event cannot be encoded");
+                            return None;
+                        }
+                    }
+                }
+                continue;
+            }
+            if job_state.is_final() {
+                // Caught up past the final state event (a client resuming after the end).
+                return None;
+            }
+            if let Some(event) = self.progress_event().await {
+                return Some(event);
+            }
+            let due = self.progress_stale.then(|| self.progress_sent_at.map(|sent| sent + PROGRESS_INTERVAL)).flatten();
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    self.progress_stale = true;
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
+            }
+        }
+    }
+
+    /// A `progress` event when progress was reported since the last one, at most one per
+    /// [`PROGRESS_INTERVAL`]; `None` when nothing moved or it is too soon.
+    async fn progress_event(&mut self) -> Option<SseEvent> {
+        if !self.progress_stale {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        if self.progress_sent_at.is_some_and(|sent| now < sent + PROGRESS_INTERVAL) {
+            return None;
+        }
+        self.progress_stale = false;
+        let job_id = self.job_id.clone();
+        let status = match self.readers.run(move |connection| read::job_status(connection, &job_id)).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(job = %self.job_id, %error, "cannot read the job's progress");
+                return None;
+            }
+        };
+        let running: Vec<Value> = status
+            .running
+            .iter()
+            .map(|slice| serde_json::json!({"slice": slice.slice, "progress": slice.progress}))
+            .collect();
+        let progress = serde_json::json!({
+            "done": status.done, "errors": status.errors, "total": status.total, "running": running,
+        });
+        if self.progress.as_ref() == Some(&progress) {
+            return None;
+        }
+        self.progress_sent_at = Some(now);
+        let event = SseEvent::default().event("progress").data(progress.to_string());
+        self.progress = Some(progress);
+        Some(event)
+    }
+}
+
+/// An event of the log as sent: `event:` its kind, `id:` its position, `data:` its JSON.
+fn encode_event(event: &JobEvent) -> Result<SseEvent> {
+    let data = match &event.body {
+        EventBody::Result(record) => serde_json::to_string(record),
+        EventBody::Console(line) => serde_json::to_string(line),
+        EventBody::State(status) => serde_json::to_string(status),
+    }
+    .map_err(|error| Error::Store(format!("cannot encode event {}: {error}", event.position)))?;
+    Ok(SseEvent::default().event(event.kind().as_str()).id(event.position.to_string()).data(data))
 }

@@ -220,6 +220,7 @@ impl Scheduler {
         Command::new(tessera_bin())
             .args(["worker", "--exit-when-idle", "--idle-ms", "4000", "--cores", &cores.to_string()])
             .env("TESSERA_SCHEDULER", &self.url)
+            .current_dir(self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -361,6 +362,8 @@ fn spawn_scheduler(
         .args(options)
         .env("RUST_LOG", log_filter)
         .env("TESSERA_CONFIG_DIR", dir)
+        // Its own folder, which holds nothing of the source tree: the binary carries its site.
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

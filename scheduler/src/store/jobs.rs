@@ -10,6 +10,7 @@ use tessera_protocol::{
     SliceRecord, SliceStatus, Worktime,
 };
 
+use super::events::state_changed;
 use super::{random_id, to_json, Json, NewJob, Scope, SliceState, Store, Stored};
 use crate::error::{Error, Result};
 
@@ -48,6 +49,8 @@ impl Store {
             for (index, datum) in job.slices.iter().enumerate() {
                 insert.execute(params![id, index as i64, to_json(datum)?, SliceState::Queued.as_str()])?;
             }
+            // A stream's first event: the job as deployed.
+            state_changed(connection, &id)?;
             Ok(id)
         })
     }
@@ -62,6 +65,7 @@ impl Store {
             )?;
             if changed > 0 {
                 abandon_leases(connection, job_id, now)?;
+                state_changed(connection, job_id)?;
             }
             job_status(connection, job_id)
         })
@@ -132,6 +136,8 @@ pub(super) fn abandon_leases(connection: &Connection, job_id: &str, now: u64) ->
 }
 
 /// Fails a running job with `error` (nothing more is handed out); returns whether it was running.
+/// The caller records the state change (after the console lines of the report that failed it, so
+/// the final state stays the last event of the job's log).
 pub(super) fn fail_job(connection: &Connection, job_id: &str, error: &str, now: u64) -> Result<bool> {
     let changed = connection.execute(
         "UPDATE jobs SET state = ?1, error = ?2 WHERE id = ?3 AND state = ?4",
@@ -157,11 +163,12 @@ pub(super) fn finish_if_done(connection: &Connection, job_id: &str) -> Result<()
         .query_row([job_id], |row| row.get(0))
         .optional()?;
     let state = if errors.is_some() { JobState::CompleteWithErrors } else { JobState::Complete };
-    connection.prepare_cached("UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3")?.execute(params![
-        state.as_str(),
-        job_id,
-        JobState::Running.as_str()
-    ])?;
+    let changed = connection
+        .prepare_cached("UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3")?
+        .execute(params![state.as_str(), job_id, JobState::Running.as_str()])?;
+    if changed > 0 {
+        state_changed(connection, job_id)?;
+    }
     Ok(())
 }
 
@@ -303,7 +310,7 @@ pub fn results(connection: &Connection, job_id: &str, from: u64, limit: u64) -> 
     Ok((rows.collect::<rusqlite::Result<_>>()?, total))
 }
 
-fn slice_status(state: SliceState) -> SliceStatus {
+pub(super) fn slice_status(state: SliceState) -> SliceStatus {
     match state {
         SliceState::Ok => SliceStatus::Ok,
         SliceState::Error => SliceStatus::Error,

@@ -16,6 +16,7 @@ use tessera_protocol::{
 };
 
 use super::credits::{credit, AcceptedSlice};
+use super::events::{console_line, slice_finished, slice_is_final, state_changed};
 use super::jobs::{fail_job, finish_if_done, job_descriptor, job_state};
 use super::workers::{other_worker_connected, touch, truncate};
 use super::{
@@ -288,8 +289,12 @@ impl Store {
             for (lease_id, job_id, index, worker_id) in &expired {
                 let attempt = Attempt { lease_id, job_id, index: *index, worker_id, now };
                 let message = "the lease expired without a result or heartbeat";
-                if fault(connection, &attempt, AttemptOutcome::Expired, message, policy)?.is_some() {
+                let faulted = fault(connection, &attempt, AttemptOutcome::Expired, message, policy)?;
+                if let Some(state) = faulted {
                     reaped.expired += 1;
+                    if state == SliceState::Error {
+                        slice_finished(connection, job_id, *index)?;
+                    }
                 } else {
                     // The slice no longer points at this lease: end the lease alone.
                     end_lease(connection, lease_id, AttemptOutcome::Expired, Some(message), now)?;
@@ -377,9 +382,17 @@ fn judge(
         return Ok((ResultStatus::Stale, Some("the slice is no longer held by this lease".into())));
     };
     store_console(connection, &lease.job_id, &item.console)?;
+    // The job's event log, after the item's console lines: the slice's final outcome, or the
+    // job's failure (its last event).
+    let job_failed = matches!(item.outcome, SliceOutcome::JobError { .. }) && status == ResultStatus::Accepted;
+    if job_failed {
+        state_changed(connection, &lease.job_id)?;
+    } else if slice_is_final(connection, &lease.job_id, lease.index)? {
+        slice_finished(connection, &lease.job_id, lease.index)?;
+    }
     // Jobs in `touched_jobs` are known to be running for the rest of the batch, unless this item
     // just ended it (a confirmed set-up error).
-    if matches!(item.outcome, SliceOutcome::JobError { .. }) && status == ResultStatus::Accepted {
+    if job_failed {
         touched_jobs.remove(&lease.job_id);
     } else {
         touched_jobs.insert(lease.job_id);
@@ -630,6 +643,7 @@ fn store_console(connection: &Connection, job_id: &str, lines: &[ConsoleLine]) -
             break;
         }
         insert.execute(params![job_id, line.slice.map(|s| s as i64), truncate(&line.stream, 16), line.text])?;
+        console_line(connection, job_id, connection.last_insert_rowid())?;
         bytes += size;
         kept += 1;
     }
@@ -641,6 +655,7 @@ fn store_console(connection: &Connection, job_id: &str, lines: &[ConsoleLine]) -
             MAX_CONSOLE_BYTES / 1024
         );
         insert.execute(params![job_id, slice, "stderr", text])?;
+        console_line(connection, job_id, connection.last_insert_rowid())?;
     }
     Ok(())
 }

@@ -9,12 +9,15 @@
 //! - [`schema`]: the layout and its migrations (`PRAGMA user_version`).
 //! - `workers`, `jobs`, `leasing`, `keys`, `credits`: the operations, grouped by what they change
 //!   (`credits`: contributors and the ledger that credits each slice accepted `ok`).
+//! - [`events`]: each job's append-only event log, written in the operation that makes the
+//!   change it records; `GET /v1/jobs/{id}/events` streams it.
 //! - [`read`]: the read-only queries, usable on any connection (the server's read pool).
 //!
 //! States are Rust enums stored as text; an unknown stored value is an [`Error::Corrupt`], never
 //! a silent default.
 
 mod credits;
+pub mod events;
 mod jobs;
 mod keys;
 mod leasing;
@@ -44,6 +47,7 @@ pub use writer::{Readers, Writer};
 /// pool while the writer works.
 pub mod read {
     pub use super::credits::contributor_totals;
+    pub use super::events::events;
     pub use super::jobs::{bundle, console, job_status, list_jobs, results, slice_history};
     pub use super::keys::{deployer_by_key, job_access, list_keys};
     pub use super::workers::worker_by_token;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use crate::error::{Error, Result};
 
 /// The schema this code reads and writes.
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
 /// The version-1 layout, which a new database starts from (and [`from_v0`] rebuilds into). States
 /// are checked by SQL so no unknown value can be written.
@@ -100,7 +100,7 @@ CREATE INDEX setup_errors_by_job ON setup_errors(job_id, message);
 type Migration = fn(&Transaction) -> Result<()>;
 
 /// Every migration, in order.
-const MIGRATIONS: [Migration; 3] = [from_v0, from_v1, from_v2];
+const MIGRATIONS: [Migration; 4] = [from_v0, from_v1, from_v2, from_v3];
 
 /// Version 0 is the first release's layout (no version set): job state `active`, lease states
 /// `active | completed | expired`, no CHECK constraints. Tables whose shape changed are rebuilt
@@ -201,6 +201,37 @@ fn from_v2(transaction: &Transaction) -> Result<()> {
         CREATE INDEX credits_by_contributor ON credits(contributor, at_ms);
         UPDATE workers SET contributor = 'c' || lower(hex(randomblob(16)));
         INSERT INTO contributors (id, created_ms) SELECT contributor, created_ms FROM workers;
+        "#,
+    )?;
+    Ok(())
+}
+
+/// Version 4: each job's event log (`GET /v1/jobs/{id}/events`). A row is a position in its
+/// job's log and a reference: a result event names its slice (`ref` = index), a console event its
+/// line (`ref` = `console.seq`), a state event holds the job's status then (`data`). Jobs from
+/// before get their log rebuilt: their final outcomes in slice order, then their console lines,
+/// then — for a job that has ended — one state event whose status is read when it is sent (`data`
+/// NULL; an ended job's status no longer changes).
+fn from_v3(transaction: &Transaction) -> Result<()> {
+    transaction.execute_batch(
+        r#"
+        CREATE TABLE job_events (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            position INTEGER NOT NULL CHECK (position > 0),
+            kind TEXT NOT NULL CHECK (kind IN ('result', 'console', 'state')),
+            ref INTEGER,
+            data TEXT,
+            PRIMARY KEY (job_id, position)
+        ) WITHOUT ROWID;
+        INSERT INTO job_events (job_id, position, kind, ref)
+        SELECT job_id, ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY part, ref), kind, ref FROM (
+            SELECT job_id, 0 AS part, 'result' AS kind, idx AS ref FROM slices WHERE state IN ('ok', 'error')
+            UNION ALL
+            SELECT job_id, 1, 'console', seq FROM console WHERE job_id IN (SELECT id FROM jobs)
+        );
+        INSERT INTO job_events (job_id, position, kind)
+        SELECT id, COALESCE((SELECT MAX(position) FROM job_events WHERE job_id = jobs.id), 0) + 1, 'state'
+        FROM jobs WHERE state != 'running';
         "#,
     )?;
     Ok(())

@@ -842,3 +842,128 @@ fn a_version_2_database_gains_the_ledger_and_its_workers_a_contributor_each() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.contributor_totals(&contributors[0].0).unwrap().compute_ms, 40, "opening again changes nothing");
 }
+
+/// The kind and position of every event of a job, and the slices of its result events.
+fn event_log(store: &Store, job_id: &str) -> Vec<(u64, &'static str, Option<u64>)> {
+    let (events, _) = events::events(&store.connection, job_id, 0, 10_000, usize::MAX).unwrap();
+    events
+        .iter()
+        .map(|event| {
+            let slice = match &event.body {
+                events::EventBody::Result(record) => Some(record.slice),
+                events::EventBody::Console(line) => line.slice,
+                events::EventBody::State(_) => None,
+            };
+            (event.position, event.kind().as_str(), slice)
+        })
+        .collect()
+}
+
+#[test]
+fn the_event_log_records_outcomes_console_and_state_in_order() {
+    let (_dir, mut store) = store();
+    let job_id = store.deploy(job(3), 0).unwrap();
+    let w1 = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let leases = lease(&mut store, &w1, 3, 1);
+    let mut first = ok(&leases[0], json!("a"));
+    first.console =
+        vec![tessera_protocol::ConsoleLine { slice: Some(0), stream: "stdout".into(), text: "hi".into(), seq: None }];
+    let error = result(&leases[1], SliceOutcome::Error { message: "boom".into(), stack: Some("trace".into()) });
+    submit(&mut store, &w1, &[first, error], 2);
+    // A fault is not a final outcome: no event.
+    submit(&mut store, &w1, &[fault(&leases[2])], 3);
+    assert_eq!(
+        event_log(&store, &job_id),
+        vec![(1, "state", None), (2, "console", Some(0)), (3, "result", Some(0)), (4, "result", Some(1))]
+    );
+    let retry = lease(&mut store, &w1, 1, 4);
+    submit(&mut store, &w1, &[ok(&retry[0], json!("c"))], 5);
+    let log = event_log(&store, &job_id);
+    assert_eq!(&log[4..], &[(5, "result", Some(2)), (6, "state", None)]);
+    let (events, state) = events::events(&store.connection, &job_id, 4, 10, usize::MAX).unwrap();
+    assert_eq!(state, JobState::CompleteWithErrors);
+    assert!(events[1].is_final(), "{events:?}");
+    match &events[0].body {
+        events::EventBody::Result(record) => assert_eq!(record.value, Some(json!("c"))),
+        other => panic!("{other:?}"),
+    }
+    match &events::events(&store.connection, &job_id, 3, 1, usize::MAX).unwrap().0[0].body {
+        events::EventBody::Result(record) => {
+            assert_eq!((record.error.as_deref(), record.stack.as_deref()), (Some("boom"), Some("trace")))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A page stops at its byte budget, but always holds one event.
+    assert_eq!(events::events(&store.connection, &job_id, 0, 10, 1).unwrap().0.len(), 1);
+}
+
+#[test]
+fn a_failed_or_cancelled_job_ends_its_log_with_its_state() {
+    let (_dir, mut store) = store();
+    let failed = store.deploy(job(2), 0).unwrap();
+    let w1 = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let w2 = store.register_worker(None, 1, None, 0).unwrap().worker_id;
+    let first = lease(&mut store, &w1, 1, 1);
+    let mut report = setup_error(&first[0]);
+    report.console = vec![tessera_protocol::ConsoleLine {
+        slice: None,
+        stream: "stderr".into(),
+        text: "Traceback".into(),
+        seq: None,
+    }];
+    submit(&mut store, &w1, &[report.clone()], 2);
+    let second = lease(&mut store, &w2, 1, 3);
+    report.lease_id = second[0].lease_id.clone();
+    report.token = second[0].token.clone();
+    submit(&mut store, &w2, &[report], 4);
+    assert_eq!(store.job_status(&failed).unwrap().state, JobState::Failed);
+    let log = event_log(&store, &failed);
+    assert_eq!(
+        log,
+        vec![(1, "state", None), (2, "console", None), (3, "console", None), (4, "state", None)],
+        "the failure comes after the console lines of the report that confirmed it"
+    );
+    assert!(events::events(&store.connection, &failed, 3, 1, usize::MAX).unwrap().0[0].is_final());
+
+    let cancelled = store.deploy(job(1), 10).unwrap();
+    store.cancel(&cancelled, 11).unwrap();
+    store.cancel(&cancelled, 12).unwrap();
+    assert_eq!(event_log(&store, &cancelled), vec![(1, "state", None), (2, "state", None)], "cancelled once");
+}
+
+#[test]
+fn a_version_3_database_gains_event_logs_for_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let mut old = Connection::open(&path).unwrap();
+        schema::create_at_version(&mut old, 3).unwrap();
+        old.execute_batch(
+            "INSERT INTO jobs (id, name, worktime, program, program_name, arguments, env, packages, state, total,
+                               created_ms)
+             VALUES ('j1', 'done', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', 'complete', 2, 5),
+                    ('j2', 'going', 'map-basic', '(x) => x', 'work.js', '[]', '{}', '[]', 'running', 2, 6);
+             INSERT INTO slices (job_id, idx, datum, state, result) VALUES ('j1', 0, '1', 'ok', '10'),
+                                                                         ('j1', 1, '2', 'ok', '20'),
+                                                                         ('j2', 0, '1', 'queued', NULL),
+                                                                         ('j2', 1, '2', 'ok', '40');
+             INSERT INTO console (job_id, slice, stream, text) VALUES ('j1', 1, 'stdout', 'one'),
+                                                                      ('j2', 1, 'stdout', 'two'),
+                                                                      ('gone', 0, 'stdout', 'orphan');",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(
+        event_log(&store, "j1"),
+        vec![(1, "result", Some(0)), (2, "result", Some(1)), (3, "console", Some(1)), (4, "state", None)]
+    );
+    match &events::events(&store.connection, "j1", 3, 1, usize::MAX).unwrap().0[0].body {
+        events::EventBody::State(status) => assert_eq!((status.state, status.done), (JobState::Complete, 2)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(event_log(&store, "j2"), vec![(1, "result", Some(1)), (2, "console", Some(1))]);
+    // New events go on from where the rebuilt log ends.
+    store.cancel("j2", 7).unwrap();
+    assert_eq!(event_log(&store, "j2").last(), Some(&(3, "state", None)));
+}

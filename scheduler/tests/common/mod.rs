@@ -2,19 +2,18 @@
 #![allow(dead_code)] // Each test file uses part of it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use tessera_protocol::{BundleLimits, WorkerLimits};
 use tessera_scheduler::server::{router, ServerConfig};
 use tessera_scheduler::store::{LeasePolicy, Store};
 use tessera_scheduler::validate::DeployLimits;
 
-/// A configuration with its database in `dir`, the repository's site, no Pyodide distribution,
+/// A configuration with its database in `dir`, the embedded site, no Pyodide distribution,
 /// a 1,000-byte result limit and default request limits; tests override what they exercise.
 pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
     ServerConfig {
         database: dir.path().join("test.db"),
-        www: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www"),
+        www: None,
         pyodide: dir.path().join("no-pyodide"),
         lease: LeasePolicy { ttl_ms: 60_000, max_attempts: 3, max_result_bytes: 1_000 },
         max_body_bytes: 64 * 1024 * 1024,

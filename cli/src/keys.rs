@@ -13,8 +13,8 @@ use tessera_protocol::{ApiKeyInfo, CreatedKey};
 use crate::client::Client;
 use crate::credentials;
 use crate::error::{Error, Result};
-use crate::server::now_ms;
-use crate::store::Store;
+use tessera_scheduler::server::now_ms;
+use tessera_scheduler::store::Store;
 
 /// The client for a deployer command: the scheduler at `scheduler` with the key found for it.
 /// `api_key` is what `--api-key` or `TESSERA_API_KEY` gave, if anything.

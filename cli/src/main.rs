@@ -6,15 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tessera_cli::browser::{run_worker, WorkerOptions};
+use tessera_cli::client::Client;
+use tessera_cli::deploy::{self, DeployOptions, Output};
+use tessera_cli::Error;
+use tessera_cli::{credentials, keys};
 use tessera_protocol::{BundleLimits, WorkerLimits};
-use tessera_scheduler::browser::{run_worker, WorkerOptions};
-use tessera_scheduler::client::Client;
-use tessera_scheduler::deploy::{self, DeployOptions, Output};
-use tessera_scheduler::server::{serve, ServerConfig};
+use tessera_scheduler::server::{serve, FirstAdminKey, ServerConfig};
 use tessera_scheduler::store::LeasePolicy;
 use tessera_scheduler::validate::DeployLimits;
-use tessera_scheduler::Error;
-use tessera_scheduler::{credentials, keys};
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Browser volunteer computing for Python: scheduler, deployer and worker.")]
@@ -89,10 +89,12 @@ enum Command {
         /// SQLite database file (created when missing).
         #[arg(long, default_value = "tessera.db")]
         db: PathBuf,
-        /// Static site folder (contribute page; the built worker core lives in its pkg/).
-        #[arg(long, env = "TESSERA_WWW", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../www"))]
-        www: PathBuf,
-        /// Vendored Pyodide distribution (scripts/bootstrap puts it here).
+        /// Serve the static site (contribute page; the worker core in its pkg/) from this folder
+        /// instead of the copy built into this binary: for working on the page without rebuilding.
+        #[arg(long, env = "TESSERA_WWW")]
+        www: Option<PathBuf>,
+        /// The Pyodide distribution (default: where scripts/bootstrap puts it,
+        /// ~/.cache/tessera/pyodide-0.27.7).
         #[arg(long, env = "TESSERA_PYODIDE")]
         pyodide: Option<PathBuf>,
         /// Lease lifetime without a heartbeat, in milliseconds.
@@ -247,7 +249,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
                 deployer_origins,
             };
             let credentials = if no_save_key { None } else { credentials::default_file() };
-            serve(addr, config, credentials).await?;
+            serve(addr, config, |first| announce_first_key(first, credentials.as_deref())).await?;
             Ok(true)
         }
         Command::Deploy { deployer, options } => deploy::deploy(&deployer.client()?, options).await,
@@ -353,6 +355,27 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             })
             .await?;
             Ok(true)
+        }
+    }
+}
+
+/// Shows the admin key `serve` made for a new database, once, on stderr as the line
+/// `TESSERA_API_KEY=<key>`; on a loopback address also saves it for its URL in `credentials`
+/// (the per-user file the CLI reads), when given.
+fn announce_first_key(first: &FirstAdminKey, credentials: Option<&std::path::Path>) {
+    eprintln!("TESSERA_API_KEY={}", first.key);
+    let url = &first.url;
+    match credentials.filter(|_| first.loopback) {
+        Some(file) => match credentials::save(file, url, &first.key) {
+            Ok(()) => eprintln!(
+                "tessera: that admin key is shown only now; it is saved for {url} in {} (mode 0600), where \
+                 the tessera CLI finds it (--no-save-key turns this off)",
+                file.display()
+            ),
+            Err(error) => eprintln!("tessera: that admin key is shown only now; saving it failed ({error}): keep it"),
+        },
+        None => {
+            eprintln!("tessera: that admin key is shown only now: keep it (`tessera keys create NAME` makes more keys)")
         }
     }
 }
