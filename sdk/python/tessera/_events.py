@@ -24,7 +24,7 @@ FINAL_STATES = ("complete", "complete_with_errors", "failed", "cancelled")
 class Event:
     """One event of a job: `kind` is result, console, progress or state; `position` orders them."""
 
-    position: int
+    position: Optional[int]  # None for progress, which the scheduler does not store
     kind: str
     data: dict[str, Any]
 
@@ -71,13 +71,22 @@ def _server_sent(client: Client, job_id: str, after: int, deadline: Optional[flo
                 if response.status_code >= 400:
                     response.read()
                     raise_for_refusal(response)
+                received = 0
                 for event in _parse(response.iter_lines()):
                     failures = 0
-                    if event.position <= position and event.position != 0:
-                        continue
-                    position = event.position
+                    received += 1
+                    if event.position is not None:
+                        if event.position <= position:
+                            continue  # already delivered before a reconnection
+                        position = event.position
                     yield event
                     if event.kind == "state" and event.data.get("state") in FINAL_STATES:
+                        return
+                if received == 0:
+                    # Resumed after the job's last event: the stream is empty. Its final state:
+                    status = client.status(job_id)
+                    if status.get("state") in FINAL_STATES:
+                        yield Event(position, "state", status)
                         return
         except (httpx.TransportError, httpx.RemoteProtocolError) as error:
             # Dropped or timed out: reconnect from the last position (below).
@@ -91,13 +100,14 @@ def _server_sent(client: Client, job_id: str, after: int, deadline: Optional[flo
 
 
 def _parse(lines: Iterator[str]) -> Iterator[Event]:
-    position, kind, data = 0, "message", []
+    position: Optional[int] = None
+    kind, data = "message", []
     for line in lines:
         line = line.rstrip("\r")
         if not line:
             if data:
                 yield Event(position, kind, json.loads("\n".join(data)))
-            kind, data = "message", []
+            position, kind, data = None, "message", []
             continue
         if line.startswith(":"):
             continue

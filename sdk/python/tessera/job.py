@@ -291,7 +291,8 @@ class Job:
         if self._final is not None:
             return
         for event in job_events(self.client, self._deployed(), self._position, deadline):
-            self._position = max(self._position, event.position)
+            if event.position is not None:
+                self._position = max(self._position, event.position)
             if event.kind == "result":
                 index = self._record(event.data)
                 if index is not None:
