@@ -86,8 +86,6 @@ def cluster() -> Iterator[Cluster]:
         directory = Path(temp)
         log_path = directory / "serve.log"
         environment = dict(os.environ, RUST_LOG="warn", TESSERA_CONFIG_DIR=str(directory))
-        # The worker page's files from this checkout (the binary may have been built elsewhere).
-        environment.setdefault("TESSERA_WWW", str(REPO / "www"))
         with open(log_path, "ab") as log:
             serve = subprocess.Popen(
                 [binary, "serve", "--addr", "127.0.0.1:0", "--db", str(directory / "sdk.db")],
