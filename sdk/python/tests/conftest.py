@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
