@@ -17,7 +17,7 @@ export PATH := /usr/bin:$(PATH)
 endif
 endif
 
-.PHONY: bootstrap build wasm scheduler demo test test-native test-browser test-e2e bench clean
+.PHONY: bootstrap build wasm scheduler demo test test-native test-browser test-e2e test-sdk bench clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -43,7 +43,7 @@ demo: build
 	@scripts/demo
 
 test: build
-	$(MAKE) test-native test-browser test-e2e
+	$(MAKE) test-native test-browser test-e2e test-sdk
 
 # Protocol, scheduler (real SQLite, real HTTP) and worker-core decisions.
 test-native:
@@ -58,6 +58,11 @@ test-browser:
 # The real `tessera serve`, `tessera deploy` and `tessera worker` with headless Chromium.
 test-e2e:
 	TESSERA_BIN=$(CURDIR)/$(TESSERA) cargo test -p tessera-e2e -- --test-threads=1
+
+# The Python SDK (sdk/python) with pytest, against a real `tessera serve` and `tessera worker`,
+# from the venv scripts/sdk-venv keeps up to date (outside the repo).
+test-sdk:
+	cd sdk/python && TESSERA_BIN=$(CURDIR)/$(TESSERA) "$$($(CURDIR)/scripts/sdk-venv)" -m pytest -q -p no:cacheprovider
 
 bench: build
 	cargo build --release -p tessera-load

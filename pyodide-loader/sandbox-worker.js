@@ -27,7 +27,8 @@
 // is in it — and hands the bytes to the core, which keeps them for later sandboxes.
 // interruptBuffer (a SharedArrayBuffer the host page creates when cross-origin isolated) is handed
 // to Pyodide: the host writes 2 into it, on the core's order, to raise KeyboardInterrupt.
-// Values cross as JSON text; bytes travel as {"$bytes": "<base64>"} (see docs/PROTOCOL.md).
+// Values cross as JSON text; bytes travel as {"$bytes": "<base64>"}, numpy arrays and scalars as
+// {"$ndarray": {dtype, shape, data}} (see docs/PROTOCOL.md, "Values").
 //
 // Bytes in: the sandbox has no network. Pyodide's own requests (`fetch`, `importScripts`) are
 // served from memory with the bytes the core fetched and sent; once set-up is over that stops.
@@ -167,15 +168,56 @@ def _to_wire(value):
             out[key] = _to_wire(item)
         return out
     kind = type(value)
-    if kind.__module__ == "numpy" and hasattr(value, "tolist"):
-        return _to_wire(value.tolist())
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        return _ndarray_to_wire(numpy, value)
     raise TypeError("a slice result of type " + kind.__module__ + "." + kind.__qualname__
                     + " cannot be returned; return JSON types, bytes, or numpy arrays/scalars")
+
+# numpy values travel as {"$ndarray": {"dtype": descr, "shape": [...], "data": base64 of C-order
+# bytes, "scalar"?: true}} (docs/PROTOCOL.md, "Values"). numpy is imported only for a value that
+# holds one: jobs without numpy keep plain JSON.
+def _ndarray_to_wire(numpy, value):
+    scalar = isinstance(value, numpy.generic)
+    array = numpy.asarray(value)
+    if array.dtype.hasobject:
+        raise TypeError("a numpy array of dtype object cannot be sent; use numeric, bool, string or structured dtypes")
+    wire = {"dtype": numpy.lib.format.dtype_to_descr(array.dtype), "shape": list(array.shape),
+            "data": base64.b64encode(numpy.ascontiguousarray(array).tobytes()).decode("ascii")}
+    if scalar:
+        wire["scalar"] = True
+    return {"$ndarray": wire}
+
+def _descr_from_json(descr):
+    if isinstance(descr, str):
+        return descr
+    fields = []
+    for field in descr:
+        name = tuple(field[0]) if isinstance(field[0], list) else field[0]
+        item = [name, _descr_from_json(field[1])]
+        if len(field) > 2:
+            item.append(tuple(field[2]))
+        fields.append(tuple(item))
+    return fields
+
+def _ndarray_from_wire(wire):
+    try:
+        import importlib
+        numpy = importlib.import_module("numpy")
+    except ImportError as error:
+        raise ImportError("a value holds a numpy array ($ndarray) but numpy is not loaded: add numpy to the job's packages") from error
+    dtype = numpy.lib.format.descr_to_dtype(_descr_from_json(wire["dtype"]))
+    if dtype.hasobject:
+        raise TypeError("a numpy array of dtype object cannot be received")
+    array = numpy.frombuffer(base64.b64decode(wire["data"]), dtype=dtype).reshape(wire["shape"]).copy()
+    return array[()] if wire.get("scalar") else array
 
 def _from_wire(value):
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get("$bytes"), str):
             return base64.b64decode(value["$bytes"])
+        if len(value) == 1 and isinstance(value.get("$ndarray"), dict):
+            return _ndarray_from_wire(value["$ndarray"])
         return {key: _from_wire(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_from_wire(item) for item in value]
