@@ -5,25 +5,10 @@
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use tessera_protocol::{Lease, LeaseResponse, RegisterResponse};
+use tessera_protocol::Lease;
 
 mod common;
-use common::{create_key, serve, test_config};
-
-struct Server {
-    url: String,
-    http: reqwest::Client,
-    key: String,
-    config: tessera_scheduler::server::ServerConfig,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(&dir);
-    let (addr, key) = serve(config.clone()).await;
-    Server { url: format!("http://{addr}"), http: reqwest::Client::new(), key, config, _dir: dir }
-}
+use common::{create_key, TestServer};
 
 /// One server-sent event: its `id:` (none for `progress`), name and JSON data.
 #[derive(Clone, Debug)]
@@ -82,7 +67,7 @@ impl EventReader {
     }
 }
 
-impl Server {
+impl TestServer {
     async fn deploy(&self, slices: Value) -> String {
         let response = self
             .http
@@ -109,24 +94,6 @@ impl Server {
         EventReader { response, buffer: String::new() }
     }
 
-    async fn worker(&self) -> String {
-        let response =
-            self.http.post(format!("{}/v1/workers", self.url)).json(&json!({"sandboxes": 1})).send().await.unwrap();
-        response.json::<RegisterResponse>().await.unwrap().token
-    }
-
-    async fn lease(&self, worker: &str, max: u32) -> Vec<Lease> {
-        let response = self
-            .http
-            .post(format!("{}/v1/leases", self.url))
-            .bearer_auth(worker)
-            .json(&json!({"max_slices": max, "wait_ms": 0}))
-            .send()
-            .await
-            .unwrap();
-        response.json::<LeaseResponse>().await.unwrap().leases
-    }
-
     /// Returns each lease's datum as its value, with one console line per slice.
     async fn finish(&self, worker: &str, leases: &[Lease]) {
         let results: Vec<Value> = leases
@@ -136,29 +103,20 @@ impl Server {
                        "console": [{"slice": lease.slice, "stream": "stdout", "text": format!("slice {}", lease.slice)}]})
             })
             .collect();
-        let response = self
-            .http
-            .post(format!("{}/v1/results", self.url))
-            .bearer_auth(worker)
-            .json(&json!({"results": results}))
-            .send()
-            .await
-            .unwrap();
-        let acks: Value = response.json().await.unwrap();
-        assert!(acks["acks"].as_array().unwrap().iter().all(|ack| ack["status"] == "accepted"), "{acks}");
+        self.submit_accepted(worker, results).await;
     }
 }
 
 #[tokio::test]
 async fn events_arrive_in_order_with_positions_and_the_stream_ends_at_the_final_state() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let job_id = server.deploy(json!([10, 11, 12])).await;
     let mut stream = server.events(&job_id, 0).await;
     let first = stream.next_logged().await.unwrap();
     assert_eq!((first.id, first.name.as_str(), first.data["state"].as_str()), (Some(1), "state", Some("running")));
     assert_eq!(first.data["total"], 3);
 
-    let worker = server.worker().await;
+    let worker = server.register_worker().await;
     let leases = server.lease(&worker, 3).await;
     server.finish(&worker, &leases[..1]).await;
     let console = stream.next_logged().await.unwrap();
@@ -202,9 +160,9 @@ async fn events_arrive_in_order_with_positions_and_the_stream_ends_at_the_final_
 
 #[tokio::test]
 async fn a_reconnect_from_the_last_id_misses_nothing_and_repeats_nothing() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let job_id = server.deploy(json!([0, 1, 2, 3, 4, 5, 6, 7])).await;
-    let worker = server.worker().await;
+    let worker = server.register_worker().await;
     let leases = server.lease(&worker, 8).await;
     assert_eq!(leases.len(), 8);
 
@@ -263,7 +221,7 @@ async fn a_reconnect_from_the_last_id_misses_nothing_and_repeats_nothing() {
 
 #[tokio::test]
 async fn a_cancelled_job_ends_its_stream() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let job_id = server.deploy(json!([1, 2])).await;
     let mut stream = server.events(&job_id, 0).await;
     assert_eq!(stream.next_logged().await.unwrap().data["state"], "running");
@@ -283,9 +241,9 @@ async fn a_cancelled_job_ends_its_stream() {
 
 #[tokio::test]
 async fn progress_reported_by_heartbeats_is_streamed_without_a_position() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let job_id = server.deploy(json!([1])).await;
-    let worker = server.worker().await;
+    let worker = server.register_worker().await;
     let leases = server.lease(&worker, 1).await;
     let mut stream = server.events(&job_id, 1).await;
     let beat = json!({"leases": [{"lease_id": leases[0].lease_id, "token": leases[0].token, "progress": 0.5}]});
@@ -304,7 +262,7 @@ async fn progress_reported_by_heartbeats_is_streamed_without_a_position() {
 
 #[tokio::test]
 async fn events_need_a_key_and_the_job_owners_key() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let job_id = server.deploy(json!([1])).await;
     let other = create_key(&server.config, "other", false);
     let answer = server.events_request(&job_id, "").send().await.unwrap();

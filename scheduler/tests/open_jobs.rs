@@ -3,27 +3,12 @@
 //! until closed, and closed.
 
 use serde_json::{json, Value};
-use tessera_protocol::{Lease, LeaseResponse, RegisterResponse};
+use tessera_protocol::Lease;
 
 mod common;
-use common::{create_key, serve, test_config};
+use common::{create_key, TestServer};
 
-struct Server {
-    url: String,
-    http: reqwest::Client,
-    key: String,
-    config: tessera_scheduler::server::ServerConfig,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(&dir);
-    let (addr, key) = serve(config.clone()).await;
-    Server { url: format!("http://{addr}"), http: reqwest::Client::new(), key, config, _dir: dir }
-}
-
-impl Server {
+impl TestServer {
     async fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}/v1{path}", self.url)).bearer_auth(key);
         if let Some(body) = body {
@@ -43,24 +28,6 @@ impl Server {
         body
     }
 
-    async fn worker(&self) -> String {
-        let response =
-            self.http.post(format!("{}/v1/workers", self.url)).json(&json!({"sandboxes": 1})).send().await.unwrap();
-        response.json::<RegisterResponse>().await.unwrap().token
-    }
-
-    async fn lease(&self, worker: &str) -> Vec<Lease> {
-        let response = self
-            .http
-            .post(format!("{}/v1/leases", self.url))
-            .bearer_auth(worker)
-            .json(&json!({"max_slices": 100, "wait_ms": 0}))
-            .send()
-            .await
-            .unwrap();
-        response.json::<LeaseResponse>().await.unwrap().leases
-    }
-
     /// Returns each leased datum doubled.
     async fn finish(&self, worker: &str, leases: &[Lease]) {
         let results: Vec<Value> = leases
@@ -70,21 +37,13 @@ impl Server {
                                 "outcome": {"kind": "ok", "value": lease.datum.as_i64().unwrap() * 2}})
             })
             .collect();
-        let response = self
-            .http
-            .post(format!("{}/v1/results", self.url))
-            .bearer_auth(worker)
-            .json(&json!({"results": results}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        self.submit_accepted(worker, results).await;
     }
 }
 
 #[tokio::test]
 async fn an_open_job_takes_slices_in_pages_and_completes_only_once_closed() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let (status, deployed) = server.post("/jobs", json!({"program": "(x) => x * 2", "open": true})).await;
     assert_eq!(status, 200, "{deployed}");
     assert_eq!(deployed["total"], 0);
@@ -97,8 +56,8 @@ async fn an_open_job_takes_slices_in_pages_and_completes_only_once_closed() {
 
     let (status, page) = server.post(&format!("/jobs/{job_id}/slices"), json!({"slices": [0, 1, 2]})).await;
     assert_eq!((status, page), (200, json!({"first": 0, "total": 3})));
-    let worker = server.worker().await;
-    let leases = server.lease(&worker).await;
+    let worker = server.register_worker().await;
+    let leases = server.lease(&worker, 100).await;
     assert_eq!(leases.iter().map(|lease| lease.slice).collect::<Vec<_>>(), vec![0, 1, 2]);
     server.finish(&worker, &leases).await;
     let job = server.status(&job_id).await;
@@ -106,7 +65,7 @@ async fn an_open_job_takes_slices_in_pages_and_completes_only_once_closed() {
 
     let (status, page) = server.post(&format!("/jobs/{job_id}/slices"), json!({"slices": [3, 4]})).await;
     assert_eq!((status, page), (200, json!({"first": 3, "total": 5})));
-    let leases = server.lease(&worker).await;
+    let leases = server.lease(&worker, 100).await;
     assert_eq!(
         leases.iter().map(|lease| (lease.slice, lease.datum.clone())).collect::<Vec<_>>(),
         vec![(3, json!(3)), (4, json!(4))]
@@ -133,13 +92,13 @@ async fn an_open_job_takes_slices_in_pages_and_completes_only_once_closed() {
 
 #[tokio::test]
 async fn closing_an_open_job_with_work_left_completes_it_when_the_work_is_done() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let (status, deployed) =
         server.post("/jobs", json!({"program": "(x) => x * 2", "open": true, "slices": [7]})).await;
     assert_eq!((status, deployed["total"].as_u64()), (200, Some(1)));
     let job_id = deployed["job_id"].as_str().unwrap().to_string();
-    let worker = server.worker().await;
-    let leases = server.lease(&worker).await;
+    let worker = server.register_worker().await;
+    let leases = server.lease(&worker, 100).await;
     let (_, closed) = server.post(&format!("/jobs/{job_id}/close"), json!({})).await;
     assert_eq!((closed["state"].as_str(), closed["leased"].as_u64()), (Some("running"), Some(1)));
     server.finish(&worker, &leases).await;
@@ -154,7 +113,7 @@ async fn closing_an_open_job_with_work_left_completes_it_when_the_work_is_done()
 
 #[tokio::test]
 async fn adding_slices_is_refused_clearly_and_stores_nothing() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let (_, closed_job) = server.post("/jobs", json!({"program": "(x) => x", "slices": [1]})).await;
     let closed_job = closed_job["job_id"].as_str().unwrap().to_string();
     let (status, refused) = server.post(&format!("/jobs/{closed_job}/slices"), json!({"slices": [2]})).await;
@@ -185,7 +144,7 @@ async fn adding_slices_is_refused_clearly_and_stores_nothing() {
 
 #[tokio::test]
 async fn an_open_job_needs_no_slices_but_a_closed_one_does() {
-    let server = start().await;
+    let server = TestServer::start().await;
     let (status, refused) = server.post("/jobs", json!({"program": "(x) => x"})).await;
     assert_eq!((status, refused["field"].as_str()), (400, Some("slices")));
     let (status, refused) = server.post("/jobs", json!({"program": "(x) => x", "slices": []})).await;

@@ -52,3 +52,63 @@ pub async fn serve_with_housekeeping(config: ServerConfig) -> (SocketAddr, Strin
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, key, housekeeping)
 }
+
+/// A scheduler served on a loopback port for one test, with a deployer key and a plain HTTP
+/// client, and the worker side of the protocol spelled out once.
+pub struct TestServer {
+    pub url: String,
+    pub http: reqwest::Client,
+    /// A deployer key (not an admin one).
+    pub key: String,
+    pub config: ServerConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A server with [`test_config`] in a temporary folder.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(&dir);
+        let (addr, key) = serve(config.clone()).await;
+        TestServer { url: format!("http://{addr}"), http: reqwest::Client::new(), key, config, _dir: dir }
+    }
+
+    /// Registers a worker with one sandbox; returns its token.
+    pub async fn register_worker(&self) -> String {
+        let response = self
+            .http
+            .post(format!("{}/v1/workers", self.url))
+            .json(&serde_json::json!({"sandboxes": 1}))
+            .send()
+            .await
+            .unwrap();
+        response.json::<tessera_protocol::RegisterResponse>().await.unwrap().token
+    }
+
+    /// Leases up to `max` slices for `worker` without waiting.
+    pub async fn lease(&self, worker: &str, max: u32) -> Vec<tessera_protocol::Lease> {
+        let response = self
+            .http
+            .post(format!("{}/v1/leases", self.url))
+            .bearer_auth(worker)
+            .json(&serde_json::json!({"max_slices": max, "wait_ms": 0}))
+            .send()
+            .await
+            .unwrap();
+        response.json::<tessera_protocol::LeaseResponse>().await.unwrap().leases
+    }
+
+    /// Submits `results` (protocol result items) for `worker`; asserts each was accepted.
+    pub async fn submit_accepted(&self, worker: &str, results: Vec<serde_json::Value>) {
+        let response = self
+            .http
+            .post(format!("{}/v1/results", self.url))
+            .bearer_auth(worker)
+            .json(&serde_json::json!({"results": results}))
+            .send()
+            .await
+            .unwrap();
+        let acks: serde_json::Value = response.json().await.unwrap();
+        assert!(acks["acks"].as_array().unwrap().iter().all(|ack| ack["status"] == "accepted"), "{acks}");
+    }
+}
