@@ -68,6 +68,7 @@ bench: build
 	cargo build --release -p tessera-load
 	@scripts/bench
 	@scripts/bench-load
+	@scripts/bench-sdk
 
 clean:
 	cargo clean
