@@ -13,6 +13,8 @@ import pytest
 import tessera
 from tessera.job import PAGE_SLICES
 
+from helpers import same
+
 SLICES = 200_000
 # The slice handler is a DCP-style program (no argument decoding per call): the cheapest honest
 # work, so the test measures the path of 200,000 slices and not the work.
@@ -138,3 +140,26 @@ def test_adding_to_a_closed_job_and_misuse_are_named(cluster):
     assert job.local_exec(data=[10, 20]) == [21, 41]
     job.close()
     assert job.wait(timeout=300) == []
+
+
+def scaled(array, factor):
+    return array * factor
+
+
+def test_an_open_function_job_streams_numpy_values_and_runs_locally(cluster):
+    import numpy as np
+
+    arrays = (np.arange(4, dtype=np.float32).reshape(2, 2) + index for index in range(3))
+    job = tessera.compute_for(arrays, scaled, args=(np.int64(3),), packages=["numpy"], open=True)
+    local = job.local_exec()  # the not-yet-sent data, kept for exec
+    job.exec()
+    assert job.add_slices([np.ones(2, dtype=np.int16)]) == range(3, 4)
+    job.close()
+    results = job.wait(timeout=300)
+    expected = [(np.arange(4, dtype=np.float32).reshape(2, 2) + index) * np.int64(3) for index in range(3)]
+    expected.append(np.ones(2, dtype=np.int16) * np.int64(3))
+    assert len(results) == 4
+    for got, want in zip(results, expected):
+        assert type(got) is np.ndarray and got.dtype == want.dtype and got.shape == want.shape
+        assert np.array_equal(got, want)
+    assert same(local, results[:3])
