@@ -303,6 +303,8 @@ class Job:
         returned range is contiguous unless someone else adds to the job at the same time.
         The scheduler refuses pages for a job that is not open (never was, or was closed) or not
         running: `RequestRefused` with field `slices` names why; pages sent before stay added.
+        An element that cannot be encoded raises (naming it, `data[i]`) before its page is sent,
+        and so does a numpy value when the job was deployed without the numpy package.
         """
         if page_slices < 1 or page_bytes < 1:
             raise ValueError(f"page_slices ({page_slices}) and page_bytes ({page_bytes}) must be positive")
