@@ -73,6 +73,15 @@ class Client:
     def console(self, job_id: str, after: int) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}/console", params={"after": after})
 
+    def add_slices_page(self, job_id: str, page: bytes) -> dict[str, Any]:
+        """Sends one page, the JSON text `{"slices": [...]}`; answers `{"first", "total"}`."""
+        return self.request("POST", f"/v1/jobs/{job_id}/slices", content=page,
+                            headers={"Content-Type": "application/json"})
+
+    def close_job(self, job_id: str) -> dict[str, Any]:
+        """Closes an open job (no more slices); answers with its status."""
+        return self.request("POST", f"/v1/jobs/{job_id}/close", json={})
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel", json={})
 

@@ -23,6 +23,12 @@ EVENTS = ("result", "error", "console", "progress", "complete")
 _EVENT_ALIASES = {"status": "progress"}  # DCP's name for progress
 Work = Union[Callable[..., Any], str, os.PathLike]
 
+PAGE_SLICES = 10_000
+"""`add_slices` sends at most this many slices in one page…"""
+PAGE_BYTES = 4 * 1024 * 1024
+"""…and at most this many bytes of encoded slices (the scheduler takes pages of up to 16 MiB)."""
+_MAX_PAGE_BYTES = 16 * 1024 * 1024 - 64  # the scheduler's page limit, less the `{"slices":[…]}` frame
+
 
 @dataclass
 class SliceResult:
@@ -62,7 +68,7 @@ class Progress:
 
 
 def compute_for(
-    data: Iterable[Any],
+    data: Optional[Iterable[Any]],
     work: Work,
     args: Sequence[Any] = (),
     packages: Sequence[str] = (),
@@ -72,6 +78,7 @@ def compute_for(
     scheduler: Optional[str] = None,
     api_key: Optional[str] = None,
     slice_timeout: Optional[float] = None,
+    open: bool = False,
 ) -> "Job":
     """A job (not yet deployed: call `exec`, or `wait`, which deploys it) that runs `work` on each
     element of `data`.
@@ -79,9 +86,17 @@ def compute_for(
     `work` is a Python function, called as `work(datum, *args)`, or the path or source of a
     DCP-style program that calls `dcp.set_slice_handler` (then `args` are its `sys.argv[1:]`).
     A `range` is deployed as a range. `slice_timeout` is in seconds.
+
+    A closed job (the default) encodes all of `data` when it is built and sends it in the one
+    deploy request, so `data` must fit in memory (and the scheduler's deploy body limit). For
+    inputs of any size, use an open job: with `open=True` the job is deployed open, `data` (may
+    be None) is streamed to it in pages at `exec`, more slices are added with `job.add_slices`,
+    and `job.close()` says there are no more; `wait` returns once it is closed and every slice
+    is done. An open job's packages are fixed at deploy: pass `packages=["numpy"]` when its
+    slices will hold numpy values.
     """
     return Job(data, work, args, packages=packages, env=env, bundle=bundle, name=name,
-               scheduler=scheduler, api_key=api_key, slice_timeout=slice_timeout)
+               scheduler=scheduler, api_key=api_key, slice_timeout=slice_timeout, open=open)
 
 
 def _bundle_bytes(bundle: Union[str, os.PathLike]) -> bytes:
@@ -111,6 +126,9 @@ class Job:
 
     Before `exec`, `env` (dict), `packages` (alias `modules`, list), `name`, `args` and
     `slice_timeout` may be changed, as in DCP's SDK.
+
+    An open job (`open=True`) takes slices with `add_slices` and ends after `close`; `total` is
+    then the number of slices added so far, final once the job has ended.
     """
 
     def __init__(
@@ -128,6 +146,7 @@ class Job:
         slice_timeout: Optional[float] = None,
         kwargs: Optional[Mapping[str, Any]] = None,
         star: bool = False,
+        open: bool = False,
     ):
         self.args = list(args)
         self.kwargs = dict(kwargs or {})
@@ -145,7 +164,15 @@ class Job:
         self._position = 0
         self._final: Optional[dict[str, Any]] = None
         self.total: Optional[int] = None
-        if data is None:
+        self.open = open
+        self._was_open = open
+        self._pending: Optional[Iterable[Any]] = None  # an open job's data, streamed at `exec`
+        self._deployed_packages: Optional[list[str]] = None
+        if open:
+            self._range, self._slices = None, []
+            self._pending = data
+            self.total = 0
+        elif data is None:
             self._range: Optional[range] = None
             self._slices: list[Any] = []
         elif isinstance(data, range) and data.step > 0 and len(data) > 0:
@@ -196,7 +223,9 @@ class Job:
         """A deployed job, to follow (`wait`, `results`, `on`, `status`, `cancel`)."""
         job = cls(None, None, scheduler=scheduler, api_key=api_key)
         job.job_id = job_id
-        job.total = int(job.status()["total"])
+        status = job.status()
+        job.total = int(status["total"])
+        job.open = job._was_open = bool(status.get("open"))
         return job
 
     @property
@@ -235,7 +264,9 @@ class Job:
                                 "arguments": arguments, "env": dict(self.env), "packages": packages}
         if self.name:
             body["name"] = self.name
-        if self._range is not None:
+        if self.open:
+            body["open"] = True
+        elif self._range is not None:
             body["range"] = {"start": self._range.start, "end": self._range.stop, "step": self._range.step}
         else:
             body["slices"] = self._slices
@@ -244,7 +275,8 @@ class Job:
         return body
 
     def exec(self) -> str:
-        """Deploys the job; returns its id."""
+        """Deploys the job; returns its id. An open job's `data`, if any, is then streamed to it
+        with `add_slices` (the job stays open)."""
         if self.job_id is not None:
             raise TesseraError(f"job {self.job_id} is already deployed")
         body = self.deploy_body()
@@ -253,7 +285,83 @@ class Job:
         answer = self.client.deploy(body)
         self.job_id = answer["job_id"]
         self.total = int(answer["total"])
+        if isinstance(answer.get("packages"), list):
+            self._deployed_packages = [str(package) for package in answer["packages"]]
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.add_slices(pending)
         return self.job_id
+
+    def add_slices(self, data: Iterable[Any], page_slices: int = PAGE_SLICES, page_bytes: int = PAGE_BYTES) -> range:
+        """Adds a slice per element of `data` (any iterable, e.g. a generator of any length) to
+        this open job, deploying it first if needed; returns the slice numbers added.
+
+        Elements are encoded as they are read (the wire encoding of `tessera.encode`, numpy
+        included) and sent in pages of at most `page_slices` slices and `page_bytes` encoded
+        bytes, each committed by the scheduler before the next is read, so memory stays bounded
+        by one page whatever the length of `data`. Workers start on the first page at once. The
+        returned range is contiguous unless someone else adds to the job at the same time.
+        The scheduler refuses pages for a job that is not open (never was, or was closed) or not
+        running: `RequestRefused` with field `slices` names why; pages sent before stay added.
+        An element that cannot be encoded raises (naming it, `data[i]`) before its page is sent,
+        and so does a numpy value when the job was deployed without the numpy package.
+        """
+        if page_slices < 1 or page_bytes < 1:
+            raise ValueError(f"page_slices ({page_slices}) and page_bytes ({page_bytes}) must be positive")
+        if self.job_id is None:
+            if not self.open:
+                raise TesseraError("add_slices needs an open job: build it with compute_for(..., open=True)")
+            self.exec()
+        job_id = self._deployed()
+        page_bytes = min(page_bytes, _MAX_PAGE_BYTES)
+        check_numpy = self._deployed_packages is not None and "numpy" not in self._deployed_packages
+        first: Optional[int] = None
+        end = self.total or 0
+        parts: list[str] = []
+        size = 0
+
+        def send() -> None:
+            nonlocal first, end, size
+            page = ('{"slices":[' + ",".join(parts) + "]}").encode("ascii")
+            answer = self.client.add_slices_page(job_id, page)
+            page_first, total = int(answer["first"]), int(answer["total"])
+            if first is None:
+                first = page_first
+            end = page_first + len(parts)
+            self.total = max(self.total or 0, total)
+            parts.clear()
+            size = 0
+
+        for position, item in enumerate(data):
+            path = f"data[{position}]"
+            value = encode(item, path)
+            if check_numpy and holds_numpy(value):
+                raise TesseraError(
+                    f"{path} holds a numpy value, but job {job_id} was deployed without the numpy package: "
+                    "pass packages=['numpy'] to compute_for"
+                )
+            try:
+                text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+            except ValueError as error:
+                raise ValueError(f"{path}: {error} (NaN and infinities cannot be sent as JSON)") from error
+            if len(text) > _MAX_PAGE_BYTES:
+                raise ValueError(f"{path} encodes to {len(text)} bytes; a slice must fit a 16 MiB page")
+            if parts and (len(parts) >= page_slices or size + len(text) + 1 > page_bytes):
+                send()
+            parts.append(text)
+            size += len(text) + 1
+        if parts:
+            send()
+        return range(end, end) if first is None else range(first, end)
+
+    def close(self) -> dict[str, Any]:
+        """Closes this open job: no more slices. It completes once every slice has its outcome
+        (at once if they all have). Answers with its status; closing a job that is not open
+        changes nothing."""
+        status = self.client.close_job(self._deployed())
+        self.open = False
+        self.total = int(status.get("total", self.total or 0))
+        return status
 
     def status(self) -> dict[str, Any]:
         """The job's status (`GET /v1/jobs/{id}`): state, counts, running slices."""
@@ -302,16 +410,29 @@ class Job:
                 self._emit("console", ConsoleLine(data.get("slice"), data.get("stream", "stdout"), data.get("text", "")))
             elif event.kind == "progress":
                 data = event.data
+                if data.get("total") is not None:
+                    self.total = max(self.total or 0, int(data["total"]))
                 self._emit("progress", Progress(int(data.get("done") or 0), int(data.get("errors") or 0),
                                                 int(data.get("total") or self.total or 0), list(data.get("running") or [])))
             elif event.kind == "state" and event.data.get("state") in FINAL_STATES:
                 self._final = event.data
+                if event.data.get("total") is not None:
+                    self.total = int(event.data["total"])
+                self.open = False
                 state = event.data["state"]
                 if state in ("complete", "complete_with_errors"):
                     self._emit("complete", event.data)
                 else:
                     self._emit("error", self._failure())
                 return
+
+    def _known_total(self) -> Optional[int]:
+        """The number of slices once it can no longer grow (an open job's only when it ended)."""
+        if self._final is not None:
+            return self.total
+        if self.open:
+            return None
+        return self.total
 
     def _failure(self) -> JobFailed:
         final = self._final or {}
@@ -332,15 +453,19 @@ class Job:
                 raise value
             return (index, value) if with_index else value
 
+        def finished(index: int) -> bool:
+            known = self._known_total()
+            return known is not None and index >= known
+
         if ordered:
             next_index = 0
-            while self.total is None or next_index < self.total:
+            while not finished(next_index):
                 if next_index in self._results:
                     yield give(next_index)
                     next_index += 1
                     continue
                 if next(pump, None) is None:
-                    if next_index in self._results:
+                    if next_index in self._results or finished(next_index):
                         continue
                     raise self._failure()
             for _ in pump:  # on to the final state: its events (complete, console) fire too
@@ -362,7 +487,8 @@ class Job:
 
     def wait(self, timeout: Optional[float] = None, progress: Optional[bool] = None) -> list[Any]:
         """Deploys the job if needed and returns every result in slice order; raises `SliceError`
-        for the first failing slice and `JobFailed` for a failed or cancelled job. `progress`
+        for the first failing slice and `JobFailed` for a failed or cancelled job. An open job's
+        wait returns once it is closed (by `close`, here or elsewhere) and every slice is done. `progress`
         shows a tqdm bar (default: when tqdm is installed and stderr is a terminal)."""
         bar = None
         if progress is None:
@@ -383,13 +509,28 @@ class Job:
             if bar is not None:
                 bar.close()
 
-    def local_exec(self, python: Optional[str] = None) -> list[Any]:
+    def local_exec(self, python: Optional[str] = None, data: Optional[Iterable[Any]] = None) -> list[Any]:
         """Runs the job in local CPython (`python`, default this interpreter) as a sandbox would:
         the same `dcp` module, `sys.argv`, `os.environ` and bundle as working directory. Returns
-        the results in slice order or raises like `wait`. Fires the same events but progress."""
+        the results in slice order or raises like `wait`. Fires the same events but progress.
+
+        `data` replaces the job's slices. An open job does not keep the slices it streams to the
+        scheduler, so it runs its `data` if it has not been deployed yet (which consumes a
+        generator), and otherwise needs `data`."""
         if self.program is None:
             raise TesseraError("an attached job has no program to run locally")
-        slices = [encode(i) for i in self._range] if self._range is not None else self._slices
+        if data is not None:
+            slices = [encode(item, f"data[{index}]") for index, item in enumerate(data)]
+        elif self.open and self._pending is not None:
+            pending, self._pending = self._pending, None
+            slices = [encode(item, f"data[{index}]") for index, item in enumerate(pending)]
+            self._pending = slices  # `encode` leaves wire values as they are: exec sends the same
+        elif self.open or self._was_open:
+            raise TesseraError(
+                f"job {self.job_id or '(open)'} is open and keeps no copy of its slices: pass them as local_exec(data=...)"
+            )
+        else:
+            slices = [encode(i) for i in self._range] if self._range is not None else self._slices
         with tempfile.TemporaryDirectory(prefix="tessera-local-") as workdir:
             root = os.path.join(workdir, "job")
             os.makedirs(root)
