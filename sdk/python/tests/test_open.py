@@ -3,6 +3,7 @@ against a real scheduler and browser worker."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import tracemalloc
@@ -15,7 +16,10 @@ from tessera.job import PAGE_SLICES
 
 from helpers import same
 
-SLICES = 200_000
+# 200,000 by default (the issue's figure; `make bench` runs it, ≈ 4–7 min on 2 cores, the
+# worker's pace). `make test` sets 30,000 to stay within its time budget: the paging and the
+# memory bound are the same, only the browser worker's share of the time shrinks.
+SLICES = int(os.environ.get("TESSERA_OPEN_JOB_SLICES", "200000"))
 # The slice handler is a DCP-style program (no argument decoding per call): the cheapest honest
 # work, so the test measures the path of 200,000 slices and not the work.
 TRIVIAL = "import dcp\ndcp.set_slice_handler(lambda x: 2 * x + 1)\n"
@@ -40,7 +44,7 @@ def materialised_peak(count: int) -> int:
         tracemalloc.stop()
 
 
-def test_an_open_job_takes_200000_slices_in_pages_in_bounded_memory(cluster):
+def test_an_open_job_takes_its_slices_in_pages_in_bounded_memory(cluster):
     started = time.monotonic()
     job = tessera.compute_for(None, TRIVIAL, open=True, name="open-200k")
     job_id = job.exec()
@@ -48,7 +52,9 @@ def test_an_open_job_takes_200000_slices_in_pages_in_bounded_memory(cluster):
 
     tracemalloc.start()
     try:
-        added = job.add_slices(numbers(SLICES))
+        # Twenty pages, whatever the size (the SDK's default page, 10,000 slices, at 200,000).
+        page = min(PAGE_SLICES, SLICES // 20)
+        added = job.add_slices(numbers(SLICES), page_slices=page)
         _, streaming_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -58,8 +64,8 @@ def test_an_open_job_takes_200000_slices_in_pages_in_bounded_memory(cluster):
     assert job.status()["state"] == "running", "an open job is never complete"
 
     whole = materialised_peak(SLICES)
-    # One page of 10,000 slices is a twentieth of the input: streaming stays far below holding
-    # it all (measured: 2.1 MB against 16.0 MB), and does not grow with the number of slices.
+    # Streaming holds one page (a twentieth of the input), not the input: it stays far below
+    # holding it all (measured at 200,000 slices: 2.1 MB against 16.0 MB).
     assert streaming_peak < whole / 4, (streaming_peak, whole)
 
     status = job.close()
@@ -73,7 +79,7 @@ def test_an_open_job_takes_200000_slices_in_pages_in_bounded_memory(cluster):
     assert job.status()["state"] == "complete"
     print(f"\nopen job {job_id}: {SLICES} slices added in {added_at - started:.1f} s "
           f"(tracemalloc peak {streaming_peak / 1e6:.2f} MB vs {whole / 1e6:.1f} MB materialised, "
-          f"pages of {PAGE_SLICES}), all results in {finished - started:.1f} s")
+          f"pages of {page}), all results in {finished - started:.1f} s")
 
 
 def test_wait_returns_after_close_and_adding_after_close_is_refused(cluster):
