@@ -113,7 +113,7 @@ async fn main() {
 
 async fn run(cli: &Cli) -> Result<(), BoxError> {
     if !cli.tessera.exists() {
-        return Err(format!("{} not found (cargo build --release -p tessera-scheduler)", cli.tessera.display()).into());
+        return Err(format!("{} not found (cargo build --release -p tessera-cli)", cli.tessera.display()).into());
     }
     let rounds = cli.rounds.max(1);
     let (throughput, concurrency) = match &cli.scenario {
