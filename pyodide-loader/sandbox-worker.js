@@ -7,14 +7,15 @@
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
 //                    snapshot?: Blob, makeSnapshot?: bool}   (restore that runtime snapshot; make one)
 //                   {type:'setup', job, files}                (run the program once)
-//                   {type:'run', id, datum}                   (one slice; datum as JSON text)
+//                   {type:'runs', items: [{id, datum}, …]}    (slices, run in order; datum as JSON text)
 //                   {type:'asset', id, blob | error}          (a runtime file asked for with 'fetch')
 //   sandbox → core  {type:'fetch', id, url}                   (bytes-in: a Pyodide file or wheel, set-up only)
 //                   {type:'phase', phase: 'packages' | 'program'}  (set-up progress, for the page)
 //                   {type:'setup-done'}
 //                   {type:'setup-error', message, stack}      (the program failed: its fault)
 //                   {type:'setup-fault', message}             (runtime/packages/files failed: not its fault)
-//                   {type:'result', id, json, heap} | {type:'error', id, message, stack, heap}
+//                   {type:'result', id, json, heap} | {type:'error', id, message, stack, heap, interrupted?}
+//                   {type:'answers', items: [result | error, …]}  (answers held back to travel together)
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
 //                   {type:'snapshot-restored', ms} | {type:'snapshot-rejected', reason}
@@ -42,7 +43,34 @@
 'use strict';
 
 let port = null;
-const post = (message, transfer) => { if (port) port.postMessage(message, transfer || []); };
+// Answers held back to travel together: a message to the core crosses processes and costs far
+// more than a light slice, so while more slices of the same `runs` batch wait, a slice's answer
+// waits up to HOLD_MS for theirs. Any other message (console, progress, fatal…) sends the held
+// answers first, so the order of everything the core hears is unchanged.
+// Only a sandbox the core can interrupt holds answers: should a slice hang after held ones, the
+// watchdog's interrupt (due when the first held slice's limit runs out, within HOLD_MS of the
+// hanging slice's own) stops it, and its answer, marked `interrupted`, goes with the held ones.
+const HOLD_MS = 8;
+let held = [];
+let heldSince = 0;
+function sendHeld() {
+  if (!held.length) return;
+  const items = held;
+  held = [];
+  port.postMessage({ type: 'answers', items });
+}
+const post = (message, transfer) => {
+  if (!port) return;
+  sendHeld();
+  port.postMessage(message, transfer || []);
+};
+/** A slice's answer; `more` when further slices of its batch wait to run. */
+function answer(message, more) {
+  if (!port) return;
+  if (!held.length) heldSince = performance.now();
+  held.push(message);
+  if (!more || !interruptBuffer || performance.now() - heldSince >= HOLD_MS) sendHeld();
+}
 let worktime = null;
 let pyodideUrl = null;
 let pyodideLoading = null;
@@ -510,7 +538,13 @@ self.onmessage = (event) => {
     const data = portEvent.data;
     // Bytes for a set-up in progress: answered at once, not queued behind that set-up.
     if (data && data.type === 'asset') receiveAsset(data);
-    else turn = turn.then(() => handle(data));
+    else if (data && data.type === 'runs' && Array.isArray(data.items)) {
+      // Several slices in one message (the core sends a refilled pipeline at once): one turn each.
+      data.items.forEach((item, index) => {
+        const more = index + 1 < data.items.length;
+        turn = turn.then(() => handle({ type: 'run', id: item.id, datum: item.datum, more }));
+      });
+    } else turn = turn.then(() => handle(data));
   };
   turn = turn.then(() => handle(message));
 };
@@ -545,14 +579,16 @@ async function handle(message) {
       if (interruptBuffer) Atomics.store(interruptBuffer, 0, 0);
       try {
         const json = await runSlice(message.datum);
-        post({ type: 'result', id: message.id, json, heap: heapBytes() });
+        answer({ type: 'result', id: message.id, json, heap: heapBytes() }, message.more);
       } catch (error) {
         if (pyodide && isFatal(error)) {
           post({ type: 'fatal', message: 'Pyodide suffered a fatal error: ' + String((error && error.message) || error) });
           return;
         }
         const described = worktime === 'pyodide' ? pythonError(error) : describeError(error);
-        post({ type: 'error', id: message.id, message: described.message, stack: described.stack, heap: heapBytes() });
+        // KeyboardInterrupt is what the core's interrupt raises: the watchdog stopped this slice.
+        const interrupted = worktime === 'pyodide' && Boolean(error && error.type === 'KeyboardInterrupt');
+        answer({ type: 'error', id: message.id, message: described.message, stack: described.stack, heap: heapBytes(), interrupted }, message.more);
       } finally {
         currentRun = null;
       }

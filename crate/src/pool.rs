@@ -23,6 +23,10 @@ pub struct Slot {
     pub heap_bytes: Option<u64>,
     /// Resting until this time (ms) to honour the worker's CPU share; 0 when not resting.
     pub rest_until_ms: u64,
+    /// Being topped up to the pipeline depth. A sandbox that reached it takes more only once
+    /// half of it is done, so slices go to it in batches (one message each) rather than one
+    /// message per finished slice.
+    pub filling: bool,
 }
 
 impl Slot {
@@ -58,7 +62,7 @@ pub struct PoolLimits {
     pub max_heap_bytes: u64,
     /// Recycle a bound sandbox idle for this long.
     pub max_idle_ms: u64,
-    /// Slices a warm sandbox may hold at once (1 = no pipelining).
+    /// Slices a warm sandbox may hold at once (1 = no pipelining); refilled once half are done.
     pub pipeline_depth: u32,
 }
 
@@ -137,6 +141,7 @@ impl Pool {
         let pipelined = slots()
             .filter(|(_, s)| s.job.as_deref() == Some(job) && self.usable(s) && s.served > 0)
             .filter(|(_, s)| s.running > 0 && s.running < self.limits.pipeline_depth)
+            .filter(|(_, s)| s.filling || s.running <= self.limits.pipeline_depth / 2)
             .min_by_key(|(_, s)| s.running);
         if let Some((index, _)) = pipelined {
             return Placement::Warm(index);
@@ -167,6 +172,7 @@ impl Pool {
             idle_since_ms: now_ms,
             heap_bytes: None,
             rest_until_ms: 0,
+            filling: true,
         });
     }
 
@@ -174,6 +180,7 @@ impl Pool {
     pub fn started(&mut self, index: usize, job: &str) {
         if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
             slot.running += 1;
+            slot.filling = slot.running < self.limits.pipeline_depth;
             slot.job = Some(job.to_string());
         }
     }
@@ -355,6 +362,35 @@ mod tests {
         assert_eq!(pool.in_flight(), 2);
         assert_eq!(pool.place("a", MB), Placement::Busy, "depth reached");
         assert_eq!(pool.place("b", MB), Placement::Busy, "never another job's sandbox");
+    }
+
+    #[test]
+    fn a_full_pipeline_is_refilled_in_one_go_once_half_is_done() {
+        let mut pool = Pool::new(PoolLimits {
+            capacity: 1,
+            max_slices_per_sandbox: 1_000,
+            max_heap_bytes: 1_000,
+            max_idle_ms: 1_000,
+            pipeline_depth: 8,
+        });
+        pool.created(0, MB, 0);
+        pool.started(0, "a");
+        pool.finished(0, 1, None);
+        for _ in 0..8 {
+            assert_eq!(pool.place("a", MB), Placement::Warm(0), "filled up to the depth");
+            pool.started(0, "a");
+        }
+        assert_eq!(pool.place("a", MB), Placement::Busy, "full");
+        for finished in 1..=4 {
+            pool.finished(0, 2, None);
+            let expected = if finished < 4 { Placement::Busy } else { Placement::Warm(0) };
+            assert_eq!(pool.place("a", MB), expected, "not refilled before half is done ({finished} done)");
+        }
+        for _ in 0..4 {
+            assert_eq!(pool.place("a", MB), Placement::Warm(0), "refilled to the depth in one go");
+            pool.started(0, "a");
+        }
+        assert_eq!(pool.place("a", MB), Placement::Busy);
     }
 
     #[test]

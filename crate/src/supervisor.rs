@@ -291,8 +291,9 @@ pub struct SupervisorConfig {
     /// Recycle a sandbox whose heap has grown past this many bytes.
     pub max_sandbox_heap_bytes: u64,
     pub max_sandbox_idle_ms: u64,
-    /// Slices a warm sandbox may hold at once: the next one waits in its message queue, so the
-    /// round trip to the sandbox is hidden.
+    /// Most slices a warm sandbox may hold at once: the next ones wait in its message queue, so
+    /// the round trip to the sandbox is hidden and light slices travel in batches. The depth in
+    /// use follows the slices' pace ([`pipeline_depth_for`]).
     pub pipeline_depth: u32,
     /// Keep one Pyodide sandbox loaded ahead of need while working on Pyodide jobs.
     pub prewarm_spare: bool,
@@ -321,7 +322,7 @@ impl SupervisorConfig {
             max_slices_per_sandbox: 10_000,
             max_sandbox_heap_bytes: 1 << 30,
             max_sandbox_idle_ms: 60_000,
-            pipeline_depth: 2,
+            pipeline_depth: 32,
             prewarm_spare: true,
             cpu_share: 1.0,
             job_cache: 16,
@@ -491,6 +492,24 @@ struct LiveSandbox {
     queue: Rc<SliceQueue>,
 }
 
+/// Work (ms) a warm sandbox holds queued behind the slice it runs: enough that light slices
+/// travel to it by the dozen, little enough that none waits long behind another.
+pub const PIPELINE_MS: f64 = 16.0;
+
+/// The pipeline depth for slices of `slice_ms`: 2 (one running, one queued) until the pace is
+/// known or for slices of `PIPELINE_MS` and more; up to `max` for light ones; 1 when a CPU share
+/// makes sandboxes rest between slices (a queued slice would skip the rest).
+pub fn pipeline_depth_for(max: u32, slice_ms: Option<f64>, cpu_share: f64) -> u32 {
+    if cpu_share < 1.0 || max <= 1 {
+        return 1;
+    }
+    let wanted = match slice_ms {
+        Some(ms) => (PIPELINE_MS / ms.max(0.01)).ceil() as u32 + 1,
+        None => 2,
+    };
+    wanted.clamp(2, max)
+}
+
 /// Slices to hold per sandbox: enough for `buffer_ms` of work at the measured pace, so fast
 /// slices are leased in large batches and slow ones are not hoarded.
 pub fn held_per_sandbox(config: &SupervisorConfig, slice_ms: Option<f64>) -> usize {
@@ -508,8 +527,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             max_slices_per_sandbox: config.max_slices_per_sandbox,
             max_heap_bytes: config.max_sandbox_heap_bytes,
             max_idle_ms: config.max_sandbox_idle_ms,
-            // A slice queued inside a sandbox would skip the rest a CPU share asks for.
-            pipeline_depth: if config.cpu_share < 1.0 { 1 } else { config.pipeline_depth.max(1) },
+            pipeline_depth: pipeline_depth_for(config.pipeline_depth, None, config.cpu_share),
         });
         let now = clock.now_ms();
         let limits = WorkerLimits::default();
@@ -708,8 +726,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         let share = self.controls.cpu_share();
         if share != self.cpu_share {
             self.cpu_share = share;
-            // A slice queued inside a sandbox would start without the rest.
-            self.pool.set_pipeline_depth(if share < 1.0 { 1 } else { self.config.pipeline_depth });
+            self.pool.set_pipeline_depth(pipeline_depth_for(self.config.pipeline_depth, self.slice_ms, share));
         }
         let paused = self.controls.is_paused();
         if paused != self.paused {
@@ -981,6 +998,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         if warm && matches!(outcome, SliceOutcome::Ok { .. } | SliceOutcome::Error { .. }) {
             let sample = ms.max(1) as f64;
             self.slice_ms = Some(self.slice_ms.map_or(sample, |average| 0.8 * average + 0.2 * sample));
+            self.pool.set_pipeline_depth(pipeline_depth_for(self.config.pipeline_depth, self.slice_ms, self.cpu_share));
         }
         let removal = match (&watch, &outcome) {
             (Watch::Terminate(_), _) => Some("slice timed out"),
@@ -1448,5 +1466,15 @@ mod tests {
         assert_eq!(held_per_sandbox(&config, Some(1.0)), 250, "capped");
         assert_eq!(held_per_sandbox(&config, Some(100.0)), 30);
         assert_eq!(held_per_sandbox(&config, Some(60_000.0)), 2, "never fewer than the minimum");
+    }
+
+    #[test]
+    fn pipelines_deeper_for_light_slices_and_not_at_all_under_a_cpu_share() {
+        assert_eq!(pipeline_depth_for(32, None, 1.0), 2, "unknown pace: one running, one queued");
+        assert_eq!(pipeline_depth_for(32, Some(1.0), 1.0), 17, "16 ms of work queued");
+        assert_eq!(pipeline_depth_for(32, Some(0.1), 1.0), 32, "capped");
+        assert_eq!(pipeline_depth_for(32, Some(500.0), 1.0), 2);
+        assert_eq!(pipeline_depth_for(32, Some(1.0), 0.5), 1, "a queued slice would skip its rest");
+        assert_eq!(pipeline_depth_for(1, Some(1.0), 1.0), 1, "pipelining turned off");
     }
 }

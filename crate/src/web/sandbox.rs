@@ -61,6 +61,9 @@ enum FromSandbox {
         message: String,
         stack: Option<String>,
         heap: Option<f64>,
+        /// It ended with the KeyboardInterrupt the core's interrupt raises.
+        #[serde(default)]
+        interrupted: bool,
     },
     Progress {
         id: Option<u32>,
@@ -118,6 +121,9 @@ enum FromHost {
 /// How a request to the sandbox ended, with the output printed before the answer came.
 enum Reply {
     Done(Result<String, (String, Option<String>)>, Vec<ConsoleLine>),
+    /// The slice was stopped by an interrupt the watchdog ordered (possibly while watching the
+    /// slice before it, whose answer the sandbox held back to send with this one's).
+    Interrupted(Vec<ConsoleLine>),
     /// The sandbox could not do it, through no fault of the program.
     Fault(String),
     Crashed(String),
@@ -255,11 +261,16 @@ impl Shared {
                     let _ = pending.reply.send(Reply::Done(Ok(json), self.take_console()));
                 }
             }
-            FromSandbox::Error { id, message, stack, heap } => {
+            FromSandbox::Error { id, message, stack, heap, interrupted } => {
                 match id.and_then(|id| self.pending.borrow_mut().remove(&id)) {
                     Some(pending) => {
                         self.heap_bytes.set(heap.map(|bytes| bytes as u64));
-                        let _ = pending.reply.send(Reply::Done(Err((message, stack)), self.take_console()));
+                        let reply = if interrupted {
+                            Reply::Interrupted(self.take_console())
+                        } else {
+                            Reply::Done(Err((message, stack)), self.take_console())
+                        };
+                        let _ = pending.reply.send(reply);
                     }
                     None => self.crash(format!("sandbox protocol error: {message}")),
                 }
@@ -331,6 +342,10 @@ struct Frame {
 pub struct IsolatedSandbox {
     frame: Frame,
     next_id: Cell<u32>,
+    /// Slices asked for in this turn of the page's event loop, sent together in one `runs`
+    /// message when the turn ends: a message to another process costs far more than a slice
+    /// of light work, so a refilled pipeline travels in one.
+    outgoing: Rc<RefCell<Vec<JsValue>>>,
     _start_timeout: gloo_timers::callback::Timeout,
 }
 
@@ -361,7 +376,27 @@ impl Frame {
         let receiver = shared.clone();
         let (files, answer) = (files.clone(), data.clone());
         let on_data = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-            match serde_wasm_bindgen::from_value::<FromSandbox>(event.data()) {
+            let data = event.data();
+            // Answers held back in the sandbox travel together: `{type: 'answers', items: […]}`.
+            if Reflect::get(&data, &"type".into()).ok().and_then(|kind| kind.as_string()).as_deref() == Some("answers")
+            {
+                let Some(items) =
+                    Reflect::get(&data, &"items".into()).ok().and_then(|items| items.dyn_into::<Array>().ok())
+                else {
+                    return receiver.crash("sandbox protocol error: answers without items".into());
+                };
+                for item in items {
+                    match serde_wasm_bindgen::from_value::<FromSandbox>(item) {
+                        Ok(answer @ (FromSandbox::Result { .. } | FromSandbox::Error { .. })) => {
+                            receiver.receive(answer)
+                        }
+                        Ok(_) => receiver.crash("sandbox protocol error: only answers travel together".into()),
+                        Err(error) => receiver.crash(format!("unreadable answer from the sandbox: {error}")),
+                    }
+                }
+                return;
+            }
+            match serde_wasm_bindgen::from_value::<FromSandbox>(data) {
                 Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, id, url),
                 Ok(
                     message @ (FromSandbox::SnapshotMade { .. }
@@ -489,7 +524,7 @@ impl IsolatedSandbox {
                 ));
             }
         });
-        IsolatedSandbox { frame, next_id: Cell::new(1), _start_timeout: start_timeout }
+        IsolatedSandbox { frame, next_id: Cell::new(1), outgoing: Rc::default(), _start_timeout: start_timeout }
     }
 
     /// Sends the job's set-up message, transferring the bundle's bytes.
@@ -536,13 +571,30 @@ impl IsolatedSandbox {
     fn send_run(&self, datum: &Value, progress: Rc<SliceProgress>) -> Result<oneshot::Receiver<Reply>, WorkerError> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
-        let message = Object::new();
-        set(&message, "type", &"run".into());
-        set(&message, "id", &id.into());
-        set(&message, "datum", &datum.to_string().into());
+        let item = Object::new();
+        set(&item, "id", &id.into());
+        set(&item, "datum", &datum.to_string().into());
         let (sender, receiver) = oneshot::channel();
         self.frame.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
-        self.frame.data.post_message(&message).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+        let first = {
+            let mut outgoing = self.outgoing.borrow_mut();
+            outgoing.push(item.into());
+            outgoing.len() == 1
+        };
+        if first {
+            // Runs once the current turn's synchronous work is done (a microtask), after every
+            // slice this turn hands out.
+            let (outgoing, data, shared) = (self.outgoing.clone(), self.frame.data.clone(), self.frame.shared.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let items: js_sys::Array = outgoing.take().into_iter().collect();
+                let message = Object::new();
+                set(&message, "type", &"runs".into());
+                set(&message, "items", &items);
+                if let Err(error) = data.post_message(&message) {
+                    shared.crash(format!("slices could not be sent to the sandbox: {}", describe(&error)));
+                }
+            });
+        }
         Ok(receiver)
     }
 }
@@ -612,6 +664,9 @@ impl Sandbox for Rc<IsolatedSandbox> {
             match wait(sandbox.send_setup(&job)).await {
                 Reply::Done(Ok(_), console) => SetupOutcome::Ready { console },
                 Reply::Done(Err((message, stack)), console) => SetupOutcome::ProgramFailed { message, stack, console },
+                Reply::Interrupted(console) => {
+                    SetupOutcome::ProgramFailed { message: "the set-up was interrupted".into(), stack: None, console }
+                }
                 Reply::Fault(message) | Reply::Crashed(message) => SetupOutcome::Fault { message },
             }
         }
@@ -636,6 +691,10 @@ impl Sandbox for Rc<IsolatedSandbox> {
                     }
                 },
                 Reply::Done(Err((message, stack)), lines) => (SliceOutcome::Error { message, stack }, lines),
+                Reply::Interrupted(lines) => {
+                    let message = "interrupted: it ran past its time limit".to_string();
+                    (SliceOutcome::TimedOut { message }, lines)
+                }
                 Reply::Fault(message) | Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
             };
             let console = lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }).collect();
