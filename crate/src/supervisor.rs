@@ -287,6 +287,9 @@ pub struct SupervisorConfig {
     pub idle_exit_ms: Option<u64>,
     /// How long a sandbox may take to load its runtime and set a job up.
     pub setup_timeout_ms: u64,
+    /// Recycle a sandbox after this many slices: hygiene against what leaks without growing the
+    /// heap, set high enough that a job of light slices (thousands a second) does not pay for a
+    /// new sandbox every few seconds.
     pub max_slices_per_sandbox: u32,
     /// Recycle a sandbox whose heap has grown past this many bytes.
     pub max_sandbox_heap_bytes: u64,
@@ -319,7 +322,7 @@ impl SupervisorConfig {
             long_poll_ms: 10_000,
             idle_exit_ms: None,
             setup_timeout_ms: 120_000,
-            max_slices_per_sandbox: 10_000,
+            max_slices_per_sandbox: 100_000,
             max_sandbox_heap_bytes: 1 << 30,
             max_sandbox_idle_ms: 60_000,
             pipeline_depth: 32,
