@@ -125,13 +125,13 @@ controller.on('start', ({ cores }) => {
   log(`started with ${cores} sandbox(es)`);
   $('contributor').textContent = controller.contributor;
   clearProblem();
-  schedule();
+  scheduleSoon();
 });
 controller.on('stop', ({ reason }) => {
   if (exitWhenIdle) log(`exit: ${reason}; ${controller.totals.slicesDone} done, ${controller.totals.sliceErrors} errors`);
-  schedule();
+  scheduleSoon();
 });
-controller.on('state', schedule);
+controller.on('state', scheduleSoon);
 controller.on('sliceStart', schedule);
 controller.on('sliceProgress', schedule);
 controller.on('sliceEnd', () => {
@@ -156,21 +156,30 @@ function clearProblem() {
   $('problem').hidden = true;
 }
 
-// ---- drawing: at most RENDER_MS apart (and in a frame), from controller.stats() ----
+// ---- drawing: from controller.stats(), in the next frame for what people do (start, pause…),
+// at most RENDER_MS apart for the slices' own events ----
 // A worker finishing a thousand slices a second asks for a render a thousand times a second;
 // people read the page a few times a second, and the page's thread is the worker's thread.
 const RENDER_MS = 250;
 let frame = 0;
 let renderTimer = 0;
 let renderedAt = -Infinity;
-function schedule() {
-  if (frame || renderTimer) return;
-  const wait = renderedAt + RENDER_MS - performance.now();
-  if (wait <= 0) frame = requestAnimationFrame(render);
-  else renderTimer = setTimeout(() => {
+function schedule(soon = false) {
+  if (frame) return;
+  const wait = soon ? 0 : renderedAt + RENDER_MS - performance.now();
+  if (wait <= 0) {
+    clearTimeout(renderTimer);
     renderTimer = 0;
     frame = requestAnimationFrame(render);
-  }, wait);
+  } else if (!renderTimer) {
+    renderTimer = setTimeout(() => {
+      renderTimer = 0;
+      if (!frame) frame = requestAnimationFrame(render);
+    }, wait);
+  }
+}
+function scheduleSoon() {
+  schedule(true);
 }
 
 const STATE_TEXT = {
@@ -335,7 +344,7 @@ setInterval(() => {
   if (controller.state === 'stopped' || document.visibilityState !== 'visible') return;
   if (controller.runningSlices() > 0 || (finishedInChart && ticks % 10 === 0)) schedule();
 }, 1000);
-window.addEventListener('resize', schedule);
+window.addEventListener('resize', scheduleSoon);
 
 /** The contributor id this browser already has, if any (it is made on the first start). */
 function keptContributor() {
@@ -359,7 +368,7 @@ coresInput.addEventListener('change', () => {
   settings.cores = clampCores(coresInput.value);
   save();
   controller.setCores(settings.cores);
-  schedule();
+  scheduleSoon();
 });
 
 for (const radio of document.querySelectorAll('input[name="cpu-share"]')) {
