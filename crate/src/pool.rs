@@ -292,6 +292,11 @@ mod tests {
         })
     }
 
+    /// One sandbox that may hold `depth` slices and is not worn out by the test's slices.
+    fn pipelined_pool(depth: u32) -> Pool {
+        Pool::new(PoolLimits { capacity: 1, max_slices_per_sandbox: 1_000, pipeline_depth: depth, ..pool(1).limits })
+    }
+
     #[test]
     fn creates_up_to_capacity_then_waits() {
         let mut pool = pool(2);
@@ -345,13 +350,7 @@ mod tests {
 
     #[test]
     fn pipelines_only_into_proven_warm_sandboxes() {
-        let mut pool = Pool::new(PoolLimits {
-            capacity: 1,
-            max_slices_per_sandbox: 100,
-            max_heap_bytes: 1_000,
-            max_idle_ms: 1_000,
-            pipeline_depth: 2,
-        });
+        let mut pool = pipelined_pool(2);
         pool.created(0, MB, 0);
         pool.started(0, "a");
         assert_eq!(pool.place("a", MB), Placement::Busy, "not before its set-up finished once");
@@ -366,13 +365,7 @@ mod tests {
 
     #[test]
     fn a_full_pipeline_is_refilled_in_one_go_once_half_is_done() {
-        let mut pool = Pool::new(PoolLimits {
-            capacity: 1,
-            max_slices_per_sandbox: 1_000,
-            max_heap_bytes: 1_000,
-            max_idle_ms: 1_000,
-            pipeline_depth: 8,
-        });
+        let mut pool = pipelined_pool(8);
         pool.created(0, MB, 0);
         pool.started(0, "a");
         pool.finished(0, 1, None);

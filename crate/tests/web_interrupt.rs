@@ -54,7 +54,11 @@ async fn answers_held_behind_a_runaway_slice_arrive_and_only_it_times_out() {
     for (x, outcome) in outcomes[..5].iter().enumerate() {
         assert_eq!(outcome, &SliceOutcome::Ok { value: json!(2 * x) }, "slice {x}");
     }
-    assert!(matches!(&outcomes[5], SliceOutcome::TimedOut { message } if message.contains("interrupted")), "{:?}", outcomes[5]);
+    assert!(
+        matches!(&outcomes[5], SliceOutcome::TimedOut { message } if message.contains("interrupted")),
+        "{:?}",
+        outcomes[5]
+    );
     let after = sandbox.run(6, json!(21), Rc::default()).await;
     assert_eq!(after.outcome, SliceOutcome::Ok { value: json!(42) }, "the same sandbox runs the next slice");
     sandbox.terminate();

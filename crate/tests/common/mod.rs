@@ -85,10 +85,7 @@ pub async fn a_spinning_slice_is_interrupted(sandbox: Rc<dyn tessera_worker::sup
         assert!(interrupter.interrupt(), "a Pyodide sandbox on an isolated page can be interrupted");
     });
     let run = spinning.await;
-    assert!(
-        matches!(&run.outcome, SliceOutcome::TimedOut { message } if message.contains("interrupted")),
-        "{run:?}"
-    );
+    assert!(matches!(&run.outcome, SliceOutcome::TimedOut { message } if message.contains("interrupted")), "{run:?}");
     let after = sandbox.run(1, json!(21), Rc::default()).await;
     assert_eq!(after.outcome, SliceOutcome::Ok { value: json!(42) }, "the same sandbox runs the next slice");
 }
