@@ -44,8 +44,8 @@
 
 let port = null;
 // Answers held back to travel together: a message to the core crosses processes and costs far
-// more than a light slice, so while more slices of the same `runs` batch wait, a slice's answer
-// waits up to HOLD_MS for theirs. Any other message (console, progress, fatal…) sends the held
+// more than a light slice, so while more slices of the same `runs` batch wait, the answer of a
+// slice that took less than HOLD_MS waits, up to HOLD_MS, for theirs. Any other message (console, progress, fatal…) sends the held
 // answers first, so the order of everything the core hears is unchanged.
 // Only a sandbox the core can interrupt holds answers: should a slice hang after held ones, the
 // watchdog's interrupt (due when the first held slice's limit runs out, within HOLD_MS of the
@@ -64,12 +64,13 @@ const post = (message, transfer) => {
   sendHeld();
   port.postMessage(message, transfer || []);
 };
-/** A slice's answer; `more` when further slices of its batch wait to run. */
-function answer(message, more) {
+/** A slice's answer; `more` when further slices of its batch wait to run, `started` when it began. */
+function answer(message, more, started) {
   if (!port) return;
-  if (!held.length) heldSince = performance.now();
+  const now = performance.now();
+  if (!held.length) heldSince = started;
   held.push(message);
-  if (!more || !interruptBuffer || performance.now() - heldSince >= HOLD_MS) sendHeld();
+  if (!more || !interruptBuffer || now - heldSince >= HOLD_MS) sendHeld();
 }
 let worktime = null;
 let pyodideUrl = null;
@@ -577,9 +578,10 @@ async function handle(message) {
       currentRun = message.id;
       // A stop request that came after the previous slice ended must not hit this one.
       if (interruptBuffer) Atomics.store(interruptBuffer, 0, 0);
+      const started = performance.now();
       try {
         const json = await runSlice(message.datum);
-        answer({ type: 'result', id: message.id, json, heap: heapBytes() }, message.more);
+        answer({ type: 'result', id: message.id, json, heap: heapBytes() }, message.more, started);
       } catch (error) {
         if (pyodide && isFatal(error)) {
           post({ type: 'fatal', message: 'Pyodide suffered a fatal error: ' + String((error && error.message) || error) });
@@ -588,7 +590,7 @@ async function handle(message) {
         const described = worktime === 'pyodide' ? pythonError(error) : describeError(error);
         // KeyboardInterrupt is what the core's interrupt raises: the watchdog stopped this slice.
         const interrupted = worktime === 'pyodide' && Boolean(error && error.type === 'KeyboardInterrupt');
-        answer({ type: 'error', id: message.id, message: described.message, stack: described.stack, heap: heapBytes(), interrupted }, message.more);
+        answer({ type: 'error', id: message.id, message: described.message, stack: described.stack, heap: heapBytes(), interrupted }, message.more, started);
       } finally {
         currentRun = null;
       }

@@ -966,20 +966,29 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.last_work_at = now;
         self.running.remove(&lease.lease_id);
         let mut outcome = run.outcome;
-        match &watch {
-            Watch::Quiet => {}
-            Watch::Interrupted(reason) => {
-                self.emit(WorkerEvent::SliceInterrupted {
-                    job: lease.job_id.clone(),
-                    slice: lease.slice,
-                    sandbox: slot,
-                    reason: reason.clone(),
-                });
+        // Who was interrupted: the slice the watchdog stopped, or — when the sandbox held this
+        // slice's answer back while running the next one — the next one, which then comes back
+        // timed out under a quiet watch. An answer that comes back `ok` was not stopped.
+        let interrupted = match (&watch, &outcome) {
+            (Watch::Interrupted(_), SliceOutcome::Ok { .. }) => None,
+            (Watch::Interrupted(reason), _) => {
                 // The program stopped with KeyboardInterrupt (or some other error): it timed out.
-                if !matches!(outcome, SliceOutcome::Ok { .. }) {
-                    outcome = SliceOutcome::TimedOut { message: reason.clone() };
-                }
+                outcome = SliceOutcome::TimedOut { message: reason.clone() };
+                Some(reason.clone())
             }
+            (Watch::Quiet, SliceOutcome::TimedOut { message }) => Some(message.clone()),
+            _ => None,
+        };
+        if let Some(reason) = interrupted {
+            self.emit(WorkerEvent::SliceInterrupted {
+                job: lease.job_id.clone(),
+                slice: lease.slice,
+                sandbox: slot,
+                reason,
+            });
+        }
+        match &watch {
+            Watch::Quiet | Watch::Interrupted(_) => {}
             Watch::Terminate(reason) => outcome = SliceOutcome::TimedOut { message: reason.clone() },
         }
         if let Some(reason) = self.bystanders.remove(&lease.lease_id) {

@@ -348,7 +348,9 @@ impl Clock for FakeClock {
 }
 
 /// Doubles numbers; throws on negative ones; never answers for `"hang"` (unless interrupted,
-/// when it can be). Its job's program decides how set-up goes: `"broken"` fails like a syntax
+/// when it can be: then it answers timed out, as a real sandbox marks the KeyboardInterrupt);
+/// answers `"stopped-behind"` timed out at once, as a real sandbox does for a slice its interrupt
+/// stopped while the watchdog watched the slice before it, whose answer it held back. Its job's program decides how set-up goes: `"broken"` fails like a syntax
 /// error, `"no-runtime"` fails like a runtime that cannot load. With a clock, `{"work_ms": n}`
 /// works n simulated ms, reporting progress every 50 ms, and answers n.
 struct DoublingSandbox {
@@ -422,12 +424,15 @@ impl DoublingSandbox {
             self.hung.replace(Some(sender));
             return async move {
                 let _ = receiver.await;
-                let outcome = SliceOutcome::Error { message: "KeyboardInterrupt".into(), stack: None };
+                let outcome = SliceOutcome::TimedOut { message: "interrupted: it ran past its time limit".into() };
                 SliceRun { outcome, console: vec![], heap_bytes: None }
             }
             .boxed_local();
         }
         let outcome = match datum.as_i64() {
+            None if datum == json!("stopped-behind") => {
+                SliceOutcome::TimedOut { message: "interrupted: it ran past its time limit".into() }
+            }
             Some(n) if n < 0 => {
                 SliceOutcome::Error { message: format!("negative: {n}"), stack: Some("at work".into()) }
             }
@@ -680,6 +685,26 @@ fn a_hung_slice_that_can_be_interrupted_keeps_its_sandbox() {
     let timed_out = events.iter().filter(|e| matches!(e, WorkerEvent::SliceFinished { outcome: "timedOut", .. }));
     assert_eq!(timed_out.count() as u32, MAX_ATTEMPTS);
     assert_eq!(scheduler.accepted.borrow()[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
+}
+
+#[test]
+fn a_slice_the_sandbox_reports_interrupted_is_the_one_timed_out_and_the_sandbox_is_kept() {
+    let scheduler = Scheduler::with_job("j", [json!(1), json!("stopped-behind"), json!(3)]);
+    let factory = Factory { interruptible: true, ..Factory::default() };
+    let created = factory.created.clone();
+    let (_, events) = run(&scheduler, factory, config(1));
+    let interrupted: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::SliceInterrupted { slice, .. } => Some(*slice),
+            _ => None,
+        })
+        .collect();
+    assert!(!interrupted.is_empty() && interrupted.iter().all(|slice| *slice == 1), "{events:?}");
+    assert_eq!(created.get(), 1, "interrupted, not replaced");
+    assert_eq!(scheduler.accepted.borrow()[&key("j", 0)], SliceOutcome::Ok { value: json!(2) });
+    assert_eq!(scheduler.accepted.borrow()[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
+    assert_eq!(scheduler.attempts.borrow()[&key("j", 1)], MAX_ATTEMPTS, "each attempt timed out");
 }
 
 #[test]
