@@ -545,9 +545,11 @@ async function jsJobBytes() {
   document.body.append(frame);
   const deadline = performance.now() + 120_000;
   for (;;) {
-    const page = frame.contentDocument;
-    const done = page && page.getElementById('done');
-    if (done && done.textContent === '4' && page.getElementById('log').textContent.includes('submitted: ')) break;
+    // All four accepted: the contribute page's credits (fetched after an accepted submission)
+    // count them.
+    const api = frame.contentWindow && frame.contentWindow.Tessera;
+    const stats = api && api.stats();
+    if (stats && stats.slicesDone === 4 && stats.creditedSlices >= 4) break;
     if (performance.now() > deadline) throw new Error('the contribute page did not finish the JavaScript job');
     await sleep(100);
   }
