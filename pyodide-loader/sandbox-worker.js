@@ -50,7 +50,7 @@ let port = null;
 // Only a sandbox the core can interrupt holds answers: should a slice hang after held ones, the
 // watchdog's interrupt (due when the first held slice's limit runs out, within HOLD_MS of the
 // hanging slice's own) stops it, and its answer, marked `interrupted`, goes with the held ones.
-const HOLD_MS = 8;
+const HOLD_MS = 16;
 let held = [];
 let heldSince = 0;
 function sendHeld() {

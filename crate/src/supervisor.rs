@@ -325,7 +325,7 @@ impl SupervisorConfig {
             max_slices_per_sandbox: 100_000,
             max_sandbox_heap_bytes: 1 << 30,
             max_sandbox_idle_ms: 60_000,
-            pipeline_depth: 32,
+            pipeline_depth: 64,
             prewarm_spare: true,
             cpu_share: 1.0,
             job_cache: 16,
@@ -497,7 +497,7 @@ struct LiveSandbox {
 
 /// Work (ms) a warm sandbox holds queued behind the slice it runs: enough that light slices
 /// travel to it by the dozen, little enough that none waits long behind another.
-pub const PIPELINE_MS: f64 = 16.0;
+pub const PIPELINE_MS: f64 = 40.0;
 
 /// The pipeline depth for slices of `slice_ms`: 2 (one running, one queued) until the pace is
 /// known or for slices of `PIPELINE_MS` and more; up to `max` for light ones; 1 when a CPU share
@@ -1482,11 +1482,11 @@ mod tests {
 
     #[test]
     fn pipelines_deeper_for_light_slices_and_not_at_all_under_a_cpu_share() {
-        assert_eq!(pipeline_depth_for(32, None, 1.0), 2, "unknown pace: one running, one queued");
-        assert_eq!(pipeline_depth_for(32, Some(1.0), 1.0), 17, "16 ms of work queued");
-        assert_eq!(pipeline_depth_for(32, Some(0.1), 1.0), 32, "capped");
-        assert_eq!(pipeline_depth_for(32, Some(500.0), 1.0), 2);
-        assert_eq!(pipeline_depth_for(32, Some(1.0), 0.5), 1, "a queued slice would skip its rest");
+        assert_eq!(pipeline_depth_for(64, None, 1.0), 2, "unknown pace: one running, one queued");
+        assert_eq!(pipeline_depth_for(64, Some(1.0), 1.0), 41, "40 ms of work queued");
+        assert_eq!(pipeline_depth_for(64, Some(0.1), 1.0), 64, "capped");
+        assert_eq!(pipeline_depth_for(64, Some(500.0), 1.0), 2);
+        assert_eq!(pipeline_depth_for(64, Some(1.0), 0.5), 1, "a queued slice would skip its rest");
         assert_eq!(pipeline_depth_for(1, Some(1.0), 1.0), 1, "pipelining turned off");
     }
 }
