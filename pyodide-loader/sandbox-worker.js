@@ -44,9 +44,10 @@
 
 let port = null;
 // Answers held back to travel together: a message to the core crosses processes and costs far
-// more than a light slice, so while more slices of the same `runs` batch wait, the answer of a
-// slice that took less than HOLD_MS waits, up to HOLD_MS, for theirs. Any other message (console, progress, fatal…) sends the held
-// answers first, so the order of everything the core hears is unchanged.
+// more than a light slice, so while more slices of the same `runs` batch wait, answers are held
+// until HOLD_MS have passed since the first held slice started (a slow slice's answer goes at
+// once). Any other message (console, progress, fatal…) sends the held answers first, so the
+// order of everything the core hears is unchanged.
 // Only a sandbox the core can interrupt holds answers: should a slice hang after held ones, the
 // watchdog's interrupt (due when the first held slice's limit runs out, within HOLD_MS of the
 // hanging slice's own) stops it, and its answer, marked `interrupted`, goes with the held ones.
@@ -67,10 +68,9 @@ const post = (message, transfer) => {
 /** A slice's answer; `more` when further slices of its batch wait to run, `started` when it began. */
 function answer(message, more, started) {
   if (!port) return;
-  const now = performance.now();
   if (!held.length) heldSince = started;
   held.push(message);
-  if (!more || !interruptBuffer || now - heldSince >= HOLD_MS) sendHeld();
+  if (!more || !interruptBuffer || performance.now() - heldSince >= HOLD_MS) sendHeld();
 }
 let worktime = null;
 let pyodideUrl = null;

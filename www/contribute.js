@@ -98,16 +98,11 @@ const SECOND_MS = 1000;
 const SECONDS = CHART_MS / SECOND_MS;
 const perSecond = new Uint32Array(SECONDS);
 let newestSecond = Math.floor(Date.now() / SECOND_MS);
-let finishedInChart = 0;
 
 /** Moves the ring to the current second, forgetting the seconds that left the chart. */
 function advanceTo(second) {
   const forget = Math.min(second - newestSecond, SECONDS);
-  for (let step = 1; step <= forget; step++) {
-    const slot = (newestSecond + step) % SECONDS;
-    finishedInChart -= perSecond[slot];
-    perSecond[slot] = 0;
-  }
+  for (let step = 1; step <= forget; step++) perSecond[(newestSecond + step) % SECONDS] = 0;
   newestSecond = Math.max(newestSecond, second);
 }
 
@@ -116,10 +111,13 @@ function finishedIn(second, count) {
   let sum = 0;
   for (let back = 0; back < count; back++) {
     const at = second - back;
-    if (at > newestSecond - SECONDS && at <= newestSecond) sum += perSecond[((at % SECONDS) + SECONDS) % SECONDS];
+    if (at > newestSecond - SECONDS && at <= newestSecond) sum += perSecond[at % SECONDS];
   }
   return sum;
 }
+
+/** Whether any slice finished within the chart's time. */
+const anyFinished = () => perSecond.some((count) => count > 0);
 
 controller.on('start', ({ cores }) => {
   log(`started with ${cores} sandbox(es)`);
@@ -138,7 +136,6 @@ controller.on('sliceEnd', () => {
   const second = Math.floor(Date.now() / SECOND_MS);
   advanceTo(second);
   perSecond[second % SECONDS]++;
-  finishedInChart++;
   schedule();
 });
 controller.on('credit', schedule);
@@ -334,7 +331,7 @@ function drawChart() {
   context.fillStyle = style.getPropertyValue('--muted').trim() || '#777';
   context.font = '11px system-ui, sans-serif';
   context.textBaseline = 'top';
-  context.fillText(finishedInChart ? `${peak} per 10 s` : 'No slices finished yet', 0, 0);
+  context.fillText(anyFinished() ? `${peak} per 10 s` : 'No slices finished yet', 0, 0);
 }
 
 // Cards' elapsed times and the chart move on their own while running and visible.
@@ -342,7 +339,7 @@ let ticks = 0;
 setInterval(() => {
   ticks++;
   if (controller.state === 'stopped' || document.visibilityState !== 'visible') return;
-  if (controller.runningSlices() > 0 || (finishedInChart && ticks % 10 === 0)) schedule();
+  if (controller.runningSlices() > 0 || (ticks % 10 === 0 && anyFinished())) schedule();
 }, 1000);
 window.addEventListener('resize', scheduleSoon);
 

@@ -977,7 +977,11 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 Some(reason.clone())
             }
             (Watch::Quiet, SliceOutcome::TimedOut { message }) => Some(message.clone()),
-            _ => None,
+            (Watch::Quiet, _) => None,
+            (Watch::Terminate(reason), _) => {
+                outcome = SliceOutcome::TimedOut { message: reason.clone() };
+                None
+            }
         };
         if let Some(reason) = interrupted {
             self.emit(WorkerEvent::SliceInterrupted {
@@ -986,10 +990,6 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                 sandbox: slot,
                 reason,
             });
-        }
-        match &watch {
-            Watch::Quiet | Watch::Interrupted(_) => {}
-            Watch::Terminate(reason) => outcome = SliceOutcome::TimedOut { message: reason.clone() },
         }
         if let Some(reason) = self.bystanders.remove(&lease.lease_id) {
             if matches!(outcome, SliceOutcome::WorkerFault { .. }) {

@@ -427,12 +427,9 @@ class Job:
                 return
 
     def _known_total(self) -> Optional[int]:
-        """The number of slices once it can no longer grow (an open job's only when it ended)."""
-        if self._final is not None:
-            return self.total
-        if self.open:
-            return None
-        return self.total
+        """The number of slices once it can no longer grow: none while the job is open (the final
+        state and `close` both end that)."""
+        return None if self.open else self.total
 
     def _failure(self) -> JobFailed:
         final = self._final or {}
