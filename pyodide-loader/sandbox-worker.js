@@ -5,7 +5,9 @@
 // network at all), which starts it from a Blob URL and hands it the core's data port with 'init'.
 // A sandbox serves one job for its whole life:
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
-//                    snapshot?: Blob, makeSnapshot?: bool}   (restore that runtime snapshot; make one)
+//                    snapshot?: Blob, makeSnapshot?: bool,   (restore that runtime snapshot; make one)
+//                    packageSnapshot?: Blob,                   (restore this package snapshot first)
+//                    makePackageSnapshot?: [package, …]}       (make one if the job loads these)
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'runs', items: [{id, datum}, …]}    (slices, run in order; datum as JSON text)
 //                   {type:'asset', id, blob | error}          (a runtime file asked for with 'fetch')
@@ -20,12 +22,21 @@
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
 //                   {type:'snapshot-restored', ms} | {type:'snapshot-rejected', reason}
 //                   {type:'snapshot-made', ms, snapshot: ArrayBuffer (transferred)} | {type:'snapshot-failed', reason, lasting}
+//                   (each snapshot report with `packages: true` when it is about the package snapshot)
 //
 // Runtime snapshots: a sandbox given a snapshot restores Pyodide from it (a fraction of a fresh
 // start) and reseeds Python's random generators, since every restore starts from the same state.
 // If it cannot (another Pyodide build, a damaged copy) it says why and starts afresh. A sandbox
 // told to make one snapshots Pyodide right after a fresh start — before any file or code of a job
 // is in it — and hands the bytes to the core, which keeps them for later sandboxes.
+// Package snapshots (the `packageSnapshots` option, off by default): a snapshot taken once the
+// job's packages are loaded and imported, before the job's files or code are in the sandbox. A
+// restore cannot carry what loading a package did outside the wasm heap — the package files, the
+// compiled libraries and the table slots their functions sit in — so the snapshot records where
+// each library landed, and a restore lays the files out again, reloads the libraries at those
+// same places (Emscripten's reload path, the one threads use), then puts the heap back. This leans
+// on Emscripten's internals (checked for Pyodide 0.27.7): anything that does not fit — another
+// build, a table of another size — is refused and the sandbox falls back to the plain snapshot.
 // interruptBuffer (a SharedArrayBuffer the host page creates when cross-origin isolated) is handed
 // to Pyodide: the host writes 2 into it, on the core's order, to raise KeyboardInterrupt.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"}, numpy arrays and scalars as
@@ -81,6 +92,9 @@ let currentRun = null;
 let interruptBuffer = null;
 let snapshot = null;
 let makeSnapshot = false;
+let packageSnapshot = null;
+let makePackageSnapshot = null;
+let packagesRestored = false;
 // Kept before anything else runs: the map-basic program is loaded with it after the lockdown.
 const loadScript = self.importScripts.bind(self);
 
@@ -328,6 +342,20 @@ function startPyodide() {
       const runtimeScript = await assetScriptUrl(runtimeUrl);
       self.importScripts = (...urls) => loadScript(...urls.map((url) => (url === runtimeUrl ? runtimeScript : url)));
       const { loadPyodide } = await import(await assetScriptUrl(pyodideUrl + 'pyodide.mjs'));
+      if (packageSnapshot) {
+        const started = performance.now();
+        try {
+          const restored = await restorePackages(loadPyodide, packageSnapshot);
+          post({ type: 'snapshot-restored', packages: true, ms: performance.now() - started });
+          packagesRestored = true;
+          snapshot = null;
+          return restored;
+        } catch (error) {
+          post({ type: 'snapshot-rejected', packages: true, reason: firstLine(error) });
+        } finally {
+          packageSnapshot = null;
+        }
+      }
       if (snapshot) {
         const started = performance.now();
         try {
@@ -360,23 +388,28 @@ del random, sys
 
 /** Pyodide restored from a runtime snapshot; throws (and leaves nothing behind) if it does not fit. */
 async function restorePyodide(loadPyodide, blob) {
-  const bytes = new Uint8Array(await blob.arrayBuffer());
+  const restored = await loadSnapshot(loadPyodide, new Uint8Array(await blob.arrayBuffer()));
+  restored.runPython(RESEED);
+  return restored;
+}
+
+/** Pyodide loaded from the snapshot `bytes`, not reseeded yet. */
+async function loadSnapshot(loadPyodide, bytes) {
   // Pyodide's layout: 4 words (magic, offset of the heap, …), a build id, then the wasm heap, a
   // whole number of 64 KiB pages. Pyodide checks the magic and the build id itself.
-  const heapAt = bytes.length >= 16 ? new DataView(bytes.buffer).getUint32(4, true) : 0;
+  const heapAt = bytes.length >= 16 ? new DataView(bytes.buffer, bytes.byteOffset).getUint32(4, true) : 0;
   if (heapAt < 48 || heapAt >= bytes.length || (bytes.length - heapAt) % 65536 !== 0) {
     throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
   }
-  const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes });
-  // Pyodide keeps its options: let the snapshot's bytes (≈ 21 MB, now copied into the heap) go.
+  const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes, _makeSnapshot: Boolean(makePackageSnapshot) });
+  // Pyodide keeps its options: let the snapshot's bytes (now copied into the heap) go.
   delete restored._api.config._loadSnapshot;
-  restored.runPython(RESEED);
   return restored;
 }
 
 /** Pyodide started afresh; snapshotted at once when the core asked for a snapshot. */
 async function freshPyodide(loadPyodide) {
-  const fresh = await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot });
+  const fresh = await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot || Boolean(makePackageSnapshot) });
   if (makeSnapshot) {
     const started = performance.now();
     try {
@@ -389,6 +422,156 @@ async function freshPyodide(loadPyodide) {
     }
   }
   return fresh;
+}
+
+// ---- package snapshots ----------------------------------------------------------------------
+// Layout: a 16-byte header (magic, format, length of the description, length of the Pyodide
+// snapshot), the description (JSON), Pyodide's own snapshot of the heap, then the package files.
+const PACKAGE_SNAPSHOT_MAGIC = 0x4b505354; // "TSPK"
+const PACKAGE_SNAPSHOT_FORMAT = 1;
+// Emscripten's record of a loaded library (`struct dso`): the reload path reads "loaded" (byte 8),
+// the memory base and size, the table base and size (bytes 12–27) and no bytes (28–35).
+const LIBRARY_RECORD_BYTES = 64;
+
+/** Every file under `dirs` (missing folders are skipped). */
+function filesUnder(FS, dirs) {
+  const found = [];
+  const walk = (dir) => {
+    let names;
+    try { names = FS.readdir(dir); } catch (_) { return; }
+    for (const name of names) {
+      if (name === '.' || name === '..') continue;
+      const path = dir + '/' + name;
+      if (FS.isDir(FS.stat(path).mode)) walk(path);
+      else found.push(path);
+    }
+  };
+  dirs.forEach(walk);
+  return found;
+}
+
+/** Where Pyodide installs packages: site-packages, and the folder for shared libraries. */
+function installDirs(py) {
+  const loader = py._api.package_loader;
+  return [...new Set([loader.get_install_dir('site'), loader.get_install_dir('dynlib')])];
+}
+
+/** Loads `packages` as Pyodide does, noting where each compiled library lands in memory and in
+ *  the function table, and which files appear: what a package snapshot must replay. */
+async function loadPackagesNoted(py, packages, options) {
+  const M = py._module;
+  const dirs = installDirs(py);
+  const before = new Set(filesUnder(M.FS, dirs));
+  const libraries = [];
+  const load = M.loadDynamicLibrary;
+  M.loadDynamicLibrary = function (name, flags, localScope, handle) {
+    if (handle !== undefined) return load.call(this, name, flags, localScope, handle);
+    const record = M._calloc(LIBRARY_RECORD_BYTES, 1);
+    const tableBefore = M.wasmTable.length;
+    const release = () => { delete M.LDSO.loadedLibsByHandle[record]; M._free(record); };
+    return Promise.resolve(load.call(this, name, flags, localScope, record)).then((loaded) => {
+      const words = M.HEAPU32;
+      libraries.push({
+        name, global: Boolean(flags.global), tableBefore, tableAfter: M.wasmTable.length,
+        memoryBase: words[(record + 12) >>> 2], memorySize: words[(record + 16) >>> 2],
+        tableBase: words[(record + 20) >>> 2], tableSize: words[(record + 24) >>> 2],
+      });
+      release();
+      return loaded;
+    }, (error) => { release(); throw error; });
+  };
+  try {
+    await py.loadPackage(packages, options);
+  } finally {
+    M.loadDynamicLibrary = load;
+  }
+  return { dirs, libraries, files: filesUnder(M.FS, dirs).filter((path) => !before.has(path)) };
+}
+
+/** A package snapshot of `py`, its `packages` loaded (as `noted`) and imported, nothing else in it. */
+function makePackageSnapshotOf(py, packages, noted) {
+  const M = py._module;
+  const lockfile = py._api.lockfile_packages || {};
+  const modules = packages.flatMap((name) => (lockfile[name.toLowerCase()] || {}).imports || []);
+  py.runPython(`[__import__(name) for name in ${JSON.stringify(modules)}]`);
+  // Pyodide's check expects its table of loaded packages empty, as after a fresh start.
+  const channels = { ...py.loadedPackages };
+  for (const name of Object.keys(channels)) delete py.loadedPackages[name];
+  let heap;
+  try {
+    heap = py.makeMemorySnapshot();
+  } finally {
+    Object.assign(py.loadedPackages, channels);
+  }
+  const files = noted.files.map((path) => ({ path, bytes: M.FS.readFile(path) }));
+  const description = new TextEncoder().encode(JSON.stringify({
+    packages, channels, libraries: noted.libraries,
+    handles: Object.entries(M.LDSO.loadedLibsByHandle).map(([handle, dso]) => [Number(handle), dso.name]),
+    files: files.map((file) => [file.path, file.bytes.length]),
+  }));
+  const size = 16 + description.length + heap.length + files.reduce((sum, file) => sum + file.bytes.length, 0);
+  const out = new Uint8Array(size);
+  new Uint32Array(out.buffer, 0, 4).set([PACKAGE_SNAPSHOT_MAGIC, PACKAGE_SNAPSHOT_FORMAT, description.length, heap.length]);
+  let at = 16;
+  for (const part of [description, heap, ...files.map((file) => file.bytes)]) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/** Pyodide restored from a package snapshot, its packages ready; throws if anything does not fit
+ *  (the caller then falls back to the plain snapshot). */
+async function restorePackages(loadPyodide, blob) {
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  const header = bytes.length >= 16 ? new Uint32Array(bytes.buffer, 0, 4) : [0, 0, 0, 0];
+  if (header[0] !== PACKAGE_SNAPSHOT_MAGIC || header[1] !== PACKAGE_SNAPSHOT_FORMAT || 16 + header[2] + header[3] > bytes.length) {
+    throw new Error(`the package snapshot is damaged or of another format (${bytes.length} bytes)`);
+  }
+  const about = JSON.parse(new TextDecoder().decode(bytes.subarray(16, 16 + header[2])));
+  const heap = bytes.subarray(16 + header[2], 16 + header[2] + header[3]);
+  const py = await loadSnapshot(loadPyodide, heap);
+  const M = py._module;
+  // The files first: the libraries are read from them.
+  let at = 16 + header[2] + header[3];
+  for (const [path, length] of about.files) {
+    if (at + length > bytes.length) throw new Error('the package snapshot is damaged (its files are cut short)');
+    M.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
+    M.FS.writeFile(path, bytes.subarray(at, at + length));
+    at += length;
+  }
+  const libraryFiles = { findObject: (path) => M.FS.findObject(path), readFile: (path) => M.FS.readFile(path) };
+  for (const library of about.libraries) {
+    if (M.wasmTable.length !== library.tableBefore) {
+      throw new Error(`the package snapshot does not fit: the function table holds ${M.wasmTable.length} entries where ${library.name} expects ${library.tableBefore}`);
+    }
+    // Emscripten's reload path: a record saying "loaded at these bases" puts the library back
+    // where it was, without allocating.
+    const record = M._calloc(LIBRARY_RECORD_BYTES, 1);
+    M.HEAPU8[record + 8] = 1;
+    M.HEAPU32.set([library.memoryBase, library.memorySize, library.tableBase, library.tableSize], (record + 12) >>> 2);
+    const flags = { loadAsync: true, nodelete: true, allowUndefined: true, global: library.global, fs: libraryFiles };
+    await M.loadDynamicLibrary(library.name, flags, library.global ? undefined : {}, record);
+    delete M.LDSO.loadedLibsByHandle[record];
+    // Pyodide also finds a library by its file name.
+    const base = library.name.slice(library.name.lastIndexOf('/') + 1);
+    M.LDSO.loadedLibsByName[base] = M.LDSO.loadedLibsByName[base] || M.LDSO.loadedLibsByName[library.name];
+    if (M.wasmTable.length !== library.tableAfter) {
+      throw new Error(`the package snapshot does not fit: ${library.name} ends the function table at ${M.wasmTable.length}, not ${library.tableAfter}`);
+    }
+  }
+  // Loading wrote the libraries' initial data over the heap: put the snapshot's heap back.
+  const wasmHeap = heap.subarray(new DataView(heap.buffer, heap.byteOffset).getUint32(4, true));
+  M.HEAPU8.set(wasmHeap);
+  M.HEAPU8.fill(0, wasmHeap.length);
+  // What lives outside the heap: Pyodide's table of loaded packages, and the handles Python's
+  // imports opened (the heap remembers them; Emscripten's table of them is JavaScript).
+  Object.assign(py.loadedPackages, about.channels);
+  for (const [handle, name] of about.handles) {
+    if (!M.LDSO.loadedLibsByHandle[handle] && M.LDSO.loadedLibsByName[name]) M.LDSO.loadedLibsByHandle[handle] = M.LDSO.loadedLibsByName[name];
+  }
+  py.runPython(RESEED);
+  return py;
 }
 
 function pythonError(error) {
@@ -426,20 +609,41 @@ function heapBytes() {
 
 const JOB_ROOT = '/home/pyodide/job';
 
+/** Whether two package lists name the same packages. */
+const samePackages = (a, b) => JSON.stringify([...a].sort()) === JSON.stringify([...b].sort());
+
 /** Loads the runtime, the job's packages and its bundle: any failure here is a SetupFault. */
 async function loadPyodideFor(job, files) {
   try {
     pyodide = await startPyodide();
+    const packages = job.packages || [];
+    // A package snapshot is made only of a Pyodide not restored from one, for the packages it was
+    // ordered for, before anything of the job (its files, its code, its output) is in it.
+    const making = makePackageSnapshot && !packagesRestored;
+    if (making && !samePackages(makePackageSnapshot, packages)) {
+      post({ type: 'snapshot-failed', packages: true, reason: 'the job loads other packages than the snapshot was ordered for', lasting: false });
+    }
+    if (packages.length) {
+      post({ type: 'phase', phase: 'packages' });
+      const failures = [];
+      const options = { messageCallback: () => {}, errorCallback: (text) => failures.push(text) };
+      const noted = making && samePackages(makePackageSnapshot, packages) ? await loadPackagesNoted(pyodide, packages, options) : null;
+      if (!noted) await pyodide.loadPackage(packages, options);
+      if (failures.length) throw new Error('packages failed to load: ' + failures.join('; '));
+      if (noted) {
+        const started = performance.now();
+        try {
+          const bytes = makePackageSnapshotOf(pyodide, packages, noted);
+          post({ type: 'snapshot-made', packages: true, ms: performance.now() - started, snapshot: bytes.buffer }, [bytes.buffer]);
+        } catch (error) {
+          post({ type: 'snapshot-failed', packages: true, reason: firstLine(error), lasting: false });
+        }
+      }
+    }
     if (interruptBuffer) pyodide.setInterruptBuffer(interruptBuffer);
     const stream = (name) => ({ batched: (line) => post({ type: 'console', stream: name, text: line }) });
     pyodide.setStdout(stream('stdout'));
     pyodide.setStderr(stream('stderr'));
-    if (job.packages && job.packages.length) {
-      post({ type: 'phase', phase: 'packages' });
-      const failures = [];
-      await pyodide.loadPackage(job.packages, { messageCallback: () => {}, errorCallback: (text) => failures.push(text) });
-      if (failures.length) throw new Error('packages failed to load: ' + failures.join('; '));
-    }
     pyodide.FS.mkdirTree(JOB_ROOT);
     for (const file of files) {
       const path = JOB_ROOT + '/' + file.path;
@@ -558,6 +762,8 @@ async function handle(message) {
       interruptBuffer = message.interruptBuffer || null;
       snapshot = message.snapshot instanceof Blob ? message.snapshot : null;
       makeSnapshot = message.makeSnapshot === true;
+      packageSnapshot = message.packageSnapshot instanceof Blob ? message.packageSnapshot : null;
+      makePackageSnapshot = Array.isArray(message.makePackageSnapshot) && message.makePackageSnapshot.length ? message.makePackageSnapshot.map(String) : null;
       if (worktime === 'pyodide') startPyodide().catch(() => {});
       return;
     case 'setup':

@@ -76,11 +76,13 @@ function onCoreEvent(event) {
     case 'schedulerUnreachable': log(`scheduler unreachable for ${event.request} (${event.message}); retrying in ${event.retryMs} ms`); break;
     case 'requestRefused': log(`the scheduler refused a ${event.request} request (not retried): ${event.message}`); break;
     case 'sandboxesFailing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pauseMs} ms`); break;
-    case 'runtimeSnapshot':
+    case 'runtimeSnapshot': {
+      const which = event.packages && event.packages.length ? `package snapshot (${event.packages.join(', ')})` : 'runtime snapshot';
       log(event.outcome === 'rejected' || event.outcome === 'failed'
-        ? `runtime snapshot ${event.outcome}: ${event.reason}`
-        : `runtime snapshot ${event.outcome} in ${event.ms} ms`);
+        ? `${which} ${event.outcome}: ${event.reason}`
+        : `${which} ${event.outcome} in ${event.ms} ms`);
       break;
+    }
     case 'paused': log('paused'); break;
     case 'resumed': log('resumed'); break;
     case 'idle': log('no work; idle'); break;
@@ -398,6 +400,7 @@ function start() {
   if (exitWhenIdle) options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
   if (params.get('pyodideUrl')) options.pyodideUrl = params.get('pyodideUrl');
   if (params.get('workerKey')) options.workerKey = params.get('workerKey');
+  if (params.get('packageSnapshots') === '1') options.packageSnapshots = true;
   controller.start(options).catch((error) => {
     // A core that did not load was logged by the error event already.
     if (!controller.lastError || controller.lastError.kind !== 'load') log('fatal: ' + error);

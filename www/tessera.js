@@ -231,7 +231,7 @@ export class Tessera {
    * Starts contributing; resolves once the worker core runs (the `start` event has fired) and
    * rejects when it cannot (the `error` event says why in plain words). Options: `cores`,
    * `cpuShare`, `contributor`, `pauseWhenHidden`, `pauseOnBattery`, and the core's own
-   * `idleExitMs`, `pyodideUrl`, `workerKey`, `runtimeSnapshots`. The run's end reason comes
+   * `idleExitMs`, `pyodideUrl`, `workerKey`, `runtimeSnapshots`, `packageSnapshots`. The run's end reason comes
    * with the `stop` event (`stopped`, `idle`). Calling it while running does nothing.
    */
   start(options = {}) {
@@ -266,7 +266,7 @@ export class Tessera {
       contributor: this.contributor,
       onEvent: (event) => this.handle(event),
     };
-    for (const key of ['idleExitMs', 'pyodideUrl', 'workerKey', 'runtimeSnapshots']) {
+    for (const key of ['idleExitMs', 'pyodideUrl', 'workerKey', 'runtimeSnapshots', 'packageSnapshots']) {
       if (options[key] !== undefined && options[key] !== null) coreOptions[key] = options[key];
     }
     try {

@@ -74,18 +74,26 @@ impl<S: Clone> SnapshotBook<S> {
 
     /// The plan for the next Pyodide sandbox.
     pub fn plan(&mut self) -> SnapshotPlan<S> {
+        self.plan_where(&|_| true, true)
+    }
+
+    /// The plan for a sandbox that `fits` some snapshots only (a package snapshot holds certain
+    /// packages) and that can make one only when `can_make`. A snapshot that does not fit it is
+    /// not handed to it; if it can make one, it makes the replacement.
+    pub fn plan_where(&mut self, fits: &dyn Fn(&S) -> bool, can_make: bool) -> SnapshotPlan<S> {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let (restore, make) = match &self.state {
             State::Off | State::Making(_) => (None, false),
-            State::Unknown | State::Missing => {
+            State::Have(snapshot, generation) if fits(snapshot) => {
+                self.restorers.insert(ticket, *generation);
+                (Some(snapshot.clone()), can_make)
+            }
+            State::Unknown | State::Missing | State::Have(..) if can_make => {
                 self.state = State::Making(ticket);
                 (None, true)
             }
-            State::Have(snapshot, generation) => {
-                self.restorers.insert(ticket, *generation);
-                (Some(snapshot.clone()), true)
-            }
+            State::Unknown | State::Missing | State::Have(..) => (None, false),
         };
         if make {
             self.makers.insert(ticket);
@@ -222,6 +230,31 @@ mod tests {
         let (_, _, maker) = plan(&mut book);
         book.not_made(maker, true);
         assert_eq!(plan(&mut book), (None, false, 2));
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_fit_is_not_handed_over_and_is_replaced_by_one_that_can_make_it() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(Some("numpy"));
+        let fits = |wanted: &'static str| move |snapshot: &&'static str| *snapshot == wanted;
+        let SnapshotPlan { restore, make, .. } = book.plan_where(&fits("numpy"), false);
+        assert_eq!((restore, make), (Some("numpy"), false), "a sandbox that cannot make one still restores");
+        let SnapshotPlan { restore, make, .. } = book.plan_where(&fits("pandas"), false);
+        assert_eq!((restore, make), (None, false));
+        let SnapshotPlan { restore, make, ticket } = book.plan_where(&fits("pandas"), true);
+        assert_eq!((restore, make), (None, true), "a sandbox that can make the one it needs does");
+        assert_eq!(book.plan_where(&fits("pandas"), true).make, false, "one maker at a time");
+        assert!(book.made(ticket, "pandas"));
+        assert_eq!(book.plan_where(&fits("pandas"), false).restore, Some("pandas"));
+        assert_eq!(book.plan_where(&fits("numpy"), false).restore, None, "the page keeps one");
+    }
+
+    #[test]
+    fn a_sandbox_that_cannot_make_one_never_blocks_the_makers() {
+        let mut book = SnapshotBook::new(true);
+        book.looked_up(None);
+        assert_eq!(book.plan_where(&|_: &&str| true, false), SnapshotPlan { restore: None, make: false, ticket: 1 });
+        assert!(book.plan_where(&|_| true, true).make);
     }
 
     #[test]

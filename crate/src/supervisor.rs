@@ -122,9 +122,11 @@ pub enum SandboxActivity {
     Idle,
 }
 
-/// Makes sandboxes. A Pyodide sandbox starts loading its runtime as soon as it is created.
+/// Makes sandboxes. A Pyodide sandbox starts loading its runtime as soon as it is created;
+/// `packages` are those of the job it is expected to serve (none when not known), so that it can
+/// start from a snapshot already holding them.
 pub trait SandboxFactory {
-    fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError>;
+    fn create(&self, worktime: Worktime, packages: &[String]) -> Result<Rc<dyn Sandbox>, WorkerError>;
 }
 
 /// What the page (or a test) can watch. In JavaScript every name is camelCase: the `type`
@@ -212,12 +214,15 @@ pub enum WorkerEvent {
         failures: u32,
         pause_ms: u64,
     },
-    /// Pyodide's start-up snapshot (`web::snapshots`): `made` in this browser, `restored` into a
+    /// Pyodide's start-up snapshot (`web::snapshots`), or a package snapshot: `made` in this browser, `restored` into a
     /// new sandbox, `rejected` by one (it started afresh; `reason` says why) or `failed` to make.
     RuntimeSnapshot {
         outcome: &'static str,
         ms: Option<u64>,
         reason: Option<String>,
+        /// The packages the snapshot holds: none for the plain runtime snapshot, the job's for a
+        /// package snapshot (the `packageSnapshots` option).
+        packages: Vec<String>,
     },
     /// No new slices start until resumed; queued ones went back to the scheduler.
     Paused,
@@ -477,6 +482,8 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     next_heartbeat_at: u64,
     last_work_at: u64,
     last_worktime: Option<Worktime>,
+    /// The packages of the job whose slice started last: the spare is started for them.
+    last_packages: Vec<String>,
     /// Moving average of slice durations (ms), once one was measured.
     slice_ms: Option<f64>,
     /// Consecutive worker faults, and the pause they earn.
@@ -563,6 +570,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             next_heartbeat_at: 0,
             last_work_at: now,
             last_worktime: None,
+            last_packages: Vec::new(),
             slice_ms: None,
             faults_in_row: 0,
             fault_pause: Backoff::new(1_000, 60_000),
@@ -1190,13 +1198,13 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             let slot = match self.pool.place(&job_id, worktime) {
                 Placement::Busy => return,
                 Placement::Warm(slot) | Placement::Claim(slot) => slot,
-                Placement::Create(slot) => match self.create_sandbox(slot, worktime) {
+                Placement::Create(slot) => match self.create_sandbox(slot, worktime, &job.descriptor.packages) {
                     Some(slot) => slot,
                     None => return,
                 },
                 Placement::Replace(slot) => {
                     self.remove_sandbox(slot, "replaced for another job");
-                    match self.create_sandbox(slot, worktime) {
+                    match self.create_sandbox(slot, worktime, &job.descriptor.packages) {
                         Some(slot) => slot,
                         None => return,
                     }
@@ -1217,8 +1225,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
     }
 
-    fn create_sandbox(&mut self, slot: usize, worktime: Worktime) -> Option<usize> {
-        match self.factory.create(worktime) {
+    fn create_sandbox(&mut self, slot: usize, worktime: Worktime, packages: &[String]) -> Option<usize> {
+        match self.factory.create(worktime, packages) {
             Ok(sandbox) => {
                 self.generation += 1;
                 let live = LiveSandbox { generation: self.generation, sandbox, queue: Rc::default() };
@@ -1270,7 +1278,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
         if !self.pool.has_spare(Worktime::Pyodide) {
             if let Some(slot) = self.pool.spare_index() {
-                self.create_sandbox(slot, Worktime::Pyodide);
+                let packages = self.last_packages.clone();
+                self.create_sandbox(slot, Worktime::Pyodide, &packages);
             }
         }
     }
@@ -1281,6 +1290,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         };
         let needs_setup = self.pool.slot(slot).is_some_and(|s| s.job.is_none());
         self.last_worktime = Some(job.descriptor.worktime);
+        if self.last_packages != job.descriptor.packages {
+            self.last_packages = job.descriptor.packages.clone();
+        }
         self.pool.started(slot, &lease.job_id);
         self.running.insert(lease.lease_id.clone(), (slot, generation));
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });

@@ -460,7 +460,7 @@ impl Factory {
 }
 
 impl SandboxFactory for Factory {
-    fn create(&self, _: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
+    fn create(&self, _: Worktime, _: &[String]) -> Result<Rc<dyn Sandbox>, WorkerError> {
         self.created.set(self.created.get() + 1);
         Ok(Rc::new(DoublingSandbox {
             setups: self.setups.clone(),

@@ -20,7 +20,7 @@ async fn a_runaway_python_slice_is_interrupted_and_the_sandbox_keeps_working() {
     let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into()).unwrap();
     assert_eq!(isolated.as_bool(), Some(true), "the interrupt needs a cross-origin isolated page");
     let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
-    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide, &[]).unwrap();
     let setup = sandbox.prepare(python_job(SPINNING_PROGRAM)).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
     a_spinning_slice_is_interrupted(sandbox.clone()).await;
@@ -39,7 +39,7 @@ async fn answers_held_behind_a_runaway_slice_arrive_and_only_it_times_out() {
     use tessera_protocol::SliceOutcome;
 
     let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
-    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide, &[]).unwrap();
     let setup = sandbox.prepare(python_job(SPINNING_PROGRAM)).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
     // Asked for in one turn: they travel to the sandbox in one batch, the runaway one last.

@@ -18,7 +18,7 @@ wasm_bindgen_test_configure!(run_in_browser);
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
-    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
     let job = job("async (x, k) => { globalThis.calls = (globalThis.calls || 0) + 1; progress(0.5); console.log('x is', x); return { y: x * k, calls: globalThis.calls, bytes: new Uint8Array([1, 2]) }; }", vec![json!(3)]);
     let progress = Rc::new(SliceProgress::default());
     assert!(matches!(sandbox.prepare(job).await, SetupOutcome::Ready { .. }));
@@ -38,7 +38,7 @@ async fn runs_slices_in_a_web_worker_and_keeps_the_job_warm() {
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_thrown_error_is_a_slice_error_with_its_stack() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
-    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
     sandbox.prepare(job("(x) => { throw new RangeError('too big: ' + x); }", vec![])).await;
     let run = sandbox.run(0, json!(9), Rc::default()).await;
     match run.outcome {
@@ -57,13 +57,13 @@ async fn a_thrown_error_is_a_slice_error_with_its_stack() {
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_program_that_is_not_a_function_fails_its_set_up() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
-    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
     let setup = sandbox.prepare(job("42", vec![])).await;
     assert!(
         matches!(setup, SetupOutcome::ProgramFailed { ref message, .. } if message.contains("not a function")),
         "{setup:?}"
     );
-    let broken = factory.create(Worktime::MapBasic).unwrap();
+    let broken = factory.create(Worktime::MapBasic, &[]).unwrap();
     let setup = broken.prepare(job("(x) => {", vec![])).await;
     assert!(matches!(setup, SetupOutcome::ProgramFailed { .. }), "syntax error: {setup:?}");
 }
@@ -73,7 +73,7 @@ async fn a_program_that_is_not_a_function_fails_its_set_up() {
 async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
     // Nothing listens on port 1: Pyodide's import fails the way a flaky network would.
     let factory = IsolatedSandboxFactory::new(scheduler(), "http://127.0.0.1:1/").unwrap();
-    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide, &[]).unwrap();
     let setup = sandbox.prepare(python_job("import dcp\ndcp.set_slice_handler(lambda x: x)\n")).await;
     assert!(
         matches!(setup, SetupOutcome::Fault { ref message } if message.contains("could not be set up")),
@@ -86,7 +86,7 @@ async fn a_runtime_that_cannot_load_is_a_fault_not_the_programs_error() {
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_terminated_sandbox_reports_a_worker_fault() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
-    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
     sandbox.prepare(job("(x) => new Promise(() => {})", vec![])).await;
     let hanging = sandbox.run(0, json!(1), Rc::default());
     let stopper = sandbox.clone();
@@ -102,7 +102,7 @@ async fn a_terminated_sandbox_reports_a_worker_fault() {
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn guest_code_has_no_network_or_storage_and_cannot_forge_answers() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
-    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
     let program = r#"(x) => {
         const seen = {};
         for (const name of ['fetch', 'XMLHttpRequest', 'WebSocket', 'EventSource', 'importScripts', 'indexedDB',
@@ -132,7 +132,7 @@ async fn a_sandbox_lives_in_an_opaque_origin_of_its_own() {
     let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
     let program = "(x) => ({ origin: self.origin, protocol: location.protocol, isolated: self.crossOriginIsolated })";
     for _ in 0..2 {
-        let sandbox = factory.create(Worktime::MapBasic).unwrap();
+        let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
         assert!(matches!(sandbox.prepare(job(program, vec![])).await, SetupOutcome::Ready { .. }));
         let run = sandbox.run(0, json!(1), Rc::default()).await;
         let SliceOutcome::Ok { value } = run.outcome else { panic!("{run:?}") };
@@ -147,7 +147,7 @@ async fn a_sandbox_lives_in_an_opaque_origin_of_its_own() {
 async fn a_sandbox_host_that_never_answers_is_a_fault_within_the_start_up_limit() {
     // Nothing listens on port 1: the frame never loads, so it never announces itself.
     let factory = IsolatedSandboxFactory::new("http://127.0.0.1:1", "/pyodide/").unwrap();
-    let sandbox = factory.create(Worktime::MapBasic).unwrap();
+    let sandbox = factory.create(Worktime::MapBasic, &[]).unwrap();
     let setup = sandbox.prepare(job("(x) => x", vec![])).await;
     assert!(
         matches!(setup, SetupOutcome::Fault { ref message } if message.contains("did not start its worker")),

@@ -1,7 +1,10 @@
 //! Runtime snapshots in a real browser: the first Pyodide sandbox makes one, later sandboxes
 //! restore it and compute exactly what a fresh one computes — but draw their own random numbers;
 //! a damaged or foreign snapshot is refused with its reason, the sandbox starts afresh and makes
-//! the replacement; the interrupt still works in a restored sandbox.
+//! the replacement; the interrupt still works in a restored sandbox. Package snapshots (the
+//! `packageSnapshots` option) likewise: numpy restored with the snapshot computes what a fresh
+//! load computes, draws its own random numbers, can be interrupted, and a damaged package snapshot
+//! falls back to the plain one and is replaced.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -11,7 +14,7 @@ use serde_json::{json, Value};
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, WorkerEvent};
 use tessera_worker::web::sandbox::IsolatedSandboxFactory;
-use tessera_worker::web::snapshots::{forget_stored, store_for, stored_for};
+use tessera_worker::web::snapshots::{forget_stored, store_for, store_packages_for, stored_for, stored_packages_for};
 use wasm_bindgen_test::*;
 
 mod common;
@@ -52,18 +55,29 @@ fn plain_job() -> Rc<PreparedJob> {
     python_job("import dcp\n\ndcp.set_slice_handler(lambda x: x * 2)\n")
 }
 
-/// The factory's `runtime_snapshot` reports, as (outcome, reason).
+/// The factory's `runtime_snapshot` reports about the plain snapshot, as (outcome, reason).
 type Reports = Rc<RefCell<Vec<(&'static str, Option<String>)>>>;
 
 fn new_factory() -> (IsolatedSandboxFactory, Reports) {
-    let reports: Reports = Rc::default();
-    let sink = reports.clone();
-    let factory = IsolatedSandboxFactory::new(scheduler(), &pyodide()).unwrap().with_events(Rc::new(move |event| {
-        if let WorkerEvent::RuntimeSnapshot { outcome, reason, .. } = event {
-            sink.borrow_mut().push((outcome, reason.clone()));
-        }
-    }));
+    let (factory, reports, _) = factory_reporting(false);
     (factory, reports)
+}
+
+/// A factory, with package snapshots on or off, and its reports about the plain snapshot and
+/// about the package snapshot.
+fn factory_reporting(package_snapshots: bool) -> (IsolatedSandboxFactory, Reports, Reports) {
+    let (plain, packages): (Reports, Reports) = (Rc::default(), Rc::default());
+    let (plain_sink, packages_sink) = (plain.clone(), packages.clone());
+    let factory = IsolatedSandboxFactory::new(scheduler(), &pyodide())
+        .unwrap()
+        .with_package_snapshots(package_snapshots)
+        .with_events(Rc::new(move |event| {
+            if let WorkerEvent::RuntimeSnapshot { outcome, reason, packages, .. } = event {
+                let sink = if packages.is_empty() { &plain_sink } else { &packages_sink };
+                sink.borrow_mut().push((outcome, reason.clone()));
+            }
+        }));
+    (factory, plain, packages)
 }
 
 fn outcomes(reports: &Reports) -> Vec<&'static str> {
@@ -71,7 +85,7 @@ fn outcomes(reports: &Reports) -> Vec<&'static str> {
 }
 
 async fn ready_sandbox(factory: &IsolatedSandboxFactory, job: Rc<PreparedJob>) -> Rc<dyn Sandbox> {
-    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide, &job.descriptor.packages).unwrap();
     let setup = sandbox.prepare(job).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
     sandbox
@@ -175,4 +189,61 @@ async fn a_restored_sandbox_can_still_be_interrupted() {
     assert_eq!(outcomes(&reports).last(), Some(&"restored"), "{:?}", reports.borrow());
     a_spinning_slice_is_interrupted(sandbox.clone()).await;
     sandbox.terminate();
+}
+
+/// Forgets every stored snapshot, then makes the plain one (so that what follows is about the
+/// package snapshot only).
+async fn only_a_plain_snapshot_stored() {
+    forget_stored().await.unwrap();
+    let (factory, _) = new_factory();
+    one_slice(&factory, plain_job(), json!(1)).await;
+    stored_bytes().await;
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn package_snapshots_restore_numpy_computing_like_a_fresh_load_with_their_own_random_numbers() {
+    only_a_plain_snapshot_stored().await;
+    let (factory, plain, packages) = factory_reporting(true);
+    let fresh = one_slice(&factory, numpy_job(), json!(3)).await;
+    assert_eq!(outcomes(&packages), ["made"], "the first numpy sandbox makes the package snapshot");
+    let first = one_slice(&factory, numpy_job(), json!(3)).await;
+    let second = one_slice(&factory, numpy_job(), json!(3)).await;
+    assert_eq!(outcomes(&packages), ["made", "restored", "restored"], "{:?}", packages.borrow());
+    assert_eq!(outcomes(&plain), ["restored"], "only the maker restored the plain snapshot: {:?}", plain.borrow());
+    for restored in [&first, &second] {
+        assert_eq!(restored["computed"], fresh["computed"], "numpy (linalg imported after the restore) computes alike");
+        assert_eq!(restored["argv"], fresh["argv"]);
+    }
+    assert_ne!(first["random"], second["random"], "two restores share a random stream: {first} {second}");
+    assert_ne!(first["numpy_random"], second["numpy_random"], "{first} {second}");
+    let stored = stored_packages_for(&pyodide()).await.unwrap().expect("the package snapshot is kept for later visits");
+    assert_eq!(stored.packages, ["numpy"]);
+    // The interrupt still stops a slice in a sandbox restored with numpy.
+    let mut spinning = python_job(SPINNING_PROGRAM).descriptor.clone();
+    spinning.packages = vec!["numpy".into()];
+    let sandbox = ready_sandbox(&factory, Rc::new(PreparedJob { descriptor: spinning, bundle: vec![] })).await;
+    assert_eq!(outcomes(&packages).last(), Some(&"restored"));
+    a_spinning_slice_is_interrupted(sandbox.clone()).await;
+    sandbox.terminate();
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn a_damaged_package_snapshot_falls_back_to_the_plain_one_and_is_replaced() {
+    only_a_plain_snapshot_stored().await;
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(&[9u8; 100_000][..]));
+    let damaged = web_sys::Blob::new_with_u8_array_sequence(&parts).unwrap();
+    store_packages_for(&pyodide(), &damaged, &["numpy"]).await.unwrap();
+    let (factory, plain, packages) = factory_reporting(true);
+    let value = one_slice(&factory, numpy_job(), json!(3)).await;
+    let computed = value["computed"].as_f64().unwrap_or_default();
+    assert!((computed - (45.0 + 499_500.0)).abs() < 1e-6, "{value}");
+    let reports_now = packages.borrow().clone();
+    assert_eq!(reports_now[0].0, "rejected", "{reports_now:?}");
+    assert!(reports_now[0].1.as_deref().unwrap_or_default().contains("damaged"), "{reports_now:?}");
+    assert_eq!(reports_now[1].0, "made", "the sandbox that refused it makes the replacement: {reports_now:?}");
+    assert_eq!(outcomes(&plain), ["restored"], "it fell back to the plain snapshot: {:?}", plain.borrow());
+    one_slice(&factory, numpy_job(), json!(3)).await;
+    assert_eq!(outcomes(&packages).last(), Some(&"restored"));
 }

@@ -50,6 +50,8 @@ struct WorkerOptions {
     worker_key: Option<String>,
     /// Start Pyodide sandboxes from a memory snapshot made in this browser (default true).
     runtime_snapshots: Option<bool>,
+    /// Start them from a snapshot also holding their job's packages (default false).
+    package_snapshots: Option<bool>,
 }
 
 /// `navigator.hardwareConcurrency − 1`, at least 1: leave one core to the person using the machine.
@@ -159,6 +161,7 @@ impl TesseraWorker {
         let factory = IsolatedSandboxFactory::new(&scheduler, &pyodide_url)
             .map_err(|error| JsError::new(&error.to_string()))?
             .with_runtime_snapshots(parsed.runtime_snapshots.unwrap_or(true))
+            .with_package_snapshots(parsed.package_snapshots.unwrap_or(false))
             .with_events(listener.clone())
             .start_pyodide_ahead();
         if let Some(id) = parsed.contributor.as_deref().filter(|id| !tessera_protocol::is_contributor_id(id)) {

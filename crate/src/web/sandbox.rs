@@ -152,21 +152,26 @@ struct Shared {
     setup_over: Cell<bool>,
     /// This sandbox's part in the page's runtime snapshot (Pyodide sandboxes, once ordered).
     snapshot: RefCell<Option<SnapshotRole>>,
+    /// Its part in the page's package snapshot (with the `packageSnapshots` option).
+    package_snapshot: RefCell<Option<SnapshotRole>>,
     /// Told of each set-up phase (`Sandbox::watch_setup`).
     setup_watcher: RefCell<Option<Box<dyn Fn(SetupPhase)>>>,
 }
 
-/// A Pyodide sandbox's order about the runtime snapshot, and where its reports go.
+/// A Pyodide sandbox's order about a snapshot, and where its reports go.
 struct SnapshotRole {
     snapshots: Rc<RuntimeSnapshots>,
     ticket: u64,
     events: Option<EventListener>,
+    /// The packages a snapshot it makes holds (none for the plain runtime snapshot).
+    packages: Vec<String>,
 }
 
 impl SnapshotRole {
     fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>) {
         if let Some(events) = &self.events {
-            events(&WorkerEvent::RuntimeSnapshot { outcome, ms: ms.map(|ms| ms.max(0.0).round() as u64), reason });
+            let ms = ms.map(|ms| ms.max(0.0).round() as u64);
+            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages: self.packages.clone() });
         }
     }
 
@@ -176,7 +181,9 @@ impl SnapshotRole {
     fn receive(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>, setup_over: bool) {
         match message {
             FromSandbox::SnapshotMade { ms } => {
-                let taken = snapshot.is_some_and(|snapshot| !setup_over && self.snapshots.made(self.ticket, snapshot));
+                let taken = snapshot.is_some_and(|snapshot| {
+                    !setup_over && self.snapshots.made(self.ticket, snapshot, self.packages.clone())
+                });
                 if taken {
                     self.report("made", Some(ms), None);
                 } else {
@@ -292,9 +299,11 @@ impl Shared {
         }
     }
 
-    /// A report about the runtime snapshot; `snapshot` holds the bytes a `snapshot-made` carried.
-    fn receive_snapshot(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>) {
-        if let Some(role) = &*self.snapshot.borrow() {
+    /// A report about the runtime snapshot (or the package snapshot, `packages`); `snapshot`
+    /// holds the bytes a `snapshot-made` carried.
+    fn receive_snapshot(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>, packages: bool) {
+        let role = if packages { &self.package_snapshot } else { &self.snapshot };
+        if let Some(role) = &*role.borrow() {
             role.receive(message, snapshot, self.setup_over.get());
         }
     }
@@ -405,7 +414,8 @@ impl Frame {
                     | FromSandbox::SnapshotRejected { .. }),
                 ) => {
                     let snapshot = Reflect::get(&event.data(), &"snapshot".into()).ok().and_then(page_owned_blob);
-                    receiver.receive_snapshot(message, snapshot)
+                    let packages = Reflect::get(&event.data(), &"packages".into()).is_ok_and(|flag| flag.is_truthy());
+                    receiver.receive_snapshot(message, snapshot, packages)
                 }
                 Ok(message) => receiver.receive(message),
                 Err(error) => receiver.crash(format!("unreadable message from the sandbox: {error}")),
@@ -489,8 +499,16 @@ impl IsolatedSandbox {
     /// starts loading its runtime at once.
     /// A Pyodide sandbox is first given its order about the runtime snapshot (restore it, or
     /// make one), which may wait for the page's one lookup in Cache Storage; the frame loads
-    /// meanwhile.
-    fn start(frame: Frame, worktime: Worktime, host_url: &str, context: &SandboxContext) -> IsolatedSandbox {
+    /// meanwhile. With package snapshots on, it is also given the package snapshot for
+    /// `packages` (those of the job it is expected to serve; none when not known), or told to
+    /// make it; the plain snapshot is then its fallback.
+    fn start(
+        frame: Frame,
+        worktime: Worktime,
+        packages: &[String],
+        host_url: &str,
+        context: &SandboxContext,
+    ) -> IsolatedSandbox {
         let start = Object::new();
         set(&start, "type", &"start".into());
         set(&start, "script", &SANDBOX_SCRIPT.into());
@@ -502,13 +520,41 @@ impl IsolatedSandbox {
         if worktime == Worktime::Pyodide {
             let (control, shared) = (frame.control.clone(), frame.shared.clone());
             let (snapshots, events) = (context.snapshots.clone(), context.events.clone());
+            let package_snapshots = context.package_snapshots.clone();
+            let packages = packages.to_vec();
             wasm_bindgen_futures::spawn_local(async move {
-                let order = snapshots.order().await;
+                let mut restores_packages = false;
+                if let Some(package_snapshots) = package_snapshots {
+                    let order = package_snapshots.order_for(&packages).await;
+                    if let Some(snapshot) = &order.restore {
+                        set(&init, "packageSnapshot", snapshot);
+                        restores_packages = true;
+                    }
+                    if order.make {
+                        let names: Array = packages.iter().map(|name| JsValue::from_str(name)).collect();
+                        set(&init, "makePackageSnapshot", &names);
+                    }
+                    let role = SnapshotRole {
+                        snapshots: package_snapshots,
+                        ticket: order.ticket,
+                        events: events.clone(),
+                        packages,
+                    };
+                    shared.package_snapshot.replace(Some(role));
+                }
+                // A sandbox restoring a package snapshot keeps the plain one only as its fallback.
+                let order =
+                    if restores_packages { snapshots.order_restore_only().await } else { snapshots.order().await };
                 if let Some(snapshot) = &order.restore {
                     set(&init, "snapshot", snapshot);
                 }
                 set(&init, "makeSnapshot", &order.make.into());
-                shared.snapshot.replace(Some(SnapshotRole { snapshots, ticket: order.ticket, events }));
+                shared.snapshot.replace(Some(SnapshotRole {
+                    snapshots,
+                    ticket: order.ticket,
+                    events,
+                    packages: vec![],
+                }));
                 post_start(&control, &shared, &start);
             });
         } else {
@@ -729,6 +775,8 @@ impl Sandbox for Rc<IsolatedSandbox> {
 struct SandboxContext {
     files: Rc<RuntimeFiles>,
     snapshots: Rc<RuntimeSnapshots>,
+    /// The package snapshot layer (`None`: the `packageSnapshots` option is off).
+    package_snapshots: Option<Rc<RuntimeSnapshots>>,
     events: Option<EventListener>,
 }
 
@@ -762,7 +810,7 @@ impl IsolatedSandboxFactory {
         let snapshots = RuntimeSnapshots::new(files.base(), true);
         // Opened now; if it cannot be, the first sandbox opens its own and reports why.
         let ahead = RefCell::new(Frame::open(&host_url, &page_origin, &files).ok().map(Ahead::Frame));
-        let context = SandboxContext { files, snapshots, events: None };
+        let context = SandboxContext { files, snapshots, package_snapshots: None, events: None };
         Ok(IsolatedSandboxFactory { host_url, page_origin, context, ahead })
     }
 
@@ -774,7 +822,7 @@ impl IsolatedSandboxFactory {
         let taken = self.ahead.borrow_mut().take();
         let started = taken.map(|ahead| match ahead {
             Ahead::Frame(frame) => {
-                Ahead::Pyodide(IsolatedSandbox::start(frame, Worktime::Pyodide, &self.host_url, &self.context))
+                Ahead::Pyodide(IsolatedSandbox::start(frame, Worktime::Pyodide, &[], &self.host_url, &self.context))
             }
             started => started,
         });
@@ -788,6 +836,14 @@ impl IsolatedSandboxFactory {
         if !enabled {
             self.context.snapshots = RuntimeSnapshots::new(self.context.files.base(), false);
         }
+        self
+    }
+
+    /// `true`: Pyodide sandboxes restore a snapshot holding their job's packages, loaded and
+    /// imported (the `packageSnapshots` option; off by default — it leans on Emscripten's
+    /// internals, and falls back to the plain snapshot whenever one does not fit).
+    pub fn with_package_snapshots(mut self, enabled: bool) -> Self {
+        self.context.package_snapshots = enabled.then(|| RuntimeSnapshots::for_packages(self.context.files.base()));
         self
     }
 
@@ -809,7 +865,7 @@ fn absolute(url: &str) -> Result<String, WorkerError> {
 }
 
 impl SandboxFactory for IsolatedSandboxFactory {
-    fn create(&self, worktime: Worktime) -> Result<Rc<dyn Sandbox>, WorkerError> {
+    fn create(&self, worktime: Worktime, packages: &[String]) -> Result<Rc<dyn Sandbox>, WorkerError> {
         let frame = match (self.ahead.borrow_mut().take(), worktime) {
             (Some(Ahead::Pyodide(sandbox)), Worktime::Pyodide) => return Ok(Rc::new(Rc::new(sandbox))),
             (Some(Ahead::Frame(frame)), _) => frame,
@@ -818,6 +874,6 @@ impl SandboxFactory for IsolatedSandboxFactory {
                 Frame::open(&self.host_url, &self.page_origin, &self.context.files)?
             }
         };
-        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, &self.host_url, &self.context))))
+        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, packages, &self.host_url, &self.context))))
     }
 }
