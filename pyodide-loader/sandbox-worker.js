@@ -7,7 +7,7 @@
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
 //                    snapshot?: Blob, makeSnapshot?: bool,   (restore that runtime snapshot; make one)
 //                    packageSnapshot?: Blob,                   (restore this package snapshot first)
-//                    makePackageSnapshot?: [package, …]}       (make one if the job loads these)
+//                    makePackageSnapshot?: [package, …]}       (make one if the job loads these; [] any)
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'runs', items: [{id, datum}, …]}    (slices, run in order; datum as JSON text)
 //                   {type:'asset', id, blob | error}          (a runtime file asked for with 'fetch')
@@ -22,7 +22,8 @@
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
 //                   {type:'snapshot-restored', ms} | {type:'snapshot-rejected', reason}
 //                   {type:'snapshot-made', ms, snapshot: ArrayBuffer (transferred)} | {type:'snapshot-failed', reason, lasting}
-//                   (each snapshot report with `packages: true` when it is about the package snapshot)
+//                   (each snapshot report with `packages: true` when it is about the package snapshot;
+//                   made and restored ones then say which packages it `holds`)
 //
 // Runtime snapshots: a sandbox given a snapshot restores Pyodide from it (a fraction of a fresh
 // start) and reseeds Python's random generators, since every restore starts from the same state.
@@ -345,8 +346,8 @@ function startPyodide() {
       if (packageSnapshot) {
         const started = performance.now();
         try {
-          const restored = await restorePackages(loadPyodide, packageSnapshot);
-          post({ type: 'snapshot-restored', packages: true, ms: performance.now() - started });
+          const { py: restored, holds } = await restorePackages(loadPyodide, packageSnapshot);
+          post({ type: 'snapshot-restored', packages: true, holds, ms: performance.now() - started });
           packagesRestored = true;
           snapshot = null;
           return restored;
@@ -401,7 +402,7 @@ async function loadSnapshot(loadPyodide, bytes) {
   if (heapAt < 48 || heapAt >= bytes.length || (bytes.length - heapAt) % 65536 !== 0) {
     throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
   }
-  const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes, _makeSnapshot: Boolean(makePackageSnapshot) });
+  const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes, _makeSnapshot: makePackageSnapshot !== null });
   // Pyodide keeps its options: let the snapshot's bytes (now copied into the heap) go.
   delete restored._api.config._loadSnapshot;
   return restored;
@@ -409,7 +410,7 @@ async function loadSnapshot(loadPyodide, bytes) {
 
 /** Pyodide started afresh; snapshotted at once when the core asked for a snapshot. */
 async function freshPyodide(loadPyodide) {
-  const fresh = await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot || Boolean(makePackageSnapshot) });
+  const fresh = await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot || makePackageSnapshot !== null });
   if (makeSnapshot) {
     const started = performance.now();
     try {
@@ -520,8 +521,8 @@ function makePackageSnapshotOf(py, packages, noted) {
   return out;
 }
 
-/** Pyodide restored from a package snapshot, its packages ready; throws if anything does not fit
- *  (the caller then falls back to the plain snapshot). */
+/** Pyodide restored from a package snapshot, its packages ready (`py`), and which they are
+ *  (`holds`); throws if anything does not fit (the caller then falls back to the plain snapshot). */
 async function restorePackages(loadPyodide, blob) {
   const bytes = new Uint8Array(await blob.arrayBuffer());
   const header = bytes.length >= 16 ? new Uint32Array(bytes.buffer, 0, 4) : [0, 0, 0, 0];
@@ -571,7 +572,7 @@ async function restorePackages(loadPyodide, blob) {
     if (!M.LDSO.loadedLibsByHandle[handle] && M.LDSO.loadedLibsByName[name]) M.LDSO.loadedLibsByHandle[handle] = M.LDSO.loadedLibsByName[name];
   }
   py.runPython(RESEED);
-  return py;
+  return { py, holds: about.packages };
 }
 
 function pythonError(error) {
@@ -619,22 +620,24 @@ async function loadPyodideFor(job, files) {
     const packages = job.packages || [];
     // A package snapshot is made only of a Pyodide not restored from one, for the packages it was
     // ordered for, before anything of the job (its files, its code, its output) is in it.
-    const making = makePackageSnapshot && !packagesRestored;
-    if (making && !samePackages(makePackageSnapshot, packages)) {
-      post({ type: 'snapshot-failed', packages: true, reason: 'the job loads other packages than the snapshot was ordered for', lasting: false });
+    let making = makePackageSnapshot !== null && !packagesRestored;
+    if (making && (!packages.length || (makePackageSnapshot.length && !samePackages(makePackageSnapshot, packages)))) {
+      const reason = packages.length ? 'the job loads other packages than the snapshot was ordered for' : 'the job loads no packages';
+      post({ type: 'snapshot-failed', packages: true, reason, lasting: false });
+      making = false;
     }
     if (packages.length) {
       post({ type: 'phase', phase: 'packages' });
       const failures = [];
       const options = { messageCallback: () => {}, errorCallback: (text) => failures.push(text) };
-      const noted = making && samePackages(makePackageSnapshot, packages) ? await loadPackagesNoted(pyodide, packages, options) : null;
+      const noted = making ? await loadPackagesNoted(pyodide, packages, options) : null;
       if (!noted) await pyodide.loadPackage(packages, options);
       if (failures.length) throw new Error('packages failed to load: ' + failures.join('; '));
       if (noted) {
         const started = performance.now();
         try {
           const bytes = makePackageSnapshotOf(pyodide, packages, noted);
-          post({ type: 'snapshot-made', packages: true, ms: performance.now() - started, snapshot: bytes.buffer }, [bytes.buffer]);
+          post({ type: 'snapshot-made', packages: true, holds: packages, ms: performance.now() - started, snapshot: bytes.buffer }, [bytes.buffer]);
         } catch (error) {
           post({ type: 'snapshot-failed', packages: true, reason: firstLine(error), lasting: false });
         }
@@ -763,7 +766,7 @@ async function handle(message) {
       snapshot = message.snapshot instanceof Blob ? message.snapshot : null;
       makeSnapshot = message.makeSnapshot === true;
       packageSnapshot = message.packageSnapshot instanceof Blob ? message.packageSnapshot : null;
-      makePackageSnapshot = Array.isArray(message.makePackageSnapshot) && message.makePackageSnapshot.length ? message.makePackageSnapshot.map(String) : null;
+      makePackageSnapshot = Array.isArray(message.makePackageSnapshot) ? message.makePackageSnapshot.map(String) : null;
       if (worktime === 'pyodide') startPyodide().catch(() => {});
       return;
     case 'setup':

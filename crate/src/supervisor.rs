@@ -220,9 +220,9 @@ pub enum WorkerEvent {
         outcome: &'static str,
         ms: Option<u64>,
         reason: Option<String>,
-        /// The packages the snapshot holds: none for the plain runtime snapshot, the job's for a
-        /// package snapshot (the `packageSnapshots` option).
-        packages: Vec<String>,
+        /// `None` for the plain runtime snapshot; for a package snapshot (the `packageSnapshots`
+        /// option), the packages it holds (empty when not known, e.g. one that was refused).
+        packages: Option<Vec<String>>,
     },
     /// No new slices start until resumed; queued ones went back to the scheduler.
     Paused,

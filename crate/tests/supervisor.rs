@@ -108,6 +108,14 @@ impl Scheduler {
         }
     }
 
+    /// Makes `job` a Python job loading `packages`.
+    fn set_python(&self, job: &str, packages: &[&str]) {
+        let mut jobs = self.jobs.borrow_mut();
+        let descriptor = jobs.get_mut(job).unwrap();
+        descriptor.worktime = Worktime::Pyodide;
+        descriptor.packages = packages.iter().map(|name| name.to_string()).collect();
+    }
+
     fn set_program(&self, job: &str, program: &str) {
         self.jobs.borrow_mut().get_mut(job).unwrap().program = program.into();
     }
@@ -448,6 +456,8 @@ impl DoublingSandbox {
 struct Factory {
     setups: Rc<RefCell<Vec<String>>>,
     created: Rc<Cell<usize>>,
+    /// What each sandbox was created for: its worktime and the packages it was told of.
+    asked: Rc<RefCell<Vec<(Worktime, Vec<String>)>>>,
     interruptible: bool,
     /// Lets sandboxes work for simulated time (`{"work_ms": n}`).
     clock: Option<FakeClock>,
@@ -460,8 +470,9 @@ impl Factory {
 }
 
 impl SandboxFactory for Factory {
-    fn create(&self, _: Worktime, _: &[String]) -> Result<Rc<dyn Sandbox>, WorkerError> {
+    fn create(&self, worktime: Worktime, packages: &[String]) -> Result<Rc<dyn Sandbox>, WorkerError> {
         self.created.set(self.created.get() + 1);
+        self.asked.borrow_mut().push((worktime, packages.to_vec()));
         Ok(Rc::new(DoublingSandbox {
             setups: self.setups.clone(),
             interruptible: self.interruptible,
@@ -916,6 +927,22 @@ fn a_paused_worker_starts_nothing_gives_its_queue_back_and_resumes() {
         "the queued slices went back"
     );
     assert!(scheduler.attempts.borrow().values().all(|attempts| *attempts <= 1), "giving back cost no attempt");
+}
+
+#[test]
+fn sandboxes_are_created_for_their_jobs_packages_and_the_spare_for_the_last_jobs() {
+    let scheduler = Scheduler::with_job("j", (0..12).map(|_| json!({"work_ms": 100})));
+    scheduler.set_python("j", &["numpy"]);
+    let clock = scheduler.clock.clone();
+    let factory = Factory::timed(&clock);
+    let asked = factory.asked.clone();
+    let (reason, _) = run_with(&scheduler, factory, config(1), |_, _| {});
+    assert_eq!(reason, "idle");
+    assert_eq!(scheduler.accepted.borrow().len(), 12);
+    let asked = asked.borrow();
+    assert!(asked.len() >= 2, "a sandbox, then a spare: {asked:?}");
+    let numpy = vec!["numpy".to_string()];
+    assert!(asked.iter().all(|(worktime, packages)| *worktime == Worktime::Pyodide && *packages == numpy), "{asked:?}");
 }
 
 #[test]

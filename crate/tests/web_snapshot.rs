@@ -59,25 +59,37 @@ fn plain_job() -> Rc<PreparedJob> {
 type Reports = Rc<RefCell<Vec<(&'static str, Option<String>)>>>;
 
 fn new_factory() -> (IsolatedSandboxFactory, Reports) {
-    let (factory, reports, _) = factory_reporting(false);
-    (factory, reports)
+    let (factory, reports) = factory_reporting(false);
+    (factory, reports.plain)
 }
 
-/// A factory, with package snapshots on or off, and its reports about the plain snapshot and
-/// about the package snapshot.
-fn factory_reporting(package_snapshots: bool) -> (IsolatedSandboxFactory, Reports, Reports) {
-    let (plain, packages): (Reports, Reports) = (Rc::default(), Rc::default());
-    let (plain_sink, packages_sink) = (plain.clone(), packages.clone());
+/// What a factory reported: about the plain snapshot, about the package snapshot, and which
+/// packages each package snapshot report said it held.
+struct Reported {
+    plain: Reports,
+    packages: Reports,
+    held: Rc<RefCell<Vec<(&'static str, Vec<String>)>>>,
+}
+
+/// A factory, with package snapshots on or off, and what it reports.
+fn factory_reporting(package_snapshots: bool) -> (IsolatedSandboxFactory, Reported) {
+    let reported = Reported { plain: Rc::default(), packages: Rc::default(), held: Rc::default() };
+    let (plain, packages, held) = (reported.plain.clone(), reported.packages.clone(), reported.held.clone());
     let factory = IsolatedSandboxFactory::new(scheduler(), &pyodide())
         .unwrap()
         .with_package_snapshots(package_snapshots)
         .with_events(Rc::new(move |event| {
-            if let WorkerEvent::RuntimeSnapshot { outcome, reason, packages, .. } = event {
-                let sink = if packages.is_empty() { &plain_sink } else { &packages_sink };
-                sink.borrow_mut().push((outcome, reason.clone()));
+            if let WorkerEvent::RuntimeSnapshot { outcome, reason, packages: layer, .. } = event {
+                match layer {
+                    None => plain.borrow_mut().push((outcome, reason.clone())),
+                    Some(names) => {
+                        packages.borrow_mut().push((outcome, reason.clone()));
+                        held.borrow_mut().push((outcome, names.clone()));
+                    }
+                }
             }
         }));
-    (factory, plain, packages)
+    (factory, reported)
 }
 
 fn outcomes(reports: &Reports) -> Vec<&'static str> {
@@ -204,7 +216,7 @@ async fn only_a_plain_snapshot_stored() {
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn package_snapshots_restore_numpy_computing_like_a_fresh_load_with_their_own_random_numbers() {
     only_a_plain_snapshot_stored().await;
-    let (factory, plain, packages) = factory_reporting(true);
+    let (factory, Reported { plain, packages, held }) = factory_reporting(true);
     let fresh = one_slice(&factory, numpy_job(), json!(3)).await;
     assert_eq!(outcomes(&packages), ["made"], "the first numpy sandbox makes the package snapshot");
     let first = one_slice(&factory, numpy_job(), json!(3)).await;
@@ -218,6 +230,8 @@ async fn package_snapshots_restore_numpy_computing_like_a_fresh_load_with_their_
     assert_ne!(first["random"], second["random"], "two restores share a random stream: {first} {second}");
     assert_ne!(first["numpy_random"], second["numpy_random"], "{first} {second}");
     let stored = stored_packages_for(&pyodide()).await.unwrap().expect("the package snapshot is kept for later visits");
+    let holds = |outcome: &str| held.borrow().iter().any(|(said, names)| *said == outcome && *names == ["numpy"]);
+    assert!(holds("made") && holds("restored"), "the reports say what the snapshot holds: {:?}", held.borrow());
     assert_eq!(stored.packages, ["numpy"]);
     // The interrupt still stops a slice in a sandbox restored with numpy.
     let mut spinning = python_job(SPINNING_PROGRAM).descriptor.clone();
@@ -235,7 +249,7 @@ async fn a_damaged_package_snapshot_falls_back_to_the_plain_one_and_is_replaced(
     let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(&[9u8; 100_000][..]));
     let damaged = web_sys::Blob::new_with_u8_array_sequence(&parts).unwrap();
     store_packages_for(&pyodide(), &damaged, &["numpy"]).await.unwrap();
-    let (factory, plain, packages) = factory_reporting(true);
+    let (factory, Reported { plain, packages, .. }) = factory_reporting(true);
     let value = one_slice(&factory, numpy_job(), json!(3)).await;
     let computed = value["computed"].as_f64().unwrap_or_default();
     assert!((computed - (45.0 + 499_500.0)).abs() < 1e-6, "{value}");

@@ -49,6 +49,8 @@ const API_KEY = params.get('apiKey') || '';
 const MEMORY_URL = params.get('memoryUrl') || '';
 // Whether this core has the `runtimeSnapshots` option (scripts/bench looks for it in the wasm).
 const SNAPSHOT_OPTION = params.get('snapshotOption') === '1';
+// Every worker this page starts gets `packageSnapshots: true` (BENCH_PACKAGE_SNAPSHOTS=1).
+const PACKAGE_SNAPSHOTS = params.get('packageSnapshots') === '1';
 const PYODIDE = location.origin + '/pyodide/';
 const STORE = 'tessera-bench';
 const RESPAWN_SLICES = 4;
@@ -229,7 +231,7 @@ async function startWorker(options) {
     if (predicate(run)) resolve(); else run.waiters.push({ predicate, resolve });
   });
   const worker = new TesseraWorker({
-    sandboxes: 1, ...options,
+    sandboxes: 1, ...(PACKAGE_SNAPSHOTS ? { packageSnapshots: true } : {}), ...options,
     onEvent: (event) => {
       const now = performance.now();
       if (event.type === 'sandboxCreated' && run.sandboxCreated === null) run.sandboxCreated = now;
@@ -237,7 +239,10 @@ async function startWorker(options) {
         if (run.firstFinished === null) run.firstFinished = now;
         run.finishes.push({ t: now, ms: event.ms, sandbox: event.sandbox, outcome: event.outcome });
       }
-      if (event.type === 'runtimeSnapshot') run.snapshots.push(event.outcome + (event.reason ? ` (${event.reason})` : ''));
+      if (event.type === 'runtimeSnapshot') {
+        const which = event.packages && event.packages.length ? `packages ${event.packages.join(',')} ` : '';
+        run.snapshots.push(which + event.outcome + (event.ms !== null && event.ms !== undefined ? ` ${event.ms} ms` : '') + (event.reason ? ` (${event.reason})` : ''));
+      }
       if (event.type === 'submitted') {
         run.accepted += event.accepted;
         if (run.firstAccepted === null && event.accepted > 0) run.firstAccepted = now;

@@ -28,7 +28,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 
 use super::assets::RuntimeFiles;
-use super::snapshots::RuntimeSnapshots;
+use super::snapshots::{sorted, RuntimeSnapshots};
 use crate::supervisor::{
     PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SetupPhase, SliceProgress, SliceRun, Task, WorkerEvent,
 };
@@ -86,6 +86,9 @@ enum FromSandbox {
     /// `snapshot`).
     SnapshotMade {
         ms: f64,
+        /// The packages a package snapshot holds.
+        #[serde(default)]
+        holds: Vec<String>,
     },
     /// It could not make one (`lasting`: it would fail again in this browser).
     SnapshotFailed {
@@ -95,6 +98,9 @@ enum FromSandbox {
     /// It restored Pyodide from the snapshot it was given.
     SnapshotRestored {
         ms: f64,
+        /// The packages a restored package snapshot held.
+        #[serde(default)]
+        holds: Vec<String>,
     },
     /// It could not restore the snapshot it was given, and started Pyodide afresh.
     SnapshotRejected {
@@ -163,46 +169,51 @@ struct SnapshotRole {
     snapshots: Rc<RuntimeSnapshots>,
     ticket: u64,
     events: Option<EventListener>,
-    /// The packages a snapshot it makes holds (none for the plain runtime snapshot).
-    packages: Vec<String>,
+    /// `None` for the plain runtime snapshot; for the package snapshot, the packages this
+    /// sandbox's job was expected to load (empty: not known, any will do).
+    packages: Option<Vec<String>>,
 }
 
 impl SnapshotRole {
-    fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>) {
+    fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>, packages: Option<Vec<String>>) {
         if let Some(events) = &self.events {
             let ms = ms.map(|ms| ms.max(0.0).round() as u64);
-            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages: self.packages.clone() });
+            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages });
         }
     }
 
     /// A report from the sandbox about the snapshot. A snapshot is taken only from a sandbox
-    /// asked to make one, only once (the book knows which), and only while it sets up (before
-    /// any job code ran in it).
+    /// asked to make one, only once (the book knows which), only while it sets up (before any
+    /// job code ran in it), and a package snapshot only holding the packages it was asked for.
     fn receive(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>, setup_over: bool) {
         match message {
-            FromSandbox::SnapshotMade { ms } => {
-                let taken = snapshot.is_some_and(|snapshot| {
-                    !setup_over && self.snapshots.made(self.ticket, snapshot, self.packages.clone())
-                });
+            FromSandbox::SnapshotMade { ms, holds } => {
+                let fits = match &self.packages {
+                    None => holds.is_empty(),
+                    Some(wanted) => !holds.is_empty() && (wanted.is_empty() || sorted(wanted) == sorted(&holds)),
+                };
+                let packages = self.packages.as_ref().map(|_| holds.clone());
+                let taken = fits
+                    && snapshot
+                        .is_some_and(|snapshot| !setup_over && self.snapshots.made(self.ticket, snapshot, holds));
                 if taken {
-                    self.report("made", Some(ms), None);
+                    self.report("made", Some(ms), None, packages);
                 } else {
                     self.snapshots.not_made(self.ticket, false);
-                    self.report(
-                        "failed",
-                        None,
-                        Some("a snapshot came that was not asked for, or too late; ignored".into()),
-                    );
+                    let reason = "a snapshot came that was not asked for, or too late; ignored";
+                    self.report("failed", None, Some(reason.into()), packages);
                 }
             }
             FromSandbox::SnapshotFailed { reason, lasting } => {
                 self.snapshots.not_made(self.ticket, lasting);
-                self.report("failed", None, Some(reason));
+                self.report("failed", None, Some(reason), self.packages.clone());
             }
-            FromSandbox::SnapshotRestored { ms } => self.report("restored", Some(ms), None),
+            FromSandbox::SnapshotRestored { ms, holds } => {
+                self.report("restored", Some(ms), None, self.packages.as_ref().map(|_| holds))
+            }
             FromSandbox::SnapshotRejected { reason } => {
                 self.snapshots.rejected(self.ticket);
-                self.report("rejected", None, Some(reason));
+                self.report("rejected", None, Some(reason), self.packages.clone());
             }
             _ => {}
         }
@@ -500,12 +511,12 @@ impl IsolatedSandbox {
     /// A Pyodide sandbox is first given its order about the runtime snapshot (restore it, or
     /// make one), which may wait for the page's one lookup in Cache Storage; the frame loads
     /// meanwhile. With package snapshots on, it is also given the package snapshot for
-    /// `packages` (those of the job it is expected to serve; none when not known), or told to
+    /// `packages` (those of the job it is expected to serve; `None` when not known), or told to
     /// make it; the plain snapshot is then its fallback.
     fn start(
         frame: Frame,
         worktime: Worktime,
-        packages: &[String],
+        packages: Option<&[String]>,
         host_url: &str,
         context: &SandboxContext,
     ) -> IsolatedSandbox {
@@ -521,24 +532,25 @@ impl IsolatedSandbox {
             let (control, shared) = (frame.control.clone(), frame.shared.clone());
             let (snapshots, events) = (context.snapshots.clone(), context.events.clone());
             let package_snapshots = context.package_snapshots.clone();
-            let packages = packages.to_vec();
+            let packages = packages.map(<[String]>::to_vec);
             wasm_bindgen_futures::spawn_local(async move {
                 let mut restores_packages = false;
                 if let Some(package_snapshots) = package_snapshots {
-                    let order = package_snapshots.order_for(&packages).await;
+                    let order = package_snapshots.order_for(packages.as_deref()).await;
                     if let Some(snapshot) = &order.restore {
-                        set(&init, "packageSnapshot", snapshot);
+                        set(&init, "packageSnapshot", &snapshot.blob);
                         restores_packages = true;
                     }
                     if order.make {
-                        let names: Array = packages.iter().map(|name| JsValue::from_str(name)).collect();
+                        // An empty list: whatever packages the job turns out to load.
+                        let names: Array = packages.iter().flatten().map(|name| JsValue::from_str(name)).collect();
                         set(&init, "makePackageSnapshot", &names);
                     }
                     let role = SnapshotRole {
                         snapshots: package_snapshots,
                         ticket: order.ticket,
                         events: events.clone(),
-                        packages,
+                        packages: Some(packages.unwrap_or_default()),
                     };
                     shared.package_snapshot.replace(Some(role));
                 }
@@ -546,15 +558,10 @@ impl IsolatedSandbox {
                 let order =
                     if restores_packages { snapshots.order_restore_only().await } else { snapshots.order().await };
                 if let Some(snapshot) = &order.restore {
-                    set(&init, "snapshot", snapshot);
+                    set(&init, "snapshot", &snapshot.blob);
                 }
                 set(&init, "makeSnapshot", &order.make.into());
-                shared.snapshot.replace(Some(SnapshotRole {
-                    snapshots,
-                    ticket: order.ticket,
-                    events,
-                    packages: vec![],
-                }));
+                shared.snapshot.replace(Some(SnapshotRole { snapshots, ticket: order.ticket, events, packages: None }));
                 post_start(&control, &shared, &start);
             });
         } else {
@@ -822,7 +829,7 @@ impl IsolatedSandboxFactory {
         let taken = self.ahead.borrow_mut().take();
         let started = taken.map(|ahead| match ahead {
             Ahead::Frame(frame) => {
-                Ahead::Pyodide(IsolatedSandbox::start(frame, Worktime::Pyodide, &[], &self.host_url, &self.context))
+                Ahead::Pyodide(IsolatedSandbox::start(frame, Worktime::Pyodide, None, &self.host_url, &self.context))
             }
             started => started,
         });
@@ -874,6 +881,6 @@ impl SandboxFactory for IsolatedSandboxFactory {
                 Frame::open(&self.host_url, &self.page_origin, &self.context.files)?
             }
         };
-        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, packages, &self.host_url, &self.context))))
+        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, Some(packages), &self.host_url, &self.context))))
     }
 }

@@ -43,7 +43,7 @@ type Lookup = Shared<LocalBoxFuture<'static, Option<Snapshot>>>;
 
 /// What a new Pyodide sandbox is told: restore these bytes, and/or make a snapshot.
 pub struct SnapshotOrder {
-    pub restore: Option<web_sys::Blob>,
+    pub restore: Option<Snapshot>,
     pub make: bool,
     /// Identifies this order when its sandbox reports back.
     pub ticket: u64,
@@ -88,12 +88,17 @@ impl RuntimeSnapshots {
     }
 
     /// What the next Pyodide sandbox should do about the package snapshot, for a job loading
-    /// `packages` (none: the job is not known yet, so any package snapshot serves and none is
-    /// made).
-    pub async fn order_for(&self, packages: &[String]) -> SnapshotOrder {
-        let wanted = sorted(packages);
-        self.order_where(&|snapshot| wanted.is_empty() || sorted(&snapshot.packages) == wanted, !wanted.is_empty())
-            .await
+    /// `packages`: the snapshot holding exactly those, or making it. `None`: the job is not known
+    /// yet, so any package snapshot serves, and the one it makes holds whatever packages its job
+    /// turns out to load. A job loading no packages needs none.
+    pub async fn order_for(&self, packages: Option<&[String]>) -> SnapshotOrder {
+        match packages {
+            None => self.order_where(&|_| true, true).await,
+            Some(packages) => {
+                let wanted = sorted(packages);
+                self.order_where(&|snapshot| sorted(&snapshot.packages) == wanted, !wanted.is_empty()).await
+            }
+        }
     }
 
     /// The order for a sandbox that will not make a snapshot of this layer (it restores another).
@@ -111,7 +116,7 @@ impl RuntimeSnapshots {
             self.book.borrow_mut().looked_up(stored);
         }
         let SnapshotPlan { restore, make, ticket } = self.book.borrow_mut().plan_where(fits, can_make);
-        SnapshotOrder { restore: restore.map(|snapshot| snapshot.blob), make, ticket }
+        SnapshotOrder { restore, make, ticket }
     }
 
     /// A sandbox made a snapshot (before anything of a job was in it) holding `packages`: keep it
@@ -158,7 +163,8 @@ fn packages_storage_key(pyodide_url: &str) -> String {
     format!("{pyodide_url}tessera-packages.snapshot")
 }
 
-fn sorted(packages: &[String]) -> Vec<String> {
+/// `packages` in order, to compare two lists.
+pub fn sorted(packages: &[String]) -> Vec<String> {
     let mut packages = packages.to_vec();
     packages.sort();
     packages
