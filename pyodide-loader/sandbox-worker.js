@@ -28,8 +28,9 @@
 // Runtime snapshots: a sandbox given a snapshot restores Pyodide from it (a fraction of a fresh
 // start) and reseeds Python's random generators, since every restore starts from the same state.
 // If it cannot (another Pyodide build, a damaged copy) it says why and starts afresh. A sandbox
-// told to make one snapshots Pyodide right after a fresh start — before any file or code of a job
-// is in it — and hands the bytes to the core, which keeps them for later sandboxes.
+// told to make one snapshots Pyodide right after a fresh start and the set-up of Tessera's Python
+// side — before any file or code of a job is in it — and hands the bytes to the core, which keeps
+// them for later sandboxes.
 // Package snapshots (the `packageSnapshots` option, off by default): a snapshot taken once the
 // job's packages are loaded and imported, before the job's files or code are in the sandbox. A
 // restore cannot carry what loading a package did outside the wasm heap — the package files, the
@@ -346,7 +347,8 @@ function startPyodide() {
       if (packageSnapshot) {
         const started = performance.now();
         try {
-          const { py: restored, holds } = await restorePackages(loadPyodide, packageSnapshot);
+          const { py, holds } = await restorePackages(loadPyodide, packageSnapshot);
+          const restored = withRuntime(py);
           post({ type: 'snapshot-restored', packages: true, holds, ms: performance.now() - started });
           packagesRestored = true;
           snapshot = null;
@@ -360,7 +362,7 @@ function startPyodide() {
       if (snapshot) {
         const started = performance.now();
         try {
-          const restored = await restorePyodide(loadPyodide, snapshot);
+          const restored = withRuntime(await restorePyodide(loadPyodide, snapshot));
           post({ type: 'snapshot-restored', ms: performance.now() - started });
           return restored;
         } catch (error) {
@@ -375,16 +377,26 @@ function startPyodide() {
   return pyodideLoading;
 }
 
+/** Sets Tessera's Python side up (the `dcp` module, the value codecs, set-up and run helpers)
+ *  unless it came with a snapshot: a snapshot holds it, so a restored sandbox skips the imports
+ *  and compiling it (the slowest first steps of a restored interpreter). */
+function withRuntime(py) {
+  if (!py.runPython('"_tessera_setup" in globals()')) py.runPython(PYTHON_RUNTIME);
+  return py;
+}
+
 const firstLine = (error) => String((error && error.message) || error).trim().split('\n')[0];
 
 // Every restore starts from the snapshot maker's state: Python's `random` (and numpy's, should
 // a snapshot ever hold it) are reseeded from the browser's entropy before any job code runs.
 const RESEED = String.raw`
-import random, sys
-random.seed()
-if "numpy.random" in sys.modules:
-    sys.modules["numpy.random"].seed()
-del random, sys
+def _tessera_reseed():
+    import random, sys
+    random.seed()
+    if "numpy.random" in sys.modules:
+        sys.modules["numpy.random"].seed()
+_tessera_reseed()
+del _tessera_reseed
 `;
 
 /** Pyodide restored from a runtime snapshot; throws (and leaves nothing behind) if it does not fit. */
@@ -408,9 +420,10 @@ async function loadSnapshot(loadPyodide, bytes) {
   return restored;
 }
 
-/** Pyodide started afresh; snapshotted at once when the core asked for a snapshot. */
+/** Pyodide started afresh, Tessera's Python side set up; snapshotted at once when the core asked
+ *  for a snapshot. */
 async function freshPyodide(loadPyodide) {
-  const fresh = await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot || makePackageSnapshot !== null });
+  const fresh = withRuntime(await loadPyodide({ indexURL: pyodideUrl, _makeSnapshot: makeSnapshot || makePackageSnapshot !== null }));
   if (makeSnapshot) {
     const started = performance.now();
     try {
@@ -524,45 +537,64 @@ function makePackageSnapshotOf(py, packages, noted) {
 /** Pyodide restored from a package snapshot, its packages ready (`py`), and which they are
  *  (`holds`); throws if anything does not fit (the caller then falls back to the plain snapshot). */
 async function restorePackages(loadPyodide, blob) {
-  const bytes = new Uint8Array(await blob.arrayBuffer());
-  const header = bytes.length >= 16 ? new Uint32Array(bytes.buffer, 0, 4) : [0, 0, 0, 0];
-  if (header[0] !== PACKAGE_SNAPSHOT_MAGIC || header[1] !== PACKAGE_SNAPSHOT_FORMAT || 16 + header[2] + header[3] > bytes.length) {
-    throw new Error(`the package snapshot is damaged or of another format (${bytes.length} bytes)`);
+  const header = blob.size >= 16 ? new Uint32Array(await blob.slice(0, 16).arrayBuffer()) : [0, 0, 0, 0];
+  const heapStart = 16 + header[2];
+  const filesStart = heapStart + header[3];
+  if (header[0] !== PACKAGE_SNAPSHOT_MAGIC || header[1] !== PACKAGE_SNAPSHOT_FORMAT || filesStart > blob.size) {
+    throw new Error(`the package snapshot is damaged or of another format (${blob.size} bytes)`);
   }
-  const about = JSON.parse(new TextDecoder().decode(bytes.subarray(16, 16 + header[2])));
-  const heap = bytes.subarray(16 + header[2], 16 + header[2] + header[3]);
-  const py = await loadSnapshot(loadPyodide, heap);
-  const M = py._module;
-  // The files first: the libraries are read from them.
-  let at = 16 + header[2] + header[3];
+  // Read in parts: the heap's bytes are let go once restored, the files' stay as the files.
+  const [about, heapBytes, fileBytes] = await Promise.all([
+    blob.slice(16, heapStart).text().then(JSON.parse),
+    blob.slice(heapStart, filesStart).arrayBuffer(),
+    blob.slice(filesStart).arrayBuffer(),
+  ]);
+  const files = new Map();
+  let at = 0;
   for (const [path, length] of about.files) {
-    if (at + length > bytes.length) throw new Error('the package snapshot is damaged (its files are cut short)');
-    M.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
-    M.FS.writeFile(path, bytes.subarray(at, at + length));
+    if (at + length > fileBytes.byteLength) throw new Error('the package snapshot is damaged (its files are cut short)');
+    files.set(path, new Uint8Array(fileBytes, at, length));
     at += length;
   }
-  const libraryFiles = { findObject: (path) => M.FS.findObject(path), readFile: (path) => M.FS.readFile(path) };
+  // The libraries compile (off this thread) while Pyodide restores.
+  const compiled = new Map(about.libraries.map(({ name }) => {
+    const compiling = files.has(name) ? WebAssembly.compile(files.get(name)) : Promise.reject(new Error(`the package snapshot lacks ${name}`));
+    compiling.catch(() => {});
+    return [name, compiling];
+  }));
+  const heap = new Uint8Array(heapBytes);
+  const py = await loadSnapshot(loadPyodide, heap);
+  const M = py._module;
+  for (const [path, bytes] of files) {
+    M.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
+    M.FS.writeFile(path, bytes, { canOwn: true });
+  }
   for (const library of about.libraries) {
     if (M.wasmTable.length !== library.tableBefore) {
       throw new Error(`the package snapshot does not fit: the function table holds ${M.wasmTable.length} entries where ${library.name} expects ${library.tableBefore}`);
     }
-    // Emscripten's reload path: a record saying "loaded at these bases" puts the library back
-    // where it was, without allocating.
+    // Emscripten's reload path (what its loadDynamicLibrary does, with the module compiled
+    // already): a record saying "loaded at these bases" puts the library back where it was,
+    // without allocating.
     const record = M._calloc(LIBRARY_RECORD_BYTES, 1);
     M.HEAPU8[record + 8] = 1;
     M.HEAPU32.set([library.memoryBase, library.memorySize, library.tableBase, library.tableSize], (record + 12) >>> 2);
-    const flags = { loadAsync: true, nodelete: true, allowUndefined: true, global: library.global, fs: libraryFiles };
-    await M.loadDynamicLibrary(library.name, flags, library.global ? undefined : {}, record);
+    const flags = { loadAsync: true, nodelete: true, allowUndefined: true, global: library.global };
+    const dso = M.newDSO(library.name, record, 'loading');
+    dso.global = library.global;
+    const exports = await M.loadWebAssemblyModule(await compiled.get(library.name), flags, library.name, {}, record);
+    if (library.global) M.mergeLibSymbols(exports, library.name);
+    dso.exports = exports;
     delete M.LDSO.loadedLibsByHandle[record];
     // Pyodide also finds a library by its file name.
     const base = library.name.slice(library.name.lastIndexOf('/') + 1);
-    M.LDSO.loadedLibsByName[base] = M.LDSO.loadedLibsByName[base] || M.LDSO.loadedLibsByName[library.name];
+    M.LDSO.loadedLibsByName[base] = M.LDSO.loadedLibsByName[base] || dso;
     if (M.wasmTable.length !== library.tableAfter) {
       throw new Error(`the package snapshot does not fit: ${library.name} ends the function table at ${M.wasmTable.length}, not ${library.tableAfter}`);
     }
   }
   // Loading wrote the libraries' initial data over the heap: put the snapshot's heap back.
-  const wasmHeap = heap.subarray(new DataView(heap.buffer, heap.byteOffset).getUint32(4, true));
+  const wasmHeap = heap.subarray(new DataView(heapBytes).getUint32(4, true));
   M.HEAPU8.set(wasmHeap);
   M.HEAPU8.fill(0, wasmHeap.length);
   // What lives outside the heap: Pyodide's table of loaded packages, and the handles Python's
@@ -658,7 +690,6 @@ async function loadPyodideFor(job, files) {
       }
     }
     pyodide.globals.set('_tessera_host_progress', (value) => self.progress(value === undefined ? null : value));
-    pyodide.runPython(PYTHON_RUNTIME);
   } catch (error) {
     throw new SetupFault('the Python runtime could not be set up: ' + String((error && error.message) || error));
   }
