@@ -31,7 +31,7 @@
 // told to make one snapshots Pyodide right after a fresh start and the set-up of Tessera's Python
 // side — before any file or code of a job is in it — and hands the bytes to the core, which keeps
 // them for later sandboxes.
-// Package snapshots (the `packageSnapshots` option, off by default): a snapshot taken once the
+// Package snapshots (the `packageSnapshots` option, on by default): a snapshot taken once the
 // job's packages are loaded and imported, before the job's files or code are in the sandbox. A
 // restore cannot carry what loading a package did outside the wasm heap — the package files, the
 // compiled libraries and the table slots their functions sit in — so the snapshot records where
@@ -401,9 +401,16 @@ del _tessera_reseed
 
 /** Pyodide restored from a runtime snapshot; throws (and leaves nothing behind) if it does not fit. */
 async function restorePyodide(loadPyodide, blob) {
-  const restored = await loadSnapshot(loadPyodide, new Uint8Array(await blob.arrayBuffer()));
+  const bytes = await blob.arrayBuffer();
+  const restored = await loadSnapshot(loadPyodide, new Uint8Array(bytes));
+  release(bytes);
   restored.runPython(RESEED);
   return restored;
+}
+
+/** Frees `buffer`'s memory now (the heap's copy is in Pyodide), not whenever it is collected. */
+function release(buffer) {
+  if (typeof buffer.transfer === 'function') buffer.transfer(0);
 }
 
 /** Pyodide loaded from the snapshot `bytes`, not reseeded yet. */
@@ -597,6 +604,7 @@ async function restorePackages(loadPyodide, blob) {
   const wasmHeap = heap.subarray(new DataView(heapBytes).getUint32(4, true));
   M.HEAPU8.set(wasmHeap);
   M.HEAPU8.fill(0, wasmHeap.length);
+  release(heapBytes);
   // What lives outside the heap: Pyodide's table of loaded packages, and the handles Python's
   // imports opened (the heap remembers them; Emscripten's table of them is JavaScript).
   Object.assign(py.loadedPackages, about.channels);

@@ -400,7 +400,7 @@ function start() {
   if (exitWhenIdle) options.idleExitMs = parseInt(params.get('idleMs') || '3000', 10);
   if (params.get('pyodideUrl')) options.pyodideUrl = params.get('pyodideUrl');
   if (params.get('workerKey')) options.workerKey = params.get('workerKey');
-  if (params.get('packageSnapshots') === '1') options.packageSnapshots = true;
+  if (params.get('packageSnapshots') === '0') options.packageSnapshots = false;
   controller.start(options).catch((error) => {
     // A core that did not load was logged by the error event already.
     if (!controller.lastError || controller.lastError.kind !== 'load') log('fatal: ' + error);

@@ -261,3 +261,44 @@ async fn a_damaged_package_snapshot_falls_back_to_the_plain_one_and_is_replaced(
     one_slice(&factory, numpy_job(), json!(3)).await;
     assert_eq!(outcomes(&packages).last(), Some(&"restored"));
 }
+
+const SCIENCE_PROGRAM: &str = r#"
+import dcp
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.optimize
+from sklearn.linear_model import LinearRegression
+
+def handler(x):
+    frame = pd.DataFrame({"a": np.arange(10.0) * x, "b": np.arange(10.0) ** 2})
+    fit = LinearRegression().fit(frame[["a"]], frame["b"])
+    return {
+        "mean": float(frame.mean().sum()),
+        "slope": float(fit.coef_[0]),
+        "det": float(scipy.linalg.det(np.array([[x, 1.0], [1.0, 2.0]]))),
+        "root": float(scipy.optimize.brentq(lambda t: t ** 3 - x, 0.0, 10.0)),
+        "numpy_random": float(np.random.random()),
+    }
+
+dcp.set_slice_handler(handler)
+"#;
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn package_snapshots_hold_pandas_scipy_and_scikit_learn_alike() {
+    only_a_plain_snapshot_stored().await;
+    let mut descriptor = python_job(SCIENCE_PROGRAM).descriptor.clone();
+    descriptor.packages = ["numpy", "pandas", "scipy", "scikit-learn"].map(String::from).to_vec();
+    let job = Rc::new(PreparedJob { descriptor, bundle: vec![] });
+    let (factory, Reported { packages, .. }) = factory_reporting(true);
+    let fresh = one_slice(&factory, job.clone(), json!(3.0)).await;
+    let first = one_slice(&factory, job.clone(), json!(3.0)).await;
+    let second = one_slice(&factory, job, json!(3.0)).await;
+    assert_eq!(outcomes(&packages), ["made", "restored", "restored"], "{:?}", packages.borrow());
+    for key in ["mean", "slope", "det", "root"] {
+        assert_eq!(first[key], fresh[key], "{key}: {first} {fresh}");
+        assert_eq!(second[key], fresh[key], "{key}: {second} {fresh}");
+    }
+    assert_ne!(first["numpy_random"], second["numpy_random"], "{first} {second}");
+}

@@ -14,8 +14,10 @@
 //             of one load just before this page opened and one after (b); and the same raw load
 //             with Pyodide's wasm handed over as bytes (a Blob-backed Response; the browser keeps no
 //             compiled-code cache for such a module).
+//  plain-snapshots  (only when the core has the `packageSnapshots` option) (c) again with
+//             `packageSnapshots: false` (the plain runtime snapshot only), on its own fresh page.
 //  no-snapshots  (only when the core has the `runtimeSnapshots` option) (c) again with
-//             `runtimeSnapshots: false`, on its own fresh page.
+//             `runtimeSnapshots: false` (no snapshot at all), on its own fresh page.
 //  memory     one idle Python sandbox with numpy loaded: Chromium's memory (PSS summed over every
 //             process of this browser, read from /proc by bench/memory-probe.py) just before it
 //             starts and 1.5 s after it is ready; ours (a TesseraWorker with 1 sandbox and no spare
@@ -49,8 +51,10 @@ const API_KEY = params.get('apiKey') || '';
 const MEMORY_URL = params.get('memoryUrl') || '';
 // Whether this core has the `runtimeSnapshots` option (scripts/bench looks for it in the wasm).
 const SNAPSHOT_OPTION = params.get('snapshotOption') === '1';
-// Every worker this page starts gets `packageSnapshots: true` (BENCH_PACKAGE_SNAPSHOTS=1).
-const PACKAGE_SNAPSHOTS = params.get('packageSnapshots') === '1';
+// Whether this core has the `packageSnapshots` option (on by default): a round then also
+// measures (c) with it off. BENCH_PACKAGE_SNAPSHOTS=0 turns it off for every worker of the bench.
+const PACKAGE_OPTION = params.get('packageOption') === '1';
+const PACKAGE_SNAPSHOTS_OFF = params.get('packageSnapshots') === '0';
 const PYODIDE = location.origin + '/pyodide/';
 const STORE = 'tessera-bench';
 const RESPAWN_SLICES = 4;
@@ -231,7 +235,7 @@ async function startWorker(options) {
     if (predicate(run)) resolve(); else run.waiters.push({ predicate, resolve });
   });
   const worker = new TesseraWorker({
-    sandboxes: 1, ...(PACKAGE_SNAPSHOTS ? { packageSnapshots: true } : {}), ...options,
+    sandboxes: 1, ...(PACKAGE_SNAPSHOTS_OFF ? { packageSnapshots: false } : {}), ...options,
     onEvent: (event) => {
       const now = performance.now();
       if (event.type === 'sandboxCreated' && run.sandboxCreated === null) run.sandboxCreated = now;
@@ -320,6 +324,18 @@ async function measure() {
   });
   say(`round ${ROUND}/${ROUNDS}: ${systemPerSlice.toFixed(3)} ms/slice, cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
   nextPhase('measure');
+}
+
+async function plainSnapshots() {
+  const cold = await coldNumpyRun({ packageSnapshots: false });
+  const rounds = JSON.parse(sessionStorage.getItem(STORE) || '[]');
+  const rawColdMs = rounds[ROUND - 1].raw_cold_pyodide_numpy_ms;
+  record({
+    system_cold_plain_snapshots_ms: cold.firstAccepted,
+    cold_ratio_plain_snapshots: cold.firstAccepted / rawColdMs,
+  });
+  say(`  plain snapshots only: cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
+  nextPhase('plain-snapshots');
 }
 
 async function noSnapshots() {
@@ -508,7 +524,9 @@ async function compute() {
   nextPhase('compute', { rawBefore: rawReady.toFixed(1) });
 }
 
-const ROUND_PHASES = ['measure', ...(SNAPSHOT_OPTION ? ['no-snapshots'] : []), 'memory', 'compute'];
+const ROUND_PHASES = [
+  'measure', ...(PACKAGE_OPTION && !PACKAGE_SNAPSHOTS_OFF ? ['plain-snapshots'] : []), ...(SNAPSHOT_OPTION ? ['no-snapshots'] : []), 'memory', 'compute',
+];
 
 /** Goes on to the phase after `current`, the next round, or reports everything. */
 function nextPhase(current, extra = {}) {
@@ -592,7 +610,7 @@ async function jsBytes() {
 }
 
 const PHASES = {
-  warm, measure, 'no-snapshots': noSnapshots, memory, compute, 'first-ours': firstOurs, 'first-raw': firstRaw,
+  warm, measure, 'plain-snapshots': plainSnapshots, 'no-snapshots': noSnapshots, memory, compute, 'first-ours': firstOurs, 'first-raw': firstRaw,
   'js-bytes': jsBytes,
 };
 say(`started benchmark phase ${PHASE}` + (['warm', 'first-ours', 'first-raw', 'js-bytes'].includes(PHASE) ? '' : ` (round ${ROUND}/${ROUNDS})`));

@@ -50,7 +50,7 @@ struct WorkerOptions {
     worker_key: Option<String>,
     /// Start Pyodide sandboxes from a memory snapshot made in this browser (default true).
     runtime_snapshots: Option<bool>,
-    /// Start them from a snapshot also holding their job's packages (default false).
+    /// Start them from a snapshot also holding their job's packages (default true).
     package_snapshots: Option<bool>,
 }
 
@@ -161,7 +161,10 @@ impl TesseraWorker {
         let factory = IsolatedSandboxFactory::new(&scheduler, &pyodide_url)
             .map_err(|error| JsError::new(&error.to_string()))?
             .with_runtime_snapshots(parsed.runtime_snapshots.unwrap_or(true))
-            .with_package_snapshots(parsed.package_snapshots.unwrap_or(false))
+            // `runtimeSnapshots: false` starts every sandbox afresh, package snapshots included.
+            .with_package_snapshots(
+                parsed.package_snapshots.unwrap_or(true) && parsed.runtime_snapshots.unwrap_or(true),
+            )
             .with_events(listener.clone())
             .start_pyodide_ahead();
         if let Some(id) = parsed.contributor.as_deref().filter(|id| !tessera_protocol::is_contributor_id(id)) {

@@ -34,8 +34,9 @@ use crate::supervisor::{
 };
 use crate::WorkerError;
 
-/// The sandbox script, embedded at build time.
-pub const SANDBOX_SCRIPT: &str = include_str!("../../../pyodide-loader/sandbox-worker.js");
+/// The sandbox script (`pyodide-loader/sandbox-worker.js`), embedded at build time without its
+/// comments (`crate/build.rs`).
+pub const SANDBOX_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/sandbox-worker.js"));
 
 /// Messages the sandbox script posts back.
 #[derive(Debug, Deserialize)]
@@ -847,8 +848,9 @@ impl IsolatedSandboxFactory {
     }
 
     /// `true`: Pyodide sandboxes restore a snapshot holding their job's packages, loaded and
-    /// imported (the `packageSnapshots` option; off by default — it leans on Emscripten's
-    /// internals, and falls back to the plain snapshot whenever one does not fit).
+    /// imported (the `packageSnapshots` option of `TesseraWorker`, on there by default; a
+    /// factory has it off until asked). It leans on Emscripten's internals, and falls back to
+    /// the plain snapshot whenever one does not fit.
     pub fn with_package_snapshots(mut self, enabled: bool) -> Self {
         self.context.package_snapshots = enabled.then(|| RuntimeSnapshots::for_packages(self.context.files.base()));
         self

@@ -10,7 +10,7 @@
 //! which replaces the old. Which sandbox does what is decided by [`SnapshotBook`] (plain Rust,
 //! tested natively); this module holds the bytes and the storage.
 //!
-//! Package snapshots (the `packageSnapshots` option, off by default) are a second layer: a
+//! Package snapshots (the `packageSnapshots` option, on by default) are a second layer: a
 //! snapshot taken once a job's packages are loaded and imported, before anything of the job is in
 //! the sandbox. The page keeps one, for the packages its last Python job loaded, and a sandbox
 //! started for a job with the same packages (or for a job not known yet) restores it instead of
