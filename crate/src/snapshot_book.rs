@@ -3,7 +3,9 @@
 //!
 //! One sandbox at a time makes a snapshot (the others load afresh meanwhile rather than wait);
 //! every sandbox given one to restore may make a replacement if its restore fails; a refusal only
-//! discards the snapshot that sandbox was given, never a newer one.
+//! discards the snapshot that sandbox was given, never a newer one. A package snapshot fits only
+//! sandboxes whose job loads its packages (`plan_where`); a sandbox that needs another one makes
+//! the replacement.
 
 use std::collections::{HashMap, HashSet};
 
@@ -141,9 +143,41 @@ impl<S: Clone> SnapshotBook<S> {
     }
 }
 
+/// Whether two package lists name the same packages, in any order.
+pub fn same_packages(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// Whether a snapshot a sandbox made, holding `holds`, is the one it was asked for: the plain
+/// snapshot (`asked: None`) holds no packages; a package snapshot holds some — the ones asked
+/// for, or any when its job was not known (`Some([])`).
+pub fn holds_what_was_asked(asked: Option<&[String]>, holds: &[String]) -> bool {
+    match asked {
+        None => holds.is_empty(),
+        Some(wanted) => !holds.is_empty() && (wanted.is_empty() || same_packages(wanted, holds)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_made_snapshot_must_hold_what_was_asked() {
+        assert!(holds_what_was_asked(None, &[]));
+        assert!(!holds_what_was_asked(None, &names(&["numpy"])), "the plain snapshot holds no packages");
+        assert!(holds_what_was_asked(Some(&names(&["scipy", "numpy"])), &names(&["numpy", "scipy"])));
+        assert!(!holds_what_was_asked(Some(&names(&["numpy"])), &names(&["numpy", "scipy"])));
+        assert!(holds_what_was_asked(Some(&[]), &names(&["pandas"])), "a job not known yet: any packages");
+        assert!(!holds_what_was_asked(Some(&[]), &[]), "a package snapshot holds packages");
+    }
 
     fn plan(book: &mut SnapshotBook<&'static str>) -> (Option<&'static str>, bool, u64) {
         let SnapshotPlan { restore, make, ticket } = book.plan();

@@ -49,7 +49,7 @@ async fn a_bundle_is_written_into_the_pyodide_filesystem() {
     let entries = unpack(&pack(&entries).unwrap(), &BundleLimits::default()).unwrap();
     let job = job_with(Worktime::Pyodide, "import dcp, os, sys\nimport pkg\n\ndef handler(x):\n    numbers = open('data/deep/values.txt').read().split()\n    return [pkg.GREETING, sum(map(int, numbers)) * x, os.getcwd() == sys.path[0]]\n\ndcp.set_slice_handler(handler)\n", vec![], entries);
     let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
-    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide, &[]).unwrap();
     let setup = sandbox.prepare(job).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
     let run = sandbox.run(0, json!(2), Rc::default()).await;

@@ -41,7 +41,7 @@ dcp.set_slice_handler(handler)
 async fn python_cannot_reach_the_network_after_set_up() {
     let job = python_job(PROGRAM);
     let factory = IsolatedSandboxFactory::new(scheduler(), &format!("{}/pyodide/", scheduler())).unwrap();
-    let sandbox = factory.create(Worktime::Pyodide).unwrap();
+    let sandbox = factory.create(Worktime::Pyodide, &[]).unwrap();
     let setup = sandbox.prepare(job).await;
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
     let run = sandbox.run(0, json!(1), Rc::default()).await;

@@ -29,7 +29,8 @@ const PROGRAM: &str = "import dcp, sys\n\ndcp.set_slice_handler(lambda x: [x * x
 /// Creates [`TOGETHER`] Pyodide sandboxes, sets them all up at once, runs one slice in each at
 /// once, checks every answer, and ends them.
 async fn start_together(factory: &IsolatedSandboxFactory) {
-    let sandboxes: Vec<Rc<dyn Sandbox>> = (0..TOGETHER).map(|_| factory.create(Worktime::Pyodide).unwrap()).collect();
+    let sandboxes: Vec<Rc<dyn Sandbox>> =
+        (0..TOGETHER).map(|_| factory.create(Worktime::Pyodide, &[]).unwrap()).collect();
     let setups = join_all(sandboxes.iter().map(|sandbox| sandbox.prepare(python_job(PROGRAM)))).await;
     for (index, setup) in setups.iter().enumerate() {
         assert!(matches!(setup, SetupOutcome::Ready { .. }), "sandbox {index} of {TOGETHER}: {setup:?}");

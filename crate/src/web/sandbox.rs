@@ -28,7 +28,8 @@ use wasm_bindgen::JsCast;
 use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 
 use super::assets::RuntimeFiles;
-use super::snapshots::{sorted, RuntimeSnapshots};
+use super::snapshots::RuntimeSnapshots;
+use crate::snapshot_book::holds_what_was_asked;
 use crate::supervisor::{
     PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SetupPhase, SliceProgress, SliceRun, Task, WorkerEvent,
 };
@@ -189,10 +190,7 @@ impl SnapshotRole {
     fn receive(&self, message: FromSandbox, snapshot: Option<web_sys::Blob>, setup_over: bool) {
         match message {
             FromSandbox::SnapshotMade { ms, holds } => {
-                let fits = match &self.packages {
-                    None => holds.is_empty(),
-                    Some(wanted) => !holds.is_empty() && (wanted.is_empty() || sorted(wanted) == sorted(&holds)),
-                };
+                let fits = holds_what_was_asked(self.packages.as_deref(), &holds);
                 let packages = self.packages.as_ref().map(|_| holds.clone());
                 let taken = fits
                     && snapshot

@@ -24,7 +24,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 use super::sandbox::describe;
-use crate::snapshot_book::{SnapshotBook, SnapshotPlan};
+use crate::snapshot_book::{same_packages, SnapshotBook, SnapshotPlan};
 
 /// The Cache Storage cache holding snapshots, one entry per Pyodide folder and layer.
 const CACHE_NAME: &str = "tessera-runtime-snapshots";
@@ -95,8 +95,8 @@ impl RuntimeSnapshots {
         match packages {
             None => self.order_where(&|_| true, true).await,
             Some(packages) => {
-                let wanted = sorted(packages);
-                self.order_where(&|snapshot| sorted(&snapshot.packages) == wanted, !wanted.is_empty()).await
+                let fits = |snapshot: &Snapshot| same_packages(&snapshot.packages, packages);
+                self.order_where(&fits, !packages.is_empty()).await
             }
         }
     }
@@ -161,13 +161,6 @@ fn storage_key(pyodide_url: &str) -> String {
 /// The Cache Storage key of the package snapshot for the Pyodide folder `pyodide_url`.
 fn packages_storage_key(pyodide_url: &str) -> String {
     format!("{pyodide_url}tessera-packages.snapshot")
-}
-
-/// `packages` in order, to compare two lists.
-pub fn sorted(packages: &[String]) -> Vec<String> {
-    let mut packages = packages.to_vec();
-    packages.sort();
-    packages
 }
 
 async fn cache() -> Result<web_sys::Cache, String> {
