@@ -326,30 +326,24 @@ async function measure() {
   nextPhase('measure');
 }
 
-async function plainSnapshots() {
-  const cold = await coldNumpyRun({ packageSnapshots: false });
+/**
+ * (c) again with the worker `options` of a variant (`suffix` names its keys, `label` its line),
+ * against the raw cold start of this round's measure page.
+ */
+async function coldVariant(phase, options, suffix, label) {
+  const cold = await coldNumpyRun(options);
   const rounds = JSON.parse(sessionStorage.getItem(STORE) || '[]');
   const rawColdMs = rounds[ROUND - 1].raw_cold_pyodide_numpy_ms;
   record({
-    system_cold_plain_snapshots_ms: cold.firstAccepted,
-    cold_ratio_plain_snapshots: cold.firstAccepted / rawColdMs,
+    [`system_cold_${suffix}_ms`]: cold.firstAccepted,
+    [`cold_ratio_${suffix}`]: cold.firstAccepted / rawColdMs,
   });
-  say(`  plain snapshots only: cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
-  nextPhase('plain-snapshots');
+  say(`  ${label}: cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
+  nextPhase(phase);
 }
 
-async function noSnapshots() {
-  const cold = await coldNumpyRun({ runtimeSnapshots: false });
-  // Against the raw cold start of this round's measure page.
-  const rounds = JSON.parse(sessionStorage.getItem(STORE) || '[]');
-  const rawColdMs = rounds[ROUND - 1].raw_cold_pyodide_numpy_ms;
-  record({
-    system_cold_no_snapshots_ms: cold.firstAccepted,
-    cold_ratio_no_snapshots: cold.firstAccepted / rawColdMs,
-  });
-  say(`  without snapshots: cold ${cold.firstAccepted.toFixed(0)} ms, ratio ${(cold.firstAccepted / rawColdMs).toFixed(2)}`);
-  nextPhase('no-snapshots');
-}
+const plainSnapshots = () => coldVariant('plain-snapshots', { packageSnapshots: false }, 'plain_snapshots', 'plain snapshots only');
+const noSnapshots = () => coldVariant('no-snapshots', { runtimeSnapshots: false }, 'no_snapshots', 'without snapshots');
 
 /**
  * Registers as a second worker and leases one slice of the job just deployed, heartbeating it;
