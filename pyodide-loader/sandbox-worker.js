@@ -489,7 +489,7 @@ async function loadPackagesNoted(py, packages, options) {
     if (handle !== undefined) return load.call(this, name, flags, localScope, handle);
     const record = M._calloc(LIBRARY_RECORD_BYTES, 1);
     const tableBefore = M.wasmTable.length;
-    const release = () => { delete M.LDSO.loadedLibsByHandle[record]; M._free(record); };
+    const forget = () => { delete M.LDSO.loadedLibsByHandle[record]; M._free(record); };
     return Promise.resolve(load.call(this, name, flags, localScope, record)).then((loaded) => {
       const words = M.HEAPU32;
       libraries.push({
@@ -497,9 +497,9 @@ async function loadPackagesNoted(py, packages, options) {
         memoryBase: words[(record + 12) >>> 2], memorySize: words[(record + 16) >>> 2],
         tableBase: words[(record + 20) >>> 2], tableSize: words[(record + 24) >>> 2],
       });
-      release();
+      forget();
       return loaded;
-    }, (error) => { release(); throw error; });
+    }, (error) => { forget(); throw error; });
   };
   try {
     await py.loadPackage(packages, options);

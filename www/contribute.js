@@ -77,7 +77,8 @@ function onCoreEvent(event) {
     case 'requestRefused': log(`the scheduler refused a ${event.request} request (not retried): ${event.message}`); break;
     case 'sandboxesFailing': log(`sandboxes keep failing here (${event.failures} in a row); pausing leasing for ${event.pauseMs} ms`); break;
     case 'runtimeSnapshot': {
-      const which = event.packages && event.packages.length ? `package snapshot (${event.packages.join(', ')})` : 'runtime snapshot';
+      const which = !event.packages ? 'runtime snapshot'
+        : event.packages.length ? `package snapshot (${event.packages.join(', ')})` : 'package snapshot';
       log(event.outcome === 'rejected' || event.outcome === 'failed'
         ? `${which} ${event.outcome}: ${event.reason}`
         : `${which} ${event.outcome} in ${event.ms} ms`);
