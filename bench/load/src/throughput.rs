@@ -235,6 +235,7 @@ async fn work(
                     token: lease.token,
                     outcome: SliceOutcome::Ok { value: lease.datum },
                     console: Vec::new(),
+                    compute_ms: None,
                 })
                 .collect(),
             worker_token: None,
