@@ -5,6 +5,7 @@
 // network at all), which starts it from a Blob URL and hands it the core's data port with 'init'.
 // A sandbox serves one job for its whole life:
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
+//                    runtimeModule?: bool,                     (the host page sends the compiled interpreter)
 //                    snapshot?: Blob, makeSnapshot?: bool,   (restore that runtime snapshot; make one)
 //                    packageSnapshot?: Blob,                   (restore this package snapshot first)
 //                    makePackageSnapshot?: [package, …]}       (make one if the job loads these; [] any)
@@ -20,7 +21,7 @@
 //                   {type:'answers', items: [result | error, …]}  (answers held back to travel together)
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
-//                   {type:'snapshot-restored', ms} | {type:'snapshot-rejected', reason}
+//                   {type:'snapshot-restored', ms, interpreter: 'reused' | 'compiled'} | {type:'snapshot-rejected', reason}
 //                   {type:'snapshot-made', ms, snapshot: ArrayBuffer (transferred)} | {type:'snapshot-failed', reason, lasting}
 //                   (each snapshot report with `packages: true` when it is about the package snapshot;
 //                   made and restored ones then say which packages it `holds`)
@@ -39,6 +40,9 @@
 // same places (Emscripten's reload path, the one threads use), then puts the heap back. This leans
 // on Emscripten's internals (checked for Pyodide 0.27.7): anything that does not fit — another
 // build, a table of another size — is refused and the sandbox falls back to the plain snapshot.
+// The compiled interpreter: the host page compiles pyodide.asm.wasm once for every worker it
+// starts ({type:'runtime-module', module} on this worker's own channel, after 'init'; module null
+// when it has none) — a sandbox started in a frame that served one before compiles nothing.
 // interruptBuffer (a SharedArrayBuffer the host page creates when cross-origin isolated) is handed
 // to Pyodide: the host writes 2 into it, on the core's order, to raise KeyboardInterrupt.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"}, numpy arrays and scalars as
@@ -97,6 +101,13 @@ let makeSnapshot = false;
 let packageSnapshot = null;
 let makePackageSnapshot = null;
 let packagesRestored = false;
+// The interpreter compiled by the host page: a Promise of the WebAssembly.Module (null: none).
+let runtimeModule = null;
+let receiveRuntimeModule = () => {};
+let runtimeReused = false;
+// How this sandbox got its interpreter, reported with a restored snapshot: 'reused' (compiled by
+// its frame for an earlier sandbox), or 'compiled' (for this one).
+let interpreter = 'compiled';
 // Kept before anything else runs: the map-basic program is loaded with it after the lockdown.
 const loadScript = self.importScripts.bind(self);
 
@@ -328,11 +339,16 @@ async function assetScriptUrl(url) {
   return URL.createObjectURL(new Blob([await asset(url)], { type: mimeOf(url) }));
 }
 
+// The URL each Response `fetchFromMemory` made stands for (a made Response has no URL of its own).
+const servedUrls = new WeakMap();
+
 /** Pyodide's `fetch`, from memory: the same Response a server would give, for known files only. */
 async function fetchFromMemory(input) {
   const url = new URL(typeof input === 'string' ? input : String((input && input.url) || input), pyodideUrl).href;
   const blob = await asset(url);
-  return new Response(blob, { status: 200, headers: { 'Content-Type': mimeOf(url) } });
+  const response = new Response(blob, { status: 200, headers: { 'Content-Type': mimeOf(url) } });
+  servedUrls.set(response, url);
+  return response;
 }
 
 function startPyodide() {
@@ -344,37 +360,64 @@ function startPyodide() {
       const runtimeScript = await assetScriptUrl(runtimeUrl);
       self.importScripts = (...urls) => loadScript(...urls.map((url) => (url === runtimeUrl ? runtimeScript : url)));
       const { loadPyodide } = await import(await assetScriptUrl(pyodideUrl + 'pyodide.mjs'));
-      if (packageSnapshot) {
-        const started = performance.now();
-        try {
-          const { py, holds } = await restorePackages(loadPyodide, packageSnapshot);
-          const restored = withRuntime(py);
-          post({ type: 'snapshot-restored', packages: true, holds, ms: performance.now() - started });
-          packagesRestored = true;
-          snapshot = null;
-          return restored;
-        } catch (error) {
-          post({ type: 'snapshot-rejected', packages: true, reason: firstLine(error) });
-        } finally {
-          packageSnapshot = null;
-        }
-      }
-      if (snapshot) {
-        const started = performance.now();
-        try {
-          const restored = withRuntime(await restorePyodide(loadPyodide, snapshot));
-          post({ type: 'snapshot-restored', ms: performance.now() - started });
-          return restored;
-        } catch (error) {
-          post({ type: 'snapshot-rejected', reason: firstLine(error) });
-        } finally {
-          snapshot = null;
-        }
-      }
-      return freshPyodide(loadPyodide);
+      return withRuntimeModule(() => loadPyodideSomehow(loadPyodide));
     })();
   }
   return pyodideLoading;
+}
+
+/** Runs `load` with Pyodide's instantiation of its interpreter (`WebAssembly.instantiateStreaming`
+ *  of pyodide.asm.wasm) served from the module the host page compiled, when it sends one. */
+async function withRuntimeModule(load) {
+  if (!runtimeModule) return load();
+  const instantiateStreaming = WebAssembly.instantiateStreaming;
+  const runtimeWasm = pyodideUrl + 'pyodide.asm.wasm';
+  WebAssembly.instantiateStreaming = async (source, imports) => {
+    const response = await source;
+    const module = servedUrls.get(response) === runtimeWasm ? await runtimeModule : null;
+    if (module) {
+      interpreter = runtimeReused ? 'reused' : 'compiled';
+      return { module, instance: await WebAssembly.instantiate(module, imports) };
+    }
+    return instantiateStreaming.call(WebAssembly, response, imports);
+  };
+  try {
+    return await load();
+  } finally {
+    WebAssembly.instantiateStreaming = instantiateStreaming;
+  }
+}
+
+/** Pyodide from the package snapshot, else from the plain snapshot, else afresh. */
+async function loadPyodideSomehow(loadPyodide) {
+  if (packageSnapshot) {
+    const started = performance.now();
+    try {
+      const { py, holds } = await restorePackages(loadPyodide, packageSnapshot);
+      const restored = withRuntime(py);
+      post({ type: 'snapshot-restored', packages: true, holds, interpreter, ms: performance.now() - started });
+      packagesRestored = true;
+      snapshot = null;
+      return restored;
+    } catch (error) {
+      post({ type: 'snapshot-rejected', packages: true, reason: firstLine(error) });
+    } finally {
+      packageSnapshot = null;
+    }
+  }
+  if (snapshot) {
+    const started = performance.now();
+    try {
+      const restored = withRuntime(await restorePyodide(loadPyodide, snapshot));
+      post({ type: 'snapshot-restored', interpreter, ms: performance.now() - started });
+      return restored;
+    } catch (error) {
+      post({ type: 'snapshot-rejected', reason: firstLine(error) });
+    } finally {
+      snapshot = null;
+    }
+  }
+  return freshPyodide(loadPyodide);
 }
 
 /** Sets Tessera's Python side up (the `dcp` module, the value codecs, set-up and run helpers)
@@ -785,9 +828,16 @@ del _tessera_lockdown
 let turn = Promise.resolve();
 self.onmessage = (event) => {
   const message = event.data;
+  if (port && message && message.type === 'runtime-module') {
+    runtimeReused = message.reused === true;
+    receiveRuntimeModule(message.module instanceof WebAssembly.Module ? message.module : null);
+    self.onmessage = null;
+    return;
+  }
   if (port || !message || message.type !== 'init' || !event.ports || !event.ports[0]) return;
   port = event.ports[0];
-  self.onmessage = null;
+  if (message.runtimeModule === true) runtimeModule = new Promise((resolve) => { receiveRuntimeModule = resolve; });
+  else self.onmessage = null;
   port.onmessage = (portEvent) => {
     const data = portEvent.data;
     // Bytes for a set-up in progress: answered at once, not queued behind that set-up.

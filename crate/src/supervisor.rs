@@ -91,11 +91,24 @@ pub trait Sandbox {
     /// Asks the running program to stop (Python's `KeyboardInterrupt`); false when this sandbox
     /// cannot be interrupted and must be terminated instead.
     fn interrupt(&self) -> bool;
-    /// Stops the sandbox at once (a running slice is abandoned).
+    /// Stops a sandbox at fault or past its time at once (a running slice is abandoned);
+    /// nothing it ran in is kept.
     fn terminate(&self);
+    /// Stops a sandbox that is no longer needed and did nothing wrong (recycled, its job ended,
+    /// replaced for another job, the worker stopping) at once, as `terminate` does; what it ran
+    /// in may then serve the next sandbox (its frame, and the interpreter compiled there).
+    fn retire(&self);
     /// Calls `observer` as the set-up reaches each [`SetupPhase`], for the page to show; a
     /// sandbox that cannot tell simply never calls it.
     fn watch_setup(&self, _observer: Box<dyn Fn(SetupPhase)>) {}
+}
+
+/// How a sandbox leaves the pool: terminated when it faulted or ran past its time (it may be
+/// stuck, or its process gone), retired when it is merely no longer needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Terminate,
+    Retire,
 }
 
 /// A step of a sandbox's set-up, as the sandbox reports it.
@@ -223,6 +236,9 @@ pub enum WorkerEvent {
         /// `None` for the plain runtime snapshot; for a package snapshot (the `packageSnapshots`
         /// option), the packages it holds (empty when not known, e.g. one that was refused).
         packages: Option<Vec<String>>,
+        /// For a restore: `reused` when the sandbox's frame had the interpreter compiled for an
+        /// earlier sandbox (a frame serves the next sandbox once its own ended), else `compiled`.
+        interpreter: Option<String>,
     },
     /// No new slices start until resumed; queued ones went back to the scheduler.
     Paused,
@@ -1021,14 +1037,15 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             self.pool.set_pipeline_depth(pipeline_depth_for(self.config.pipeline_depth, self.slice_ms, self.cpu_share));
         }
         let removal = match (&watch, &outcome) {
-            (Watch::Terminate(_), _) => Some("slice timed out"),
-            (_, SliceOutcome::WorkerFault { .. }) => Some("sandbox fault"),
-            (_, SliceOutcome::JobError { .. }) => Some("the program failed to set up"),
+            (Watch::Terminate(_), _) => Some(("slice timed out", Ending::Terminate)),
+            (_, SliceOutcome::WorkerFault { .. }) => Some(("sandbox fault", Ending::Terminate)),
+            // The program's own failure says nothing against the sandbox it failed in.
+            (_, SliceOutcome::JobError { .. }) => Some(("the program failed to set up", Ending::Retire)),
             _ => None,
         };
         match (current, removal) {
             (false, _) => {}
-            (true, Some(reason)) => self.remove_sandbox(slot, reason),
+            (true, Some((reason, ending))) => self.remove_sandbox(slot, reason, ending),
             (true, None) => {
                 self.pool.finished(slot, now, run.heap_bytes);
                 let rest = rest_after(ms, self.cpu_share);
@@ -1120,7 +1137,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.jobs.forget(job_id);
         for slot in self.pool.live() {
             if self.pool.slot(slot).and_then(|s| s.job.as_deref()) == Some(job_id) {
-                self.remove_sandbox(slot, "its job ended");
+                self.remove_sandbox(slot, "its job ended", Ending::Retire);
             }
         }
         self.emit(WorkerEvent::JobEnded { job: job_id.to_string() });
@@ -1203,7 +1220,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
                     None => return,
                 },
                 Placement::Replace(slot) => {
-                    self.remove_sandbox(slot, "replaced for another job");
+                    self.remove_sandbox(slot, "replaced for another job", Ending::Retire);
                     match self.create_sandbox(slot, worktime, &job.descriptor.packages) {
                         Some(slot) => slot,
                         None => return,
@@ -1247,15 +1264,19 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         }
     }
 
-    /// Terminates a sandbox; slices it was still running go back at no cost (not their fault).
-    fn remove_sandbox(&mut self, slot: usize, reason: &str) {
+    /// Ends a sandbox as `ending` says; slices it was still running go back at no cost (not their
+    /// fault).
+    fn remove_sandbox(&mut self, slot: usize, reason: &str, ending: Ending) {
         if let Some(LiveSandbox { generation, sandbox, .. }) = self.sandboxes.remove(&slot) {
             for (lease_id, (running_slot, running_generation)) in &self.running {
                 if *running_slot == slot && *running_generation == generation {
                     self.bystanders.insert(lease_id.clone(), format!("its sandbox was stopped: {reason}"));
                 }
             }
-            sandbox.terminate();
+            match ending {
+                Ending::Terminate => sandbox.terminate(),
+                Ending::Retire => sandbox.retire(),
+            }
         }
         self.pool.removed(slot);
         self.emit(WorkerEvent::SandboxRemoved { sandbox: slot, reason: reason.into() });
@@ -1263,7 +1284,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
 
     fn recycle(&mut self, now: u64) {
         for slot in self.pool.to_recycle(now) {
-            self.remove_sandbox(slot, "recycled");
+            self.remove_sandbox(slot, "recycled", Ending::Retire);
         }
     }
 
@@ -1374,10 +1395,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     }
 
     /// Returns unfinished slices to the scheduler at no cost (so they are retried at once
-    /// elsewhere), delivers finished results, and terminates every sandbox.
+    /// elsewhere), delivers finished results, and retires every sandbox.
     async fn shut_down(&mut self, reason: &str) {
         for slot in self.pool.live() {
-            self.remove_sandbox(slot, reason);
+            self.remove_sandbox(slot, reason, Ending::Retire);
         }
         self.drain_in_flight().await;
         let released = SliceOutcome::Released { reason: format!("the worker {reason}") };

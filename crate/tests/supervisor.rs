@@ -363,6 +363,8 @@ impl Clock for FakeClock {
 /// works n simulated ms, reporting progress every 50 ms, and answers n.
 struct DoublingSandbox {
     setups: Rc<RefCell<Vec<String>>>,
+    /// How each sandbox ended: `terminated` or `retired`.
+    endings: Rc<RefCell<Vec<&'static str>>>,
     interruptible: bool,
     hung: RefCell<Option<oneshot::Sender<()>>>,
     clock: Option<FakeClock>,
@@ -405,7 +407,13 @@ impl Sandbox for DoublingSandbox {
         }
     }
 
-    fn terminate(&self) {}
+    fn terminate(&self) {
+        self.endings.borrow_mut().push("terminated");
+    }
+
+    fn retire(&self) {
+        self.endings.borrow_mut().push("retired");
+    }
 }
 
 impl DoublingSandbox {
@@ -455,6 +463,7 @@ impl DoublingSandbox {
 #[derive(Default)]
 struct Factory {
     setups: Rc<RefCell<Vec<String>>>,
+    endings: Rc<RefCell<Vec<&'static str>>>,
     created: Rc<Cell<usize>>,
     /// What each sandbox was created for: its worktime and the packages it was told of.
     asked: Rc<RefCell<Vec<(Worktime, Vec<String>)>>>,
@@ -475,6 +484,7 @@ impl SandboxFactory for Factory {
         self.asked.borrow_mut().push((worktime, packages.to_vec()));
         Ok(Rc::new(DoublingSandbox {
             setups: self.setups.clone(),
+            endings: self.endings.clone(),
             interruptible: self.interruptible,
             hung: RefCell::new(None),
             clock: self.clock.clone(),
@@ -652,12 +662,15 @@ fn a_failing_lease_call_does_not_hold_back_results() {
 fn a_hung_slice_that_cannot_be_interrupted_times_out_and_its_sandbox_is_replaced() {
     let scheduler = Scheduler::with_job("j", [json!(1), json!("hang"), json!(3)]);
     let factory = Factory::default();
-    let created = factory.created.clone();
+    let (created, endings) = (factory.created.clone(), factory.endings.clone());
     let (_, events) = run(&scheduler, factory, config(1));
     assert!(events
         .iter()
         .any(|e| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "slice timed out")));
     assert!(created.get() >= 2, "a fresh sandbox replaced the hung one");
+    // A sandbox past its time is terminated: nothing of it serves another.
+    let endings = endings.borrow();
+    assert_eq!(endings.iter().filter(|ending| **ending == "terminated").count() as u32, MAX_ATTEMPTS, "{endings:?}");
     let accepted = scheduler.accepted.borrow();
     assert_eq!(accepted[&key("j", 0)], SliceOutcome::Ok { value: json!(2) });
     assert_eq!(accepted[&key("j", 2)], SliceOutcome::Ok { value: json!(6) });
@@ -949,7 +962,9 @@ fn sandboxes_are_created_for_their_jobs_packages_and_the_spare_for_the_last_jobs
 fn fewer_sandboxes_end_the_extra_ones_once_idle() {
     let scheduler = Scheduler::with_job("j", (0..24).map(|_| json!({"work_ms": 100})));
     let clock = scheduler.clock.clone();
-    let (_, events) = run_steered(&scheduler, Factory::timed(&clock), config(3), |event, _, controls| {
+    let factory = Factory::timed(&clock);
+    let endings = factory.endings.clone();
+    let (_, events) = run_steered(&scheduler, factory, config(3), |event, _, controls| {
         if matches!(event, WorkerEvent::SliceFinished { slice: 5, .. }) {
             controls.set_sandboxes(1).unwrap();
         }
@@ -961,6 +976,11 @@ fn fewer_sandboxes_end_the_extra_ones_once_idle() {
         .filter(|(_, e)| matches!(e, WorkerEvent::SandboxRemoved { reason, .. } if reason == "recycled"))
         .count();
     assert_eq!(removed, 1, "one sandbox beyond the new capacity and its spare ended");
+    assert!(
+        endings.borrow().iter().all(|ending| *ending == "retired"),
+        "ended, never at fault: {:?}",
+        endings.borrow()
+    );
     // Slices that were running go on; once the worker is down to one slice at a time it stays there.
     let mut running: HashMap<usize, i32> = HashMap::new();
     let mut settled = false;

@@ -4,7 +4,8 @@
 //! the replacement; the interrupt still works in a restored sandbox. Package snapshots (the
 //! `packageSnapshots` option) likewise: numpy restored with the snapshot computes what a fresh
 //! load computes, draws its own random numbers, can be interrupted, and a damaged package snapshot
-//! falls back to the plain one and is replaced.
+//! falls back to the plain one and is replaced. A retired sandbox's frame serves the next
+//! sandbox with the interpreter it compiled; a terminated one's does not.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -15,6 +16,7 @@ use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, WorkerEvent};
 use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use tessera_worker::web::snapshots::{forget_stored, store_for, store_packages_for, stored_for, stored_packages_for};
+use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
 mod common;
@@ -301,4 +303,50 @@ async fn package_snapshots_hold_pandas_scipy_and_scikit_learn_alike() {
         assert_eq!(second[key], fresh[key], "{key}: {second} {fresh}");
     }
     assert_ne!(first["numpy_random"], second["numpy_random"], "{first} {second}");
+}
+
+/// How many iframes on the page were not there at the last call (marking them all now).
+fn new_frames() -> u32 {
+    let count = js_sys::Function::new_no_args(
+        "const fresh = [...document.querySelectorAll('iframe')].filter((frame) => !frame.dataset.seen);
+         fresh.forEach((frame) => { frame.dataset.seen = '1'; });
+         return fresh.length;",
+    );
+    count.call0(&JsValue::NULL).unwrap().as_f64().unwrap() as u32
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_once() {
+    only_a_plain_snapshot_stored().await;
+    let interpreters: Rc<RefCell<Vec<Option<String>>>> = Rc::default();
+    let seen = interpreters.clone();
+    let factory = IsolatedSandboxFactory::new(scheduler(), &pyodide()).unwrap().with_events(Rc::new(move |event| {
+        if let WorkerEvent::RuntimeSnapshot { outcome: "restored", interpreter, .. } = event {
+            seen.borrow_mut().push(interpreter.clone());
+        }
+    }));
+    new_frames();
+    let run = |sandbox: Rc<dyn Sandbox>, datum: i64| async move {
+        match sandbox.run(0, json!(datum), Rc::default()).await.outcome {
+            SliceOutcome::Ok { value } => value,
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = ready_sandbox(&factory, plain_job()).await;
+    assert_eq!(run(first.clone(), 2).await, json!(4));
+    first.retire();
+    drop(first);
+    let second = ready_sandbox(&factory, plain_job()).await;
+    assert_eq!(new_frames(), 0, "the second sandbox runs in the first one's frame");
+    assert_eq!(run(second.clone(), 3).await, json!(6));
+    let reused = [Some("compiled".to_string()), Some("reused".to_string())];
+    assert_eq!(*interpreters.borrow(), reused, "compiled by the frame once, for both");
+    // A terminated sandbox (at fault, or past its time) takes its frame with it.
+    second.terminate();
+    let third = ready_sandbox(&factory, plain_job()).await;
+    assert_eq!(new_frames(), 1, "a new frame for the sandbox after a terminated one");
+    assert_eq!(run(third.clone(), 4).await, json!(8));
+    assert_eq!(interpreters.borrow().last(), Some(&Some("compiled".to_string())));
+    third.terminate();
 }

@@ -245,7 +245,7 @@ async function startWorker(options) {
       }
       if (event.type === 'runtimeSnapshot') {
         const which = event.packages && event.packages.length ? `packages ${event.packages.join(',')} ` : '';
-        run.snapshots.push(which + event.outcome + (event.ms !== null && event.ms !== undefined ? ` ${event.ms} ms` : '') + (event.reason ? ` (${event.reason})` : ''));
+        run.snapshots.push(which + event.outcome + (event.ms !== null && event.ms !== undefined ? ` ${event.ms} ms` : '') + (event.interpreter === 'reused' ? ' (interpreter reused)' : '') + (event.reason ? ` (${event.reason})` : ''));
       }
       if (event.type === 'submitted') {
         run.accepted += event.accepted;

@@ -42,7 +42,8 @@ async fn answer<T: serde::de::DeserializeOwned>(what: &str, response: reqwest::R
 
 /// `POST /v1/workers`.
 pub async fn register(client: &reqwest::Client, url: &str) -> Result<Worker, BoxError> {
-    let request = RegisterRequest { user_agent: Some("tessera-load".into()), sandboxes: 1, worker_key: None, contributor: None };
+    let request =
+        RegisterRequest { user_agent: Some("tessera-load".into()), sandboxes: 1, worker_key: None, contributor: None };
     let response = client.post(format!("{url}/v1/workers")).json(&request).send().await?;
     let registered: RegisterResponse = answer("register", response).await?;
     Ok(Worker { url: url.to_string(), token: registered.token })

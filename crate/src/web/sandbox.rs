@@ -103,6 +103,9 @@ enum FromSandbox {
         /// The packages a restored package snapshot held.
         #[serde(default)]
         holds: Vec<String>,
+        /// How it got its interpreter: `reused` (compiled by its frame for an earlier sandbox)
+        /// or `compiled`.
+        interpreter: Option<String>,
     },
     /// It could not restore the snapshot it was given, and started Pyodide afresh.
     SnapshotRejected {
@@ -178,9 +181,20 @@ struct SnapshotRole {
 
 impl SnapshotRole {
     fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>, packages: Option<Vec<String>>) {
+        self.report_restore(outcome, ms, reason, packages, None);
+    }
+
+    fn report_restore(
+        &self,
+        outcome: &'static str,
+        ms: Option<f64>,
+        reason: Option<String>,
+        packages: Option<Vec<String>>,
+        interpreter: Option<String>,
+    ) {
         if let Some(events) = &self.events {
             let ms = ms.map(|ms| ms.max(0.0).round() as u64);
-            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages });
+            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter });
         }
     }
 
@@ -207,8 +221,8 @@ impl SnapshotRole {
                 self.snapshots.not_made(self.ticket, lasting);
                 self.report("failed", None, Some(reason), self.packages.clone());
             }
-            FromSandbox::SnapshotRestored { ms, holds } => {
-                self.report("restored", Some(ms), None, self.packages.as_ref().map(|_| holds))
+            FromSandbox::SnapshotRestored { ms, holds, interpreter } => {
+                self.report_restore("restored", Some(ms), None, self.packages.as_ref().map(|_| holds), interpreter)
             }
             FromSandbox::SnapshotRejected { reason } => {
                 self.snapshots.rejected(self.ticket);
@@ -340,26 +354,45 @@ impl Shared {
 /// than rejects when a file is blocked: the core's own clock is the only way to notice.
 const HOST_START_TIMEOUT_MS: u32 = 15_000;
 
-/// An opaque-origin frame holding (or about to hold) one sandbox, with its two ports. Opening one
-/// before it is needed hides the frame's start (its own renderer process, `/sandbox.html`).
-/// Dropping it removes the iframe, which ends everything inside it.
+/// An opaque-origin frame loading (or holding) the sandbox host page. Opening one before it is
+/// needed hides the frame's start (its own renderer process, `/sandbox.html`). It hosts one
+/// sandbox at a time, each connected with its own two ports ([`Tenancy`]); a frame whose sandbox
+/// ended without fault serves the next one ([`IdleFrames`]), with the interpreter its host page
+/// compiled for the last. Dropping it removes the iframe, which ends everything inside it.
 struct Frame {
     iframe: HtmlIFrameElement,
-    /// To the host page: start, interrupt.
+    /// The ports of the sandbox to connect, until the frame has announced itself.
+    announcement: Rc<RefCell<Announcement>>,
+    _on_window_message: WindowListener,
+}
+
+/// Whether the frame's host page has said it is ready (only then can ports be handed to it).
+enum Announcement {
+    /// Not yet; the ports of the sandbox to connect then, if one was asked for.
+    Awaited(Option<Array>),
+    Made,
+}
+
+/// One sandbox's two ports to its frame. The worker's own `postMessage` is reachable from guest
+/// code, so nothing on it is trusted — and the worker has no way to reach this page's window.
+struct Tenancy {
+    /// To the host page: start, interrupt, stop.
     control: MessagePort,
     /// To the worker (through the host page): the only way in or out of the sandbox the core
-    /// listens to. The worker's own `postMessage` is reachable from guest code, so nothing on it
-    /// is trusted — and the worker has no way to reach this page's window at all.
+    /// listens to.
     data: MessagePort,
     shared: Rc<Shared>,
-    _on_window_message: WindowListener,
     _on_data: Closure<dyn FnMut(MessageEvent)>,
     _on_control: Closure<dyn FnMut(MessageEvent)>,
 }
 
-/// One sandbox: a Web Worker inside its own opaque-origin frame.
+/// One sandbox: a Web Worker inside an opaque-origin frame of its own (for as long as it lives).
 pub struct IsolatedSandbox {
-    frame: Frame,
+    tenancy: Tenancy,
+    /// `None` once the sandbox has ended.
+    frame: RefCell<Option<Frame>>,
+    /// Where the frame goes when this sandbox ends without fault.
+    idle_frames: std::rc::Weak<IdleFrames>,
     next_id: Cell<u32>,
     /// Slices asked for in this turn of the page's event loop, sent together in one `runs`
     /// message when the turn ends: a message to another process costs far more than a slice
@@ -381,12 +414,90 @@ impl Drop for WindowListener {
 }
 
 impl Frame {
-    /// Adds a hidden frame loading `host_url`, ready to connect its ports when it announces itself.
-    fn open(host_url: &str, page_origin: &str, files: &Rc<RuntimeFiles>) -> Result<Frame, WorkerError> {
+    /// Adds a hidden frame loading `host_url`, ready to connect a sandbox's ports when it
+    /// announces itself.
+    fn open(host_url: &str, page_origin: &str) -> Result<Frame, WorkerError> {
         let error = |error: JsValue| WorkerError::Sandbox(describe(&error));
         let window =
             web_sys::window().ok_or_else(|| WorkerError::Sandbox("sandboxes need a page (a window)".into()))?;
         let document = window.document().ok_or_else(|| WorkerError::Sandbox("sandboxes need a document".into()))?;
+        let iframe = document.create_element("iframe").map_err(error)?.unchecked_into::<HtmlIFrameElement>();
+        // allow-scripts and nothing else: never allow-same-origin, so the frame's origin is opaque.
+        iframe.set_attribute("sandbox", "allow-scripts").map_err(error)?;
+        iframe.set_attribute("allow", "cross-origin-isolated").map_err(error)?;
+        iframe.set_attribute("aria-hidden", "true").map_err(error)?;
+        // Hidden through the CSSOM, not a `style` attribute: a page with a strict
+        // Content-Security-Policy (no 'unsafe-inline' styles) blocks the attribute, and the frame
+        // would show; `important` keeps the page's own `iframe { … }` rules off it.
+        iframe.style().set_property_with_priority("display", "none", "important").map_err(error)?;
+        let fragment = String::from(js_sys::encode_uri_component(page_origin));
+        iframe.set_src(&format!("{host_url}#host={fragment}"));
+
+        // The frame announces itself to this window; only that frame's announcement is taken,
+        // and only once. Ports asked for before that go to it then.
+        let announcement = Rc::new(RefCell::new(Announcement::Awaited(None)));
+        let (frame, announced) = (iframe.clone(), announcement.clone());
+        let on_window_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            let Some(frame_window) = frame.content_window() else { return };
+            let from_frame = event.source().is_some_and(|source| Object::is(&source, &frame_window));
+            let announcing = Reflect::get(&event.data(), &"type".into())
+                .ok()
+                .and_then(|kind| kind.as_string())
+                .is_some_and(|kind| kind == "tessera-sandbox-ready");
+            if !from_frame || !announcing {
+                return;
+            }
+            let awaited = std::mem::replace(&mut *announced.borrow_mut(), Announcement::Made);
+            if let Announcement::Awaited(Some(ports)) = awaited {
+                connect(&frame_window, &ports);
+            }
+        });
+        window
+            .add_event_listener_with_callback("message", on_window_message.as_ref().unchecked_ref())
+            .map_err(error)?;
+        let on_window_message = WindowListener { window, closure: on_window_message };
+
+        let parent = document.body().map(web_sys::Element::from).or_else(|| document.document_element());
+        parent
+            .ok_or_else(|| WorkerError::Sandbox("the page has no element to hold a sandbox".into()))?
+            .append_child(&iframe)
+            .map_err(error)?;
+        Ok(Frame { iframe, announcement, _on_window_message: on_window_message })
+    }
+
+    /// Hands `ports` (control, data) to the frame's host page, now or once it announces itself;
+    /// the host page ends whatever sandbox it held before.
+    fn hand_ports(&self, ports: Array) {
+        let mut announcement = self.announcement.borrow_mut();
+        match &mut *announcement {
+            Announcement::Awaited(waiting) => *waiting = Some(ports),
+            Announcement::Made => {
+                if let Some(frame_window) = self.iframe.content_window() {
+                    connect(&frame_window, &ports);
+                }
+            }
+        }
+    }
+}
+
+/// Posts the `connect` carrying a sandbox's two ports to a frame's host page. The frame's
+/// origin is opaque ("null"): only '*' can address it; the ports decide.
+fn connect(frame_window: &web_sys::Window, ports: &Array) {
+    let connect = Object::new();
+    set(&connect, "type", &"connect".into());
+    let _ = frame_window.post_message_with_transfer(&connect, "*", ports);
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        self.iframe.remove();
+    }
+}
+
+impl Tenancy {
+    /// Opens a sandbox's two ports to `frame`, and their handlers.
+    fn open(frame: &Frame, files: &Rc<RuntimeFiles>) -> Result<Tenancy, WorkerError> {
+        let error = |error: JsValue| WorkerError::Sandbox(describe(&error));
         let shared = Rc::new(Shared::default());
         let control_channel = MessageChannel::new().map_err(error)?;
         let data_channel = MessageChannel::new().map_err(error)?;
@@ -440,67 +551,86 @@ impl Frame {
             }
         });
         control.set_onmessage(Some(on_control.as_ref().unchecked_ref()));
+        frame.hand_ports(Array::of2(&control_channel.port2(), &data_channel.port2()));
+        Ok(Tenancy { control, data, shared, _on_data: on_data, _on_control: on_control })
+    }
 
-        let iframe = document.create_element("iframe").map_err(error)?.unchecked_into::<HtmlIFrameElement>();
-        // allow-scripts and nothing else: never allow-same-origin, so the frame's origin is opaque.
-        iframe.set_attribute("sandbox", "allow-scripts").map_err(error)?;
-        iframe.set_attribute("allow", "cross-origin-isolated").map_err(error)?;
-        iframe.set_attribute("aria-hidden", "true").map_err(error)?;
-        // Hidden through the CSSOM, not a `style` attribute: a page with a strict
-        // Content-Security-Policy (no 'unsafe-inline' styles) blocks the attribute, and the frame
-        // would show; `important` keeps the page's own `iframe { … }` rules off it.
-        iframe.style().set_property_with_priority("display", "none", "important").map_err(error)?;
-        let fragment = String::from(js_sys::encode_uri_component(page_origin));
-        iframe.set_src(&format!("{host_url}#host={fragment}"));
-
-        // The frame announces itself to this window; only that frame's announcement is taken,
-        // and only once. The ports go to it; orders posted before that wait in them.
-        let (frame, ports) = (iframe.clone(), Array::of2(&control_channel.port2(), &data_channel.port2()));
-        let connected = Cell::new(false);
-        let on_window_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-            let Some(frame_window) = frame.content_window() else { return };
-            let from_frame = event.source().is_some_and(|source| Object::is(&source, &frame_window));
-            let announced = Reflect::get(&event.data(), &"type".into())
-                .ok()
-                .and_then(|kind| kind.as_string())
-                .is_some_and(|kind| kind == "tessera-sandbox-ready");
-            if !from_frame || !announced || connected.replace(true) {
-                return;
-            }
-            let connect = Object::new();
-            set(&connect, "type", &"connect".into());
-            // The frame's origin is opaque ("null"): only '*' can address it; the ports decide.
-            let _ = frame_window.post_message_with_transfer(&connect, "*", &ports);
-        });
-        window
-            .add_event_listener_with_callback("message", on_window_message.as_ref().unchecked_ref())
-            .map_err(error)?;
-        let on_window_message = WindowListener { window, closure: on_window_message };
-
-        let parent = document.body().map(web_sys::Element::from).or_else(|| document.document_element());
-        parent
-            .ok_or_else(|| WorkerError::Sandbox("the page has no element to hold a sandbox".into()))?
-            .append_child(&iframe)
-            .map_err(error)?;
-        Ok(Frame {
-            iframe,
-            control,
-            data,
-            shared,
-            _on_window_message: on_window_message,
-            _on_data: on_data,
-            _on_control: on_control,
-        })
+    /// Orders the host page to stop the worker (it then closes its end of the control port);
+    /// whatever the worker still sends is not listened to.
+    fn stop(&self) {
+        self.data.set_onmessage(None);
+        self.control.set_onmessage(None);
+        let stop = Object::new();
+        set(&stop, "type", &"stop".into());
+        let _ = self.control.post_message(&stop);
+        self.data.close();
     }
 }
 
-impl Drop for Frame {
+/// How long a frame whose sandbox ended waits for the next one before it is removed (with its
+/// renderer process and the compiled interpreter it holds).
+const IDLE_FRAME_MS: u32 = 30_000;
+/// At most this many frames wait: a sandbox ending is most often followed by its replacement.
+const MAX_IDLE_FRAMES: usize = 2;
+
+/// Frames whose sandbox ended without fault, waiting (a while) for the next sandbox: it then
+/// starts without a new renderer process, and a Pyodide sandbox without compiling the
+/// interpreter. A frame whose sandbox crashed, hung or was terminated is never kept.
+#[derive(Default)]
+struct IdleFrames {
+    frames: RefCell<Vec<(u64, Frame)>>,
+    next_id: Cell<u64>,
+}
+
+impl IdleFrames {
+    fn keep(self: &Rc<Self>, frame: Frame) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let removed = {
+            let mut frames = self.frames.borrow_mut();
+            frames.push((id, frame));
+            (frames.len() > MAX_IDLE_FRAMES).then(|| frames.remove(0))
+        };
+        drop(removed);
+        let idle = Rc::downgrade(self);
+        wasm_bindgen_futures::spawn_local(async move {
+            gloo_timers::future::TimeoutFuture::new(IDLE_FRAME_MS).await;
+            if let Some(idle) = idle.upgrade() {
+                let expired = {
+                    let mut frames = idle.frames.borrow_mut();
+                    frames.iter().position(|(kept, _)| *kept == id).map(|at| frames.remove(at))
+                };
+                drop(expired);
+            }
+        });
+    }
+
+    /// The frame that waited least.
+    fn take(&self) -> Option<Frame> {
+        self.frames.borrow_mut().pop().map(|(_, frame)| frame)
+    }
+}
+
+impl IsolatedSandbox {
+    /// Ends the sandbox now: its worker is stopped and what it was running answers as crashed.
+    /// A sandbox `retiring` that started and never faulted leaves its frame to the next sandbox;
+    /// any other takes its frame with it.
+    fn end(&self, retiring: bool) {
+        let Some(frame) = self.frame.take() else { return };
+        let shared = &self.tenancy.shared;
+        let reusable = retiring && shared.started.get() && shared.crashed.borrow().is_none();
+        self.tenancy.stop();
+        shared.crash(if retiring { "sandbox retired" } else { "sandbox terminated" }.into());
+        if let Some(idle_frames) = self.idle_frames.upgrade().filter(|_| reusable) {
+            idle_frames.keep(frame);
+        }
+    }
+}
+
+impl Drop for IsolatedSandbox {
+    /// A sandbox dropped without being ended (one started ahead and not wanted) is retired.
     fn drop(&mut self) {
-        self.data.set_onmessage(None);
-        self.control.set_onmessage(None);
-        self.data.close();
-        self.control.close();
-        self.iframe.remove();
+        self.end(true);
     }
 }
 
@@ -511,14 +641,16 @@ impl IsolatedSandbox {
     /// make one), which may wait for the page's one lookup in Cache Storage; the frame loads
     /// meanwhile. With package snapshots on, it is also given the package snapshot for
     /// `packages` (those of the job it is expected to serve; `None` when not known), or told to
-    /// make it; the plain snapshot is then its fallback.
+    /// make it; the plain snapshot is then its fallback. The host page is sent the interpreter's
+    /// bytes too, which it compiles once for every sandbox the frame hosts.
     fn start(
         frame: Frame,
         worktime: Worktime,
         packages: Option<&[String]>,
         host_url: &str,
         context: &SandboxContext,
-    ) -> IsolatedSandbox {
+    ) -> Result<IsolatedSandbox, WorkerError> {
+        let tenancy = Tenancy::open(&frame, &context.files)?;
         let start = Object::new();
         set(&start, "type", &"start".into());
         set(&start, "script", &SANDBOX_SCRIPT.into());
@@ -528,7 +660,15 @@ impl IsolatedSandbox {
         set(&init, "pyodideUrl", &context.files.base().into());
         set(&start, "init", &init);
         if worktime == Worktime::Pyodide {
-            let (control, shared) = (frame.control.clone(), frame.shared.clone());
+            let (control, files) = (tenancy.control.clone(), context.files.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let runtime = files.get(&format!("{}pyodide.asm.wasm", files.base())).await;
+                let order = Object::new();
+                set(&order, "type", &"runtime-wasm".into());
+                set(&order, "blob", &runtime.map(JsValue::from).unwrap_or(JsValue::NULL));
+                let _ = control.post_message(&order);
+            });
+            let (control, shared) = (tenancy.control.clone(), tenancy.shared.clone());
             let (snapshots, events) = (context.snapshots.clone(), context.events.clone());
             let package_snapshots = context.package_snapshots.clone();
             let packages = packages.map(<[String]>::to_vec);
@@ -564,9 +704,9 @@ impl IsolatedSandbox {
                 post_start(&control, &shared, &start);
             });
         } else {
-            post_start(&frame.control, &frame.shared, &start);
+            post_start(&tenancy.control, &tenancy.shared, &start);
         }
-        let watcher = frame.shared.clone();
+        let watcher = tenancy.shared.clone();
         let host_url = host_url.to_string();
         let start_timeout = gloo_timers::callback::Timeout::new(HOST_START_TIMEOUT_MS, move || {
             if !watcher.started.get() {
@@ -576,7 +716,14 @@ impl IsolatedSandbox {
                 ));
             }
         });
-        IsolatedSandbox { frame, next_id: Cell::new(1), outgoing: Rc::default(), _start_timeout: start_timeout }
+        Ok(IsolatedSandbox {
+            tenancy,
+            frame: RefCell::new(Some(frame)),
+            idle_frames: Rc::downgrade(&context.idle_frames),
+            next_id: Cell::new(1),
+            outgoing: Rc::default(),
+            _start_timeout: start_timeout,
+        })
     }
 
     /// Sends the job's set-up message, transferring the bundle's bytes.
@@ -612,8 +759,8 @@ impl IsolatedSandbox {
         set(&message, "job", &job_value);
         set(&message, "files", &files);
         let (sender, receiver) = oneshot::channel();
-        self.frame.shared.setup.replace(Some(sender));
-        self.frame
+        self.tenancy.shared.setup.replace(Some(sender));
+        self.tenancy
             .data
             .post_message_with_transferable(&message, &transfer)
             .map_err(|error| WorkerError::Sandbox(describe(&error)))?;
@@ -627,7 +774,7 @@ impl IsolatedSandbox {
         set(&item, "id", &id.into());
         set(&item, "datum", &datum.to_string().into());
         let (sender, receiver) = oneshot::channel();
-        self.frame.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
+        self.tenancy.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
         let first = {
             let mut outgoing = self.outgoing.borrow_mut();
             outgoing.push(item.into());
@@ -636,7 +783,8 @@ impl IsolatedSandbox {
         if first {
             // Runs once the current turn's synchronous work is done (a microtask), after every
             // slice this turn hands out.
-            let (outgoing, data, shared) = (self.outgoing.clone(), self.frame.data.clone(), self.frame.shared.clone());
+            let (outgoing, data, shared) =
+                (self.outgoing.clone(), self.tenancy.data.clone(), self.tenancy.shared.clone());
             wasm_bindgen_futures::spawn_local(async move {
                 let items: js_sys::Array = outgoing.take().into_iter().collect();
                 let message = Object::new();
@@ -710,7 +858,7 @@ impl Sandbox for Rc<IsolatedSandbox> {
     fn prepare(&self, job: Rc<PreparedJob>) -> Task<SetupOutcome> {
         let sandbox = self.clone();
         async move {
-            if let Some(reason) = sandbox.frame.shared.crashed.borrow().clone() {
+            if let Some(reason) = sandbox.tenancy.shared.crashed.borrow().clone() {
                 return SetupOutcome::Fault { message: reason };
             }
             match wait(sandbox.send_setup(&job)).await {
@@ -728,7 +876,7 @@ impl Sandbox for Rc<IsolatedSandbox> {
     fn run(&self, slice: u64, datum: Value, progress: Rc<SliceProgress>) -> Task<SliceRun> {
         let sandbox = self.clone();
         async move {
-            if let Some(reason) = sandbox.frame.shared.crashed.borrow().clone() {
+            if let Some(reason) = sandbox.tenancy.shared.crashed.borrow().clone() {
                 return SliceRun {
                     outcome: SliceOutcome::WorkerFault { message: reason },
                     console: vec![],
@@ -750,36 +898,40 @@ impl Sandbox for Rc<IsolatedSandbox> {
                 Reply::Fault(message) | Reply::Crashed(message) => (SliceOutcome::WorkerFault { message }, Vec::new()),
             };
             let console = lines.into_iter().map(|line| ConsoleLine { slice: Some(slice), ..line }).collect();
-            SliceRun { outcome, console, heap_bytes: sandbox.frame.shared.heap_bytes.get() }
+            SliceRun { outcome, console, heap_bytes: sandbox.tenancy.shared.heap_bytes.get() }
         }
         .boxed_local()
     }
 
     fn interrupt(&self) -> bool {
-        if !self.frame.shared.interruptible.get() {
+        if !self.tenancy.shared.interruptible.get() {
             return false;
         }
         // The host page writes 2 (SIGINT) into the buffer it shares with the worker: Pyodide
         // raises KeyboardInterrupt at the next bytecode boundary.
         let order = Object::new();
         set(&order, "type", &"interrupt".into());
-        self.frame.control.post_message(&order).is_ok()
+        self.tenancy.control.post_message(&order).is_ok()
     }
 
     fn terminate(&self) {
-        self.frame.iframe.remove();
-        self.frame.shared.crash("sandbox terminated".into());
+        self.end(false);
+    }
+
+    fn retire(&self) {
+        self.end(true);
     }
 
     fn watch_setup(&self, observer: Box<dyn Fn(SetupPhase)>) {
-        self.frame.shared.setup_watcher.replace(Some(observer));
+        self.tenancy.shared.setup_watcher.replace(Some(observer));
     }
 }
 
-/// What every sandbox of a page shares: the runtime files, the runtime snapshot, and where
-/// reports go.
+/// What every sandbox of a page shares: the runtime files, the runtime snapshot, the frames
+/// waiting for a sandbox, and where reports go.
 struct SandboxContext {
     files: Rc<RuntimeFiles>,
+    idle_frames: Rc<IdleFrames>,
     snapshots: Rc<RuntimeSnapshots>,
     /// The package snapshot layer (`None`: the `packageSnapshots` option is off).
     package_snapshots: Option<Rc<RuntimeSnapshots>>,
@@ -815,8 +967,9 @@ impl IsolatedSandboxFactory {
         let files = RuntimeFiles::new(&absolute(pyodide_url)?);
         let snapshots = RuntimeSnapshots::new(files.base(), true);
         // Opened now; if it cannot be, the first sandbox opens its own and reports why.
-        let ahead = RefCell::new(Frame::open(&host_url, &page_origin, &files).ok().map(Ahead::Frame));
-        let context = SandboxContext { files, snapshots, package_snapshots: None, events: None };
+        let ahead = RefCell::new(Frame::open(&host_url, &page_origin).ok().map(Ahead::Frame));
+        let context =
+            SandboxContext { files, idle_frames: Rc::default(), snapshots, package_snapshots: None, events: None };
         Ok(IsolatedSandboxFactory { host_url, page_origin, context, ahead })
     }
 
@@ -826,11 +979,13 @@ impl IsolatedSandboxFactory {
     /// holds memory a JavaScript-only volunteer should keep). Call it after configuring.
     pub fn start_pyodide_ahead(self) -> Self {
         let taken = self.ahead.borrow_mut().take();
-        let started = taken.map(|ahead| match ahead {
+        let started = taken.and_then(|ahead| match ahead {
             Ahead::Frame(frame) => {
-                Ahead::Pyodide(IsolatedSandbox::start(frame, Worktime::Pyodide, None, &self.host_url, &self.context))
+                IsolatedSandbox::start(frame, Worktime::Pyodide, None, &self.host_url, &self.context)
+                    .ok()
+                    .map(Ahead::Pyodide)
             }
-            started => started,
+            started => Some(started),
         });
         self.ahead.replace(started);
         self
@@ -876,11 +1031,12 @@ impl SandboxFactory for IsolatedSandboxFactory {
         let frame = match (self.ahead.borrow_mut().take(), worktime) {
             (Some(Ahead::Pyodide(sandbox)), Worktime::Pyodide) => return Ok(Rc::new(Rc::new(sandbox))),
             (Some(Ahead::Frame(frame)), _) => frame,
-            // A started Pyodide sandbox, not wanted first: dropping it removes its frame.
-            (Some(Ahead::Pyodide(_)), _) | (None, _) => {
-                Frame::open(&self.host_url, &self.page_origin, &self.context.files)?
-            }
+            // A started Pyodide sandbox, not wanted first, is dropped (its frame waits for the next).
+            (Some(Ahead::Pyodide(_)), _) | (None, _) => match self.context.idle_frames.take() {
+                Some(frame) => frame,
+                None => Frame::open(&self.host_url, &self.page_origin)?,
+            },
         };
-        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, Some(packages), &self.host_url, &self.context))))
+        Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, Some(packages), &self.host_url, &self.context)?)))
     }
 }
