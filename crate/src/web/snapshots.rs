@@ -93,7 +93,7 @@ impl RuntimeSnapshots {
     /// turns out to load. A job loading no packages needs none.
     pub async fn order_for(&self, packages: Option<&[String]>) -> SnapshotOrder {
         match packages {
-            None => self.order_where(&|_| true, true).await,
+            None => self.order().await,
             Some(packages) => {
                 let fits = |snapshot: &Snapshot| same_packages(&snapshot.packages, packages);
                 self.order_where(&fits, !packages.is_empty()).await
