@@ -115,6 +115,13 @@ fn nothing_runs_before_start_then_slices_complete_and_the_totals_update() {
         "JSON.stringify(Tessera.stats())",
     );
     scheduler.wait_for_state(&job, "complete", MINUTE);
+    // A JavaScript job needs nothing of Pyodide: the sandbox started ahead for Python went before
+    // it asked for the interpreter (≈ 10 MB).
+    let interpreter = browser.js(
+        "return performance.getEntriesByType('resource').map((r) => r.name).filter((n) => n.endsWith('/pyodide.asm.wasm'));",
+        vec![],
+    );
+    assert_eq!(interpreter, json!([]), "a page running JavaScript jobs only downloaded the interpreter");
 
     browser.wait_for(
         Duration::from_secs(10),

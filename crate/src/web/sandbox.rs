@@ -504,7 +504,7 @@ impl Tenancy {
         let (control, data) = (control_channel.port1(), data_channel.port1());
 
         let receiver = shared.clone();
-        let (files, answer) = (files.clone(), data.clone());
+        let (files, answer, host) = (files.clone(), data.clone(), control.clone());
         let on_data = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let data = event.data();
             // Answers held back in the sandbox travel together: `{type: 'answers', items: […]}`.
@@ -527,7 +527,7 @@ impl Tenancy {
                 return;
             }
             match serde_wasm_bindgen::from_value::<FromSandbox>(data) {
-                Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, id, url),
+                Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, &host, id, url),
                 Ok(
                     message @ (FromSandbox::SnapshotMade { .. }
                     | FromSandbox::SnapshotFailed { .. }
@@ -641,8 +641,7 @@ impl IsolatedSandbox {
     /// make one), which may wait for the page's one lookup in Cache Storage; the frame loads
     /// meanwhile. With package snapshots on, it is also given the package snapshot for
     /// `packages` (those of the job it is expected to serve; `None` when not known), or told to
-    /// make it; the plain snapshot is then its fallback. The host page is sent the interpreter's
-    /// bytes too, which it compiles once for every sandbox the frame hosts.
+    /// make it; the plain snapshot is then its fallback.
     fn start(
         frame: Frame,
         worktime: Worktime,
@@ -660,14 +659,6 @@ impl IsolatedSandbox {
         set(&init, "pyodideUrl", &context.files.base().into());
         set(&start, "init", &init);
         if worktime == Worktime::Pyodide {
-            let (control, files) = (tenancy.control.clone(), context.files.clone());
-            wasm_bindgen_futures::spawn_local(async move {
-                let runtime = files.get(&format!("{}pyodide.asm.wasm", files.base())).await;
-                let order = Object::new();
-                set(&order, "type", &"runtime-wasm".into());
-                set(&order, "blob", &runtime.map(JsValue::from).unwrap_or(JsValue::NULL));
-                let _ = control.post_message(&order);
-            });
             let (control, shared) = (tenancy.control.clone(), tenancy.shared.clone());
             let (snapshots, events) = (context.snapshots.clone(), context.events.clone());
             let package_snapshots = context.package_snapshots.clone();
@@ -812,7 +803,17 @@ fn set(target: &Object, key: &str, value: &JsValue) {
 
 /// Answers a sandbox's request for a runtime file: only while it is setting up, only files of
 /// the Pyodide folder ([`RuntimeFiles::get`]), from memory after the first fetch.
-fn hand_in(shared: &Rc<Shared>, files: &Rc<RuntimeFiles>, port: &MessagePort, id: u32, url: String) {
+/// The interpreter's bytes go to the host page too (`runtime-wasm`; null if there are none): it
+/// compiles them once for every sandbox its frame hosts. Asked for only by a sandbox that loads
+/// Pyodide, so a page that runs JavaScript jobs only never downloads them.
+fn hand_in(
+    shared: &Rc<Shared>,
+    files: &Rc<RuntimeFiles>,
+    port: &MessagePort,
+    host: &MessagePort,
+    id: u32,
+    url: String,
+) {
     let answer = Object::new();
     set(&answer, "type", &"asset".into());
     set(&answer, "id", &id.into());
@@ -821,9 +822,16 @@ fn hand_in(shared: &Rc<Shared>, files: &Rc<RuntimeFiles>, port: &MessagePort, id
         let _ = port.post_message(&answer);
         return;
     }
-    let (files, port) = (files.clone(), port.clone());
+    let (files, port, host) = (files.clone(), port.clone(), host.clone());
     wasm_bindgen_futures::spawn_local(async move {
-        match files.get(&url).await {
+        let got = files.get(&url).await;
+        if url == format!("{}pyodide.asm.wasm", files.base()) {
+            let order = Object::new();
+            set(&order, "type", &"runtime-wasm".into());
+            set(&order, "blob", &got.clone().map(JsValue::from).unwrap_or(JsValue::NULL));
+            let _ = host.post_message(&order);
+        }
+        match got {
             Ok(blob) => set(&answer, "blob", &blob),
             Err(message) => set(&answer, "error", &message.into()),
         }
