@@ -101,10 +101,11 @@ let makeSnapshot = false;
 let packageSnapshot = null;
 let makePackageSnapshot = null;
 let packagesRestored = false;
-// The interpreter compiled by the host page: a Promise of the WebAssembly.Module (null: none).
+// The interpreter compiled by the host page: a Promise of {module, reused} (module null: none).
 let runtimeModule = null;
+// Compiling the interpreter takes ≈ 1 s on this machine kind; far longer means it is not coming.
+const RUNTIME_MODULE_WAIT_MS = 10000;
 let receiveRuntimeModule = () => {};
-let runtimeReused = false;
 // How this sandbox got its interpreter, reported with a restored snapshot: 'reused' (compiled by
 // its frame for an earlier sandbox), or 'compiled' (for this one).
 let interpreter = 'compiled';
@@ -374,10 +375,10 @@ async function withRuntimeModule(load) {
   const runtimeWasm = pyodideUrl + 'pyodide.asm.wasm';
   WebAssembly.instantiateStreaming = async (source, imports) => {
     const response = await source;
-    const module = servedUrls.get(response) === runtimeWasm ? await runtimeModule : null;
-    if (module) {
-      interpreter = runtimeReused ? 'reused' : 'compiled';
-      return { module, instance: await WebAssembly.instantiate(module, imports) };
+    const given = servedUrls.get(response) === runtimeWasm ? await moduleOrNothingAfter(RUNTIME_MODULE_WAIT_MS) : null;
+    if (given && given.module) {
+      interpreter = given.reused ? 'reused' : 'compiled';
+      return { module: given.module, instance: await WebAssembly.instantiate(given.module, imports) };
     }
     return instantiateStreaming.call(WebAssembly, response, imports);
   };
@@ -386,6 +387,14 @@ async function withRuntimeModule(load) {
   } finally {
     WebAssembly.instantiateStreaming = instantiateStreaming;
   }
+}
+
+/** The host page's compiled interpreter, or null (this worker compiles its own) if it has not
+ *  come within `ms`: a frame that cannot give one never holds a sandbox's set-up. */
+function moduleOrNothingAfter(ms) {
+  let timer;
+  const late = new Promise((resolve) => { timer = setTimeout(() => resolve(null), ms); });
+  return Promise.race([runtimeModule, late]).finally(() => clearTimeout(timer));
 }
 
 /** Pyodide from the package snapshot, else from the plain snapshot, else afresh. */
@@ -829,8 +838,8 @@ let turn = Promise.resolve();
 self.onmessage = (event) => {
   const message = event.data;
   if (port && message && message.type === 'runtime-module') {
-    runtimeReused = message.reused === true;
-    receiveRuntimeModule(message.module instanceof WebAssembly.Module ? message.module : null);
+    const module = message.module instanceof WebAssembly.Module ? message.module : null;
+    receiveRuntimeModule({ module, reused: module !== null && message.reused === true });
     self.onmessage = null;
     return;
   }

@@ -94,13 +94,21 @@ fn factory_reporting(package_snapshots: bool) -> (IsolatedSandboxFactory, Report
     (factory, reported)
 }
 
+/// Far above a set-up's few seconds, and below the runner's limit for the whole file.
+const SETUP_DEADLINE_MS: u32 = 90_000;
+
 fn outcomes(reports: &Reports) -> Vec<&'static str> {
     reports.borrow().iter().map(|(outcome, _)| *outcome).collect()
 }
 
 async fn ready_sandbox(factory: &IsolatedSandboxFactory, job: Rc<PreparedJob>) -> Rc<dyn Sandbox> {
     let sandbox = factory.create(Worktime::Pyodide, &job.descriptor.packages).unwrap();
-    let setup = sandbox.prepare(job).await;
+    // A set-up that never ends fails here, with the page's log, not at the runner's time limit.
+    let deadline = gloo_timers::future::TimeoutFuture::new(SETUP_DEADLINE_MS);
+    let setup = match futures::future::select(sandbox.prepare(job), deadline).await {
+        futures::future::Either::Left((setup, _)) => setup,
+        futures::future::Either::Right(_) => panic!("the sandbox was not set up within {SETUP_DEADLINE_MS} ms"),
+    };
     assert!(matches!(setup, SetupOutcome::Ready { .. }), "{setup:?}");
     sandbox
 }
