@@ -45,8 +45,11 @@ pub trait SchedulerClient {
     fn lease(&self, token: &str, request: LeaseRequest) -> Task<Result<LeaseResponse, WorkerError>>;
     fn heartbeat(&self, token: &str, request: HeartbeatRequest) -> Task<Result<HeartbeatResponse, WorkerError>>;
     fn submit(&self, token: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>>;
-    /// The bytes of an uploaded bundle.
-    fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>>;
+    /// An uploaded bundle's tar, inflated from its tar.gz: refused as [`tessera_protocol::BundleError::TooLarge`] if
+    /// the tar.gz is over `limits.max_compressed_bytes`, and cut one byte past
+    /// [`bundle::stream_cap`] (so that [`bundle::unpack_tar`] refuses a bomb). Inflating is the
+    /// client's part because the browser does it natively (`DecompressionStream`).
+    fn bundle(&self, sha256: &str, limits: &BundleLimits) -> Task<Result<Vec<u8>, WorkerError>>;
 }
 
 /// Time and randomness, so tests can run the loop on a simulated clock.
@@ -961,7 +964,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     fn on_bundle(&mut self, job_id: String, answer: Result<Vec<u8>, WorkerError>, now: u64) {
         let Some(JobEntry::Preparing(descriptor)) = self.jobs.take(&job_id) else { return };
         let entry = match answer
-            .and_then(|bytes| bundle::unpack(&bytes, &self.config.bundle_limits).map_err(WorkerError::Bundle))
+            .and_then(|tar| bundle::unpack_tar(&tar[..], &self.config.bundle_limits).map_err(WorkerError::Bundle))
         {
             Ok(entries) => JobEntry::Ready(Rc::new(PreparedJob { descriptor, bundle: entries })),
             Err(WorkerError::Unreachable(message)) => {
@@ -1162,9 +1165,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     fn fetch_bundle(&mut self, descriptor: &JobDescriptor, delay_ms: u64) {
         let Some(sha256) = descriptor.bundle.clone() else { return };
         let (client, wait, job_id) = (self.client.clone(), self.clock.sleep(delay_ms), descriptor.job_id.clone());
+        let limits = self.config.bundle_limits;
         let task = async move {
             wait.await;
-            Event::BundleFetched(job_id, client.bundle(&sha256).await)
+            Event::BundleFetched(job_id, client.bundle(&sha256, &limits).await)
         };
         self.tasks.push(task.boxed_local());
     }

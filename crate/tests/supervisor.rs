@@ -15,8 +15,9 @@ use futures::FutureExt;
 use serde_json::{json, Value};
 use tessera_protocol::bundle::testing::{raw_archive, EntryType};
 use tessera_protocol::{
-    ApiError, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse, RegisterRequest,
-    RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse, SliceOutcome, WorkerLimits, Worktime,
+    bundle, ApiError, BundleLimits, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest,
+    LeaseResponse, RegisterRequest, RegisterResponse, ResultAck, ResultStatus, ResultsRequest, ResultsResponse,
+    SliceOutcome, WorkerLimits, Worktime,
 };
 use tessera_worker::supervisor::{
     rest_after, Clock, Controls, PreparedJob, Sandbox, SandboxActivity, SandboxFactory, SchedulerClient, SetupOutcome,
@@ -309,9 +310,9 @@ impl SchedulerClient for Client {
         ready(Ok(ResultsResponse { acks }))
     }
 
-    fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
+    fn bundle(&self, sha256: &str, limits: &BundleLimits) -> Task<Result<Vec<u8>, WorkerError>> {
         if let Some(bytes) = self.0.bundle.borrow().clone() {
-            return ready(Ok(bytes));
+            return ready(bundle::inflate(&bytes, limits).map_err(WorkerError::Bundle));
         }
         ready(Err(refused("not_found", sha256)))
     }
@@ -838,12 +839,12 @@ impl SchedulerClient for FlakyBundles {
     fn submit(&self, token: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>> {
         self.inner.submit(token, request)
     }
-    fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
+    fn bundle(&self, sha256: &str, limits: &BundleLimits) -> Task<Result<Vec<u8>, WorkerError>> {
         if self.failures.get() > 0 {
             self.failures.set(self.failures.get() - 1);
             return ready(Err(WorkerError::Unreachable("connection reset".into())));
         }
-        self.inner.bundle(sha256)
+        self.inner.bundle(sha256, limits)
     }
 }
 

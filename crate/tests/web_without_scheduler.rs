@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use tessera_protocol::{
-    HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
+    BundleLimits, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
     ResultsRequest, ResultsResponse,
 };
 use tessera_worker::supervisor::{Clock, SchedulerClient, Supervisor, SupervisorConfig, Task, WorkerEvent};
@@ -141,8 +141,8 @@ impl SchedulerClient for NotingClient {
     fn submit(&self, token: &str, request: ResultsRequest) -> Task<Result<ResultsResponse, WorkerError>> {
         self.http.submit(token, request)
     }
-    fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
-        self.http.bundle(sha256)
+    fn bundle(&self, sha256: &str, limits: &BundleLimits) -> Task<Result<Vec<u8>, WorkerError>> {
+        self.http.bundle(sha256, limits)
     }
 }
 

@@ -80,11 +80,32 @@ pub fn content_address(bytes: &[u8]) -> String {
 /// Hostile input costs little: the decompressed stream is capped while it is read (see
 /// [`stream_cap`]), so a gzip bomb or a tar whose GNU long-name or PAX record claims gigabytes is
 /// refused after at most the cap has been inflated, and no allocation is ever sized from a header.
+#[cfg(feature = "gzip")]
 pub fn unpack(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
+    check_compressed_size(tar_gz, limits)?;
+    unpack_tar(flate2::read::GzDecoder::new(tar_gz), limits)
+}
+
+/// Refuses a tar.gz over [`BundleLimits::max_compressed_bytes`], before anything is inflated.
+pub fn check_compressed_size(tar_gz: &[u8], limits: &BundleLimits) -> Result<(), BundleError> {
     if tar_gz.len() > limits.max_compressed_bytes {
         return Err(BundleError::TooLarge { size: tar_gz.len() as u64, limit: limits.max_compressed_bytes as u64 });
     }
-    unpack_tar(flate2::read::GzDecoder::new(tar_gz), limits)
+    Ok(())
+}
+
+/// The tar inside a tar.gz, inflated up to one byte past [`stream_cap`] (so that
+/// [`unpack_tar`] refuses a bomb as [`BundleError::Inflated`]): what the worker core gets from
+/// the browser's `DecompressionStream`, done in Rust for tests and native callers.
+#[cfg(feature = "gzip")]
+pub fn inflate(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<u8>, BundleError> {
+    check_compressed_size(tar_gz, limits)?;
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(tar_gz)
+        .take(stream_cap(limits).saturating_add(1))
+        .read_to_end(&mut tar)
+        .map_err(|error| BundleError::Unreadable { reason: error.to_string() })?;
+    Ok(tar)
 }
 
 /// Most bytes of decompressed tar stream read for a bundle: the unpacked limit plus room for
@@ -125,8 +146,9 @@ impl<R: Read> Read for CappedReader<'_, R> {
     }
 }
 
-/// Validates a decompressed tar stream; split from [`unpack`] so tests can feed endless streams.
-fn unpack_tar(stream: impl Read, limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
+/// Checks a decompressed tar stream against `limits` and returns its entries, or the first
+/// problem found. Reads at most [`stream_cap`] bytes (and one to tell that more follow).
+pub fn unpack_tar(stream: impl Read, limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
     let cap = stream_cap(limits);
     let tripped = Cell::new(false);
     let capped = CappedReader { inner: stream, remaining: cap, tripped: &tripped };
@@ -215,6 +237,7 @@ fn kind_name(kind: tar::EntryType) -> &'static str {
 }
 
 /// Builds tar.gz bytes from entries; used by `tessera deploy --bundle DIR` and by tests.
+#[cfg(feature = "gzip")]
 pub fn pack(entries: &[BundleEntry]) -> Result<Vec<u8>, BundleError> {
     let unwritable = |error: std::io::Error| BundleError::Unreadable { reason: error.to_string() };
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -242,7 +265,7 @@ pub fn pack(entries: &[BundleEntry]) -> Result<Vec<u8>, BundleError> {
 
 /// Archives that `tar::Builder` refuses to make (escaping paths, links, devices), for the tests
 /// of every crate that must refuse them. Enabled by the `testing` feature.
-#[cfg(any(test, feature = "testing"))]
+#[cfg(all(feature = "gzip", any(test, feature = "testing")))]
 pub mod testing {
     pub use tar::EntryType;
 
@@ -294,7 +317,7 @@ pub mod testing {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "gzip"))]
 mod tests {
     use super::testing::{raw_archive, EntryType};
     use super::*;
@@ -394,6 +417,20 @@ mod tests {
         let err = unpack(&bomb, &small()).unwrap_err();
         assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
         assert!(err.to_string().contains("decompresses to more than"), "{err}");
+    }
+
+    #[test]
+    fn inflating_apart_refuses_what_unpack_refuses() {
+        let bomb = super::testing::metadata_bomb(EntryType::GNULongName, 10 * 1024 * 1024, 0);
+        let inflated = inflate(&bomb, &small()).unwrap();
+        assert_eq!(inflated.len() as u64, stream_cap(&small()) + 1, "inflating stops one byte past the cap");
+        assert_eq!(unpack_tar(&inflated[..], &small()), Err(BundleError::Inflated { limit: stream_cap(&small()) }));
+        let bundle = pack(&[file("pkg/a.py", "A = 1\n"), file("b.txt", "b")]).unwrap();
+        let entries = unpack_tar(&inflate(&bundle, &small()).unwrap()[..], &small()).unwrap();
+        assert_eq!(entries, unpack(&bundle, &small()).unwrap());
+        let tight = BundleLimits { max_compressed_bytes: bundle.len() - 1, ..small() };
+        assert!(matches!(inflate(&bundle, &tight), Err(BundleError::TooLarge { .. })));
+        assert!(matches!(inflate(b"not gzip", &small()), Err(BundleError::Unreadable { .. })));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_protocol::{
-    ApiError, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
-    ResultsRequest, ResultsResponse,
+    ApiError, BundleLimits, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, RegisterRequest,
+    RegisterResponse, ResultsRequest, ResultsResponse,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -226,8 +226,12 @@ impl SchedulerClient for HttpSchedulerClient {
         self.post("/results", Some(token), &request, REQUEST_DEADLINE_MS)
     }
 
-    fn bundle(&self, sha256: &str) -> Task<Result<Vec<u8>, WorkerError>> {
-        let url = self.url(&format!("/bundles/{sha256}"));
-        async move { bytes(&get(&url, DOWNLOAD_DEADLINE_MS).await?).await }.boxed_local()
+    fn bundle(&self, sha256: &str, limits: &BundleLimits) -> Task<Result<Vec<u8>, WorkerError>> {
+        let (url, limits) = (self.url(&format!("/bundles/{sha256}")), *limits);
+        async move {
+            let tar_gz = bytes(&get(&url, DOWNLOAD_DEADLINE_MS).await?).await?;
+            crate::web::gzip::inflate(&tar_gz, &limits).await.map_err(WorkerError::Bundle)
+        }
+        .boxed_local()
     }
 }

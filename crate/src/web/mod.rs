@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod clock;
+pub mod gzip;
 pub mod http;
 pub mod sandbox;
 pub mod snapshots;
