@@ -39,11 +39,11 @@ use crate::WorkerError;
 /// comments (`crate/build.rs`).
 pub const SANDBOX_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/sandbox-worker.js"));
 
-/// Messages the sandbox script posts back.
+/// Messages the sandbox script posts back (read with [`read_message`]).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 enum FromSandbox {
-    SetupDone,
+    SetupDone {},
     /// The program failed while setting up.
     SetupError {
         message: String,
@@ -117,9 +117,10 @@ enum FromSandbox {
     },
 }
 
-/// Messages the sandbox host page (the iframe) posts on the control port.
+/// Messages the sandbox host page (the iframe) posts on the control port (read with
+/// [`read_message`]).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 enum FromHost {
     /// The worker was started; `interruptible` when it got an interrupt buffer.
     Started { interruptible: bool },
@@ -260,7 +261,10 @@ impl Shared {
     }
 
     fn receive(&self, message: FromSandbox) {
-        if matches!(message, FromSandbox::SetupDone | FromSandbox::SetupError { .. } | FromSandbox::SetupFault { .. }) {
+        if matches!(
+            message,
+            FromSandbox::SetupDone {} | FromSandbox::SetupError { .. } | FromSandbox::SetupFault { .. }
+        ) {
             self.setup_over.set(true);
         }
         match message {
@@ -271,7 +275,7 @@ impl Shared {
             | FromSandbox::SnapshotFailed { .. }
             | FromSandbox::SnapshotRestored { .. }
             | FromSandbox::SnapshotRejected { .. } => {}
-            FromSandbox::SetupDone => {
+            FromSandbox::SetupDone {} => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
                     let _ = sender.send(Reply::Done(Ok(String::new()), self.take_console()));
                 }
@@ -516,7 +520,7 @@ impl Tenancy {
                     return receiver.crash("sandbox protocol error: answers without items".into());
                 };
                 for item in items {
-                    match serde_wasm_bindgen::from_value::<FromSandbox>(item) {
+                    match read_message::<FromSandbox>(&item) {
                         Ok(answer @ (FromSandbox::Result { .. } | FromSandbox::Error { .. })) => {
                             receiver.receive(answer)
                         }
@@ -526,7 +530,7 @@ impl Tenancy {
                 }
                 return;
             }
-            match serde_wasm_bindgen::from_value::<FromSandbox>(data) {
+            match read_message::<FromSandbox>(&data) {
                 Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, &host, id, url),
                 Ok(
                     message @ (FromSandbox::SnapshotMade { .. }
@@ -545,7 +549,7 @@ impl Tenancy {
         data.set_onmessage(Some(on_data.as_ref().unchecked_ref()));
         let receiver = shared.clone();
         let on_control = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-            match serde_wasm_bindgen::from_value::<FromHost>(event.data()) {
+            match read_message::<FromHost>(&event.data()) {
                 Ok(message) => receiver.receive_from_host(message),
                 Err(error) => receiver.crash(format!("unreadable message from the sandbox host: {error}")),
             }
@@ -795,6 +799,18 @@ fn post_start(control: &MessagePort, shared: &Shared, start: &Object) {
     if let Err(error) = control.post_message(start) {
         shared.crash(format!("the sandbox host could not be started: {}", describe(&error)));
     }
+}
+
+/// A message that names its kind in `type` (`{type: 'result', id, …}`), read as the enum
+/// variant of that name. It is read as `{result: {…}}`: serde reads an enum tagged that way
+/// field by field, where a `type` inside the object would make it buffer every message whole
+/// first (≈ 14 KB more core, twiggy). The object's `type` is one more field, ignored.
+fn read_message<T: serde::de::DeserializeOwned>(message: &JsValue) -> Result<T, String> {
+    let kind = Reflect::get(message, &"type".into()).ok().and_then(|kind| kind.as_string());
+    let kind = kind.ok_or_else(|| "it has no `type`".to_string())?;
+    let tagged = Object::new();
+    set(&tagged, &kind, message);
+    serde_wasm_bindgen::from_value(tagged.into()).map_err(|error| error.to_string())
 }
 
 fn set(target: &Object, key: &str, value: &JsValue) {
