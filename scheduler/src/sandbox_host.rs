@@ -3,7 +3,7 @@
 //! Content-Security-Policy with no network source at all. The page's only script is allowed by
 //! its hash, computed here from the embedded page, so editing the page cannot desynchronise them.
 
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -42,6 +42,9 @@ fn inline_script(html: &str) -> Result<&str> {
 #[derive(Clone)]
 pub struct SandboxHostPage {
     policy: HeaderValue,
+    /// A strong validator: every sandbox frame loads the page, and after the first a
+    /// revalidation (`Cache-Control: no-cache`) costs a 304 instead of the page again.
+    etag: HeaderValue,
 }
 
 impl SandboxHostPage {
@@ -49,13 +52,26 @@ impl SandboxHostPage {
     pub fn new() -> Result<SandboxHostPage> {
         let policy = content_security_policy(SANDBOX_HTML)?;
         let policy = HeaderValue::from_str(&policy).map_err(|error| Error::SandboxHost(format!("policy: {error}")))?;
-        Ok(SandboxHostPage { policy })
+        let digest = hex::encode(&Sha256::digest(SANDBOX_HTML.as_bytes())[..12]);
+        let etag = HeaderValue::from_str(&format!("\"{digest}\""))
+            .map_err(|error| Error::SandboxHost(format!("etag: {error}")))?;
+        Ok(SandboxHostPage { policy, etag })
     }
 
-    /// The response for `GET /sandbox.html`.
-    pub fn response(&self) -> Response {
+    /// The response for `GET /sandbox.html` (304 when `If-None-Match` has the page's tag).
+    pub fn response(&self, request: &HeaderMap) -> Response {
+        let revalidated = request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|tag| tag.trim().trim_start_matches("W/") == self.etag);
+        if revalidated {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, self.etag.clone())]).into_response();
+        }
         (
             [
+                (header::ETAG, self.etag.clone()),
                 (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
                 (header::CONTENT_SECURITY_POLICY, self.policy.clone()),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -85,6 +101,19 @@ mod tests {
         assert!(!policy.contains(" 'unsafe-eval'"), "{policy}");
         assert!(!policy.contains("http"), "no network source: {policy}");
         assert!(!policy.contains("'self'"), "{policy}");
+    }
+
+    #[test]
+    fn the_page_is_revalidated_by_its_tag() {
+        let page = SandboxHostPage::new().unwrap();
+        let first = page.response(&HeaderMap::new());
+        assert_eq!(first.status(), StatusCode::OK);
+        assert!(first.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        let mut request = HeaderMap::new();
+        request.insert(header::IF_NONE_MATCH, first.headers()[header::ETAG].clone());
+        assert_eq!(page.response(&request).status(), StatusCode::NOT_MODIFIED);
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"another page\""));
+        assert_eq!(page.response(&request).status(), StatusCode::OK);
     }
 
     #[test]
