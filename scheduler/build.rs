@@ -1,6 +1,6 @@
 //! Embeds the static site (`www/`: the contribute page, the embed script and the built worker
 //! core under `www/pkg/`) into the `tessera` binary, so an installed binary serves everything from
-//! any directory. Writes `$OUT_DIR/site_files.rs`: one `(path, bytes, brotli)` entry per file,
+//! any directory. Writes `$OUT_DIR/site_files.rs`: one `EmbeddedFile` (`site.rs`) per file, its
 //! `brotli` being the file compressed once here at brotli's best quality (the worker core is
 //! 17 % smaller than the scheduler's on-the-fly brotli makes it), or `None` where that gains
 //! nothing.
@@ -29,9 +29,8 @@ fn main() {
     collect(&www, &www, &mut files);
     files.sort();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let mut source =
-        String::from("/// The site's files, embedded at build time: (URL path, bytes, brotli-compressed bytes).\n");
-    source.push_str("pub static SITE_FILES: &[(&str, &[u8], Option<&[u8]>)] = &[\n");
+    let mut source = String::from("/// The site's files, embedded at build time.\n");
+    source.push_str("static SITE_FILES: &[EmbeddedFile] = &[\n");
     for (index, (url_path, file)) in files.iter().enumerate() {
         let bytes = fs::read(file).unwrap_or_else(|error| panic!("reading {}: {error}", file.display()));
         let compressed = brotli(&bytes);
@@ -42,7 +41,11 @@ fn main() {
         } else {
             "None".to_string()
         };
-        let _ = writeln!(source, "    ({url_path:?}, include_bytes!({:?}), {brotli}),", file.display().to_string());
+        let _ = writeln!(
+            source,
+            "    EmbeddedFile {{ path: {url_path:?}, bytes: include_bytes!({:?}), brotli: {brotli} }},",
+            file.display().to_string()
+        );
     }
     source.push_str("];\n");
     let out = out_dir.join("site_files.rs");

@@ -9,6 +9,15 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+/// A file of `www/` as `build.rs` embeds it.
+struct EmbeddedFile {
+    /// Its URL path (`/pkg/tessera_worker_bg.wasm`).
+    path: &'static str,
+    bytes: &'static [u8],
+    /// Compressed with brotli's best quality, unless that gains nothing.
+    brotli: Option<&'static [u8]>,
+}
+
 include!(concat!(env!("OUT_DIR"), "/site_files.rs"));
 
 /// One embedded file, with what its answers need.
@@ -41,7 +50,7 @@ impl EmbeddedSite {
     pub fn new() -> EmbeddedSite {
         let files = SITE_FILES
             .iter()
-            .map(|&(path, bytes, brotli)| {
+            .map(|&EmbeddedFile { path, bytes, brotli }| {
                 let digest = hex::encode(&Sha256::digest(bytes)[..12]);
                 let tag = |suffix: &str| {
                     HeaderValue::from_str(&format!("\"{digest}{suffix}\"")).unwrap_or(HeaderValue::from_static("\"\""))
