@@ -9,6 +9,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::site::names_a_current_tag;
 
 /// The page, embedded at build time (`pyodide-loader/sandbox.html`).
 pub const SANDBOX_HTML: &str = include_str!("../../pyodide-loader/sandbox.html");
@@ -60,13 +61,7 @@ impl SandboxHostPage {
 
     /// The response for `GET /sandbox.html` (304 when `If-None-Match` has the page's tag).
     pub fn response(&self, request: &HeaderMap) -> Response {
-        let revalidated = request
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|tag| tag.trim().trim_start_matches("W/") == self.etag);
-        if revalidated {
+        if names_a_current_tag(request, &[&self.etag]) {
             return (StatusCode::NOT_MODIFIED, [(header::ETAG, self.etag.clone())]).into_response();
         }
         (

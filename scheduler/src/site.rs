@@ -90,13 +90,7 @@ impl EmbeddedSite {
             }
             return (StatusCode::NOT_FOUND, "not found").into_response();
         };
-        let revalidated = headers
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(|tag| tag.trim().trim_start_matches("W/"))
-            .any(|tag| tag == "*" || tag == file.etag || tag == file.brotli_etag);
+        let revalidated = names_a_current_tag(headers, &[&file.etag, &file.brotli_etag]);
         let brotli = file.brotli.filter(|_| accepts_brotli(headers));
         let etag = if brotli.is_some() { &file.brotli_etag } else { &file.etag };
         let validators = [(header::ETAG, etag.clone())];
@@ -115,6 +109,18 @@ impl EmbeddedSite {
             None => (validators, content_type, file.bytes).into_response(),
         }
     }
+}
+
+/// Whether the request's `If-None-Match` names one of `tags` (or `*`): the copy the browser
+/// holds is current, and a 304 answers it.
+pub fn names_a_current_tag(request: &HeaderMap, tags: &[&HeaderValue]) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == "*" || tags.iter().any(|current| *current == tag))
 }
 
 /// Whether `Accept-Encoding` names `br` with a quality above 0 (`br`, `br;q=0.5`; not `br;q=0`).
