@@ -5,8 +5,9 @@ use std::rc::Rc;
 
 use serde_json::json;
 use tessera_protocol::{SliceOutcome, Worktime};
-use tessera_worker::supervisor::{SandboxFactory, SetupOutcome, SliceProgress};
+use tessera_worker::supervisor::{Sandbox, SandboxFactory, SetupOutcome, SliceProgress};
 use tessera_worker::web::sandbox::IsolatedSandboxFactory;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 
 mod common;
@@ -153,4 +154,49 @@ async fn a_sandbox_host_that_never_answers_is_a_fault_within_the_start_up_limit(
         matches!(setup, SetupOutcome::Fault { ref message } if message.contains("did not start its worker")),
         "{setup:?}"
     );
+}
+
+/// Marks the page's frames not seen before and returns them.
+fn new_frames() -> js_sys::Array {
+    let fresh = js_sys::Function::new_no_args(
+        "const fresh = [...document.querySelectorAll('iframe')].filter((frame) => !frame.dataset.seen);
+         fresh.forEach((frame) => { frame.dataset.seen = '1'; });
+         return fresh;",
+    );
+    fresh.call0(&JsValue::NULL).unwrap().into()
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs a live scheduler (make test-browser)"]
+async fn a_kept_frame_whose_page_ended_is_a_fault_within_seconds_and_the_next_sandbox_gets_a_new_one() {
+    new_frames();
+    // The factory opens its first frame at once, ahead of the first sandbox.
+    let factory = IsolatedSandboxFactory::new(scheduler(), "/pyodide/").unwrap();
+    let run_one = |sandbox: Rc<dyn Sandbox>| async move {
+        assert!(matches!(sandbox.prepare(job("(x) => x + 1", vec![])).await, SetupOutcome::Ready { .. }));
+        sandbox.run(0, json!(1), Rc::default()).await.outcome
+    };
+    let first = factory.create(Worktime::MapBasic, &[]).unwrap();
+    assert_eq!(run_one(first.clone()).await, SliceOutcome::Ok { value: json!(2) });
+    let frames = new_frames();
+    assert_eq!(frames.length(), 1);
+    first.retire();
+    drop(first);
+    // The kept frame's page ends the way a renderer that crashed or was reclaimed does: nothing
+    // in it answers any more, and nothing tells the page.
+    let frame: web_sys::HtmlIFrameElement = frames.get(0).unchecked_into();
+    frame.set_src("about:blank");
+    gloo_timers::future::TimeoutFuture::new(300).await;
+
+    let second = factory.create(Worktime::MapBasic, &[]).unwrap();
+    assert_eq!(new_frames().length(), 0, "the second sandbox was given the kept frame");
+    let setup = second.prepare(job("(x) => x + 1", vec![])).await;
+    assert!(
+        matches!(setup, SetupOutcome::Fault { ref message } if message.contains("did not answer within 3000 ms")),
+        "a fault once the kept frame did not answer, not at the 15 s start-up limit: {setup:?}"
+    );
+    let third = factory.create(Worktime::MapBasic, &[]).unwrap();
+    assert_eq!(new_frames().length(), 1, "the frame of a faulted sandbox is not kept: a new one");
+    assert_eq!(run_one(third.clone()).await, SliceOutcome::Ok { value: json!(2) });
+    third.terminate();
 }

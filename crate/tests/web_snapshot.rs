@@ -20,7 +20,7 @@ use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::{a_spinning_slice_is_interrupted, python_job, scheduler, SPINNING_PROGRAM};
+use common::{a_spinning_slice_is_interrupted, js_job, python_job, scheduler, SPINNING_PROGRAM};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -343,17 +343,26 @@ async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_
     };
     let first = ready_sandbox(&factory, plain_job()).await;
     assert_eq!(run(first.clone(), 2).await, json!(4));
+    // A JavaScript sandbox's frame, kept after the first one's: the Pyodide sandbox after them
+    // takes the frame holding the compiled interpreter, not the one that waited least.
+    let javascript = factory.create(Worktime::MapBasic, &[]).unwrap();
+    assert!(matches!(javascript.prepare(js_job("(x) => 2 * x", vec![])).await, SetupOutcome::Ready { .. }));
+    assert_eq!(run(javascript.clone(), 1).await, json!(2));
+    assert_eq!(new_frames(), 1, "the JavaScript sandbox has a frame of its own");
     first.retire();
     drop(first);
+    javascript.retire();
+    drop(javascript);
     let second = ready_sandbox(&factory, plain_job()).await;
     assert_eq!(new_frames(), 0, "the second sandbox runs in the first one's frame");
     assert_eq!(run(second.clone(), 3).await, json!(6));
     let reused = [Some("compiled".to_string()), Some("reused".to_string())];
     assert_eq!(*interpreters.borrow(), reused, "compiled by the frame once, for both");
-    // A terminated sandbox (at fault, or past its time) takes its frame with it.
+    // A terminated sandbox (at fault, or past its time) takes its frame, and the interpreter
+    // compiled there, with it: the next one gets the JavaScript sandbox's frame and compiles.
     second.terminate();
     let third = ready_sandbox(&factory, plain_job()).await;
-    assert_eq!(new_frames(), 1, "a new frame for the sandbox after a terminated one");
+    assert_eq!(new_frames(), 0, "the sandbox after a terminated one gets the other kept frame");
     assert_eq!(run(third.clone(), 4).await, json!(8));
     assert_eq!(interpreters.borrow().last(), Some(&Some("compiled".to_string())));
     third.terminate();

@@ -39,7 +39,17 @@ fn new_worker(options: &str) -> Result<TesseraWorker, String> {
 fn the_javascript_api_refuses_an_unusable_option_naming_it_and_what_it_got() {
     let refused = |options: &str| new_worker(options).err().expect("refused");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": "x"}"#);
-    assert_eq!(message, r#"invalid option: sandboxes: invalid type: string "x", expected u32"#);
+    assert_eq!(message, r#"invalid option: sandboxes: expected a whole number from 0 to 64, not the text "x""#);
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 2.5}"#);
+    assert_eq!(message, "invalid option: sandboxes: expected a whole number from 0 to 64, not the number 2.5");
+    let message = refused(r#"{"scheduler": ["http://127.0.0.1:1"]}"#);
+    assert_eq!(message, "invalid option: scheduler: expected text, not an array");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": "no"}"#);
+    assert_eq!(message, r#"invalid option: runtimeSnapshots: expected true or false, not the text "no""#);
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "cpushare": 0.5}"#);
+    assert!(message.starts_with("invalid option: unknown option `cpushare` (the options are scheduler, "), "{message}");
+    let message = refused("5");
+    assert_eq!(message, "invalid option: expected an object, not the number 5");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "idleExitMs": -5}"#);
     assert!(message.starts_with("invalid option: idleExitMs: ") && message.contains("-5"), "{message}");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 0}"#);

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod clock;
+pub mod fields;
 pub mod gzip;
 pub mod http;
 pub mod sandbox;
@@ -11,7 +12,6 @@ pub mod snapshots;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -23,9 +23,8 @@ use clock::BrowserClock;
 use http::HttpSchedulerClient;
 use sandbox::IsolatedSandboxFactory;
 
-/// Options the page passes to `new TesseraWorker({...})`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Options the page passes to `new TesseraWorker({...})` (read by [`WorkerOptions::read`]).
+#[derive(Debug, Default)]
 struct WorkerOptions {
     /// Scheduler root URL; defaults to the page's origin.
     scheduler: Option<String>,
@@ -53,6 +52,62 @@ struct WorkerOptions {
     runtime_snapshots: Option<bool>,
     /// Start them from a snapshot also holding their job's packages (default true).
     package_snapshots: Option<bool>,
+}
+
+impl WorkerOptions {
+    /// The options the core knows, as the page names them; `onEvent` is read on its own.
+    const NAMES: [&'static str; 15] = [
+        "scheduler",
+        "sandboxes",
+        "cpuShare",
+        "contributor",
+        "idleExitMs",
+        "maxSlicesPerSandbox",
+        "maxSandboxHeapBytes",
+        "sandboxIdleMs",
+        "pyodideUrl",
+        "prewarmSpare",
+        "setupTimeoutMs",
+        "workerKey",
+        "runtimeSnapshots",
+        "packageSnapshots",
+        "onEvent",
+    ];
+
+    /// Reads `options` (absent or `null`: the defaults), refusing a field of the wrong type or
+    /// an unknown one, with its name (`sandboxes: expected a whole number …, not the text "x"`).
+    fn read(options: &JsValue) -> Result<WorkerOptions, WorkerError> {
+        if options.is_undefined() || options.is_null() {
+            return Ok(WorkerOptions::default());
+        }
+        let fields = fields::Fields::of(options).map_err(WorkerError::Options)?;
+        if let Some(name) = fields.unknown(&Self::NAMES).first() {
+            return Err(WorkerError::Options(format!(
+                "unknown option `{name}` (the options are {})",
+                Self::NAMES.join(", ")
+            )));
+        }
+        let read = || -> Result<WorkerOptions, String> {
+            let millis = |name: &str| fields.whole(name, u64::MAX);
+            Ok(WorkerOptions {
+                scheduler: fields.string("scheduler")?,
+                sandboxes: fields.whole("sandboxes", MAX_SANDBOXES as u64)?.map(|n| n as u32),
+                cpu_share: fields.number("cpuShare")?,
+                contributor: fields.string("contributor")?,
+                idle_exit_ms: millis("idleExitMs")?,
+                max_slices_per_sandbox: fields.whole("maxSlicesPerSandbox", u32::MAX.into())?.map(|n| n as u32),
+                max_sandbox_heap_bytes: fields.whole("maxSandboxHeapBytes", u64::MAX)?,
+                sandbox_idle_ms: millis("sandboxIdleMs")?,
+                pyodide_url: fields.string("pyodideUrl")?,
+                prewarm_spare: fields.flag("prewarmSpare")?,
+                setup_timeout_ms: millis("setupTimeoutMs")?,
+                worker_key: fields.string("workerKey")?,
+                runtime_snapshots: fields.flag("runtimeSnapshots")?,
+                package_snapshots: fields.flag("packageSnapshots")?,
+            })
+        };
+        read().map_err(WorkerError::Options)
+    }
 }
 
 /// `navigator.hardwareConcurrency − 1`, at least 1: leave one core to the person using the machine.
@@ -111,16 +166,7 @@ impl TesseraWorker {
         let on_event = js_sys::Reflect::get(&options, &"onEvent".into())
             .ok()
             .and_then(|value| value.dyn_into::<js_sys::Function>().ok());
-        let parsed: WorkerOptions = if options.is_undefined() || options.is_null() {
-            WorkerOptions::default()
-        } else {
-            // The path names the option (`sandboxes: invalid type: string "x", expected u32`).
-            serde_path_to_error::deserialize(serde_wasm_bindgen::Deserializer::from(options)).map_err(|error| {
-                let reason = error.inner().to_string();
-                let reason = reason.strip_prefix("Error: ").unwrap_or(&reason);
-                JsError::new(&WorkerError::Options(format!("{}: {reason}", error.path())).to_string())
-            })?
-        };
+        let parsed = WorkerOptions::read(&options).map_err(|error| JsError::new(&error.to_string()))?;
         let scheduler = parsed.scheduler.or_else(page_origin).ok_or_else(|| {
             JsError::new(&WorkerError::Options("no scheduler URL and no page origin".into()).to_string())
         })?;
@@ -152,8 +198,8 @@ impl TesseraWorker {
         }
         let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
             if let Some(callback) = &on_event {
-                let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-                if let Ok(value) = serde::Serialize::serialize(event, &serializer) {
+                let value = serde_json::to_string(event).ok().and_then(|json| js_sys::JSON::parse(&json).ok());
+                if let Some(value) = value {
                     let _ = callback.call1(&JsValue::NULL, &value);
                 }
             }

@@ -20,7 +20,6 @@ use std::rc::Rc;
 use futures::channel::oneshot;
 use futures::FutureExt;
 use js_sys::{Array, Object, Reflect, Uint8Array};
-use serde::Deserialize;
 use serde_json::Value;
 use tessera_protocol::{BundleEntry, ConsoleLine, SliceOutcome, Worktime};
 use wasm_bindgen::prelude::*;
@@ -28,6 +27,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 
 use super::assets::RuntimeFiles;
+use super::fields::{required, Fields};
 use super::snapshots::RuntimeSnapshots;
 use crate::snapshot_book::holds_what_was_asked;
 use crate::supervisor::{
@@ -39,11 +39,10 @@ use crate::WorkerError;
 /// comments (`crate/build.rs`).
 pub const SANDBOX_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/sandbox-worker.js"));
 
-/// Messages the sandbox script posts back (read with [`read_message`]).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Messages the sandbox script posts back (read by [`FromSandbox::read`]).
+#[derive(Debug)]
 enum FromSandbox {
-    SetupDone {},
+    SetupDone,
     /// The program failed while setting up.
     SetupError {
         message: String,
@@ -64,7 +63,6 @@ enum FromSandbox {
         stack: Option<String>,
         heap: Option<f64>,
         /// It ended with the KeyboardInterrupt the core's interrupt raises.
-        #[serde(default)]
         interrupted: bool,
     },
     Progress {
@@ -89,7 +87,6 @@ enum FromSandbox {
     SnapshotMade {
         ms: f64,
         /// The packages a package snapshot holds.
-        #[serde(default)]
         holds: Vec<String>,
     },
     /// It could not make one (`lasting`: it would fail again in this browser).
@@ -101,7 +98,6 @@ enum FromSandbox {
     SnapshotRestored {
         ms: f64,
         /// The packages a restored package snapshot held.
-        #[serde(default)]
         holds: Vec<String>,
         /// How it got its interpreter: `reused` (compiled by its frame for an earlier sandbox)
         /// or `compiled`.
@@ -117,17 +113,100 @@ enum FromSandbox {
     },
 }
 
-/// Messages the sandbox host page (the iframe) posts on the control port (read with
-/// [`read_message`]).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Messages the sandbox host page (the iframe) posts on the control port (read by
+/// [`FromHost::read`]).
+#[derive(Debug)]
 enum FromHost {
+    /// It took the sandbox's ports: the frame's page is alive.
+    Connected,
     /// The worker was started; `interruptible` when it got an interrupt buffer.
     Started { interruptible: bool },
     /// The worker could not start or failed outside any request.
     Crashed { message: String },
     /// The host page's policy blocked something (logged with the sandbox's output).
     Blocked { uri: String, directive: String },
+}
+
+impl FromSandbox {
+    /// Reads a message that names its kind in `type` (`{type: 'result', id, json, heap}`).
+    fn read(message: &JsValue) -> Result<FromSandbox, String> {
+        let (kind, fields) = kind_and_fields(message)?;
+        let read = || -> Result<FromSandbox, String> {
+            let text = |name: &str| required(name, fields.string(name)?);
+            let id = |name: &str| Ok::<_, String>(fields.whole(name, u32::MAX.into())?.map(|id| id as u32));
+            Ok(match kind.as_str() {
+                "setup-done" => FromSandbox::SetupDone,
+                "setup-error" => FromSandbox::SetupError { message: text("message")?, stack: fields.string("stack")? },
+                "setup-fault" => FromSandbox::SetupFault { message: text("message")? },
+                "result" => FromSandbox::Result {
+                    id: required("id", id("id")?)?,
+                    json: text("json")?,
+                    heap: fields.number("heap")?,
+                },
+                "error" => FromSandbox::Error {
+                    id: id("id")?,
+                    message: text("message")?,
+                    stack: fields.string("stack")?,
+                    heap: fields.number("heap")?,
+                    interrupted: fields.flag("interrupted")?.unwrap_or(false),
+                },
+                "progress" => FromSandbox::Progress { id: id("id")?, value: fields.number("value")? },
+                "console" => FromSandbox::Console { stream: text("stream")?, text: text("text")? },
+                "fatal" => FromSandbox::Fatal { message: text("message")? },
+                "fetch" => FromSandbox::Fetch { id: required("id", id("id")?)?, url: text("url")? },
+                "snapshot-made" => FromSandbox::SnapshotMade {
+                    ms: required("ms", fields.number("ms")?)?,
+                    holds: fields.strings("holds")?,
+                },
+                "snapshot-failed" => FromSandbox::SnapshotFailed {
+                    reason: text("reason")?,
+                    lasting: required("lasting", fields.flag("lasting")?)?,
+                },
+                "snapshot-restored" => FromSandbox::SnapshotRestored {
+                    ms: required("ms", fields.number("ms")?)?,
+                    holds: fields.strings("holds")?,
+                    interpreter: fields.string("interpreter")?,
+                },
+                "snapshot-rejected" => FromSandbox::SnapshotRejected { reason: text("reason")? },
+                "phase" => FromSandbox::Phase {
+                    phase: match text("phase")?.as_str() {
+                        "packages" => SetupPhase::Packages,
+                        "program" => SetupPhase::Program,
+                        other => return Err(format!("phase: no phase is called {other:?}")),
+                    },
+                },
+                other => return Err(format!("no message is called {other:?}")),
+            })
+        };
+        read().map_err(|error| format!("`{kind}`: {error}"))
+    }
+}
+
+impl FromHost {
+    /// Reads a message that names its kind in `type` (`{type: 'started', interruptible}`).
+    fn read(message: &JsValue) -> Result<FromHost, String> {
+        let (kind, fields) = kind_and_fields(message)?;
+        let read = || -> Result<FromHost, String> {
+            let text = |name: &str| required(name, fields.string(name)?);
+            Ok(match kind.as_str() {
+                "connected" => FromHost::Connected,
+                "started" => {
+                    FromHost::Started { interruptible: required("interruptible", fields.flag("interruptible")?)? }
+                }
+                "crashed" => FromHost::Crashed { message: text("message")? },
+                "blocked" => FromHost::Blocked { uri: text("uri")?, directive: text("directive")? },
+                other => return Err(format!("no message is called {other:?}")),
+            })
+        };
+        read().map_err(|error| format!("`{kind}`: {error}"))
+    }
+}
+
+/// A message's kind (its `type`) and its fields.
+fn kind_and_fields(message: &JsValue) -> Result<(String, Fields<'_>), String> {
+    let fields = Fields::of(message)?;
+    let kind = fields.string("type")?.ok_or_else(|| "it has no `type`".to_string())?;
+    Ok((kind, fields))
 }
 
 /// How a request to the sandbox ended, with the output printed before the answer came.
@@ -160,6 +239,10 @@ struct Shared {
     interruptible: Cell<bool>,
     /// The host page answered (its script ran under its policy and the worker started).
     started: Cell<bool>,
+    /// The host page took the sandbox's ports (it answers before it starts the worker).
+    connected: Cell<bool>,
+    /// The interpreter's bytes went to the host page, which compiles them for later sandboxes.
+    sent_interpreter: Cell<bool>,
     /// Set-up is over (done, failed or faulted): runtime files are no longer handed out.
     setup_over: Cell<bool>,
     /// This sandbox's part in the page's runtime snapshot (Pyodide sandboxes, once ordered).
@@ -261,10 +344,7 @@ impl Shared {
     }
 
     fn receive(&self, message: FromSandbox) {
-        if matches!(
-            message,
-            FromSandbox::SetupDone {} | FromSandbox::SetupError { .. } | FromSandbox::SetupFault { .. }
-        ) {
+        if matches!(message, FromSandbox::SetupDone | FromSandbox::SetupError { .. } | FromSandbox::SetupFault { .. }) {
             self.setup_over.set(true);
         }
         match message {
@@ -275,7 +355,7 @@ impl Shared {
             | FromSandbox::SnapshotFailed { .. }
             | FromSandbox::SnapshotRestored { .. }
             | FromSandbox::SnapshotRejected { .. } => {}
-            FromSandbox::SetupDone {} => {
+            FromSandbox::SetupDone => {
                 if let Some(sender) = self.setup.borrow_mut().take() {
                     let _ = sender.send(Reply::Done(Ok(String::new()), self.take_console()));
                 }
@@ -338,6 +418,7 @@ impl Shared {
 
     fn receive_from_host(&self, message: FromHost) {
         match message {
+            FromHost::Connected => self.connected.set(true),
             FromHost::Started { interruptible } => {
                 self.started.set(true);
                 self.interruptible.set(interruptible);
@@ -357,6 +438,11 @@ impl Shared {
 /// (or a scheduler without `/sandbox.html`) never answers at all, and `loadPyodide` hangs rather
 /// than rejects when a file is blocked: the core's own clock is the only way to notice.
 const HOST_START_TIMEOUT_MS: u32 = 15_000;
+/// How long the host page of a frame that served a sandbox before may take to take the next
+/// one's ports. It answers at once when it is alive (a message between two processes); one whose
+/// renderer ended while the frame waited never does, and the sandbox is then a fault after this
+/// long, not after [`HOST_START_TIMEOUT_MS`].
+const SERVED_FRAME_ANSWER_MS: u32 = 3_000;
 
 /// An opaque-origin frame loading (or holding) the sandbox host page. Opening one before it is
 /// needed hides the frame's start (its own renderer process, `/sandbox.html`). It hosts one
@@ -367,6 +453,11 @@ struct Frame {
     iframe: HtmlIFrameElement,
     /// The ports of the sandbox to connect, until the frame has announced itself.
     announcement: Rc<RefCell<Announcement>>,
+    /// It served a sandbox before, so its host page may have ended since (a renderer that
+    /// crashed or was reclaimed says nothing): the next sandbox checks that it answers.
+    served: bool,
+    /// Its host page was sent the interpreter's bytes, and holds the module it compiled.
+    holds_interpreter: bool,
     _on_window_message: WindowListener,
 }
 
@@ -403,6 +494,8 @@ pub struct IsolatedSandbox {
     /// of light work, so a refilled pipeline travels in one.
     outgoing: Rc<RefCell<Vec<JsValue>>>,
     _start_timeout: gloo_timers::callback::Timeout,
+    /// Set for a sandbox started in a frame that served one before ([`SERVED_FRAME_ANSWER_MS`]).
+    _answer_timeout: Option<gloo_timers::callback::Timeout>,
 }
 
 /// A `message` listener on the page's window, removed when dropped.
@@ -466,7 +559,13 @@ impl Frame {
             .ok_or_else(|| WorkerError::Sandbox("the page has no element to hold a sandbox".into()))?
             .append_child(&iframe)
             .map_err(error)?;
-        Ok(Frame { iframe, announcement, _on_window_message: on_window_message })
+        Ok(Frame {
+            iframe,
+            announcement,
+            served: false,
+            holds_interpreter: false,
+            _on_window_message: on_window_message,
+        })
     }
 
     /// Hands `ports` (control, data) to the frame's host page, now or once it announces itself;
@@ -520,7 +619,7 @@ impl Tenancy {
                     return receiver.crash("sandbox protocol error: answers without items".into());
                 };
                 for item in items {
-                    match read_message::<FromSandbox>(&item) {
+                    match FromSandbox::read(&item) {
                         Ok(answer @ (FromSandbox::Result { .. } | FromSandbox::Error { .. })) => {
                             receiver.receive(answer)
                         }
@@ -530,7 +629,7 @@ impl Tenancy {
                 }
                 return;
             }
-            match read_message::<FromSandbox>(&data) {
+            match FromSandbox::read(&data) {
                 Ok(FromSandbox::Fetch { id, url }) => hand_in(&receiver, &files, &answer, &host, id, url),
                 Ok(
                     message @ (FromSandbox::SnapshotMade { .. }
@@ -548,12 +647,11 @@ impl Tenancy {
         });
         data.set_onmessage(Some(on_data.as_ref().unchecked_ref()));
         let receiver = shared.clone();
-        let on_control = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-            match read_message::<FromHost>(&event.data()) {
+        let on_control =
+            Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| match FromHost::read(&event.data()) {
                 Ok(message) => receiver.receive_from_host(message),
                 Err(error) => receiver.crash(format!("unreadable message from the sandbox host: {error}")),
-            }
-        });
+            });
         control.set_onmessage(Some(on_control.as_ref().unchecked_ref()));
         frame.hand_ports(Array::of2(&control_channel.port2(), &data_channel.port2()));
         Ok(Tenancy { control, data, shared, _on_data: on_data, _on_control: on_control })
@@ -609,9 +707,16 @@ impl IdleFrames {
         });
     }
 
-    /// The frame that waited least.
-    fn take(&self) -> Option<Frame> {
-        self.frames.borrow_mut().pop().map(|(_, frame)| frame)
+    /// The frame that waited least among those that hold the compiled interpreter (for a
+    /// sandbox that loads Pyodide) or among those that do not (for one that does not, leaving
+    /// the interpreter to a later Pyodide sandbox); any frame when none is of that kind.
+    fn take(&self, wants_interpreter: bool) -> Option<Frame> {
+        let mut frames = self.frames.borrow_mut();
+        let at = frames
+            .iter()
+            .rposition(|(_, frame)| frame.holds_interpreter == wants_interpreter)
+            .or_else(|| frames.len().checked_sub(1))?;
+        Some(frames.remove(at).1)
     }
 }
 
@@ -626,6 +731,9 @@ impl IsolatedSandbox {
         self.tenancy.stop();
         shared.crash(if retiring { "sandbox retired" } else { "sandbox terminated" }.into());
         if let Some(idle_frames) = self.idle_frames.upgrade().filter(|_| reusable) {
+            let mut frame = frame;
+            frame.served = true;
+            frame.holds_interpreter |= shared.sent_interpreter.get();
             idle_frames.keep(frame);
         }
     }
@@ -701,6 +809,17 @@ impl IsolatedSandbox {
         } else {
             post_start(&tenancy.control, &tenancy.shared, &start);
         }
+        let answer_timeout = frame.served.then(|| {
+            let watcher = tenancy.shared.clone();
+            gloo_timers::callback::Timeout::new(SERVED_FRAME_ANSWER_MS, move || {
+                if !watcher.connected.get() && !watcher.started.get() {
+                    watcher.crash(format!(
+                        "the sandbox's frame, kept from an earlier sandbox, did not answer within \
+                         {SERVED_FRAME_ANSWER_MS} ms (its page has ended)"
+                    ));
+                }
+            })
+        });
         let watcher = tenancy.shared.clone();
         let host_url = host_url.to_string();
         let start_timeout = gloo_timers::callback::Timeout::new(HOST_START_TIMEOUT_MS, move || {
@@ -718,25 +837,23 @@ impl IsolatedSandbox {
             next_id: Cell::new(1),
             outgoing: Rc::default(),
             _start_timeout: start_timeout,
+            _answer_timeout: answer_timeout,
         })
     }
 
     /// Sends the job's set-up message, transferring the bundle's bytes.
     fn send_setup(&self, job: &PreparedJob) -> Result<oneshot::Receiver<Reply>, WorkerError> {
         let descriptor = &job.descriptor;
-        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-        let job_value = serde::Serialize::serialize(
-            &serde_json::json!({
-                "jobId": descriptor.job_id,
-                "program": descriptor.program,
-                "programName": descriptor.program_name,
-                "arguments": descriptor.arguments,
-                "env": descriptor.env,
-                "packages": descriptor.packages,
-            }),
-            &serializer,
-        )
-        .map_err(|error| WorkerError::Sandbox(error.to_string()))?;
+        let job_json = serde_json::json!({
+            "jobId": descriptor.job_id,
+            "program": descriptor.program,
+            "programName": descriptor.program_name,
+            "arguments": descriptor.arguments,
+            "env": descriptor.env,
+            "packages": descriptor.packages,
+        });
+        let job_value =
+            js_sys::JSON::parse(&job_json.to_string()).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         let files = Array::new();
         let transfer = Array::new();
         for entry in &job.bundle {
@@ -801,18 +918,6 @@ fn post_start(control: &MessagePort, shared: &Shared, start: &Object) {
     }
 }
 
-/// A message that names its kind in `type` (`{type: 'result', id, …}`), read as the enum
-/// variant of that name. It is read as `{result: {…}}`: serde reads an enum tagged that way
-/// field by field, where a `type` inside the object would make it buffer every message whole
-/// first (11.4 KB more core, gzipped). The object's `type` is one more field, ignored.
-fn read_message<T: serde::de::DeserializeOwned>(message: &JsValue) -> Result<T, String> {
-    let kind = Reflect::get(message, &"type".into()).ok().and_then(|kind| kind.as_string());
-    let kind = kind.ok_or_else(|| "it has no `type`".to_string())?;
-    let tagged = Object::new();
-    set(&tagged, &kind, message);
-    serde_wasm_bindgen::from_value(tagged.into()).map_err(|error| error.to_string())
-}
-
 fn set(target: &Object, key: &str, value: &JsValue) {
     let _ = Reflect::set(target, &JsValue::from_str(key), value);
 }
@@ -838,14 +943,14 @@ fn hand_in(
         let _ = port.post_message(&answer);
         return;
     }
-    let (files, port, host) = (files.clone(), port.clone(), host.clone());
+    let (files, port, host, shared) = (files.clone(), port.clone(), host.clone(), shared.clone());
     wasm_bindgen_futures::spawn_local(async move {
         let got = files.get(&url).await;
         if url == format!("{}pyodide.asm.wasm", files.base()) {
             let order = Object::new();
             set(&order, "type", &"runtime-wasm".into());
             set(&order, "blob", &got.clone().map(JsValue::from).unwrap_or(JsValue::NULL));
-            let _ = host.post_message(&order);
+            shared.sent_interpreter.set(host.post_message(&order).is_ok() && got.is_ok());
         }
         match got {
             Ok(blob) => set(&answer, "blob", &blob),
@@ -1056,10 +1161,12 @@ impl SandboxFactory for IsolatedSandboxFactory {
             (Some(Ahead::Pyodide(sandbox)), Worktime::Pyodide) => return Ok(Rc::new(Rc::new(sandbox))),
             (Some(Ahead::Frame(frame)), _) => frame,
             // A started Pyodide sandbox, not wanted first, is dropped (its frame waits for the next).
-            (Some(Ahead::Pyodide(_)), _) | (None, _) => match self.context.idle_frames.take() {
-                Some(frame) => frame,
-                None => Frame::open(&self.host_url, &self.page_origin)?,
-            },
+            (Some(Ahead::Pyodide(_)), _) | (None, _) => {
+                match self.context.idle_frames.take(worktime == Worktime::Pyodide) {
+                    Some(frame) => frame,
+                    None => Frame::open(&self.host_url, &self.page_origin)?,
+                }
+            }
         };
         Ok(Rc::new(Rc::new(IsolatedSandbox::start(frame, worktime, Some(packages), &self.host_url, &self.context)?)))
     }
