@@ -775,7 +775,7 @@ async function setupPyodide(job, files) {
   post({ type: 'phase', phase: 'program' });
   const setup = pyodide.globals.get('_tessera_setup');
   try {
-    setup(job.program, job.programName, JSON.stringify(job.arguments || []), JSON.stringify(job.env || {}), root);
+    setup(job.program, job.programName, job.argumentsJson, JSON.stringify(job.env || {}), root);
   } finally {
     setup.destroy();
   }

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use futures::future::{self, Either, LocalBoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tessera_protocol::{
     bundle, BundleLimits, ConsoleLine, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest,
@@ -115,8 +115,7 @@ enum Ending {
 }
 
 /// A step of a sandbox's set-up, as the sandbox reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetupPhase {
     /// Loading the job's packages (Pyodide).
     Packages,

@@ -7,11 +7,11 @@ use serde_json::json;
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{Sandbox, SandboxFactory, SetupOutcome, SliceProgress};
 use tessera_worker::web::sandbox::IsolatedSandboxFactory;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::{js_job as job, python_job, scheduler};
+use common::{js_job as job, new_frames, python_job, scheduler};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -156,16 +156,6 @@ async fn a_sandbox_host_that_never_answers_is_a_fault_within_the_start_up_limit(
     );
 }
 
-/// Marks the page's frames not seen before and returns them.
-fn new_frames() -> js_sys::Array {
-    let fresh = js_sys::Function::new_no_args(
-        "const fresh = [...document.querySelectorAll('iframe')].filter((frame) => !frame.dataset.seen);
-         fresh.forEach((frame) => { frame.dataset.seen = '1'; });
-         return fresh;",
-    );
-    fresh.call0(&JsValue::NULL).unwrap().into()
-}
-
 #[wasm_bindgen_test]
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_kept_frame_whose_page_ended_is_a_fault_within_seconds_and_the_next_sandbox_gets_a_new_one() {
@@ -195,8 +185,10 @@ async fn a_kept_frame_whose_page_ended_is_a_fault_within_seconds_and_the_next_sa
         matches!(setup, SetupOutcome::Fault { ref message } if message.contains("did not answer within 3000 ms")),
         "a fault once the kept frame did not answer, not at the 15 s start-up limit: {setup:?}"
     );
+    second.retire();
+    drop(second);
     let third = factory.create(Worktime::MapBasic, &[]).unwrap();
-    assert_eq!(new_frames().length(), 1, "the frame of a faulted sandbox is not kept: a new one");
+    assert_eq!(new_frames().length(), 1, "the frame of a faulted sandbox is not kept, even retired: a new one");
     assert_eq!(run_one(third.clone()).await, SliceOutcome::Ok { value: json!(2) });
     third.terminate();
 }

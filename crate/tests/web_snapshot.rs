@@ -16,11 +16,10 @@ use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, WorkerEvent};
 use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use tessera_worker::web::snapshots::{forget_stored, store_for, store_packages_for, stored_for, stored_packages_for};
-use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::{a_spinning_slice_is_interrupted, js_job, python_job, scheduler, SPINNING_PROGRAM};
+use common::{a_spinning_slice_is_interrupted, js_job, new_frames, python_job, scheduler, SPINNING_PROGRAM};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -49,6 +48,8 @@ fn numpy_job() -> Rc<PreparedJob> {
     let job = python_job(NUMPY_PROGRAM);
     let mut descriptor = job.descriptor.clone();
     descriptor.packages = vec!["numpy".into()];
+    // An integer past 2^53 reaches `sys.argv` as it was deployed, not rounded by a JavaScript number.
+    descriptor.arguments = vec![json!(9_007_199_254_740_993u64), json!("x"), json!({"k": [1, 2]})];
     Rc::new(PreparedJob { descriptor, bundle: vec![] })
 }
 
@@ -148,6 +149,7 @@ async fn restored_sandboxes_compute_like_a_fresh_one_and_draw_their_own_random_n
     forget_stored().await.unwrap();
     let (factory, reports) = new_factory();
     let fresh = one_slice(&factory, numpy_job(), json!(3)).await;
+    assert_eq!(fresh["argv"], json!(["main.py", "9007199254740993", "x", "{\"k\": [1, 2]}"]));
     assert_eq!(outcomes(&reports), ["made"], "the first sandbox starts afresh and makes the snapshot");
     let first = one_slice(&factory, numpy_job(), json!(3)).await;
     let second = one_slice(&factory, numpy_job(), json!(3)).await;
@@ -313,16 +315,6 @@ async fn package_snapshots_hold_pandas_scipy_and_scikit_learn_alike() {
     assert_ne!(first["numpy_random"], second["numpy_random"], "{first} {second}");
 }
 
-/// How many iframes on the page were not there at the last call (marking them all now).
-fn new_frames() -> u32 {
-    let count = js_sys::Function::new_no_args(
-        "const fresh = [...document.querySelectorAll('iframe')].filter((frame) => !frame.dataset.seen);
-         fresh.forEach((frame) => { frame.dataset.seen = '1'; });
-         return fresh.length;",
-    );
-    count.call0(&JsValue::NULL).unwrap().as_f64().unwrap() as u32
-}
-
 #[wasm_bindgen_test]
 #[ignore = "needs a live scheduler (make test-browser)"]
 async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_once() {
@@ -348,13 +340,13 @@ async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_
     let javascript = factory.create(Worktime::MapBasic, &[]).unwrap();
     assert!(matches!(javascript.prepare(js_job("(x) => 2 * x", vec![])).await, SetupOutcome::Ready { .. }));
     assert_eq!(run(javascript.clone(), 1).await, json!(2));
-    assert_eq!(new_frames(), 1, "the JavaScript sandbox has a frame of its own");
+    assert_eq!(new_frames().length(), 1, "the JavaScript sandbox has a frame of its own");
     first.retire();
     drop(first);
     javascript.retire();
     drop(javascript);
     let second = ready_sandbox(&factory, plain_job()).await;
-    assert_eq!(new_frames(), 0, "the second sandbox runs in the first one's frame");
+    assert_eq!(new_frames().length(), 0, "the second sandbox runs in the first one's frame");
     assert_eq!(run(second.clone(), 3).await, json!(6));
     let reused = [Some("compiled".to_string()), Some("reused".to_string())];
     assert_eq!(*interpreters.borrow(), reused, "compiled by the frame once, for both");
@@ -362,7 +354,7 @@ async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_
     // compiled there, with it: the next one gets the JavaScript sandbox's frame and compiles.
     second.terminate();
     let third = ready_sandbox(&factory, plain_job()).await;
-    assert_eq!(new_frames(), 0, "the sandbox after a terminated one gets the other kept frame");
+    assert_eq!(new_frames().length(), 0, "the sandbox after a terminated one gets the other kept frame");
     assert_eq!(run(third.clone(), 4).await, json!(8));
     assert_eq!(interpreters.borrow().last(), Some(&Some("compiled".to_string())));
     third.terminate();

@@ -39,9 +39,9 @@ fn new_worker(options: &str) -> Result<TesseraWorker, String> {
 fn the_javascript_api_refuses_an_unusable_option_naming_it_and_what_it_got() {
     let refused = |options: &str| new_worker(options).err().expect("refused");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": "x"}"#);
-    assert_eq!(message, r#"invalid option: sandboxes: expected a whole number from 0 to 64, not the text "x""#);
+    assert_eq!(message, r#"invalid option: sandboxes: expected a whole number from 1 to 64, not the text "x""#);
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 2.5}"#);
-    assert_eq!(message, "invalid option: sandboxes: expected a whole number from 0 to 64, not the number 2.5");
+    assert_eq!(message, "invalid option: sandboxes: expected a whole number from 1 to 64, not the number 2.5");
     let message = refused(r#"{"scheduler": ["http://127.0.0.1:1"]}"#);
     assert_eq!(message, "invalid option: scheduler: expected text, not an array");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": "no"}"#);
@@ -53,7 +53,12 @@ fn the_javascript_api_refuses_an_unusable_option_naming_it_and_what_it_got() {
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "idleExitMs": -5}"#);
     assert!(message.starts_with("invalid option: idleExitMs: ") && message.contains("-5"), "{message}");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 0}"#);
-    assert_eq!(message, "invalid option: sandboxes must be 1–64, not 0");
+    assert_eq!(message, "invalid option: sandboxes: expected a whole number from 1 to 64, not the number 0");
+    let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "maxSandboxHeapBytes": 1e17}"#);
+    assert!(
+        message.ends_with("expected a whole number from 0 to 9007199254740991, not the number 100000000000000000"),
+        "{message}"
+    );
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "cpuShare": 2}"#);
     assert_eq!(message, "invalid option: cpuShare must be 0.05–1, not 2");
     let message = refused(r#"{"scheduler": "http://127.0.0.1:1", "contributor": "short"}"#);
@@ -66,6 +71,14 @@ fn the_javascript_api_takes_good_options_and_defaults_the_rest() {
     let cores = web_sys::window().unwrap().navigator().hardware_concurrency() as usize;
     let default = new_worker(r#"{"scheduler": "http://127.0.0.1:1/"}"#).unwrap().sandboxes();
     assert_eq!(default, cores.saturating_sub(1).max(1), "one core is left to the person at the machine");
+    // Every option the core knows, at once: none is refused as unknown.
+    let every = new_worker(
+        r#"{"scheduler": "http://127.0.0.1:1", "sandboxes": 2, "cpuShare": 1, "contributor": "c0123456789abcdef",
+            "idleExitMs": 1000, "maxSlicesPerSandbox": 10, "maxSandboxHeapBytes": 1000000000, "sandboxIdleMs": 5000,
+            "pyodideUrl": "/pyodide/", "prewarmSpare": false, "setupTimeoutMs": 60000, "workerKey": "k",
+            "runtimeSnapshots": true, "packageSnapshots": false, "onEvent": null}"#,
+    );
+    assert_eq!(every.unwrap().sandboxes(), 2);
     let worker = new_worker(
         r#"{"scheduler": "http://127.0.0.1:1", "runtimeSnapshots": false, "cpuShare": 0.5,
             "contributor": "c0123456789abcdef"}"#,

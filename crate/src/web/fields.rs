@@ -4,6 +4,8 @@
 //! Written by hand rather than with serde: these objects are small and flat, and serde's readers
 //! for JavaScript values (with the paths that name a field) cost the core ≈ 12 KB gzipped.
 
+use std::ops::RangeInclusive;
+
 use js_sys::{Object, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -45,22 +47,17 @@ impl<'a> Fields<'a> {
             .transpose()
     }
 
-    /// A whole number from 0 to `max`.
-    pub fn whole(&self, name: &str, max: u64) -> Result<Option<u64>, String> {
+    /// A whole number within `range` (at most 2^53 − 1, the largest a JavaScript number holds
+    /// exactly).
+    pub fn whole(&self, name: &str, range: RangeInclusive<u64>) -> Result<Option<u64>, String> {
+        let (low, high) = (*range.start() as f64, (*range.end() as f64).min(MAX_SAFE_WHOLE));
         self.get(name)
             .map(|value| {
                 value
                     .as_f64()
-                    .filter(|number| number.fract() == 0.0 && (0.0..=MAX_SAFE_WHOLE.min(max as f64)).contains(number))
+                    .filter(|number| number.fract() == 0.0 && (low..=high).contains(number))
                     .map(|number| number as u64)
-                    .ok_or_else(|| {
-                        let expected = if max as f64 >= MAX_SAFE_WHOLE {
-                            "a whole number, 0 or more".to_string()
-                        } else {
-                            format!("a whole number from 0 to {max}")
-                        };
-                        wrong(name, &expected, &value)
-                    })
+                    .ok_or_else(|| wrong(name, &format!("a whole number from {low} to {high}"), &value))
             })
             .transpose()
     }
@@ -79,8 +76,8 @@ impl<'a> Fields<'a> {
 
     /// The object's own field names that are not in `known`, in the object's order.
     pub fn unknown(&self, known: &[&str]) -> Vec<String> {
-        let Some(object) = self.object.dyn_ref::<Object>() else { return Vec::new() };
-        Object::keys(object)
+        // Not `dyn_ref`: an object of another realm, or without a prototype, is an object too.
+        Object::keys(self.object.unchecked_ref::<Object>())
             .iter()
             .filter_map(|key| key.as_string())
             .filter(|key| !known.contains(&key.as_str()))
@@ -104,7 +101,13 @@ fn in_words(value: &JsValue) -> String {
         let more = if shown.len() < text.len() { "…" } else { "" };
         format!("the text {shown:?}{more}")
     } else if let Some(number) = value.as_f64() {
-        format!("the number {number}")
+        match number {
+            _ if number.is_nan() => "NaN".into(),
+            _ if number.is_infinite() => format!("{}Infinity", if number < 0.0 { "-" } else { "" }),
+            _ => format!("the number {number}"),
+        }
+    } else if value.is_bigint() {
+        "a BigInt".into()
     } else if let Some(flag) = value.as_bool() {
         format!("{flag}")
     } else if value.is_null() {

@@ -3,7 +3,7 @@
 
 pub mod assets;
 pub mod clock;
-pub mod fields;
+mod fields;
 pub mod gzip;
 pub mod http;
 pub mod sandbox;
@@ -88,15 +88,15 @@ impl WorkerOptions {
             )));
         }
         let read = || -> Result<WorkerOptions, String> {
-            let millis = |name: &str| fields.whole(name, u64::MAX);
+            let millis = |name: &str| fields.whole(name, 0..=u64::MAX);
             Ok(WorkerOptions {
                 scheduler: fields.string("scheduler")?,
-                sandboxes: fields.whole("sandboxes", MAX_SANDBOXES as u64)?.map(|n| n as u32),
+                sandboxes: fields.whole("sandboxes", 1..=MAX_SANDBOXES as u64)?.map(|n| n as u32),
                 cpu_share: fields.number("cpuShare")?,
                 contributor: fields.string("contributor")?,
                 idle_exit_ms: millis("idleExitMs")?,
-                max_slices_per_sandbox: fields.whole("maxSlicesPerSandbox", u32::MAX.into())?.map(|n| n as u32),
-                max_sandbox_heap_bytes: fields.whole("maxSandboxHeapBytes", u64::MAX)?,
+                max_slices_per_sandbox: fields.whole("maxSlicesPerSandbox", 0..=u32::MAX.into())?.map(|n| n as u32),
+                max_sandbox_heap_bytes: fields.whole("maxSandboxHeapBytes", 0..=u64::MAX)?,
                 sandbox_idle_ms: millis("sandboxIdleMs")?,
                 pyodide_url: fields.string("pyodideUrl")?,
                 prewarm_spare: fields.flag("prewarmSpare")?,
@@ -118,7 +118,7 @@ fn default_sandboxes() -> usize {
         .ok()
         .and_then(|value| value.as_f64())
         .unwrap_or(2.0) as usize;
-    cores.saturating_sub(1).max(1)
+    cores.saturating_sub(1).clamp(1, MAX_SANDBOXES)
 }
 
 fn page_origin() -> Option<String> {

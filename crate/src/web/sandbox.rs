@@ -133,7 +133,7 @@ impl FromSandbox {
         let (kind, fields) = kind_and_fields(message)?;
         let read = || -> Result<FromSandbox, String> {
             let text = |name: &str| required(name, fields.string(name)?);
-            let id = |name: &str| Ok::<_, String>(fields.whole(name, u32::MAX.into())?.map(|id| id as u32));
+            let id = |name: &str| Ok::<_, String>(fields.whole(name, 0..=u32::MAX.into())?.map(|id| id as u32));
             Ok(match kind.as_str() {
                 "setup-done" => FromSandbox::SetupDone,
                 "setup-error" => FromSandbox::SetupError { message: text("message")?, stack: fields.string("stack")? },
@@ -184,19 +184,21 @@ impl FromSandbox {
 
 impl FromHost {
     /// Reads a message that names its kind in `type` (`{type: 'started', interruptible}`).
-    fn read(message: &JsValue) -> Result<FromHost, String> {
+    /// A kind this core does not know is `None`, ignored: the host page is the scheduler's, and
+    /// one newer than this core (a page left open across an upgrade) may say more.
+    fn read(message: &JsValue) -> Result<Option<FromHost>, String> {
         let (kind, fields) = kind_and_fields(message)?;
-        let read = || -> Result<FromHost, String> {
+        let read = || -> Result<Option<FromHost>, String> {
             let text = |name: &str| required(name, fields.string(name)?);
-            Ok(match kind.as_str() {
+            Ok(Some(match kind.as_str() {
                 "connected" => FromHost::Connected,
                 "started" => {
                     FromHost::Started { interruptible: required("interruptible", fields.flag("interruptible")?)? }
                 }
                 "crashed" => FromHost::Crashed { message: text("message")? },
                 "blocked" => FromHost::Blocked { uri: text("uri")?, directive: text("directive")? },
-                other => return Err(format!("no message is called {other:?}")),
-            })
+                _ => return Ok(None),
+            }))
         };
         read().map_err(|error| format!("`{kind}`: {error}"))
     }
@@ -588,6 +590,9 @@ impl Frame {
 fn connect(frame_window: &web_sys::Window, ports: &Array) {
     let connect = Object::new();
     set(&connect, "type", &"connect".into());
+    // Asks for `connected` at once (a core from before it, still open in a page across an
+    // upgrade of the scheduler, does not ask, and is not sent a message it cannot read).
+    set(&connect, "answer", &true.into());
     let _ = frame_window.post_message_with_transfer(&connect, "*", ports);
 }
 
@@ -649,7 +654,8 @@ impl Tenancy {
         let receiver = shared.clone();
         let on_control =
             Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| match FromHost::read(&event.data()) {
-                Ok(message) => receiver.receive_from_host(message),
+                Ok(Some(message)) => receiver.receive_from_host(message),
+                Ok(None) => {}
                 Err(error) => receiver.crash(format!("unreadable message from the sandbox host: {error}")),
             });
         control.set_onmessage(Some(on_control.as_ref().unchecked_ref()));
@@ -691,7 +697,12 @@ impl IdleFrames {
         let removed = {
             let mut frames = self.frames.borrow_mut();
             frames.push((id, frame));
-            (frames.len() > MAX_IDLE_FRAMES).then(|| frames.remove(0))
+            // Over the limit, the frame that waited longest goes, sparing one holding the
+            // compiled interpreter while another does not.
+            (frames.len() > MAX_IDLE_FRAMES).then(|| {
+                let at = frames.iter().position(|(_, frame)| !frame.holds_interpreter).unwrap_or(0);
+                frames.remove(at)
+            })
         };
         drop(removed);
         let idle = Rc::downgrade(self);
@@ -849,6 +860,9 @@ impl IsolatedSandbox {
             "program": descriptor.program,
             "programName": descriptor.program_name,
             "arguments": descriptor.arguments,
+            // As text too, for Python's `sys.argv`: `JSON.parse` would round an integer past 2^53.
+            "argumentsJson":
+                serde_json::to_string(&descriptor.arguments).map_err(|error| WorkerError::Sandbox(error.to_string()))?,
             "env": descriptor.env,
             "packages": descriptor.packages,
         });

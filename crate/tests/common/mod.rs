@@ -89,3 +89,13 @@ pub async fn a_spinning_slice_is_interrupted(sandbox: Rc<dyn tessera_worker::sup
     let after = sandbox.run(1, json!(21), Rc::default()).await;
     assert_eq!(after.outcome, SliceOutcome::Ok { value: json!(42) }, "the same sandbox runs the next slice");
 }
+
+/// Marks the page's frames not seen before and returns them (sandbox frames a test opened).
+pub fn new_frames() -> js_sys::Array {
+    let fresh = js_sys::Function::new_no_args(
+        "const fresh = [...document.querySelectorAll('iframe')].filter((frame) => !frame.dataset.seen);
+         fresh.forEach((frame) => { frame.dataset.seen = '1'; });
+         return fresh;",
+    );
+    fresh.call0(&wasm_bindgen::JsValue::NULL).expect("the page can list its frames").into()
+}
