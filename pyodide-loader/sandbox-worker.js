@@ -180,7 +180,7 @@ function setupMapBasic(job) {
     URL.revokeObjectURL(url);
   }
   if (typeof work !== 'function') throw new TypeError('the program is not a function; write `(datum, ...args) => result`');
-  const args = job.arguments || [];
+  const args = JSON.parse(job.argumentsJson);
   runSlice = async (datumJson) => toWire(await work(fromWire(datumJson), ...args));
 }
 

@@ -859,8 +859,8 @@ impl IsolatedSandbox {
             "jobId": descriptor.job_id,
             "program": descriptor.program,
             "programName": descriptor.program_name,
-            "arguments": descriptor.arguments,
-            // As text too, for Python's `sys.argv`: `JSON.parse` would round an integer past 2^53.
+            // As text: Python's `sys.argv` takes it as it is (`JSON.parse` would round an integer
+            // past 2^53); a JavaScript program gets it parsed.
             "argumentsJson":
                 serde_json::to_string(&descriptor.arguments).map_err(|error| WorkerError::Sandbox(error.to_string()))?,
             "env": descriptor.env,
