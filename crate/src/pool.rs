@@ -243,7 +243,7 @@ impl Pool {
         let mut surplus = (slots().count() - recycle.len()).saturating_sub(allowed);
         let mut idle_bound: Vec<(usize, &Slot)> =
             slots().filter(|(i, s)| s.running == 0 && s.job.is_some() && !recycle.contains(i)).collect();
-        idle_bound.sort_by_key(|(_, s)| s.idle_since_ms);
+        idle_bound.sort_unstable_by_key(|(i, s)| (s.idle_since_ms, *i));
         for (index, _) in idle_bound {
             if surplus == 0 {
                 break;

@@ -146,8 +146,8 @@ impl<S: Clone> SnapshotBook<S> {
 /// Whether two package lists name the same packages, in any order.
 pub fn same_packages(a: &[String], b: &[String]) -> bool {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
+    a.sort_unstable();
+    b.sort_unstable();
     a == b
 }
 

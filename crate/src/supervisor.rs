@@ -419,8 +419,34 @@ pub fn valid_cpu_share(share: f64) -> Result<f64, WorkerError> {
     if (MIN_CPU_SHARE..=1.0).contains(&share) {
         Ok(share)
     } else {
-        Err(WorkerError::Options(format!("cpuShare must be {MIN_CPU_SHARE}–1, not {share}")))
+        Err(WorkerError::Options(format!("cpuShare must be 0.05–1, not {}", in_decimals(share))))
     }
+}
+
+/// `x` written out with up to six decimals (`2`, `0.5`, `1e-7` as `0.0000001` rounds to `0`),
+/// for messages. Not `{x}`: Rust's float formatting costs the core's wasm 17 KB.
+pub fn in_decimals(x: f64) -> String {
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "NaN".into()
+        } else if x < 0.0 {
+            "-Infinity".into()
+        } else {
+            "Infinity".into()
+        };
+    }
+    let millionths = (x.abs() * 1e6).round();
+    if millionths >= u64::MAX as f64 {
+        return if x < 0.0 { "-a huge number".into() } else { "a huge number".into() };
+    }
+    let millionths = millionths as u64;
+    let sign = if x < 0.0 && millionths > 0 { "-" } else { "" };
+    let (whole, fraction) = (millionths / 1_000_000, millionths % 1_000_000);
+    if fraction == 0 {
+        return format!("{sign}{whole}");
+    }
+    let digits = format!("{fraction:06}");
+    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
 }
 
 /// Lets the page stop a running supervisor.

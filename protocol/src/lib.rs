@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod credits;
 pub mod job;
+pub mod json;
 pub mod keys;
 pub mod lease;
 

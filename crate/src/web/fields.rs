@@ -57,7 +57,10 @@ impl<'a> Fields<'a> {
                     .as_f64()
                     .filter(|number| number.fract() == 0.0 && (low..=high).contains(number))
                     .map(|number| number as u64)
-                    .ok_or_else(|| wrong(name, &format!("a whole number from {low} to {high}"), &value))
+                    .ok_or_else(|| {
+                        let (low, high) = (*range.start(), (*range.end()).min(MAX_SAFE_WHOLE as u64));
+                        wrong(name, &format!("a whole number from {low} to {high}"), &value)
+                    })
             })
             .transpose()
     }
@@ -104,7 +107,10 @@ fn in_words(value: &JsValue) -> String {
         match number {
             _ if number.is_nan() => "NaN".into(),
             _ if number.is_infinite() => format!("{}Infinity", if number < 0.0 { "-" } else { "" }),
-            _ => format!("the number {number}"),
+            _ => match js_sys::Number::from(number).to_string_with_radix(10) {
+                Ok(shown) => format!("the number {}", String::from(shown)),
+                Err(_) => format!("the number {}", crate::supervisor::in_decimals(number)),
+            },
         }
     } else if value.is_bigint() {
         "a BigInt".into()

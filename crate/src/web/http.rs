@@ -9,8 +9,8 @@
 //! non-generic path shared by every request, which keeps the core's wasm small.
 
 use futures::FutureExt;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tessera_protocol::json::{self, FromJson};
 use tessera_protocol::{
     ApiError, BundleLimits, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, RegisterRequest,
     RegisterResponse, ResultsRequest, ResultsResponse,
@@ -58,9 +58,9 @@ impl HttpSchedulerClient {
         format!("{}{}{}", self.base, tessera_protocol::API_PREFIX, path)
     }
 
-    /// `POST`s `body` as JSON and parses the answer as a `T`. Only the (de)serialisation is
+    /// `POST`s `body` as JSON and reads the answer as a `T`. Only the (de)serialisation is
     /// generic; the request itself goes through [`post_json`].
-    fn post<B: Serialize, T: DeserializeOwned + 'static>(
+    fn post<B: Serialize, T: FromJson + 'static>(
         &self,
         path: &str,
         token: Option<&str>,
@@ -72,7 +72,8 @@ impl HttpSchedulerClient {
         let body = serde_json::to_string(body).map_err(|error| WorkerError::Unreachable(error.to_string()));
         async move {
             let text = post_json(&url, authorization.as_deref(), body?, deadline_ms).await?;
-            serde_json::from_str::<T>(&text).map_err(|error| WorkerError::Unreachable(error.to_string()))
+            json::read::<T>(&text, browser_float)
+                .map_err(|error| WorkerError::Unreachable(format!("the scheduler's answer: {error}")))
         }
         .boxed_local()
     }
@@ -153,6 +154,12 @@ async fn send(url: &str, init: &web_sys::RequestInit, deadline: &Deadline) -> Re
     check(response).await
 }
 
+/// The browser's own `parseFloat`, for [`json::read`]: the same nearest `f64` as Rust's parser,
+/// without compiling Rust's into the core.
+pub fn browser_float(text: &str) -> Option<f64> {
+    Some(js_sys::parse_float(text)).filter(|number| number.is_finite())
+}
+
 /// Time allowed for a request that should answer at once.
 const REQUEST_DEADLINE_MS: u32 = 30_000;
 
@@ -175,7 +182,7 @@ async fn check(response: web_sys::Response) -> Result<web_sys::Response, WorkerE
     let status = response.status();
     if (400..500).contains(&status) {
         let error = match text(&response).await {
-            Ok(body) => serde_json::from_str::<ApiError>(&body).ok(),
+            Ok(body) => json::read::<ApiError>(&body, browser_float).ok(),
             Err(_) => None,
         };
         let error = error.unwrap_or_else(|| ApiError {

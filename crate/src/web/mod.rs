@@ -273,7 +273,10 @@ impl TesseraWorker {
         let whole = n.fract() == 0.0 && n >= 0.0;
         let sandboxes = if whole { n as usize } else { usize::MAX };
         self.controls.set_sandboxes(sandboxes).map_err(|_| {
-            let error = WorkerError::Options(format!("sandboxes must be a whole number 1–{MAX_SANDBOXES}, not {n}"));
+            let error = WorkerError::Options(format!(
+                "sandboxes must be a whole number 1–{MAX_SANDBOXES}, not {}",
+                crate::supervisor::in_decimals(n)
+            ));
             JsError::new(&error.to_string())
         })
     }

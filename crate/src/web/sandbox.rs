@@ -1027,12 +1027,14 @@ impl Sandbox for Rc<IsolatedSandbox> {
                 };
             }
             let (outcome, lines) = match wait(sandbox.send_run(&datum, progress)).await {
-                Reply::Done(Ok(json), lines) => match serde_json::from_str(&json) {
-                    Ok(value) => (SliceOutcome::Ok { value }, lines),
-                    Err(error) => {
-                        (SliceOutcome::Error { message: format!("result is not JSON: {error}"), stack: None }, lines)
+                Reply::Done(Ok(json), lines) => {
+                    match tessera_protocol::json::parse(&json, super::http::browser_float) {
+                        Ok(value) => (SliceOutcome::Ok { value }, lines),
+                        Err(error) => {
+                            (SliceOutcome::Error { message: format!("the result is {error}"), stack: None }, lines)
+                        }
                     }
-                },
+                }
                 Reply::Done(Err((message, stack)), lines) => (SliceOutcome::Error { message, stack }, lines),
                 Reply::Interrupted(lines) => {
                     let message = "interrupted: it ran past its time limit".to_string();
