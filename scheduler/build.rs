@@ -3,7 +3,9 @@
 //! any directory. Writes `$OUT_DIR/site_files.rs`: one `EmbeddedFile` (`site.rs`) per file, its
 //! `brotli` being the file compressed once here at brotli's best quality (the worker core is
 //! 17 % smaller than the scheduler's on-the-fly brotli makes it), or `None` where that gains
-//! nothing.
+//! nothing. JavaScript is embedded without its comments and indentation
+//! (`build-support/js_without_comments.rs`, shared with the worker core's build): every volunteer
+//! downloads it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -17,6 +19,7 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let www = manifest.join("../www");
     println!("cargo:rerun-if-changed={}", www.display());
+    println!("cargo:rerun-if-changed={}", manifest.join("../build-support/js_without_comments.rs").display());
     for required in REQUIRED {
         if !www.join(required).is_file() {
             panic!(
@@ -32,7 +35,14 @@ fn main() {
     let mut source = String::from("/// The site's files, embedded at build time.\n");
     source.push_str("static SITE_FILES: &[EmbeddedFile] = &[\n");
     for (index, (url_path, file)) in files.iter().enumerate() {
-        let bytes = fs::read(file).unwrap_or_else(|error| panic!("reading {}: {error}", file.display()));
+        let mut bytes = fs::read(file).unwrap_or_else(|error| panic!("reading {}: {error}", file.display()));
+        let mut embedded = file.clone();
+        if url_path.ends_with(".js") {
+            let source = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{} is not UTF-8", file.display()));
+            bytes = js_without_comments(&source).into_bytes();
+            embedded = out_dir.join(format!("site-{index}.js"));
+            fs::write(&embedded, &bytes).unwrap_or_else(|error| panic!("writing {}: {error}", embedded.display()));
+        }
         let compressed = brotli(&bytes);
         let brotli = if compressed.len() + compressed.len() / 20 < bytes.len() {
             let path = out_dir.join(format!("site-{index}.br"));
@@ -44,7 +54,7 @@ fn main() {
         let _ = writeln!(
             source,
             "    EmbeddedFile {{ path: {url_path:?}, bytes: include_bytes!({:?}), brotli: {brotli} }},",
-            file.display().to_string()
+            embedded.display().to_string()
         );
     }
     source.push_str("];\n");
@@ -82,3 +92,5 @@ fn brotli(bytes: &[u8]) -> Vec<u8> {
     }
     compressed
 }
+
+include!("../build-support/js_without_comments.rs");

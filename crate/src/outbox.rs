@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use tessera_protocol::json::ToJson;
 use tessera_protocol::{ConsoleLine, ResultItem, SliceOutcome};
 
 /// Console output kept per slice; the rest is counted in one closing line.
@@ -124,23 +125,9 @@ impl Outbox {
     }
 }
 
-/// Bytes of `value`'s JSON encoding, counted without building it (this runs once per result).
-pub fn json_len<T: serde::Serialize>(value: &T) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    match serde_json::to_writer(&mut counter, value) {
-        Ok(()) => counter.0,
-        Err(_) => 0,
-    }
+/// Bytes of `value`'s JSON encoding, as the worker sends it.
+pub fn json_len<T: ToJson + ?Sized>(value: &T) -> usize {
+    tessera_protocol::json::write(value).len()
 }
 
 /// The outcome as the scheduler will store it: a value whose JSON is over `max_bytes` becomes the

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use futures::future::{self, Either, LocalBoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use serde::Serialize;
 use serde_json::Value;
+use tessera_protocol::json::{ObjectWriter, ToJson};
 use tessera_protocol::{
     bundle, BundleLimits, ConsoleLine, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest,
     LeaseResponse, RegisterRequest, RegisterResponse, ResultItem, ResultStatus, ResultsRequest, ResultsResponse,
@@ -124,8 +124,8 @@ pub enum SetupPhase {
 }
 
 /// What a sandbox is doing, for the page's sandbox cards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize), serde(rename_all = "camelCase"))]
 pub enum SandboxActivity {
     /// Loading the Python runtime (Pyodide), from a snapshot or afresh.
     LoadingRuntime,
@@ -145,9 +145,12 @@ pub trait SandboxFactory {
 }
 
 /// What the page (or a test) can watch. In JavaScript every name is camelCase: the `type`
-/// (`sliceFinished`), the fields (`retryMs`) and the values (`timedOut`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+/// (`sliceFinished`), the fields (`retryMs`) and the values (`timedOut`). Written as JSON by hand
+/// ([`ToJson`], to keep serde out of the core's wasm); the tests hold it to what serde's derive
+/// writes.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(test, serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase"))]
 pub enum WorkerEvent {
     Registered {
         worker_id: String,
@@ -253,6 +256,101 @@ pub enum WorkerEvent {
     Stopped {
         reason: String,
     },
+}
+
+impl ToJson for SandboxActivity {
+    fn write_json(&self, out: &mut String) {
+        let name = match self {
+            SandboxActivity::LoadingRuntime => "loadingRuntime",
+            SandboxActivity::LoadingPackages => "loadingPackages",
+            SandboxActivity::StartingProgram => "startingProgram",
+            SandboxActivity::Running => "running",
+            SandboxActivity::Resting => "resting",
+            SandboxActivity::Idle => "idle",
+        };
+        name.write_json(out);
+    }
+}
+
+impl ToJson for WorkerEvent {
+    fn write_json(&self, out: &mut String) {
+        let mut event = ObjectWriter::new(out);
+        let event = &mut event;
+        match self {
+            WorkerEvent::Registered { worker_id, contributor, sandboxes } => event
+                .field("type", "registered")
+                .field("workerId", worker_id)
+                .field("contributor", contributor)
+                .field("sandboxes", sandboxes),
+            WorkerEvent::Leased { count } => event.field("type", "leased").field("count", count),
+            WorkerEvent::SandboxCreated { sandbox, worktime } => {
+                event.field("type", "sandboxCreated").field("sandbox", sandbox).field("worktime", worktime)
+            }
+            WorkerEvent::SandboxRemoved { sandbox, reason } => {
+                event.field("type", "sandboxRemoved").field("sandbox", sandbox).field("reason", reason)
+            }
+            WorkerEvent::SandboxState { sandbox, state, job } => {
+                event.field("type", "sandboxState").field("sandbox", sandbox).field("state", state).field("job", job)
+            }
+            WorkerEvent::SliceStarted { job, slice, sandbox } => {
+                event.field("type", "sliceStarted").field("job", job).field("slice", slice).field("sandbox", sandbox)
+            }
+            WorkerEvent::SliceProgress { job, slice, sandbox, progress } => event
+                .field("type", "sliceProgress")
+                .field("job", job)
+                .field("slice", slice)
+                .field("sandbox", sandbox)
+                .field("progress", progress),
+            WorkerEvent::SliceFinished { job, slice, sandbox, outcome, ms } => event
+                .field("type", "sliceFinished")
+                .field("job", job)
+                .field("slice", slice)
+                .field("sandbox", sandbox)
+                .field("outcome", *outcome)
+                .field("ms", ms),
+            WorkerEvent::SliceInterrupted { job, slice, sandbox, reason } => event
+                .field("type", "sliceInterrupted")
+                .field("job", job)
+                .field("slice", slice)
+                .field("sandbox", sandbox)
+                .field("reason", reason),
+            WorkerEvent::JobEnded { job } => event.field("type", "jobEnded").field("job", job),
+            WorkerEvent::Submitted { accepted, duplicate, stale, requeued, released, refused } => event
+                .field("type", "submitted")
+                .field("accepted", accepted)
+                .field("duplicate", duplicate)
+                .field("stale", stale)
+                .field("requeued", requeued)
+                .field("released", released)
+                .field("refused", refused),
+            WorkerEvent::SchedulerUnreachable { request, message, retry_ms } => event
+                .field("type", "schedulerUnreachable")
+                .field("request", *request)
+                .field("message", message)
+                .field("retryMs", retry_ms),
+            WorkerEvent::RequestRefused { request, message } => {
+                event.field("type", "requestRefused").field("request", *request).field("message", message)
+            }
+            WorkerEvent::SandboxesFailing { failures, pause_ms } => {
+                event.field("type", "sandboxesFailing").field("failures", failures).field("pauseMs", pause_ms)
+            }
+            WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter } => event
+                .field("type", "runtimeSnapshot")
+                .field("outcome", *outcome)
+                .field("ms", ms)
+                .field("reason", reason)
+                .field("packages", packages)
+                .field("interpreter", interpreter),
+            WorkerEvent::Paused => event.field("type", "paused"),
+            WorkerEvent::Resumed => event.field("type", "resumed"),
+            WorkerEvent::SandboxesChanged { sandboxes } => {
+                event.field("type", "sandboxesChanged").field("sandboxes", sandboxes)
+            }
+            WorkerEvent::Idle => event.field("type", "idle"),
+            WorkerEvent::Stopped { reason } => event.field("type", "stopped").field("reason", reason),
+        };
+        event.end();
+    }
 }
 
 /// The shortest gap between two `SliceProgress` events of one slice: a program may report
@@ -1532,6 +1630,55 @@ async fn watch_slice<K: Clock>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_is_written_as_serde_writes_it() {
+        let text = || "say \"hi\"\n é".to_string();
+        let job = text;
+        let activities = [
+            SandboxActivity::LoadingRuntime,
+            SandboxActivity::LoadingPackages,
+            SandboxActivity::StartingProgram,
+            SandboxActivity::Running,
+            SandboxActivity::Resting,
+            SandboxActivity::Idle,
+        ];
+        let mut events = vec![
+            WorkerEvent::Registered { worker_id: text(), contributor: text(), sandboxes: 8 },
+            WorkerEvent::Leased { count: 3 },
+            WorkerEvent::SandboxCreated { sandbox: 1, worktime: Worktime::MapBasic },
+            WorkerEvent::SandboxCreated { sandbox: 2, worktime: Worktime::Pyodide },
+            WorkerEvent::SandboxRemoved { sandbox: 1, reason: text() },
+            WorkerEvent::SandboxState { sandbox: 1, state: SandboxActivity::Idle, job: None },
+            WorkerEvent::SliceStarted { job: job(), slice: u64::MAX, sandbox: 0 },
+            WorkerEvent::SliceProgress { job: job(), slice: 1, sandbox: 0, progress: None },
+            WorkerEvent::SliceProgress { job: job(), slice: 1, sandbox: 0, progress: Some(0.125) },
+            WorkerEvent::SliceFinished { job: job(), slice: 2, sandbox: 0, outcome: "timedOut", ms: 17 },
+            WorkerEvent::SliceInterrupted { job: job(), slice: 2, sandbox: 0, reason: text() },
+            WorkerEvent::JobEnded { job: job() },
+            WorkerEvent::Submitted { accepted: 1, duplicate: 2, stale: 3, requeued: 4, released: 5, refused: 6 },
+            WorkerEvent::SchedulerUnreachable { request: "lease", message: text(), retry_ms: 250 },
+            WorkerEvent::RequestRefused { request: "results", message: text() },
+            WorkerEvent::SandboxesFailing { failures: 3, pause_ms: 60_000 },
+            WorkerEvent::RuntimeSnapshot { outcome: "made", ms: None, reason: None, packages: None, interpreter: None },
+            WorkerEvent::RuntimeSnapshot {
+                outcome: "restored",
+                ms: Some(240),
+                reason: Some(text()),
+                packages: Some(vec!["numpy".into(), "pandas".into()]),
+                interpreter: Some("reused".into()),
+            },
+            WorkerEvent::Paused,
+            WorkerEvent::Resumed,
+            WorkerEvent::SandboxesChanged { sandboxes: 64 },
+            WorkerEvent::Idle,
+            WorkerEvent::Stopped { reason: text() },
+        ];
+        events.extend(activities.map(|state| WorkerEvent::SandboxState { sandbox: 3, state, job: Some(job()) }));
+        for event in events {
+            assert_eq!(tessera_protocol::json::write(&event), serde_json::to_string(&event).unwrap());
+        }
+    }
 
     #[test]
     fn holds_more_of_fast_slices_and_fewer_of_slow_ones() {

@@ -1,12 +1,13 @@
-//! JSON read by hand, for the worker core.
+//! JSON read and written by hand, for the worker core.
 //!
 //! The scheduler reads and writes the wire types with serde. The worker core ships to every
-//! volunteer's browser as wasm, and serde's readers cost it dearly there: one monomorphised
-//! deserializer per type, plus serde_json's parser and the float formatting its error messages
-//! pull in, ≈ 70 KB of wasm before compression. So the core parses an answer into a
-//! [`serde_json::Value`] with [`parse`] (one small, non-generic parser) and reads the wire types
-//! from it with [`FromJson`]. The tests below hold these readers to serde's: every answer the
-//! scheduler can write is read back equal, and JSON that serde_json refuses is refused here too.
+//! volunteer's browser as wasm, and serde costs it dearly there: one monomorphised deserializer
+//! and serializer per type and per output, plus serde_json's parser and the float formatting its
+//! error messages pull in, ≈ 90 KB of wasm before compression. So the core parses an answer into
+//! a [`serde_json::Value`] with [`parse`] (one small, non-generic parser), reads the wire types
+//! from it with [`FromJson`], and writes its requests with [`ToJson`]. The tests below hold both
+//! to serde: every answer the scheduler can write is read back equal, JSON that serde_json refuses
+//! is refused here too, and every request is written byte for byte as serde writes it.
 //!
 //! Numbers keep serde_json's meaning: an integer literal that fits is a `u64` or `i64` (exact past
 //! 2^53), anything else an `f64`. Turning a decimal's text into an `f64` is left to the caller's
@@ -16,10 +17,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
 
-use crate::job::Worktime;
+use crate::job::{ConsoleLine, Worktime};
 use crate::lease::{
-    HeartbeatResponse, JobDescriptor, Lease, LeaseResponse, RegisterResponse, ResultAck, ResultStatus, ResultsResponse,
-    WorkerLimits,
+    HeartbeatItem, HeartbeatRequest, HeartbeatResponse, JobDescriptor, Lease, LeaseRequest, LeaseResponse,
+    RegisterRequest, RegisterResponse, ResultAck, ResultItem, ResultStatus, ResultsRequest, ResultsResponse,
+    SliceOutcome, WorkerLimits,
 };
 use crate::ApiError;
 
@@ -530,6 +532,287 @@ impl FromJson for ResultsResponse {
     }
 }
 
+/// A wire type written as JSON by hand: compact, fields in declaration order, optional ones left
+/// out when absent, exactly as serde writes it.
+pub trait ToJson {
+    fn write_json(&self, out: &mut String);
+}
+
+/// `value` as JSON text.
+pub fn write<T: ToJson + ?Sized>(value: &T) -> String {
+    let mut out = String::new();
+    value.write_json(&mut out);
+    out
+}
+
+/// Writes an object's fields in order, with the commas between them.
+pub struct ObjectWriter<'a> {
+    out: &'a mut String,
+    empty: bool,
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub fn new(out: &'a mut String) -> ObjectWriter<'a> {
+        out.push('{');
+        ObjectWriter { out, empty: true }
+    }
+
+    pub fn field<T: ToJson + ?Sized>(&mut self, name: &str, value: &T) -> &mut Self {
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        name.write_json(self.out);
+        self.out.push(':');
+        value.write_json(self.out);
+        self
+    }
+
+    /// The field when there is a value; nothing when `None`.
+    pub fn optional<T: ToJson>(&mut self, name: &str, value: &Option<T>) -> &mut Self {
+        match value {
+            Some(value) => self.field(name, value),
+            None => self,
+        }
+    }
+
+    /// The field when the list has items; nothing when it is empty.
+    pub fn unless_empty<T: ToJson>(&mut self, name: &str, items: &[T]) -> &mut Self {
+        if items.is_empty() {
+            self
+        } else {
+            self.field(name, items)
+        }
+    }
+
+    pub fn end(&mut self) {
+        self.out.push('}');
+    }
+}
+
+impl ToJson for str {
+    /// Escaped as serde_json escapes: `"`, `\\`, the short escapes and `\u00XX` for other
+    /// control characters; everything else as it is.
+    fn write_json(&self, out: &mut String) {
+        out.push('"');
+        let mut plain = 0;
+        for (at, byte) in self.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            out.push_str(&self[plain..at]);
+            plain = at + 1;
+            if escape.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            } else {
+                out.push_str(escape);
+            }
+        }
+        out.push_str(&self[plain..]);
+        out.push('"');
+    }
+}
+
+impl ToJson for String {
+    fn write_json(&self, out: &mut String) {
+        self.as_str().write_json(out);
+    }
+}
+
+impl ToJson for u64 {
+    fn write_json(&self, out: &mut String) {
+        out.push_str(&self.to_string());
+    }
+}
+
+impl ToJson for u32 {
+    fn write_json(&self, out: &mut String) {
+        u64::from(*self).write_json(out);
+    }
+}
+
+impl ToJson for usize {
+    fn write_json(&self, out: &mut String) {
+        out.push_str(&self.to_string());
+    }
+}
+
+impl ToJson for bool {
+    fn write_json(&self, out: &mut String) {
+        out.push_str(if *self { "true" } else { "false" });
+    }
+}
+
+impl ToJson for f64 {
+    /// The shortest text that reads back as the same number (serde_json's); `null` when it is
+    /// not finite, as serde_json writes it.
+    fn write_json(&self, out: &mut String) {
+        match Number::from_f64(*self) {
+            Some(number) => out.push_str(&number.to_string()),
+            None => out.push_str("null"),
+        }
+    }
+}
+
+impl<T: ToJson> ToJson for Option<T> {
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Some(value) => value.write_json(out),
+            None => out.push_str("null"),
+        }
+    }
+}
+
+impl<T: ToJson> ToJson for [T] {
+    fn write_json(&self, out: &mut String) {
+        out.push('[');
+        for (i, item) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            item.write_json(out);
+        }
+        out.push(']');
+    }
+}
+
+impl<T: ToJson> ToJson for Vec<T> {
+    fn write_json(&self, out: &mut String) {
+        self.as_slice().write_json(out);
+    }
+}
+
+impl<T: ToJson> ToJson for BTreeMap<String, T> {
+    fn write_json(&self, out: &mut String) {
+        let mut object = ObjectWriter::new(out);
+        for (key, value) in self {
+            object.field(key, value);
+        }
+        object.end();
+    }
+}
+
+impl ToJson for Value {
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::Bool(flag) => flag.write_json(out),
+            Value::Number(number) => out.push_str(&number.to_string()),
+            Value::String(text) => text.write_json(out),
+            Value::Array(items) => items.write_json(out),
+            Value::Object(map) => {
+                let mut object = ObjectWriter::new(out);
+                for (key, value) in map {
+                    object.field(key, value);
+                }
+                object.end();
+            }
+        }
+    }
+}
+
+impl ToJson for Worktime {
+    fn write_json(&self, out: &mut String) {
+        self.as_str().write_json(out);
+    }
+}
+
+impl ToJson for RegisterRequest {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out)
+            .optional("user_agent", &self.user_agent)
+            .field("sandboxes", &self.sandboxes)
+            .optional("worker_key", &self.worker_key)
+            .optional("contributor", &self.contributor)
+            .end();
+    }
+}
+
+impl ToJson for LeaseRequest {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out)
+            .field("max_slices", &self.max_slices)
+            .field("wait_ms", &self.wait_ms)
+            .unless_empty("known_jobs", &self.known_jobs)
+            .unless_empty("prefer_jobs", &self.prefer_jobs)
+            .end();
+    }
+}
+
+impl ToJson for HeartbeatItem {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out)
+            .field("lease_id", &self.lease_id)
+            .field("token", &self.token)
+            .optional("progress", &self.progress)
+            .end();
+    }
+}
+
+impl ToJson for HeartbeatRequest {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out).field("leases", &self.leases).end();
+    }
+}
+
+impl ToJson for SliceOutcome {
+    fn write_json(&self, out: &mut String) {
+        let mut object = ObjectWriter::new(out);
+        object.field("kind", self.kind());
+        match self {
+            SliceOutcome::Ok { value } => object.field("value", value),
+            SliceOutcome::Error { message, stack } | SliceOutcome::JobError { message, stack } => {
+                object.field("message", message).optional("stack", stack)
+            }
+            SliceOutcome::WorkerFault { message } | SliceOutcome::TimedOut { message } => {
+                object.field("message", message)
+            }
+            SliceOutcome::Released { reason } => object.field("reason", reason),
+        };
+        object.end();
+    }
+}
+
+impl ToJson for ConsoleLine {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out)
+            .optional("slice", &self.slice)
+            .field("stream", &self.stream)
+            .field("text", &self.text)
+            .optional("seq", &self.seq)
+            .end();
+    }
+}
+
+impl ToJson for ResultItem {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out)
+            .field("lease_id", &self.lease_id)
+            .field("token", &self.token)
+            .field("outcome", &self.outcome)
+            .unless_empty("console", &self.console)
+            .optional("compute_ms", &self.compute_ms)
+            .end();
+    }
+}
+
+impl ToJson for ResultsRequest {
+    fn write_json(&self, out: &mut String) {
+        ObjectWriter::new(out).field("results", &self.results).optional("worker_token", &self.worker_token).end();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,5 +1029,74 @@ mod tests {
             Err("limits.max_lease_slices: expected a whole number below 2^32, not a number".into())
         );
         let _ = SliceOutcome::Released { reason: String::new() };
+    }
+
+    /// Every request a worker sends is written byte for byte as serde writes it.
+    fn writes_as_serde<T: ToJson + serde::Serialize>(value: &T) {
+        assert_eq!(write(value), serde_json::to_string(value).unwrap());
+    }
+
+    #[test]
+    fn writes_every_request_a_worker_sends_as_serde_does() {
+        let awkward =
+            "quote \" backslash \\ slash / nl \n cr \r tab \t bs \u{8} ff \u{c} nul \u{0} us \u{1f} del \u{7f} é 中 😀";
+        writes_as_serde(&json!([
+            null, true, false, 0, -1, u64::MAX, i64::MIN, 1.5, -2.5e-300, 1e300, 0.1, 100.0, awkward,
+            {"b": [], "a": {}, awkward: [1, [2, {"c": null}]]}
+        ]));
+        writes_as_serde(&RegisterRequest { user_agent: None, sandboxes: 8, worker_key: None, contributor: None });
+        writes_as_serde(&RegisterRequest {
+            user_agent: Some(awkward.into()),
+            sandboxes: u32::MAX,
+            worker_key: Some("k".into()),
+            contributor: Some("c".repeat(16)),
+        });
+        writes_as_serde(&LeaseRequest { max_slices: 4, wait_ms: 0, known_jobs: vec![], prefer_jobs: vec![] });
+        writes_as_serde(&LeaseRequest {
+            max_slices: 1,
+            wait_ms: 20_000,
+            known_jobs: vec!["a".into(), "b".into()],
+            prefer_jobs: vec!["b".into()],
+        });
+        writes_as_serde(&HeartbeatRequest {
+            leases: vec![
+                HeartbeatItem { lease_id: "l1".into(), token: "t".into(), progress: None },
+                HeartbeatItem { lease_id: "l2".into(), token: "t".into(), progress: Some(0.25) },
+                HeartbeatItem { lease_id: "l3".into(), token: "t".into(), progress: Some(f64::NAN) },
+            ],
+        });
+        let outcomes = [
+            SliceOutcome::Ok { value: json!({"x": [1, 2.5, awkward]}) },
+            SliceOutcome::Error { message: awkward.into(), stack: Some("at f".into()) },
+            SliceOutcome::Error { message: "m".into(), stack: None },
+            SliceOutcome::JobError { message: "m".into(), stack: Some("s".into()) },
+            SliceOutcome::WorkerFault { message: "crashed".into() },
+            SliceOutcome::TimedOut { message: "late".into() },
+            SliceOutcome::Released { reason: "closed".into() },
+        ];
+        let results = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(n, outcome)| ResultItem {
+                lease_id: format!("l{n}"),
+                token: "t".into(),
+                outcome,
+                console: if n % 2 == 0 {
+                    vec![
+                        ConsoleLine { slice: Some(3), stream: "stdout".into(), text: awkward.into(), seq: None },
+                        ConsoleLine { slice: None, stream: "stderr".into(), text: "e".into(), seq: Some(9) },
+                    ]
+                } else {
+                    vec![]
+                },
+                compute_ms: (n % 3 == 0).then_some(n as u64 * 10),
+            })
+            .collect();
+        writes_as_serde(&ResultsRequest { results, worker_token: Some("w".into()) });
+        writes_as_serde(&ResultsRequest { results: vec![], worker_token: None });
+        writes_as_serde(&BTreeMap::from([("k".to_string(), "v".to_string()), (awkward.to_string(), String::new())]));
+        writes_as_serde(&Worktime::MapBasic);
+        writes_as_serde(&Some(Worktime::Pyodide));
+        writes_as_serde(&None::<u64>);
     }
 }

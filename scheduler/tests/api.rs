@@ -248,6 +248,23 @@ async fn cancel_stops_leasing_and_serves_static_files_with_mime_types() {
         .await
         .unwrap();
     assert_eq!(cors.headers()["access-control-allow-origin"], "*");
+    // The same answer for every origin: no `Vary` on it, and no headers exposed to pages (every
+    // answer a volunteer's worker gets would carry them).
+    assert!(cors.headers().get("vary").is_none(), "{:?}", cors.headers());
+    assert!(cors.headers().get("access-control-expose-headers").is_none(), "{:?}", cors.headers());
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/leases", server.url))
+        .header("origin", "http://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers()["access-control-allow-methods"], "*");
+    assert_eq!(preflight.headers()["access-control-allow-headers"], "*");
 }
 
 #[tokio::test]

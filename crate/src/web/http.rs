@@ -9,8 +9,7 @@
 //! non-generic path shared by every request, which keeps the core's wasm small.
 
 use futures::FutureExt;
-use serde::Serialize;
-use tessera_protocol::json::{self, FromJson};
+use tessera_protocol::json::{self, FromJson, ToJson};
 use tessera_protocol::{
     ApiError, BundleLimits, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, RegisterRequest,
     RegisterResponse, ResultsRequest, ResultsResponse,
@@ -60,7 +59,7 @@ impl HttpSchedulerClient {
 
     /// `POST`s `body` as JSON and reads the answer as a `T`. Only the (de)serialisation is
     /// generic; the request itself goes through [`post_json`].
-    fn post<B: Serialize, T: FromJson + 'static>(
+    fn post<B: ToJson, T: FromJson + 'static>(
         &self,
         path: &str,
         token: Option<&str>,
@@ -69,9 +68,9 @@ impl HttpSchedulerClient {
     ) -> Task<Result<T, WorkerError>> {
         let url = self.url(path);
         let authorization = token.map(|token| format!("Bearer {token}"));
-        let body = serde_json::to_string(body).map_err(|error| WorkerError::Unreachable(error.to_string()));
+        let body = json::write(body);
         async move {
-            let text = post_json(&url, authorization.as_deref(), body?, deadline_ms).await?;
+            let text = post_json(&url, authorization.as_deref(), body, deadline_ms).await?;
             json::read::<T>(&text, browser_float)
                 .map_err(|error| WorkerError::Unreachable(format!("the scheduler's answer: {error}")))
         }

@@ -146,7 +146,7 @@ pub struct TesseraWorker {
 fn say_farewell(stop: &StopHandle, farewell: &Farewell, results_url: &str) {
     stop.stop();
     let Some(batch) = farewell.batch("the page was closed", FAREWELL_MAX_LEASES) else { return };
-    let Ok(json) = serde_json::to_string(&batch) else { return };
+    let json = tessera_protocol::json::write(&batch);
     let Some(window) = web_sys::window() else { return };
     // text/plain keeps the beacon a simple request (no CORS preflight) from any page.
     let options = web_sys::BlobPropertyBag::new();
@@ -198,7 +198,7 @@ impl TesseraWorker {
         }
         let listener: Rc<dyn Fn(&WorkerEvent)> = Rc::new(move |event: &WorkerEvent| {
             if let Some(callback) = &on_event {
-                let value = serde_json::to_string(event).ok().and_then(|json| js_sys::JSON::parse(&json).ok());
+                let value = js_sys::JSON::parse(&tessera_protocol::json::write(event)).ok();
                 if let Some(value) = value {
                     let _ = callback.call1(&JsValue::NULL, &value);
                 }

@@ -21,6 +21,7 @@ use futures::channel::oneshot;
 use futures::FutureExt;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use serde_json::Value;
+use tessera_protocol::json::{self, ObjectWriter};
 use tessera_protocol::{BundleEntry, ConsoleLine, SliceOutcome, Worktime};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -855,19 +856,18 @@ impl IsolatedSandbox {
     /// Sends the job's set-up message, transferring the bundle's bytes.
     fn send_setup(&self, job: &PreparedJob) -> Result<oneshot::Receiver<Reply>, WorkerError> {
         let descriptor = &job.descriptor;
-        let job_json = serde_json::json!({
-            "jobId": descriptor.job_id,
-            "program": descriptor.program,
-            "programName": descriptor.program_name,
+        let mut job_json = String::new();
+        ObjectWriter::new(&mut job_json)
+            .field("jobId", &descriptor.job_id)
+            .field("program", &descriptor.program)
+            .field("programName", &descriptor.program_name)
             // As text: Python's `sys.argv` takes it as it is (`JSON.parse` would round an integer
             // past 2^53); a JavaScript program gets it parsed.
-            "argumentsJson":
-                serde_json::to_string(&descriptor.arguments).map_err(|error| WorkerError::Sandbox(error.to_string()))?,
-            "env": descriptor.env,
-            "packages": descriptor.packages,
-        });
-        let job_value =
-            js_sys::JSON::parse(&job_json.to_string()).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
+            .field("argumentsJson", &json::write(&descriptor.arguments))
+            .field("env", &descriptor.env)
+            .field("packages", &descriptor.packages)
+            .end();
+        let job_value = js_sys::JSON::parse(&job_json).map_err(|error| WorkerError::Sandbox(describe(&error)))?;
         let files = Array::new();
         let transfer = Array::new();
         for entry in &job.bundle {
@@ -898,7 +898,7 @@ impl IsolatedSandbox {
         self.next_id.set(id.wrapping_add(1));
         let item = Object::new();
         set(&item, "id", &id.into());
-        set(&item, "datum", &datum.to_string().into());
+        set(&item, "datum", &json::write(datum).into());
         let (sender, receiver) = oneshot::channel();
         self.tenancy.shared.pending.borrow_mut().insert(id, Pending { reply: sender, progress });
         let first = {
@@ -1027,14 +1027,12 @@ impl Sandbox for Rc<IsolatedSandbox> {
                 };
             }
             let (outcome, lines) = match wait(sandbox.send_run(&datum, progress)).await {
-                Reply::Done(Ok(json), lines) => {
-                    match tessera_protocol::json::parse(&json, super::http::browser_float) {
-                        Ok(value) => (SliceOutcome::Ok { value }, lines),
-                        Err(error) => {
-                            (SliceOutcome::Error { message: format!("the result is {error}"), stack: None }, lines)
-                        }
+                Reply::Done(Ok(text), lines) => match json::parse(&text, super::http::browser_float) {
+                    Ok(value) => (SliceOutcome::Ok { value }, lines),
+                    Err(error) => {
+                        (SliceOutcome::Error { message: format!("the result is {error}"), stack: None }, lines)
                     }
-                }
+                },
                 Reply::Done(Err((message, stack)), lines) => (SliceOutcome::Error { message, stack }, lines),
                 Reply::Interrupted(lines) => {
                     let message = "interrupted: it ran past its time limit".to_string();
