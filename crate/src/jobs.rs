@@ -4,7 +4,7 @@
 //! jobs with nothing held are dropped once more than [`JobCache::capacity`] are known, so a page
 //! left open for days does not keep every bundle it ever saw.
 
-use std::collections::HashMap;
+use crate::small_map::SmallMap;
 use std::rc::Rc;
 
 use tessera_protocol::{BundleEntry, JobDescriptor};
@@ -39,8 +39,8 @@ struct SetupFailures {
 /// Known jobs with their last use, bounded.
 #[derive(Debug)]
 pub struct JobCache {
-    entries: HashMap<String, (JobEntry, u64)>,
-    failures: HashMap<String, SetupFailures>,
+    entries: SmallMap<String, (JobEntry, u64)>,
+    failures: SmallMap<String, SetupFailures>,
     capacity: usize,
 }
 
@@ -50,7 +50,7 @@ pub const SETUP_FAILURES_BEFORE_BROKEN: u32 = 2;
 impl JobCache {
     /// A cache that keeps about `capacity` jobs.
     pub fn new(capacity: usize) -> JobCache {
-        JobCache { entries: HashMap::new(), failures: HashMap::new(), capacity: capacity.max(1) }
+        JobCache { entries: SmallMap::new(), failures: SmallMap::new(), capacity: capacity.max(1) }
     }
 
     pub fn contains(&self, job_id: &str) -> bool {
@@ -94,7 +94,7 @@ impl JobCache {
     /// Records that the program failed to set up in a fresh sandbox; returns true once it has
     /// failed in [`SETUP_FAILURES_BEFORE_BROKEN`] of them, when the job is marked broken here.
     pub fn setup_failed(&mut self, job_id: &str, message: &str, stack: Option<&str>, now: u64) -> bool {
-        let failures = self.failures.entry(job_id.to_string()).or_default();
+        let failures = self.failures.get_or_insert_with(job_id.to_string(), SetupFailures::default);
         failures.count += 1;
         let broken = failures.count >= SETUP_FAILURES_BEFORE_BROKEN;
         if broken {

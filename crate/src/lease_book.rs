@@ -5,7 +5,7 @@
 //! back in one synchronous beacon without waiting for the supervisor's loop.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use tessera_protocol::{HeartbeatItem, Lease, ResultItem, ResultsRequest, SliceOutcome};
@@ -94,9 +94,12 @@ impl LeaseBook {
         self.held.len()
     }
 
-    /// Jobs with at least one held lease.
-    pub fn held_jobs(&self) -> HashSet<String> {
-        self.held.values().map(|held| held.job_id.clone()).collect()
+    /// Jobs with at least one held lease, each once.
+    pub fn held_jobs(&self) -> Vec<String> {
+        let mut jobs: Vec<String> = self.held.values().map(|held| held.job_id.clone()).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        jobs
     }
 
     /// Leases waiting for a sandbox, in lease order.

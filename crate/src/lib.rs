@@ -17,6 +17,7 @@ pub mod lease_book;
 pub mod outbox;
 pub mod pool;
 pub mod runtime_files;
+pub mod small_map;
 pub mod snapshot_book;
 pub mod supervisor;
 pub mod watchdog;

@@ -7,7 +7,7 @@
 //! sandboxes whose job loads its packages (`plan_where`); a sandbox that needs another one makes
 //! the replacement.
 
-use std::collections::{HashMap, HashSet};
+use crate::small_map::SmallMap;
 
 /// What one new Pyodide sandbox is told.
 #[derive(Debug, PartialEq)]
@@ -41,9 +41,9 @@ pub struct SnapshotBook<S> {
     next_ticket: u64,
     next_generation: u64,
     /// Tickets allowed to hand in a snapshot (each at most once).
-    makers: HashSet<u64>,
+    makers: SmallMap<u64, ()>,
     /// Tickets given a snapshot to restore, with that snapshot's generation.
-    restorers: HashMap<u64, u64>,
+    restorers: SmallMap<u64, u64>,
 }
 
 impl<S: Clone> SnapshotBook<S> {
@@ -53,8 +53,8 @@ impl<S: Clone> SnapshotBook<S> {
             state: if enabled { State::Unknown } else { State::Off },
             next_ticket: 1,
             next_generation: 1,
-            makers: HashSet::new(),
-            restorers: HashMap::new(),
+            makers: SmallMap::new(),
+            restorers: SmallMap::new(),
         }
     }
 
@@ -98,7 +98,7 @@ impl<S: Clone> SnapshotBook<S> {
             State::Unknown | State::Missing | State::Have(..) => (None, false),
         };
         if make {
-            self.makers.insert(ticket);
+            self.makers.insert(ticket, ());
         }
         SnapshotPlan { restore, make, ticket }
     }
@@ -106,7 +106,7 @@ impl<S: Clone> SnapshotBook<S> {
     /// `ticket`'s sandbox handed in a snapshot: it becomes the page's, replacing any older one.
     /// False (and nothing changes) when that sandbox was not asked for one, or already gave one.
     pub fn made(&mut self, ticket: u64, snapshot: S) -> bool {
-        if !self.makers.remove(&ticket) || matches!(self.state, State::Off) {
+        if self.makers.remove(&ticket).is_none() || matches!(self.state, State::Off) {
             return false;
         }
         self.restorers.remove(&ticket);
@@ -121,7 +121,7 @@ impl<S: Clone> SnapshotBook<S> {
         let Some(given) = self.restorers.remove(&ticket) else { return false };
         match self.state {
             State::Have(_, generation) if generation == given => {
-                self.state = if self.makers.contains(&ticket) { State::Making(ticket) } else { State::Missing };
+                self.state = if self.makers.contains_key(&ticket) { State::Making(ticket) } else { State::Missing };
                 true
             }
             _ => false,
@@ -132,7 +132,7 @@ impl<S: Clone> SnapshotBook<S> {
     /// failed (`lasting`: it would fail again here, so no sandbox is asked again).
     pub fn not_made(&mut self, ticket: u64, lasting: bool) {
         self.restorers.remove(&ticket);
-        if !self.makers.remove(&ticket) {
+        if self.makers.remove(&ticket).is_none() {
             return;
         }
         if lasting {

@@ -11,7 +11,6 @@
 //! tests plug in in-memory doubles and drive the same loop with a plain executor.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::future::{self, Either, LocalBoxFuture};
@@ -34,6 +33,7 @@ use crate::lease_book::LeaseBook;
 pub use crate::lease_book::{Farewell, SliceProgress};
 use crate::outbox::{cap_console, fit_outcome, Outbox};
 use crate::pool::{Placement, Pool, PoolLimits};
+use crate::small_map::SmallMap;
 use crate::watchdog::{throttled, SliceLimits, SliceQueue, INTERRUPT_GRACE_MS, QUEUED_LOOK_MS, SECOND_LOOK_MS};
 
 /// A future the supervisor can hold across loop turns (single-threaded, so not `Send`).
@@ -609,12 +609,12 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     outbox: Outbox,
     pool: Pool,
     /// Live sandboxes by slot.
-    sandboxes: HashMap<usize, LiveSandbox>,
+    sandboxes: SmallMap<usize, LiveSandbox>,
     generation: u64,
     /// Slices sent to sandboxes, by lease id: the slot and generation running them.
-    running: HashMap<String, (usize, u64)>,
+    running: SmallMap<String, (usize, u64)>,
     /// Running slices whose sandbox was stopped for another slice's fault: given back free.
-    bystanders: HashMap<String, String>,
+    bystanders: SmallMap<String, String>,
     tasks: FuturesUnordered<Task<Event>>,
     register_gate: RequestGate,
     lease_gate: RequestGate,
@@ -699,10 +699,10 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             book: LeaseBook::default(),
             outbox: Outbox::new(config.submit_batch, (limits.max_request_bytes / 2) as usize),
             pool,
-            sandboxes: HashMap::new(),
+            sandboxes: SmallMap::new(),
             generation: 0,
-            running: HashMap::new(),
-            bystanders: HashMap::new(),
+            running: SmallMap::new(),
+            bystanders: SmallMap::new(),
             tasks: FuturesUnordered::new(),
             register_gate: RequestGate::new(250, 30_000),
             lease_gate: RequestGate::new(250, 30_000),
@@ -1281,7 +1281,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         self.jobs.insert(job_id, entry, now);
         let mut in_use = self.book.held_jobs();
         in_use.extend(self.pool.warm_jobs());
-        self.jobs.evict(|id| in_use.contains(id));
+        self.jobs.evict(|id| in_use.iter().any(|job| job == id));
     }
 
     /// Downloads a job's bundle (once per worker, shared by its sandboxes) after `delay_ms`.
@@ -1395,7 +1395,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     /// fault).
     fn remove_sandbox(&mut self, slot: usize, reason: &str, ending: Ending) {
         if let Some(LiveSandbox { generation, sandbox, .. }) = self.sandboxes.remove(&slot) {
-            for (lease_id, (running_slot, running_generation)) in &self.running {
+            for (lease_id, (running_slot, running_generation)) in self.running.iter() {
                 if *running_slot == slot && *running_generation == generation {
                     self.bystanders.insert(lease_id.clone(), format!("its sandbox was stopped: {reason}"));
                 }

@@ -6,8 +6,8 @@
 //! page: a respawned sandbox costs no network. They are kept as `Blob`s, which cross to a sandbox
 //! without a copy and live outside the core's wasm memory.
 
+use crate::small_map::SmallMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
@@ -23,13 +23,13 @@ type Fetching = Shared<LocalBoxFuture<'static, Result<web_sys::Blob, String>>>;
 pub struct RuntimeFiles {
     /// The Pyodide folder (ending in `/`); nothing outside it is ever fetched.
     base: String,
-    files: RefCell<HashMap<String, Fetching>>,
+    files: RefCell<SmallMap<String, Fetching>>,
 }
 
 impl RuntimeFiles {
     pub fn new(base: &str) -> Rc<RuntimeFiles> {
         let base = if base.ends_with('/') { base.to_string() } else { format!("{base}/") };
-        Rc::new(RuntimeFiles { base, files: RefCell::new(HashMap::new()) })
+        Rc::new(RuntimeFiles { base, files: RefCell::new(SmallMap::new()) })
     }
 
     /// The folder the files come from (what sandboxes use as Pyodide's `indexURL`).

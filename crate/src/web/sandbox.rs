@@ -14,7 +14,6 @@
 //! restores Pyodide from the page's runtime snapshot, or makes it (`super::snapshots`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::channel::oneshot;
@@ -30,6 +29,7 @@ use web_sys::{HtmlIFrameElement, MessageChannel, MessageEvent, MessagePort};
 use super::assets::RuntimeFiles;
 use super::fields::{required, Fields};
 use super::snapshots::RuntimeSnapshots;
+use crate::small_map::SmallMap;
 use crate::snapshot_book::holds_what_was_asked;
 use crate::supervisor::{
     PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SetupPhase, SliceProgress, SliceRun, Task, WorkerEvent,
@@ -233,7 +233,7 @@ struct Pending {
 #[derive(Default)]
 struct Shared {
     setup: RefCell<Option<oneshot::Sender<Reply>>>,
-    pending: RefCell<HashMap<u32, Pending>>,
+    pending: RefCell<SmallMap<u32, Pending>>,
     console: RefCell<Vec<ConsoleLine>>,
     crashed: RefCell<Option<String>>,
     /// The sandbox's heap size at its last answer.
