@@ -3,9 +3,9 @@
 //! any directory. Writes `$OUT_DIR/site_files.rs`: one `EmbeddedFile` (`site.rs`) per file, its
 //! `brotli` being the file compressed once here at brotli's best quality (the worker core is
 //! 17 % smaller than the scheduler's on-the-fly brotli makes it), or `None` where that gains
-//! nothing. JavaScript is embedded without its comments and indentation
+//! nothing. JavaScript and CSS are embedded without their comments and indentation
 //! (`build-support/js_without_comments.rs`, shared with the worker core's build): every volunteer
-//! downloads it.
+//! downloads them. So is the sandbox host page (`src/sandbox_host.rs`), compressed here too.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -37,10 +37,11 @@ fn main() {
     for (index, (url_path, file)) in files.iter().enumerate() {
         let mut bytes = fs::read(file).unwrap_or_else(|error| panic!("reading {}: {error}", file.display()));
         let mut embedded = file.clone();
-        if url_path.ends_with(".js") {
+        // CSS too: its comments are `/* … */` blocks, and it has no line that starts with `//`.
+        if url_path.ends_with(".js") || url_path.ends_with(".css") {
             let source = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{} is not UTF-8", file.display()));
             bytes = js_without_comments(&source).into_bytes();
-            embedded = out_dir.join(format!("site-{index}.js"));
+            embedded = out_dir.join(format!("site-{index}.text"));
             fs::write(&embedded, &bytes).unwrap_or_else(|error| panic!("writing {}: {error}", embedded.display()));
         }
         let compressed = brotli(&bytes);
@@ -60,6 +61,18 @@ fn main() {
     source.push_str("];\n");
     let out = out_dir.join("site_files.rs");
     fs::write(&out, source).unwrap_or_else(|error| panic!("writing {}: {error}", out.display()));
+    embed_sandbox_page(&manifest.join("../pyodide-loader/sandbox.html"), &out_dir);
+}
+
+/// The sandbox host page (`src/sandbox_host.rs`) without its script's comments and indentation,
+/// and compressed once at brotli's best quality: every sandbox frame of every volunteer loads it.
+fn embed_sandbox_page(page: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed={}", page.display());
+    let source = fs::read_to_string(page).unwrap_or_else(|error| panic!("reading {}: {error}", page.display()));
+    let served = js_without_comments(&source);
+    fs::write(out_dir.join("sandbox.html"), &served).unwrap_or_else(|error| panic!("writing sandbox.html: {error}"));
+    fs::write(out_dir.join("sandbox.html.br"), brotli(served.as_bytes()))
+        .unwrap_or_else(|error| panic!("writing sandbox.html.br: {error}"));
 }
 
 /// Every regular file under `dir`, as (`/relative/path`, absolute path). Hidden files are left out.

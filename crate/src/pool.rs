@@ -241,18 +241,19 @@ impl Pool {
             .collect();
         let allowed = self.limits.capacity + 1;
         let mut surplus = (slots().count() - recycle.len()).saturating_sub(allowed);
-        let mut idle_bound: Vec<(usize, &Slot)> =
-            slots().filter(|(i, s)| s.running == 0 && s.job.is_some() && !recycle.contains(i)).collect();
-        idle_bound.sort_unstable_by_key(|(i, s)| (s.idle_since_ms, *i));
-        for (index, _) in idle_bound {
-            if surplus == 0 {
-                break;
-            }
-            recycle.push(index);
+        let mut idle_bound: Vec<(u64, usize)> = slots()
+            .filter(|(i, s)| s.running == 0 && s.job.is_some() && !recycle.contains(i))
+            .map(|(i, s)| (s.idle_since_ms, i))
+            .collect();
+        // The longest idle first, ties by index. A few dozen slots at most and usually one goes,
+        // so they are picked one by one rather than sorted (only `String`s are sorted in the core:
+        // one sort routine in its wasm, not one per type).
+        while surplus > 0 {
+            let Some(oldest) = (0..idle_bound.len()).min_by_key(|&at| idle_bound[at]) else { break };
+            recycle.push(idle_bound.swap_remove(oldest).1);
             surplus -= 1;
         }
-        recycle.sort_unstable();
-        recycle
+        (0..self.slots.len()).filter(|index| recycle.contains(index)).collect()
     }
 
     /// Whether any sandbox has finished a slice (so the pool is past its cold start).

@@ -9,10 +9,15 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::site::names_a_current_tag;
+use crate::site::{accepts_brotli, names_a_current_tag};
 
-/// The page, embedded at build time (`pyodide-loader/sandbox.html`).
-pub const SANDBOX_HTML: &str = include_str!("../../pyodide-loader/sandbox.html");
+/// The page, embedded at build time from `pyodide-loader/sandbox.html` without its script's
+/// comments and indentation (`build.rs`).
+pub const SANDBOX_HTML: &str = include_str!(concat!(env!("OUT_DIR"), "/sandbox.html"));
+
+/// The same page compressed at brotli's best quality, at build time: for browsers that accept
+/// `br` (all of them), ≈ 1,400 bytes where brotli on the fly made ≈ 2,600.
+const SANDBOX_HTML_BROTLI: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandbox.html.br"));
 
 /// The policy for `html`: its one inline script by hash, Blob-URL scripts and workers (the
 /// sandbox worker and the Pyodide files the core hands in as bytes), WebAssembly compilation —
@@ -46,6 +51,8 @@ pub struct SandboxHostPage {
     /// A strong validator: every sandbox frame loads the page, and after the first a
     /// revalidation (`Cache-Control: no-cache`) costs a 304 instead of the page again.
     etag: HeaderValue,
+    /// The brotli bytes' own validator (another representation, another tag).
+    brotli_etag: HeaderValue,
 }
 
 impl SandboxHostPage {
@@ -54,19 +61,32 @@ impl SandboxHostPage {
         let policy = content_security_policy(SANDBOX_HTML)?;
         let policy = HeaderValue::from_str(&policy).map_err(|error| Error::SandboxHost(format!("policy: {error}")))?;
         let digest = hex::encode(&Sha256::digest(SANDBOX_HTML.as_bytes())[..12]);
-        let etag = HeaderValue::from_str(&format!("\"{digest}\""))
-            .map_err(|error| Error::SandboxHost(format!("etag: {error}")))?;
-        Ok(SandboxHostPage { policy, etag })
+        let tag = |suffix: &str| {
+            HeaderValue::from_str(&format!("\"{digest}{suffix}\""))
+                .map_err(|error| Error::SandboxHost(format!("etag: {error}")))
+        };
+        Ok(SandboxHostPage { policy, etag: tag("")?, brotli_etag: tag("-br")? })
     }
 
-    /// The response for `GET /sandbox.html` (304 when `If-None-Match` has the page's tag).
+    /// The response for `GET /sandbox.html`: brotli-compressed when `Accept-Encoding` allows it,
+    /// 304 when `If-None-Match` has the page's tag.
     pub fn response(&self, request: &HeaderMap) -> Response {
-        if names_a_current_tag(request, &[&self.etag]) {
-            return (StatusCode::NOT_MODIFIED, [(header::ETAG, self.etag.clone())]).into_response();
+        let brotli = accepts_brotli(request);
+        let etag = if brotli { &self.brotli_etag } else { &self.etag };
+        if names_a_current_tag(request, &[&self.etag, &self.brotli_etag]) {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response();
         }
+        let (encoding, body) = match brotli {
+            true => (Some(HeaderValue::from_static("br")), SANDBOX_HTML_BROTLI),
+            false => (None, SANDBOX_HTML.as_bytes()),
+        };
+        let encoding = encoding.map(|encoding| {
+            [(header::CONTENT_ENCODING, encoding), (header::VARY, HeaderValue::from_static("accept-encoding"))]
+        });
         (
+            encoding,
             [
-                (header::ETAG, self.etag.clone()),
+                (header::ETAG, etag.clone()),
                 (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
                 (header::CONTENT_SECURITY_POLICY, self.policy.clone()),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -74,7 +94,7 @@ impl SandboxHostPage {
                 (HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin")),
                 (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
             ],
-            SANDBOX_HTML,
+            body,
         )
             .into_response()
     }
@@ -109,6 +129,28 @@ mod tests {
         assert_eq!(page.response(&request).status(), StatusCode::NOT_MODIFIED);
         request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"another page\""));
         assert_eq!(page.response(&request).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn the_page_goes_compressed_to_a_browser_that_accepts_brotli_and_without_comments() {
+        assert!(!SANDBOX_HTML.lines().any(|line| line.trim_start().starts_with("//")), "comments are left out");
+        let page = SandboxHostPage::new().unwrap();
+        let mut request = HeaderMap::new();
+        request.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, deflate, br, zstd"));
+        let compressed = page.response(&request);
+        assert_eq!(compressed.headers()[header::CONTENT_ENCODING], "br");
+        assert_eq!(compressed.headers()[header::VARY], "accept-encoding");
+        assert!(compressed.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        let mut decoded = Vec::new();
+        brotli_decompressor::BrotliDecompress(&mut &SANDBOX_HTML_BROTLI[..], &mut decoded).unwrap();
+        assert_eq!(decoded, SANDBOX_HTML.as_bytes());
+        let plain = page.response(&HeaderMap::new());
+        assert!(!plain.headers().contains_key(header::CONTENT_ENCODING));
+        assert_ne!(plain.headers()[header::ETAG], compressed.headers()[header::ETAG], "one tag per representation");
+        for tag in [&plain.headers()[header::ETAG], &compressed.headers()[header::ETAG]] {
+            request.insert(header::IF_NONE_MATCH, tag.clone());
+            assert_eq!(page.response(&request).status(), StatusCode::NOT_MODIFIED);
+        }
     }
 
     #[test]

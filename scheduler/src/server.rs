@@ -560,11 +560,7 @@ pub fn app(config: ServerConfig) -> Result<(Router, Housekeeping)> {
     // The sandbox host: its own policy, embeddable from any origin (docs/SECURITY.md).
     let sandbox_host = SandboxHostPage::new()?;
     let static_files = Router::new()
-        .route(
-            "/sandbox.html",
-            get(move |headers: HeaderMap| async move { sandbox_host.response(&headers) })
-                .layer(CompressionLayer::new()),
-        )
+        .route("/sandbox.html", get(move |headers: HeaderMap| async move { sandbox_host.response(&headers) }))
         .nest("/pyodide", pyodide)
         .merge(site)
         .layer(axum::middleware::from_fn_with_state(general, pass_gate))

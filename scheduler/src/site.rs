@@ -124,7 +124,7 @@ pub fn names_a_current_tag(request: &HeaderMap, tags: &[&HeaderValue]) -> bool {
 }
 
 /// Whether `Accept-Encoding` names `br` with a quality above 0 (`br`, `br;q=0.5`; not `br;q=0`).
-fn accepts_brotli(headers: &HeaderMap) -> bool {
+pub fn accepts_brotli(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
