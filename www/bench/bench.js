@@ -27,6 +27,8 @@
 //             the order alternating by round. Ours includes everything the sandbox costs: its
 //             frame's renderer process, the page's side, and what the core keeps for it (Pyodide's
 //             files and the runtime snapshot, as Blobs), in whichever process Chromium holds them.
+//             Between the two, an empty sandbox frame (`memory_sandbox_frame_mb`): what the
+//             isolation alone costs.
 //  compute    respawn: a numpy job with `maxSlicesPerSandbox: 1` (every slice gets a new sandbox,
 //             no spare): from one slice's end (its result reached the core) to the next slice's
 //             start in its new sandbox (its end minus its own run time); the median of 3. Then
@@ -388,12 +390,35 @@ async function memory() {
     return;
   }
   const growth = {};
-  const sides = ROUND % 2 ? ['raw', 'ours'] : ['ours', 'raw'];
+  // `frame`: an empty sandbox frame, as the core opens one (`sandbox="allow-scripts"`, an opaque
+  // origin, so Chromium gives it its own renderer process) with nothing in it: what isolation
+  // alone costs, the part of ours that a raw worker in the page does not pay.
+  const sides = ROUND % 2 ? ['raw', 'frame', 'ours'] : ['ours', 'frame', 'raw'];
   for (const side of sides) {
     await sleep(2000); // what the previous page or side left behind settles (exiting processes)
     const before = await probe();
     let after;
-    if (side === 'raw') {
+    if (side === 'frame') {
+      const frame = document.createElement('iframe');
+      frame.setAttribute('sandbox', 'allow-scripts');
+      frame.setAttribute('allow', 'cross-origin-isolated');
+      frame.style.setProperty('display', 'none', 'important');
+      const ready = new Promise((resolve) => {
+        const listener = (event) => {
+          if (event.source === frame.contentWindow && event.data && event.data.type === 'tessera-sandbox-ready') {
+            removeEventListener('message', listener);
+            resolve();
+          }
+        };
+        addEventListener('message', listener);
+      });
+      frame.src = `/sandbox.html#host=${encodeURIComponent(location.origin)}`;
+      document.body.append(frame);
+      await ready;
+      await sleep(1500);
+      after = await probe();
+      frame.remove();
+    } else if (side === 'raw') {
       const raw = new RawPyodide();
       await raw.load();
       await sleep(1500);
@@ -429,9 +454,10 @@ async function memory() {
     raw_pyodide_memory_rss_mb: growth.raw.rss,
     memory_per_python_sandbox_browser_process_mb: growth.ours.browser,
     memory_per_python_sandbox_renderers_mb: growth.ours.renderers,
+    memory_sandbox_frame_mb: growth.frame.pss,
   });
   const parts = (g) => `${g.pss.toFixed(1)} MB PSS (renderers ${g.renderers.toFixed(1)}, browser process ${g.browser.toFixed(1)})`;
-  say(`  memory: ours +${parts(growth.ours)}, raw +${parts(growth.raw)}`);
+  say(`  memory: ours +${parts(growth.ours)}, raw +${parts(growth.raw)}, an empty sandbox frame +${parts(growth.frame)}`);
   nextPhase('memory');
 }
 
