@@ -14,6 +14,7 @@
 //! [`FloatParser`], so that the core can use the browser's own instead of compiling Rust's.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Number, Value};
 
@@ -632,7 +633,7 @@ impl ToJson for String {
 
 impl ToJson for u64 {
     fn write_json(&self, out: &mut String) {
-        out.push_str(&self.to_string());
+        let _ = write!(out, "{self}");
     }
 }
 
@@ -644,7 +645,7 @@ impl ToJson for u32 {
 
 impl ToJson for usize {
     fn write_json(&self, out: &mut String) {
-        out.push_str(&self.to_string());
+        let _ = write!(out, "{self}");
     }
 }
 
@@ -659,7 +660,9 @@ impl ToJson for f64 {
     /// not finite, as serde_json writes it.
     fn write_json(&self, out: &mut String) {
         match Number::from_f64(*self) {
-            Some(number) => out.push_str(&number.to_string()),
+            Some(number) => {
+                let _ = write!(out, "{number}");
+            }
             None => out.push_str("null"),
         }
     }
@@ -708,7 +711,9 @@ impl ToJson for Value {
         match self {
             Value::Null => out.push_str("null"),
             Value::Bool(flag) => flag.write_json(out),
-            Value::Number(number) => out.push_str(&number.to_string()),
+            Value::Number(number) => {
+                let _ = write!(out, "{number}");
+            }
             Value::String(text) => text.write_json(out),
             Value::Array(items) => items.write_json(out),
             Value::Object(map) => {

@@ -57,6 +57,9 @@ const SNAPSHOT_OPTION = params.get('snapshotOption') === '1';
 // measures (c) with it off. BENCH_PACKAGE_SNAPSHOTS=0 turns it off for every worker of the bench.
 const PACKAGE_OPTION = params.get('packageOption') === '1';
 const PACKAGE_SNAPSHOTS_OFF = params.get('packageSnapshots') === '0';
+// `runtimeSnapshots=0`: no snapshot at all for every worker of the bench (to see what snapshots
+// change, e.g. in the memory phase).
+const RUNTIME_SNAPSHOTS_OFF = params.get('runtimeSnapshots') === '0';
 const PYODIDE = location.origin + '/pyodide/';
 const STORE = 'tessera-bench';
 const RESPAWN_SLICES = 4;
@@ -237,7 +240,8 @@ async function startWorker(options) {
     if (predicate(run)) resolve(); else run.waiters.push({ predicate, resolve });
   });
   const worker = new TesseraWorker({
-    sandboxes: 1, ...(PACKAGE_SNAPSHOTS_OFF ? { packageSnapshots: false } : {}), ...options,
+    sandboxes: 1, ...(PACKAGE_SNAPSHOTS_OFF ? { packageSnapshots: false } : {}),
+    ...(RUNTIME_SNAPSHOTS_OFF ? { runtimeSnapshots: false } : {}), ...options,
     onEvent: (event) => {
       const now = performance.now();
       if (event.type === 'sandboxCreated' && run.sandboxCreated === null) run.sandboxCreated = now;
@@ -393,7 +397,8 @@ async function memory() {
   // `frame`: an empty sandbox frame, as the core opens one (`sandbox="allow-scripts"`, an opaque
   // origin, so Chromium gives it its own renderer process) with nothing in it: what isolation
   // alone costs, the part of ours that a raw worker in the page does not pay.
-  const sides = ROUND % 2 ? ['raw', 'frame', 'ours'] : ['ours', 'frame', 'raw'];
+  // The frame goes first: measured after a side, it would count that side's processes exiting.
+  const sides = ['frame', ...(ROUND % 2 ? ['raw', 'ours'] : ['ours', 'raw'])];
   for (const side of sides) {
     await sleep(2000); // what the previous page or side left behind settles (exiting processes)
     const before = await probe();
