@@ -1,21 +1,27 @@
 // Shared by the build scripts of the worker core (`crate/build.rs`, for the sandbox script it
-// embeds) and the scheduler (`scheduler/build.rs`, for the site's JavaScript): both ship
-// JavaScript to every volunteer's browser, where its comments would only cost bytes. Included
-// with `include!`, so it has no crate of its own.
+// embeds) and the scheduler (`scheduler/build.rs`, for the site's JavaScript and CSS and the
+// sandbox host page): all of it goes to every volunteer's browser, where comments would only cost
+// bytes. Included with `include!`, so it has no crate of its own.
 
 /// `source` without its whole-line comments (`// …`, and `/* … */` blocks that start a line:
 /// code after a block's `*/` on the same line is kept), its blank lines and its lines' leading
 /// indentation, outside template literals (whose lines, such as the Python source the sandbox
 /// script carries, are kept as they are). A comment after code on the same line stays.
-pub fn js_without_comments(source: &str) -> String {
+///
+/// Lines are judged one by one, not parsed: a line that opens a template literal after a quote
+/// or a `//` (where the backtick may sit in a string or a comment) is refused with its line
+/// number rather than guessed at, since a wrong guess would strip the template's indentation.
+pub fn js_without_comments(source: &str) -> Result<String, String> {
     let mut out = String::with_capacity(source.len());
     let mut in_template = false;
     let mut in_block_comment = false;
-    for line in source.lines() {
+    // Backticks that delimit a template (not escaped ones inside it).
+    let delimiters = |line: &str| line.matches('`').count() - line.matches("\\`").count();
+    for (number, line) in source.lines().enumerate() {
         if in_template {
             out.push_str(line);
             out.push('\n');
-            if line.matches('`').count() % 2 == 1 {
+            if delimiters(line) % 2 == 1 {
                 in_template = false;
             }
             continue;
@@ -44,9 +50,19 @@ pub fn js_without_comments(source: &str) -> String {
         }
         out.push_str(code);
         out.push('\n');
-        if code.matches('`').count() % 2 == 1 {
+        if delimiters(code) % 2 == 1 {
+            let before = &code[..code.find('`').unwrap_or(code.len())];
+            let odd = |quote: char| before.matches(quote).count() % 2 == 1;
+            if odd('\'') || odd('"') || before.contains("//") {
+                return Err(format!(
+                    "line {}: a template literal opens after a quote or `//`, so whether it is one is \
+                     unclear to the comment stripper (build-support/js_without_comments.rs): move the \
+                     backtick to a line of its own, or the comment above the code",
+                    number + 1
+                ));
+            }
             in_template = true;
         }
     }
-    out
+    Ok(out)
 }

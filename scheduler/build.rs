@@ -40,7 +40,8 @@ fn main() {
         // CSS too: its comments are `/* … */` blocks, and it has no line that starts with `//`.
         if url_path.ends_with(".js") || url_path.ends_with(".css") {
             let source = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{} is not UTF-8", file.display()));
-            bytes = js_without_comments(&source).into_bytes();
+            bytes =
+                js_without_comments(&source).unwrap_or_else(|error| panic!("{}: {error}", file.display())).into_bytes();
             embedded = out_dir.join(format!("site-{index}.text"));
             fs::write(&embedded, &bytes).unwrap_or_else(|error| panic!("writing {}: {error}", embedded.display()));
         }
@@ -69,7 +70,7 @@ fn main() {
 fn embed_sandbox_page(page: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-changed={}", page.display());
     let source = fs::read_to_string(page).unwrap_or_else(|error| panic!("reading {}: {error}", page.display()));
-    let served = js_without_comments(&source);
+    let served = js_without_comments(&source).unwrap_or_else(|error| panic!("{}: {error}", page.display()));
     fs::write(out_dir.join("sandbox.html"), &served).unwrap_or_else(|error| panic!("writing sandbox.html: {error}"));
     fs::write(out_dir.join("sandbox.html.br"), brotli(served.as_bytes()))
         .unwrap_or_else(|error| panic!("writing sandbox.html.br: {error}"));

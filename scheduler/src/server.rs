@@ -283,15 +283,16 @@ async fn gzip_only(request: Request, next: Next) -> Response {
     }
 }
 
-/// CORS for what every origin may use (the worker API, the site, the sandbox host): any origin,
-/// method and header, answered with `*`. No `Vary` (the answer is the same for every origin) and
-/// no exposed headers (no page reads them): each would add ≈ 110 bytes to every answer a
-/// volunteer's worker gets.
+/// CORS for what every origin may use (the worker API, the site, the sandbox host): any origin
+/// and method, answered with `*`, and the two headers a worker sends, named (`*` in
+/// `Access-Control-Allow-Headers` never covers `Authorization`, by the Fetch standard). No `Vary`
+/// (the answer is the same for every request) and no exposed headers (no page reads them): they
+/// would add ≈ 110 bytes to every answer a volunteer's worker gets.
 fn open_cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods(tower_http::cors::Any)
-        .allow_headers(tower_http::cors::Any)
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .vary(Vec::<header::HeaderName>::new())
 }
 
@@ -560,7 +561,12 @@ pub fn app(config: ServerConfig) -> Result<(Router, Housekeeping)> {
     // The sandbox host: its own policy, embeddable from any origin (docs/SECURITY.md).
     let sandbox_host = SandboxHostPage::new()?;
     let static_files = Router::new()
-        .route("/sandbox.html", get(move |headers: HeaderMap| async move { sandbox_host.response(&headers) }))
+        // Brotli'd at build time; the layer gzips the page for a browser that takes no `br`.
+        .route(
+            "/sandbox.html",
+            get(move |headers: HeaderMap| async move { sandbox_host.response(&headers) })
+                .layer(CompressionLayer::new()),
+        )
         .nest("/pyodide", pyodide)
         .merge(site)
         .layer(axum::middleware::from_fn_with_state(general, pass_gate))

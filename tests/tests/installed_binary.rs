@@ -50,7 +50,7 @@ fn a_copied_binary_serves_the_page_and_runs_a_python_job_from_an_empty_folder() 
         let mut built = std::fs::read(www.join(file)).expect("the built file");
         if file.ends_with(".js") {
             // JavaScript is served without its comments (scheduler/build.rs).
-            built = js_without_comments(&String::from_utf8(built).expect("UTF-8")).into_bytes();
+            built = js_without_comments(&String::from_utf8(built).expect("UTF-8")).expect("strippable").into_bytes();
         }
         assert!(body == built, "GET {path} serves the built {file}");
     }
