@@ -445,15 +445,11 @@ async function memory() {
       await run.done;
     }
     const pss = (sample, type) => sample.processes.filter((p) => p.type === type).reduce((sum, p) => sum + p.pss_kb, 0);
-    const existed = new Set(before.processes.map((p) => p.pid));
-    const started = after.processes.filter((p) => p.type === 'renderer' && !existed.has(p.pid));
     growth[side] = {
       pss: (after.pss_kb - before.pss_kb) / 1024,
       rss: (after.rss_kb - before.rss_kb) / 1024,
       browser: (pss(after, 'browser') - pss(before, 'browser')) / 1024,
       renderers: (pss(after, 'renderer') - pss(before, 'renderer')) / 1024,
-      // Renderers that did not exist before: ours, the sandbox frame's (with its worker).
-      newRenderers: started.reduce((sum, p) => sum + p.pss_kb, 0) / 1024,
     };
   }
   record({
@@ -464,9 +460,8 @@ async function memory() {
     memory_per_python_sandbox_browser_process_mb: growth.ours.browser,
     memory_per_python_sandbox_renderers_mb: growth.ours.renderers,
     memory_sandbox_frame_mb: growth.frame.pss,
-    memory_per_python_sandbox_frame_renderer_mb: growth.ours.newRenderers,
   });
-  const parts = (g) => `${g.pss.toFixed(1)} MB PSS (renderers ${g.renderers.toFixed(1)}, of which new ${g.newRenderers.toFixed(1)}; browser process ${g.browser.toFixed(1)})`;
+  const parts = (g) => `${g.pss.toFixed(1)} MB PSS (renderers ${g.renderers.toFixed(1)}, browser process ${g.browser.toFixed(1)})`;
   say(`  memory: ours +${parts(growth.ours)}, raw +${parts(growth.raw)}, an empty sandbox frame +${parts(growth.frame)}`);
   nextPhase('memory');
 }
