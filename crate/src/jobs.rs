@@ -4,10 +4,11 @@
 //! jobs with nothing held are dropped once more than [`JobCache::capacity`] are known, so a page
 //! left open for days does not keep every bundle it ever saw.
 
-use crate::small_map::SmallMap;
 use std::rc::Rc;
 
 use tessera_protocol::{BundleEntry, JobDescriptor};
+
+use crate::small_map::SmallMap;
 
 /// A job ready to set up in a sandbox: its descriptor and its validated bundle.
 #[derive(Debug)]

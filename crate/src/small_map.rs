@@ -1,10 +1,10 @@
-//! A map for a few dozen entries at most: the worker's sandboxes, their running slices, the jobs
-//! it knows, a sandbox's requests in flight.
+//! A map for a few dozen entries at most: the worker's sandboxes, the jobs it knows, a sandbox's
+//! requests in flight.
 //!
 //! A `Vec` of pairs, scanned in order. At these sizes a scan is as quick as hashing, and the code
 //! is a fraction of a hash map's: `HashMap` compiles its insert, lookup, removal and rehash anew
 //! for every key and value type, ≈ 2 KB of the core's wasm each. Maps that grow with the number
-//! of leases held (thousands) stay `HashMap`s.
+//! of leases held (hundreds to thousands: the running slices, the lease book) stay `HashMap`s.
 
 use std::borrow::Borrow;
 

@@ -11,6 +11,7 @@
 //! tests plug in in-memory doubles and drive the same loop with a plain executor.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::future::{self, Either, LocalBoxFuture};
@@ -293,27 +294,17 @@ impl ToJson for WorkerEvent {
                 event.field("type", "sandboxState").field("sandbox", sandbox).field("state", state).field("job", job)
             }
             WorkerEvent::SliceStarted { job, slice, sandbox } => {
-                event.field("type", "sliceStarted").field("job", job).field("slice", slice).field("sandbox", sandbox)
+                slice_event(event, "sliceStarted", job, *slice, *sandbox)
             }
-            WorkerEvent::SliceProgress { job, slice, sandbox, progress } => event
-                .field("type", "sliceProgress")
-                .field("job", job)
-                .field("slice", slice)
-                .field("sandbox", sandbox)
-                .field("progress", progress),
-            WorkerEvent::SliceFinished { job, slice, sandbox, outcome, ms } => event
-                .field("type", "sliceFinished")
-                .field("job", job)
-                .field("slice", slice)
-                .field("sandbox", sandbox)
-                .field("outcome", *outcome)
-                .field("ms", ms),
-            WorkerEvent::SliceInterrupted { job, slice, sandbox, reason } => event
-                .field("type", "sliceInterrupted")
-                .field("job", job)
-                .field("slice", slice)
-                .field("sandbox", sandbox)
-                .field("reason", reason),
+            WorkerEvent::SliceProgress { job, slice, sandbox, progress } => {
+                slice_event(event, "sliceProgress", job, *slice, *sandbox).field("progress", progress)
+            }
+            WorkerEvent::SliceFinished { job, slice, sandbox, outcome, ms } => {
+                slice_event(event, "sliceFinished", job, *slice, *sandbox).field("outcome", *outcome).field("ms", ms)
+            }
+            WorkerEvent::SliceInterrupted { job, slice, sandbox, reason } => {
+                slice_event(event, "sliceInterrupted", job, *slice, *sandbox).field("reason", reason)
+            }
             WorkerEvent::JobEnded { job } => event.field("type", "jobEnded").field("job", job),
             WorkerEvent::Submitted { accepted, duplicate, stale, requeued, released, refused } => event
                 .field("type", "submitted")
@@ -351,6 +342,17 @@ impl ToJson for WorkerEvent {
         };
         event.end();
     }
+}
+
+/// The fields every slice event starts with: its `type`, then which slice in which sandbox.
+fn slice_event<'e, 'o>(
+    event: &'e mut ObjectWriter<'o>,
+    kind: &str,
+    job: &str,
+    slice: u64,
+    sandbox: usize,
+) -> &'e mut ObjectWriter<'o> {
+    event.field("type", kind).field("job", job).field("slice", &slice).field("sandbox", &sandbox)
 }
 
 /// The shortest gap between two `SliceProgress` events of one slice: a program may report
@@ -521,8 +523,8 @@ pub fn valid_cpu_share(share: f64) -> Result<f64, WorkerError> {
     }
 }
 
-/// `x` written out with up to six decimals (`2`, `0.5`, `1e-7` as `0.0000001` rounds to `0`),
-/// for messages. Not `{x}`: Rust's float formatting costs the core's wasm 17 KB.
+/// `x` written out with up to six decimals (`2`, `0.5`; `0.0000001` shows as `0`), for
+/// messages. Not `{x}`: Rust's float formatting costs the core's wasm 17 KB.
 pub fn in_decimals(x: f64) -> String {
     if !x.is_finite() {
         return if x.is_nan() {
@@ -611,10 +613,12 @@ pub struct Supervisor<C: SchedulerClient, F: SandboxFactory, K: Clock> {
     /// Live sandboxes by slot.
     sandboxes: SmallMap<usize, LiveSandbox>,
     generation: u64,
-    /// Slices sent to sandboxes, by lease id: the slot and generation running them.
-    running: SmallMap<String, (usize, u64)>,
+    /// Slices sent to sandboxes, by lease id: the slot and generation running them. A
+    /// `HashMap`: each sandbox's pipeline holds up to 64 light slices, so this grows with the
+    /// leases held (hundreds with 8 sandboxes), unlike the maps of sandboxes and jobs.
+    running: HashMap<String, (usize, u64)>,
     /// Running slices whose sandbox was stopped for another slice's fault: given back free.
-    bystanders: SmallMap<String, String>,
+    bystanders: HashMap<String, String>,
     tasks: FuturesUnordered<Task<Event>>,
     register_gate: RequestGate,
     lease_gate: RequestGate,
@@ -701,8 +705,8 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
             pool,
             sandboxes: SmallMap::new(),
             generation: 0,
-            running: SmallMap::new(),
-            bystanders: SmallMap::new(),
+            running: HashMap::new(),
+            bystanders: HashMap::new(),
             tasks: FuturesUnordered::new(),
             register_gate: RequestGate::new(250, 30_000),
             lease_gate: RequestGate::new(250, 30_000),
@@ -1395,7 +1399,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
     /// fault).
     fn remove_sandbox(&mut self, slot: usize, reason: &str, ending: Ending) {
         if let Some(LiveSandbox { generation, sandbox, .. }) = self.sandboxes.remove(&slot) {
-            for (lease_id, (running_slot, running_generation)) in self.running.iter() {
+            for (lease_id, (running_slot, running_generation)) in &self.running {
                 if *running_slot == slot && *running_generation == generation {
                     self.bystanders.insert(lease_id.clone(), format!("its sandbox was stopped: {reason}"));
                 }

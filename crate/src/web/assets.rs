@@ -6,7 +6,6 @@
 //! page: a respawned sandbox costs no network. They are kept as `Blob`s, which cross to a sandbox
 //! without a copy and live outside the core's wasm memory.
 
-use crate::small_map::SmallMap;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -16,6 +15,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::http::{get, DOWNLOAD_DEADLINE_MS};
 use crate::runtime_files::runtime_file_name;
+use crate::small_map::SmallMap;
 
 type Fetching = Shared<LocalBoxFuture<'static, Result<web_sys::Blob, String>>>;
 
