@@ -465,9 +465,16 @@ async function restorePyodide(loadPyodide, blob) {
   return restored;
 }
 
-/** Frees `buffer`'s memory now (the heap's copy is in Pyodide), not whenever it is collected. */
+/** Frees `buffer`'s memory now (the heap's copy is in Pyodide), not whenever it is collected.
+ *  For bytes read from a Blob, `buffer.transfer(0)` frees nothing: the browser's own handle on
+ *  them lives until a garbage collection, which an idle sandbox may not see for minutes (Chromium
+ *  kept all 35 MB of a package snapshot's heap so). Transferred into a message that no one will
+ *  read, the bytes go with the message when its channel closes. */
 function release(buffer) {
-  if (typeof buffer.transfer === 'function') buffer.transfer(0);
+  const channel = new MessageChannel();
+  channel.port1.postMessage(buffer, [buffer]);
+  channel.port1.close();
+  channel.port2.close();
 }
 
 /** Pyodide loaded from the snapshot `bytes`, not reseeded yet. */
@@ -478,10 +485,53 @@ async function loadSnapshot(loadPyodide, bytes) {
   if (heapAt < 48 || heapAt >= bytes.length || (bytes.length - heapAt) % 65536 !== 0) {
     throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
   }
-  const restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes, _makeSnapshot: makePackageSnapshot !== null });
+  // Pyodide copies the heap in with one `HEAP8.set` of a view of these bytes: done by copyHeap.
+  const set = Int8Array.prototype.set;
+  Int8Array.prototype.set = function (source, offset) {
+    if (source instanceof Uint8Array && source.buffer === bytes.buffer && !offset) return copyHeap(this, source);
+    return set.call(this, source, offset);
+  };
+  let restored;
+  try {
+    restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes, _makeSnapshot: makePackageSnapshot !== null });
+  } finally {
+    Int8Array.prototype.set = set;
+  }
   // Pyodide keeps its options: let the snapshot's bytes (now copied into the heap) go.
   delete restored._api.config._loadSnapshot;
   return restored;
+}
+
+// The unit the kernel gives memory in: a page never written holds no memory.
+const PAGE_BYTES = 4096;
+
+/** Makes the heap's memory `target` (a fresh or reloaded WebAssembly memory) hold the snapshot's
+ *  heap `source`, writing only pages that must change. A snapshot's heap is a quarter zeros
+ *  (≈ 9 of numpy's 35 MB: what the heap had grown to but not used): copied whole, those pages
+ *  would take memory that a freshly loaded Pyodide never touches. */
+function copyHeap(target, source) {
+  if (source.length > target.length || source.byteOffset % 4 || source.length % PAGE_BYTES) {
+    throw new RangeError(`a heap of ${source.length} bytes does not fit a memory of ${target.length}`);
+  }
+  const from = new Int32Array(source.buffer, source.byteOffset, source.length >>> 2);
+  const to = new Int32Array(target.buffer, target.byteOffset, target.length >>> 2);
+  const words = PAGE_BYTES >>> 2;
+  const zero = (array, at) => {
+    for (let index = at; index < at + words; index++) if (array[index] !== 0) return false;
+    return true;
+  };
+  let run = -1; // where the pages to copy begin, while there is a run of them
+  for (let at = 0; at < to.length; at += words) {
+    if (at < from.length && !zero(from, at)) {
+      if (run < 0) run = at;
+      continue;
+    }
+    if (run >= 0) to.set(from.subarray(run, at), run);
+    run = -1;
+    // Reading a page never written gives zeros and takes no memory.
+    if (!zero(to, at)) to.fill(0, at, at + words);
+  }
+  if (run >= 0) to.set(from.subarray(run), run);
 }
 
 /** Pyodide started afresh, Tessera's Python side set up; snapshotted at once when the core asked
@@ -661,8 +711,7 @@ async function restorePackages(loadPyodide, blob) {
   }
   // Loading wrote the libraries' initial data over the heap: put the snapshot's heap back.
   const wasmHeap = heap.subarray(new DataView(heapBytes).getUint32(4, true));
-  M.HEAPU8.set(wasmHeap);
-  M.HEAPU8.fill(0, wasmHeap.length);
+  copyHeap(M.HEAPU8, wasmHeap);
   release(heapBytes);
   // What lives outside the heap: Pyodide's table of loaded packages, and the handles Python's
   // imports opened (the heap remembers them; Emscripten's table of them is JavaScript).

@@ -14,8 +14,9 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, WorkerEvent};
-use tessera_worker::web::sandbox::IsolatedSandboxFactory;
+use tessera_worker::web::sandbox::{IsolatedSandboxFactory, SANDBOX_SCRIPT};
 use tessera_worker::web::snapshots::{forget_stored, store_for, store_packages_for, stored_for, stored_packages_for};
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 
 mod common;
@@ -358,4 +359,62 @@ async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_
     assert_eq!(run(third.clone(), 4).await, json!(8));
     assert_eq!(interpreters.borrow().last(), Some(&Some("compiled".to_string())));
     third.terminate();
+}
+
+/// The sandbox script's `copyHeap` (with the page size it uses), cut out of the script as the core
+/// embeds it: the function that puts a snapshot's heap into a sandbox's memory.
+fn copy_heap() -> js_sys::Function {
+    let script = SANDBOX_SCRIPT;
+    let page = script.lines().find(|line| line.starts_with("const PAGE_BYTES")).expect("the script sets PAGE_BYTES");
+    let start = script.find("function copyHeap(").expect("the script has copyHeap");
+    // The function ends where its braces balance (its only string, a template, has balanced ones).
+    let mut depth = 0;
+    let mut end = None;
+    for (at, character) in script[start..].char_indices() {
+        match character {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(start + at + 1);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let function = &script[start..end.expect("copyHeap ends")];
+    let make = js_sys::Function::new_no_args(&format!("{page}\n{function}\nreturn copyHeap;"));
+    make.call0(&JsValue::NULL).unwrap().dyn_into().unwrap()
+}
+
+#[wasm_bindgen_test]
+fn a_restore_leaves_exactly_the_snapshots_heap_in_memory_and_refuses_one_too_long() {
+    const PAGE: usize = 4096;
+    let copy_heap = copy_heap();
+    // The snapshot's heap: pages 0 and 2 hold data (page 2 only in its last byte), 1 and 3 are zeros.
+    let mut heap = vec![0u8; 4 * PAGE];
+    heap[..PAGE].fill(7);
+    heap[3 * PAGE - 1] = 9;
+    // The memory it goes into, one page longer: what instantiation wrote (pages 1, 3 and the page
+    // past the heap, which must end as zeros) and page 2's old content.
+    let mut memory = vec![0u8; 5 * PAGE];
+    memory[PAGE + 10] = 1;
+    memory[2 * PAGE] = 5;
+    memory[4 * PAGE - 1] = 1;
+    memory[4 * PAGE + 100] = 1;
+    let target = js_sys::Uint8Array::from(&memory[..]);
+    copy_heap.call2(&JsValue::NULL, &target, &js_sys::Uint8Array::from(&heap[..])).unwrap();
+    let mut expected = heap.clone();
+    expected.resize(5 * PAGE, 0);
+    let written = target.to_vec();
+    let first_wrong = written.iter().zip(&expected).position(|(got, want)| got != want);
+    assert_eq!(first_wrong, None, "the memory differs from the heap from that byte on");
+    assert_eq!(written.len(), expected.len());
+
+    // (That the zero pages are left unwritten shows as memory, in `make bench`'s memory phase.)
+    let too_long = js_sys::Uint8Array::from(&vec![1u8; 6 * PAGE][..]);
+    let error = copy_heap.call2(&JsValue::NULL, &target, &too_long).unwrap_err();
+    let message = String::from(error.dyn_into::<js_sys::Error>().unwrap().message());
+    assert_eq!(message, format!("a heap of {} bytes does not fit a memory of {}", 6 * PAGE, 5 * PAGE));
 }
