@@ -8,6 +8,7 @@
 //                    runtimeModule?: bool,                     (the host page sends the compiled interpreter)
 //                    snapshot?: Blob, makeSnapshot?: bool,   (restore that runtime snapshot; make one)
 //                    packageSnapshot?: Blob,                   (restore this package snapshot first)
+//                    packageSnapshotRead?: bool,               (the host page sends its heap and files)
 //                    makePackageSnapshot?: [package, …]}       (make one if the job loads these; [] any)
 //                   {type:'setup', job, files}                (run the program once)
 //                   {type:'runs', items: [{id, datum}, …]}    (slices, run in order; datum as JSON text)
@@ -43,6 +44,8 @@
 // The compiled interpreter: the host page compiles pyodide.asm.wasm once for every worker it
 // starts ({type:'runtime-module', module} on this worker's own channel, after 'init'; module null
 // when it has none) — a sandbox started in a frame that served one before compiles nothing.
+// The package snapshot's bytes: the host page reads them while this worker starts ({type:
+// 'package-snapshot-read', heap, files}, ArrayBuffers handed over; without them: not read).
 // interruptBuffer (a SharedArrayBuffer the host page creates when cross-origin isolated) is handed
 // to Pyodide: the host writes 2 into it, on the core's order, to raise KeyboardInterrupt.
 // Values cross as JSON text; bytes travel as {"$bytes": "<base64>"}, numpy arrays and scalars as
@@ -106,6 +109,11 @@ let runtimeModule = null;
 // Compiling the interpreter takes ≈ 1 s on this machine kind; far longer means it is not coming.
 const RUNTIME_MODULE_WAIT_MS = 10000;
 let receiveRuntimeModule = () => {};
+// The package snapshot's heap and files as the host page read them while this worker started
+// (the page's thread is idle then, this one busy with Pyodide's JavaScript): a Promise of
+// {heap, files} (ArrayBuffers, handed over) or null (this worker reads the snapshot itself).
+let hostRead = null;
+let receiveHostRead = () => {};
 // How this sandbox got its interpreter, reported with a restored snapshot: 'reused' (compiled by
 // its frame for an earlier sandbox), or 'compiled' (for this one).
 let interpreter = 'compiled';
@@ -477,23 +485,30 @@ function release(buffer) {
   channel.port2.close();
 }
 
-/** Pyodide loaded from the snapshot `bytes`, not reseeded yet. */
+/** Pyodide loaded from the snapshot `bytes` (or a promise of them: Pyodide runs its JavaScript
+ *  while they come), not reseeded yet. */
 async function loadSnapshot(loadPyodide, bytes) {
-  // Pyodide's layout: 4 words (magic, offset of the heap, …), a build id, then the wasm heap, a
-  // whole number of 64 KiB pages. Pyodide checks the magic and the build id itself.
-  const heapAt = bytes.length >= 16 ? new DataView(bytes.buffer, bytes.byteOffset).getUint32(4, true) : 0;
-  if (heapAt < 48 || heapAt >= bytes.length || (bytes.length - heapAt) % 65536 !== 0) {
-    throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
-  }
+  let heapBuffer = null;
+  const checked = Promise.resolve(bytes).then((bytes) => {
+    // Pyodide's layout: 4 words (magic, offset of the heap, …), a build id, then the wasm heap, a
+    // whole number of 64 KiB pages. Pyodide checks the magic and the build id itself.
+    const heapAt = bytes.length >= 16 ? new DataView(bytes.buffer, bytes.byteOffset).getUint32(4, true) : 0;
+    if (heapAt < 48 || heapAt >= bytes.length || (bytes.length - heapAt) % 65536 !== 0) {
+      throw new Error(`the snapshot is damaged (${bytes.length} bytes, not a whole wasm heap)`);
+    }
+    heapBuffer = bytes.buffer;
+    return bytes;
+  });
+  checked.catch(() => {}); // its failure is Pyodide's to report, if it got that far
   // Pyodide copies the heap in with one `HEAP8.set` of a view of these bytes: done by copyHeap.
   const set = Int8Array.prototype.set;
   Int8Array.prototype.set = function (source, offset) {
-    if (source instanceof Uint8Array && source.buffer === bytes.buffer && !offset) return copyHeap(this, source);
+    if (source instanceof Uint8Array && source.buffer === heapBuffer && !offset) return copyHeap(this, source);
     return set.call(this, source, offset);
   };
   let restored;
   try {
-    restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: bytes, _makeSnapshot: makePackageSnapshot !== null });
+    restored = await loadPyodide({ indexURL: pyodideUrl, _loadSnapshot: checked, _makeSnapshot: makePackageSnapshot !== null });
   } finally {
     Int8Array.prototype.set = set;
   }
@@ -650,20 +665,23 @@ function makePackageSnapshotOf(py, packages, noted) {
   return out;
 }
 
-/** Pyodide restored from a package snapshot, its packages ready (`py`), and which they are
- *  (`holds`); throws if anything does not fit (the caller then falls back to the plain snapshot). */
-async function restorePackages(loadPyodide, blob) {
+/** A package snapshot's parts: its description, heap and files (taken from `given`, what the host
+ *  page read, when that fits; unused, it is let go at once), the libraries compiling; throws if
+ *  the snapshot is damaged. */
+async function readPackageSnapshot(blob, given) {
   const header = blob.size >= 16 ? new Uint32Array(await blob.slice(0, 16).arrayBuffer()) : [0, 0, 0, 0];
   const heapStart = 16 + header[2];
   const filesStart = heapStart + header[3];
-  if (header[0] !== PACKAGE_SNAPSHOT_MAGIC || header[1] !== PACKAGE_SNAPSHOT_FORMAT || filesStart > blob.size) {
-    throw new Error(`the package snapshot is damaged or of another format (${blob.size} bytes)`);
-  }
+  const valid = header[0] === PACKAGE_SNAPSHOT_MAGIC && header[1] === PACKAGE_SNAPSHOT_FORMAT && filesStart <= blob.size;
+  const read = await given;
+  const fits = valid && read !== null && read.heap.byteLength === filesStart - heapStart && read.files.byteLength === blob.size - filesStart;
+  if (read && !fits) [read.heap, read.files].forEach(release);
+  if (!valid) throw new Error(`the package snapshot is damaged or of another format (${blob.size} bytes)`);
   // Read in parts: the heap's bytes are let go once restored, the files' stay as the files.
   const [about, heapBytes, fileBytes] = await Promise.all([
     blob.slice(16, heapStart).text().then(JSON.parse),
-    blob.slice(heapStart, filesStart).arrayBuffer(),
-    blob.slice(filesStart).arrayBuffer(),
+    fits ? read.heap : blob.slice(heapStart, filesStart).arrayBuffer(),
+    fits ? read.files : blob.slice(filesStart).arrayBuffer(),
   ]);
   const files = new Map();
   let at = 0;
@@ -678,8 +696,19 @@ async function restorePackages(loadPyodide, blob) {
     compiling.catch(() => {});
     return [name, compiling];
   }));
-  const heap = new Uint8Array(heapBytes);
-  const py = await loadSnapshot(loadPyodide, heap);
+  return { about, heap: new Uint8Array(heapBytes), files, compiled };
+}
+
+/** Pyodide restored from a package snapshot, its packages ready (`py`), and which they are
+ *  (`holds`); throws if anything does not fit (the caller then falls back to the plain snapshot). */
+async function restorePackages(loadPyodide, blob) {
+  // Pyodide runs its JavaScript while the parts are read: a read by this worker's thread waits
+  // for that, the host page's does not.
+  const parts = readPackageSnapshot(blob, hostRead);
+  hostRead = null;
+  const py = await loadSnapshot(loadPyodide, parts.then(({ heap }) => heap));
+  const { about, heap, files, compiled } = await parts;
+  const heapBytes = heap.buffer;
   const M = py._module;
   for (const [path, bytes] of files) {
     M.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
@@ -886,16 +915,27 @@ del _tessera_lockdown
 let turn = Promise.resolve();
 self.onmessage = (event) => {
   const message = event.data;
-  if (port && message && message.type === 'runtime-module') {
+  // From the host page, after 'init': what it prepared for this worker, each once.
+  if (port && message && message.type === 'runtime-module' && receiveRuntimeModule) {
     const module = message.module instanceof WebAssembly.Module ? message.module : null;
     receiveRuntimeModule({ module, reused: module !== null && message.reused === true });
-    self.onmessage = null;
+    receiveRuntimeModule = null;
+  } else if (port && message && message.type === 'package-snapshot-read' && receiveHostRead) {
+    const fine = message.heap instanceof ArrayBuffer && message.files instanceof ArrayBuffer;
+    receiveHostRead(fine ? { heap: message.heap, files: message.files } : null);
+    receiveHostRead = null;
+  }
+  if (port) {
+    if (!receiveRuntimeModule && !receiveHostRead) self.onmessage = null;
     return;
   }
   if (port || !message || message.type !== 'init' || !event.ports || !event.ports[0]) return;
   port = event.ports[0];
   if (message.runtimeModule === true) runtimeModule = new Promise((resolve) => { receiveRuntimeModule = resolve; });
-  else self.onmessage = null;
+  else receiveRuntimeModule = null;
+  if (message.packageSnapshotRead === true) hostRead = new Promise((resolve) => { receiveHostRead = resolve; });
+  else receiveHostRead = null;
+  if (!receiveRuntimeModule && !receiveHostRead) self.onmessage = null;
   port.onmessage = (portEvent) => {
     const data = portEvent.data;
     // Bytes for a set-up in progress: answered at once, not queued behind that set-up.
