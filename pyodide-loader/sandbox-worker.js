@@ -556,10 +556,11 @@ async function freshPyodide(loadPyodide) {
   if (makeSnapshot) {
     const started = performance.now();
     try {
-      // Its own buffer, transferred: the core keeps the bytes in a Blob of the page's, which
-      // outlives this sandbox and its frame.
+      // Its own buffer (copied only if Pyodide's is part of a larger one), transferred: the core
+      // keeps the bytes in a Blob of the page's, which outlives this sandbox and its frame.
       fresh.runPython(FREEZE);
-      const bytes = fresh.makeMemorySnapshot().slice();
+      const made = fresh.makeMemorySnapshot();
+      const bytes = made.byteOffset === 0 && made.byteLength === made.buffer.byteLength ? made : made.slice();
       post({ type: 'snapshot-made', ms: performance.now() - started, snapshot: bytes.buffer }, [bytes.buffer]);
     } catch (error) {
       post({ type: 'snapshot-failed', reason: firstLine(error), lasting: true });
@@ -662,6 +663,8 @@ function makePackageSnapshotOf(py, packages, noted) {
     out.set(part, at);
     at += part.length;
   }
+  // The parts (copies: Pyodide's snapshot, the files as read) go now, not at a collection.
+  [heap, ...files.map((file) => file.bytes)].forEach((part) => release(part.buffer));
   return out;
 }
 
