@@ -365,10 +365,11 @@ function startPyodide() {
     pyodideLoading = (async () => {
       self.fetch = fetchFromMemory;
       // Pyodide loads pyodide.asm.js with importScripts (synchronous): have its bytes first.
+      // Both scripts asked of the core at once.
       const runtimeUrl = pyodideUrl + 'pyodide.asm.js';
-      const runtimeScript = await assetScriptUrl(runtimeUrl);
+      const [runtimeScript, loader] = await Promise.all([assetScriptUrl(runtimeUrl), assetScriptUrl(pyodideUrl + 'pyodide.mjs')]);
       self.importScripts = (...urls) => loadScript(...urls.map((url) => (url === runtimeUrl ? runtimeScript : url)));
-      const { loadPyodide } = await import(await assetScriptUrl(pyodideUrl + 'pyodide.mjs'));
+      const { loadPyodide } = await import(loader);
       return withRuntimeModule(() => loadPyodideSomehow(loadPyodide));
     })();
   }
@@ -713,8 +714,11 @@ async function restorePackages(loadPyodide, blob) {
   const { about, heap, files, compiled } = await parts;
   const heapBytes = heap.buffer;
   const M = py._module;
+  const made = new Set(); // each folder made once (making one that exists throws, inside Emscripten)
   for (const [path, bytes] of files) {
-    M.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
+    const folder = path.slice(0, path.lastIndexOf('/'));
+    if (!made.has(folder)) M.FS.mkdirTree(folder);
+    made.add(folder);
     M.FS.writeFile(path, bytes, { canOwn: true });
   }
   for (const library of about.libraries) {
