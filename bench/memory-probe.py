@@ -21,6 +21,11 @@ it does not count a new process's mapping of the shared Chromium binary and libr
 memory. RSS is reported too, for reference. The page asks for a sample before and after a
 sandbox starts; the difference is what that sandbox cost the machine.
 
+With TESSERA_MEMORY_MAPPINGS=DIR, every sample also writes DIR/NNN.json: each process's
+command line and its mappings of more than 256 kB PSS (from /proc/PID/smaps), for
+bench/memory-diff.py to say which process and which mapping grew between two samples — how the
+memory gap of a restored sandbox was found (README, "Memory").
+
 Only reads /proc; never signals anything. Runs until scripts/bench stops it (by its PID).
 """
 import http.server
@@ -88,12 +93,45 @@ def sample():
     return total
 
 
+MAPPINGS_DIR = os.environ.get("TESSERA_MEMORY_MAPPINGS")
+samples_written = 0
+
+
+def write_mappings(pids):
+    """DIR/NNN.json for this sample: [{pid, cmd, maps: [{start, size_kb, name, rss, pss}]}]."""
+    global samples_written
+    found = []
+    for pid in pids:
+        maps = []
+        try:
+            with open(f"/proc/{pid}/smaps") as smaps:
+                for line in smaps:
+                    fields = line.split()
+                    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                        start, end = fields[0].split("-")
+                        maps.append({"start": fields[0], "size_kb": (int(end, 16) - int(start, 16)) // 1024,
+                                     "name": fields[5] if len(fields) > 5 else "[anon]", "rss": 0, "pss": 0})
+                    elif fields[0] in ("Rss:", "Pss:") and maps:
+                        maps[-1][fields[0][:-1].lower()] = int(fields[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                command = cmdline.read().decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        found.append({"pid": pid, "cmd": command[:300], "maps": [m for m in maps if m["pss"] > 256]})
+    samples_written += 1
+    with open(os.path.join(MAPPINGS_DIR, f"{samples_written:03d}.json"), "w") as out:
+        json.dump(found, out)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.split("?")[0] != "/sample":
             self.send_error(404)
             return
-        body = json.dumps(sample()).encode()
+        measured = sample()
+        if MAPPINGS_DIR:
+            write_mappings([process["pid"] for process in measured["processes"]])
+        body = json.dumps(measured).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
