@@ -9,7 +9,6 @@ size (its RSS: the pages written); an ArrayBuffer of a few MB or more as its own
 mapping of that size; compiled code in a mapping V8 reserves ahead.
 """
 import json
-import re
 import sys
 
 
@@ -33,10 +32,9 @@ def main():
         total = sum(row[0] for row in rows)
         if abs(total) < 1:
             continue
-        command = (after.get(pid) or before[pid])["cmd"]
-        kind = re.search(r"--type=([\w-]+)", command)
+        kind = (after.get(pid) or before[pid])["type"]
         state = " (new)" if pid not in before else " (gone)" if pid not in after else ""
-        print(f"pid {pid} {kind.group(1) if kind else 'browser'}{state}: {total:+.1f} MB PSS")
+        print(f"pid {pid} {kind}{state}: {total:+.1f} MB PSS")
         for growth, start, size, rss, name in sorted(rows, key=lambda row: -abs(row[0]))[:12]:
             if abs(growth) >= 0.5:
                 print(f"  {growth:+7.1f} MB  {start}  size {size:8.1f} MB  rss {rss:7.1f} MB  {name}")

@@ -22,7 +22,7 @@ memory. RSS is reported too, for reference. The page asks for a sample before an
 sandbox starts; the difference is what that sandbox cost the machine.
 
 With TESSERA_MEMORY_MAPPINGS=DIR, every sample also writes DIR/NNN.json: each process's
-command line and its mappings of more than 256 kB PSS (from /proc/PID/smaps), for
+type and its mappings of more than 256 kB PSS (from /proc/PID/smaps), for
 bench/memory-diff.py to say which process and which mapping grew between two samples — how the
 memory gap of a restored sandbox was found (README, "Memory").
 
@@ -97,14 +97,14 @@ MAPPINGS_DIR = os.environ.get("TESSERA_MEMORY_MAPPINGS")
 samples_written = 0
 
 
-def write_mappings(pids):
-    """DIR/NNN.json for this sample: [{pid, cmd, maps: [{start, size_kb, name, rss, pss}]}]."""
+def write_mappings(processes):
+    """DIR/NNN.json for this sample: [{pid, type, maps: [{start, size_kb, name, rss, pss}]}]."""
     global samples_written
     found = []
-    for pid in pids:
+    for process in processes:
         maps = []
         try:
-            with open(f"/proc/{pid}/smaps") as smaps:
+            with open(f"/proc/{process['pid']}/smaps") as smaps:
                 for line in smaps:
                     fields = line.split()
                     if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
@@ -113,11 +113,9 @@ def write_mappings(pids):
                                      "name": fields[5] if len(fields) > 5 else "[anon]", "rss": 0, "pss": 0})
                     elif fields[0] in ("Rss:", "Pss:") and maps:
                         maps[-1][fields[0][:-1].lower()] = int(fields[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                command = cmdline.read().decode(errors="replace")
         except OSError:
             continue  # exited meanwhile
-        found.append({"pid": pid, "cmd": command[:300], "maps": [m for m in maps if m["pss"] > 256]})
+        found.append({"pid": process["pid"], "type": process["type"], "maps": [m for m in maps if m["pss"] > 256]})
     samples_written += 1
     with open(os.path.join(MAPPINGS_DIR, f"{samples_written:03d}.json"), "w") as out:
         json.dump(found, out)
@@ -130,7 +128,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         measured = sample()
         if MAPPINGS_DIR:
-            write_mappings([process["pid"] for process in measured["processes"]])
+            write_mappings(measured["processes"])
         body = json.dumps(measured).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

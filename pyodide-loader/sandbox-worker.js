@@ -936,7 +936,7 @@ self.onmessage = (event) => {
     if (!receiveRuntimeModule && !receiveHostRead) self.onmessage = null;
     return;
   }
-  if (port || !message || message.type !== 'init' || !event.ports || !event.ports[0]) return;
+  if (!message || message.type !== 'init' || !event.ports || !event.ports[0]) return;
   port = event.ports[0];
   if (message.runtimeModule === true) runtimeModule = new Promise((resolve) => { receiveRuntimeModule = resolve; });
   else receiveRuntimeModule = null;

@@ -219,7 +219,7 @@ impl Parser<'_> {
     }
 
     /// The character of a `\u` escape whose four hex digits start at `self.at`; a surrogate pair
-    /// takes the following `\uXXXX` too. Leaves `self.at` just past the last digit read.
+    /// takes the `\u` escape that follows too. Leaves `self.at` just past the last digit read.
     fn unicode_escape(&mut self) -> Result<char, String> {
         let first = self.hex4()?;
         let code = if (0xD800..0xDC00).contains(&first) {
