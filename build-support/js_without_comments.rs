@@ -1,7 +1,7 @@
-// Shared by the build scripts of the worker core (`crate/build.rs`, for the sandbox script it
-// embeds) and the scheduler (`scheduler/build.rs`, for the site's JavaScript and CSS and the
-// sandbox host page): all of it goes to every volunteer's browser, where comments would only cost
-// bytes. Included with `include!`, so it has no crate of its own.
+// Used by the scheduler's build script (`scheduler/build.rs`) for the site's JavaScript and CSS,
+// the sandbox host page and the sandbox script written into it: all of it goes to every
+// volunteer's browser, where comments would only cost bytes. Included with `include!`, so the
+// build script needs no crate for it.
 
 /// `source` without its whole-line comments (`// …`, and `/* … */` blocks that start a line:
 /// code after a block's `*/` on the same line is kept), its blank lines and its lines' leading

@@ -4,8 +4,9 @@
 //! `brotli` being the file compressed once here at brotli's best quality (the worker core is
 //! 17 % smaller than the scheduler's on-the-fly brotli makes it), or `None` where that gains
 //! nothing. JavaScript and CSS are embedded without their comments and indentation
-//! (`build-support/js_without_comments.rs`, shared with the worker core's build): every volunteer
-//! downloads them. So is the sandbox host page (`src/sandbox_host.rs`), compressed here too.
+//! (`build-support/js_without_comments.rs`): every volunteer downloads them. So is the sandbox
+//! host page (`src/sandbox_host.rs`), with the sandbox worker's script written into it, compressed
+//! here too.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -62,18 +63,59 @@ fn main() {
     source.push_str("];\n");
     let out = out_dir.join("site_files.rs");
     fs::write(&out, source).unwrap_or_else(|error| panic!("writing {}: {error}", out.display()));
-    embed_sandbox_page(&manifest.join("../pyodide-loader/sandbox.html"), &out_dir);
+    embed_sandbox_page(
+        &manifest.join("../pyodide-loader/sandbox.html"),
+        &manifest.join("../pyodide-loader/sandbox-worker.js"),
+        &out_dir,
+    );
 }
 
 /// The sandbox host page (`src/sandbox_host.rs`) without its script's comments and indentation,
-/// and compressed once at brotli's best quality: every sandbox frame of every volunteer loads it.
-fn embed_sandbox_page(page: &Path, out_dir: &Path) {
+/// with the sandbox worker's script (`pyodide-loader/sandbox-worker.js`, also without comments)
+/// written into it as a string, and compressed once at brotli's best quality: every sandbox frame
+/// of every volunteer loads it.
+fn embed_sandbox_page(page: &Path, worker_script: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-changed={}", page.display());
-    let source = fs::read_to_string(page).unwrap_or_else(|error| panic!("reading {}: {error}", page.display()));
-    let served = js_without_comments(&source).unwrap_or_else(|error| panic!("{}: {error}", page.display()));
+    println!("cargo:rerun-if-changed={}", worker_script.display());
+    let read = |path: &Path| {
+        let source = fs::read_to_string(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+        js_without_comments(&source).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    };
+    let (page_text, script) = (read(page), read(worker_script));
+    if page_text.matches(WORKER_SCRIPT_PLACEHOLDER).count() != 1 {
+        panic!("{}: it must hold {WORKER_SCRIPT_PLACEHOLDER} exactly once", page.display());
+    }
+    let served = page_text.replace(WORKER_SCRIPT_PLACEHOLDER, &js_string_literal(&script));
     fs::write(out_dir.join("sandbox.html"), &served).unwrap_or_else(|error| panic!("writing sandbox.html: {error}"));
     fs::write(out_dir.join("sandbox.html.br"), brotli(served.as_bytes()))
         .unwrap_or_else(|error| panic!("writing sandbox.html.br: {error}"));
+}
+
+/// Where the sandbox host page's script takes the worker's script text.
+const WORKER_SCRIPT_PLACEHOLDER: &str = "'@SANDBOX_WORKER_SCRIPT@'";
+
+/// `text` as a double-quoted JavaScript string that can sit inside an HTML `<script>` element:
+/// every `<` escaped, so no `</script>` or `<!--` in the text can end or change the element.
+fn js_string_literal(text: &str) -> String {
+    let mut literal = String::with_capacity(text.len() + text.len() / 8);
+    literal.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => literal.push_str("\\\""),
+            '\\' => literal.push_str("\\\\"),
+            '\n' => literal.push_str("\\n"),
+            '<' => literal.push_str("\\x3c"),
+            '\u{2028}' | '\u{2029}' => {
+                let _ = write!(literal, "\\u{:04x}", u32::from(character));
+            }
+            control if control.is_control() => {
+                let _ = write!(literal, "\\u{:04x}", u32::from(control));
+            }
+            other => literal.push(other),
+        }
+    }
+    literal.push('"');
+    literal
 }
 
 /// Every regular file under `dir`, as (`/relative/path`, absolute path). Hidden files are left out.

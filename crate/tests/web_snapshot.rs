@@ -14,7 +14,7 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 use tessera_protocol::{SliceOutcome, Worktime};
 use tessera_worker::supervisor::{PreparedJob, Sandbox, SandboxFactory, SetupOutcome, WorkerEvent};
-use tessera_worker::web::sandbox::{IsolatedSandboxFactory, SANDBOX_SCRIPT};
+use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use tessera_worker::web::snapshots::{forget_stored, store_for, store_packages_for, stored_for, stored_packages_for};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
@@ -361,10 +361,10 @@ async fn a_retired_sandboxs_frame_serves_the_next_with_the_interpreter_compiled_
     third.terminate();
 }
 
-/// The sandbox script's `copyHeap` (with the page size it uses), cut out of the script as the core
-/// embeds it: the function that puts a snapshot's heap into a sandbox's memory.
+/// The sandbox script's `copyHeap` (with the page size it uses), cut out of the script: the
+/// function that puts a snapshot's heap into a sandbox's memory.
 fn copy_heap() -> js_sys::Function {
-    let script = SANDBOX_SCRIPT;
+    let script = include_str!("../../pyodide-loader/sandbox-worker.js");
     let page = script.lines().find(|line| line.starts_with("const PAGE_BYTES")).expect("the script sets PAGE_BYTES");
     let start = script.find("function copyHeap(").expect("the script has copyHeap");
     // The function ends where its braces balance (its only string, a template, has balanced ones).

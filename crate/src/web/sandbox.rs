@@ -1,6 +1,7 @@
 //! Sandboxes: each one a classic Blob Web Worker running `pyodide-loader/sandbox-worker.js`,
 //! inside its own `<iframe sandbox="allow-scripts">` (an opaque origin) loaded from the
-//! scheduler's `/sandbox.html`, whose policy allows no network at all.
+//! scheduler's `/sandbox.html`, whose policy allows no network at all. The script comes with that
+//! page (the scheduler's build writes it in), not with the core.
 //!
 //! The core talks to a sandbox over two private `MessagePort`s it hands the iframe once the iframe
 //! announces itself (checked by `event.source`): the *control* port to the host page (start the
@@ -35,10 +36,6 @@ use crate::supervisor::{
     PreparedJob, Sandbox, SandboxFactory, SetupOutcome, SetupPhase, SliceProgress, SliceRun, Task, WorkerEvent,
 };
 use crate::WorkerError;
-
-/// The sandbox script (`pyodide-loader/sandbox-worker.js`), embedded at build time without its
-/// comments (`crate/build.rs`).
-pub const SANDBOX_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/sandbox-worker.js"));
 
 /// Messages the sandbox script posts back (read by [`FromSandbox::read`]).
 #[derive(Debug)]
@@ -776,7 +773,6 @@ impl IsolatedSandbox {
         let tenancy = Tenancy::open(&frame, &context.files)?;
         let start = Object::new();
         set(&start, "type", &"start".into());
-        set(&start, "script", &SANDBOX_SCRIPT.into());
         set(&start, "interruptible", &(worktime == Worktime::Pyodide).into());
         let init = Object::new();
         set(&init, "worktime", &worktime.as_str().into());
