@@ -4,9 +4,8 @@
 //! and in the worker core before anything reaches a sandbox, so a bundle that slipped past one
 //! check is still refused by the other.
 
-use std::cell::Cell;
+#[cfg(feature = "gzip")]
 use std::io::Read;
-use std::path::{Component, Path};
 
 use sha2::{Digest, Sha256};
 
@@ -77,13 +76,12 @@ pub fn content_address(bytes: &[u8]) -> String {
 
 /// Checks a tar.gz against `limits` and returns its entries, or the first problem found.
 ///
-/// Hostile input costs little: the decompressed stream is capped while it is read (see
-/// [`stream_cap`]), so a gzip bomb or a tar whose GNU long-name or PAX record claims gigabytes is
-/// refused after at most the cap has been inflated, and no allocation is ever sized from a header.
+/// Hostile input costs little: inflating stops one byte past [`stream_cap`], so a gzip bomb or a
+/// tar whose GNU long name or PAX record claims gigabytes is refused after at most the cap has
+/// been inflated, and no allocation is ever sized from a header.
 #[cfg(feature = "gzip")]
 pub fn unpack(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
-    check_compressed_size(tar_gz, limits)?;
-    unpack_tar(flate2::read::GzDecoder::new(tar_gz), limits)
+    unpack_tar(&inflate(tar_gz, limits)?, limits)
 }
 
 /// Refuses a tar.gz over [`BundleLimits::max_compressed_bytes`], before anything is inflated.
@@ -109,129 +107,262 @@ pub fn inflate(tar_gz: &[u8], limits: &BundleLimits) -> Result<Vec<u8>, BundleEr
 }
 
 /// Most bytes of decompressed tar stream read for a bundle: the unpacked limit plus room for
-/// headers, block padding and modest long-name/PAX records of every allowed entry. The `tar`
-/// crate buffers long names and PAX records whole, so capping the stream it reads from is what
-/// bounds that buffering (and the inflation of a gzip bomb).
+/// headers, block padding and modest long-name/PAX records of every allowed entry. Inflating stops
+/// one byte past it, so a gzip bomb costs at most this much memory.
 pub fn stream_cap(limits: &BundleLimits) -> u64 {
     const BASE_SLACK: u64 = 64 * 1024;
     const PER_ENTRY_SLACK: u64 = 3 * 1024;
     limits.max_unpacked_bytes.saturating_add(BASE_SLACK).saturating_add(PER_ENTRY_SLACK * limits.max_entries as u64)
 }
 
-/// A reader that fails once more than `remaining` bytes were asked of it, and says so in `tripped`
-/// (the error itself is wrapped by `tar` and cannot be recognised reliably).
-struct CappedReader<'a, R> {
-    inner: R,
-    remaining: u64,
-    tripped: &'a Cell<bool>,
-}
+/// Longest GNU long name or PAX record accepted: far more than any real path, far less than a
+/// bomb (which is refused with the entry's offset instead of being held).
+const MAX_METADATA_BYTES: u64 = 64 * 1024;
 
-impl<R: Read> Read for CappedReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.remaining == 0 {
-            // One probe byte tells a stream that ends exactly at the cap from one that goes on.
-            let mut probe = [0u8; 1];
-            return match self.inner.read(&mut probe)? {
-                0 => Ok(0),
-                _ => {
-                    self.tripped.set(true);
-                    Err(std::io::Error::other("bundle stream over its size cap"))
-                }
-            };
-        }
-        let most = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let read = self.inner.read(&mut buf[..most])?;
-        self.remaining -= read as u64;
-        Ok(read)
+/// A tar's block: headers and the padding of every entry's data.
+const BLOCK: usize = 512;
+
+/// Checks a decompressed tar against `limits` and returns its entries, or the first problem
+/// found. A tar longer than [`stream_cap`] (the tar of a gzip bomb, which inflating cut one byte
+/// past the cap) is [`BundleError::Inflated`], whatever it holds.
+///
+/// The reader is our own, not the `tar` crate: bundles hold regular files and directories, named
+/// by a header (ustar prefix included), a GNU long name or a PAX `path`, sized by the header
+/// (octal or base-256) or a PAX `size`; every checksum is verified; a PAX global header (which
+/// `git archive` writes) is skipped; links, devices, fifos and sparse files are refused. Nothing is
+/// sized from a header before the bytes are there, and long names and PAX records are bounded.
+pub fn unpack_tar(tar: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
+    if tar.len() as u64 > stream_cap(limits) {
+        return Err(BundleError::Inflated { limit: stream_cap(limits) });
     }
-}
-
-/// Checks a decompressed tar stream against `limits` and returns its entries, or the first
-/// problem found. Reads at most [`stream_cap`] bytes (and one to tell that more follow).
-pub fn unpack_tar(stream: impl Read, limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
-    let cap = stream_cap(limits);
-    let tripped = Cell::new(false);
-    let capped = CappedReader { inner: stream, remaining: cap, tripped: &tripped };
-    let unreadable = |error: std::io::Error| {
-        if tripped.get() {
-            BundleError::Inflated { limit: cap }
-        } else {
-            BundleError::Unreadable { reason: error.to_string() }
-        }
-    };
-    let mut archive = tar::Archive::new(capped);
+    let mut reader = TarReader { tar, at: 0 };
     let mut entries = Vec::new();
     let mut unpacked: u64 = 0;
-    for entry in archive.entries().map_err(unreadable)? {
-        let mut entry = entry.map_err(unreadable)?;
+    // What the PAX record or GNU long name before a header says about the entry it describes.
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut pax_path: Option<Vec<u8>> = None;
+    let mut pax_size: Option<u64> = None;
+    while let Some(header) = reader.header()? {
+        let at = reader.at - BLOCK;
+        let kind = header[156];
+        let size = pax_size.take().map_or_else(|| header_number(&header[124..136], "size", at), Ok)?;
+        match kind {
+            b'L' | b'x' | b'g' | b'K' => {
+                if size > MAX_METADATA_BYTES {
+                    return Err(unreadable(format!(
+                        "the {} at byte {at} claims {size} bytes, over the {MAX_METADATA_BYTES} allowed",
+                        metadata_name(kind)
+                    )));
+                }
+                let data = reader.data(size, at)?;
+                match kind {
+                    b'L' => long_name = Some(trim_nuls(data).to_vec()),
+                    b'x' => (pax_path, pax_size) = pax_record(data, at)?,
+                    // A global header (`git archive` writes the commit in one) and a GNU long
+                    // link name describe nothing a bundle keeps.
+                    _ => {}
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let raw_path = match pax_path.take().or(long_name.take()) {
+            Some(path) => path,
+            None => header_path(header),
+        };
+        let raw_path = String::from_utf8(raw_path)
+            .map_err(|error| BundleError::BadPath { entry: String::from_utf8_lossy(error.as_bytes()).into_owned() })?;
         if entries.len() >= limits.max_entries {
             return Err(BundleError::TooManyEntries { limit: limits.max_entries });
         }
-        let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = normalise(&raw_path)?;
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            if !path.is_empty() {
-                entries.push(BundleEntry::Directory { path });
+        match kind {
+            b'5' => {
+                reader.data(size, at)?;
+                if !path.is_empty() {
+                    entries.push(BundleEntry::Directory { path });
+                }
             }
-            continue;
+            b'0' | b'\0' | b'7' => {
+                if path.is_empty() {
+                    return Err(BundleError::BadPath { entry: raw_path });
+                }
+                // The header's size (or a PAX `size`) is a claim: it refuses early but sizes nothing.
+                if unpacked.saturating_add(size) > limits.max_unpacked_bytes {
+                    return Err(BundleError::TooLarge {
+                        size: unpacked.saturating_add(size),
+                        limit: limits.max_unpacked_bytes,
+                    });
+                }
+                let bytes = reader.data(size, at)?.to_vec();
+                unpacked += size;
+                entries.push(BundleEntry::File { path, bytes });
+            }
+            other => return Err(BundleError::ForbiddenKind { entry: raw_path, kind: kind_name(other) }),
         }
-        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
-            return Err(BundleError::ForbiddenKind { entry: raw_path, kind: kind_name(kind) });
-        }
-        if path.is_empty() {
-            return Err(BundleError::BadPath { entry: raw_path });
-        }
-        // The header's size (or a PAX `size`) is a claim: it refuses early but sizes nothing.
-        let claimed = entry.size();
-        if unpacked.saturating_add(claimed) > limits.max_unpacked_bytes {
-            return Err(BundleError::TooLarge {
-                size: unpacked.saturating_add(claimed),
-                limit: limits.max_unpacked_bytes,
-            });
-        }
-        // Read at most one byte past what is left of the budget; the vector grows as data arrives.
-        let budget = limits.max_unpacked_bytes - unpacked;
-        let mut bytes = Vec::new();
-        (&mut entry).take(budget.saturating_add(1)).read_to_end(&mut bytes).map_err(unreadable)?;
-        unpacked = unpacked.saturating_add(bytes.len() as u64);
-        if unpacked > limits.max_unpacked_bytes {
-            return Err(BundleError::TooLarge { size: unpacked, limit: limits.max_unpacked_bytes });
-        }
-        entries.push(BundleEntry::File { path, bytes });
     }
     Ok(entries)
 }
 
+/// A decompressed tar in memory, read block by block from `at`.
+struct TarReader<'a> {
+    tar: &'a [u8],
+    at: usize,
+}
+
+impl<'a> TarReader<'a> {
+    /// The next header with its checksum verified, or `None` at the end of the archive (a zero
+    /// block, or no bytes left where a header would start).
+    fn header(&mut self) -> Result<Option<&'a [u8]>, BundleError> {
+        if self.at == self.tar.len() {
+            return Ok(None);
+        }
+        let at = self.at;
+        let header = self.take(BLOCK as u64, || format!("the header at byte {at} is cut short"))?;
+        if header.iter().all(|&byte| byte == 0) {
+            return Ok(None);
+        }
+        let stored = header_number(&header[148..156], "checksum", at)?;
+        let computed: u64 = header
+            .iter()
+            .enumerate()
+            .map(|(index, &byte)| if (148..156).contains(&index) { u64::from(b' ') } else { u64::from(byte) })
+            .sum();
+        if stored != computed {
+            return Err(unreadable(format!("the header at byte {at} has a wrong checksum")));
+        }
+        Ok(Some(header))
+    }
+
+    /// An entry's `size` bytes of data, and past the padding that fills its last block.
+    fn data(&mut self, size: u64, header_at: usize) -> Result<&'a [u8], BundleError> {
+        let data =
+            self.take(size, || format!("the entry at byte {header_at} claims {size} bytes; the archive ends before"))?;
+        let padding = (BLOCK - data.len() % BLOCK) % BLOCK;
+        self.take(padding as u64, || format!("the entry at byte {header_at} is not padded to a whole block"))?;
+        Ok(data)
+    }
+
+    fn take(&mut self, len: u64, cut_short: impl FnOnce() -> String) -> Result<&'a [u8], BundleError> {
+        let left = self.tar.len() - self.at;
+        match usize::try_from(len) {
+            Ok(len) if len <= left => {
+                let bytes = &self.tar[self.at..self.at + len];
+                self.at += len;
+                Ok(bytes)
+            }
+            _ => Err(unreadable(cut_short())),
+        }
+    }
+}
+
+fn unreadable(reason: String) -> BundleError {
+    BundleError::Unreadable { reason }
+}
+
+/// A header's numeric field: octal digits between optional spaces and NULs, or base-256 (the
+/// first byte's high bit set), as GNU tar writes sizes over 8 GiB.
+fn header_number(field: &[u8], name: &str, header_at: usize) -> Result<u64, BundleError> {
+    let wrong = || unreadable(format!("the header at byte {header_at} has a {name} that is not a number"));
+    if field[0] & 0x80 != 0 {
+        let mut value: u64 = u64::from(field[0] & 0x7f);
+        for &byte in &field[1..] {
+            value = value.checked_mul(256).and_then(|value| value.checked_add(u64::from(byte))).ok_or_else(wrong)?;
+        }
+        return Ok(value);
+    }
+    let digits = until_nul(field.trim_ascii_start()).trim_ascii_end();
+    if digits.is_empty() {
+        return Err(wrong());
+    }
+    digits.iter().try_fold(0u64, |value, &digit| match digit {
+        b'0'..=b'7' => value.checked_mul(8).map(|value| value + u64::from(digit - b'0')).ok_or_else(wrong),
+        _ => Err(wrong()),
+    })
+}
+
+/// The path a header itself holds: its name, after the ustar prefix when there is one (GNU
+/// headers use those bytes for other things).
+fn header_path(header: &[u8]) -> Vec<u8> {
+    let name = until_nul(&header[..100]);
+    let prefix = if &header[257..263] == b"ustar\0" { until_nul(&header[345..500]) } else { &[] };
+    if prefix.is_empty() {
+        name.to_vec()
+    } else {
+        [prefix, b"/", name].concat()
+    }
+}
+
+/// A PAX extended header's `path` and `size` (records `LENGTH KEY=VALUE\n`; others are ignored).
+fn pax_record(data: &[u8], header_at: usize) -> Result<(Option<Vec<u8>>, Option<u64>), BundleError> {
+    let wrong = || unreadable(format!("the PAX record at byte {header_at} is malformed"));
+    let (mut path, mut size) = (None, None);
+    let mut rest = trim_nuls(data);
+    while !rest.is_empty() {
+        let space = rest.iter().position(|&byte| byte == b' ').ok_or_else(wrong)?;
+        let length: usize =
+            std::str::from_utf8(&rest[..space]).ok().and_then(|text| text.parse().ok()).ok_or_else(wrong)?;
+        if length <= space + 1 || length > rest.len() || rest[length - 1] != b'\n' {
+            return Err(wrong());
+        }
+        let record = &rest[space + 1..length - 1];
+        let equals = record.iter().position(|&byte| byte == b'=').ok_or_else(wrong)?;
+        let (key, value) = (&record[..equals], &record[equals + 1..]);
+        match key {
+            b"path" => path = Some(value.to_vec()),
+            b"size" => {
+                let text = std::str::from_utf8(value).map_err(|_| wrong())?;
+                size = Some(text.parse().map_err(|_| wrong())?);
+            }
+            _ => {}
+        }
+        rest = &rest[length..];
+    }
+    Ok((path, size))
+}
+
+fn until_nul(field: &[u8]) -> &[u8] {
+    field.iter().position(|&byte| byte == 0).map_or(field, |end| &field[..end])
+}
+
+fn trim_nuls(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    &bytes[..end]
+}
+
+fn metadata_name(kind: u8) -> &'static str {
+    match kind {
+        b'L' => "GNU long name",
+        b'K' => "GNU long link name",
+        b'g' => "PAX global header",
+        _ => "PAX record",
+    }
+}
+
 /// Turns an archive path into a clean relative path, refusing anything that could escape the root.
 fn normalise(raw: &str) -> Result<String, BundleError> {
-    if raw.starts_with('/') || raw.starts_with('\\') || Path::new(raw).is_absolute() {
+    if raw.starts_with('/') || raw.starts_with('\\') {
         return Err(BundleError::AbsolutePath { entry: raw.to_string() });
     }
     let mut parts = Vec::new();
-    for component in Path::new(raw).components() {
-        match component {
-            Component::Normal(part) => match part.to_str() {
-                Some(part) => parts.push(part),
-                None => return Err(BundleError::BadPath { entry: raw.to_string() }),
-            },
-            Component::CurDir => {}
-            Component::ParentDir => return Err(BundleError::ParentDirectory { entry: raw.to_string() }),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(BundleError::AbsolutePath { entry: raw.to_string() })
-            }
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(BundleError::ParentDirectory { entry: raw.to_string() }),
+            part => parts.push(part),
         }
     }
     Ok(parts.join("/"))
 }
 
-fn kind_name(kind: tar::EntryType) -> &'static str {
+fn kind_name(kind: u8) -> &'static str {
     match kind {
-        tar::EntryType::Symlink => "symbolic link",
-        tar::EntryType::Link => "hard link",
-        tar::EntryType::Char => "character device",
-        tar::EntryType::Block => "block device",
-        tar::EntryType::Fifo => "fifo",
+        b'2' => "symbolic link",
+        b'1' => "hard link",
+        b'3' => "character device",
+        b'4' => "block device",
+        b'6' => "fifo",
+        b'S' => "sparse file",
         _ => "special entry",
     }
 }
@@ -382,29 +513,6 @@ mod tests {
         header.as_bytes().to_vec()
     }
 
-    /// An endless decompressed tar stream: `prefix`, then `fill` forever; counts what was read.
-    struct Endless {
-        prefix: Vec<u8>,
-        fill: u8,
-        read: u64,
-    }
-
-    impl Read for Endless {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let at = self.read as usize;
-            let n = if at < self.prefix.len() {
-                let n = buf.len().min(self.prefix.len() - at);
-                buf[..n].copy_from_slice(&self.prefix[at..at + n]);
-                n
-            } else {
-                buf.fill(self.fill);
-                buf.len()
-            };
-            self.read += n as u64;
-            Ok(n)
-        }
-    }
-
     fn small() -> BundleLimits {
         BundleLimits { max_compressed_bytes: 1024 * 1024, max_unpacked_bytes: 256 * 1024, max_entries: 16 }
     }
@@ -424,9 +532,9 @@ mod tests {
         let bomb = super::testing::metadata_bomb(EntryType::GNULongName, 10 * 1024 * 1024, 0);
         let inflated = inflate(&bomb, &small()).unwrap();
         assert_eq!(inflated.len() as u64, stream_cap(&small()) + 1, "inflating stops one byte past the cap");
-        assert_eq!(unpack_tar(&inflated[..], &small()), Err(BundleError::Inflated { limit: stream_cap(&small()) }));
+        assert_eq!(unpack_tar(&inflated, &small()), Err(BundleError::Inflated { limit: stream_cap(&small()) }));
         let bundle = pack(&[file("pkg/a.py", "A = 1\n"), file("b.txt", "b")]).unwrap();
-        let entries = unpack_tar(&inflate(&bundle, &small()).unwrap()[..], &small()).unwrap();
+        let entries = unpack_tar(&inflate(&bundle, &small()).unwrap(), &small()).unwrap();
         assert_eq!(entries, unpack(&bundle, &small()).unwrap());
         let tight = BundleLimits { max_compressed_bytes: bundle.len() - 1, ..small() };
         assert!(matches!(inflate(&bundle, &tight), Err(BundleError::TooLarge { .. })));
@@ -434,48 +542,158 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_gnu_long_name_is_refused_after_reading_at_most_the_cap() {
-        let mut stream = Endless { prefix: header(EntryType::GNULongName, 100_000_000), fill: b'a', read: 0 };
-        let err = unpack_tar(&mut stream, &small()).unwrap_err();
-        assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
-        assert!(stream.read <= stream_cap(&small()) + 1, "read {} bytes", stream.read);
-    }
-
-    #[test]
-    fn a_huge_pax_record_is_refused_after_reading_at_most_the_cap() {
-        let mut prefix = header(EntryType::XHeader, 100_000_000);
-        prefix.extend_from_slice(b"100000000 path=");
-        let mut stream = Endless { prefix, fill: b'a', read: 0 };
-        let err = unpack_tar(&mut stream, &small()).unwrap_err();
-        assert_eq!(err, BundleError::Inflated { limit: stream_cap(&small()) });
-        assert!(stream.read <= stream_cap(&small()) + 1, "read {} bytes", stream.read);
+    fn long_names_and_pax_records_claiming_too_much_are_refused_without_reading_them() {
+        for (kind, what) in [(EntryType::GNULongName, "GNU long name"), (EntryType::XHeader, "PAX record")] {
+            // Only the header: the claim alone is refused, before any data is looked for.
+            let err = unpack_tar(&header(kind, 100_000_000), &small()).unwrap_err();
+            let BundleError::Unreadable { reason } = &err else { panic!("{err:?}") };
+            assert!(reason.contains(what) && reason.contains("100000000"), "{reason}");
+        }
     }
 
     #[test]
     fn a_file_header_claiming_too_much_is_refused_before_its_data_is_read() {
-        let mut prefix = header(EntryType::Regular, 100_000_000);
-        prefix[..8].copy_from_slice(b"big.txt\0");
-        let mut raw = tar::Header::from_byte_slice(&prefix).clone();
+        let mut raw = tar::Header::from_byte_slice(&header(EntryType::Regular, 100_000_000)).clone();
+        raw.as_gnu_mut().unwrap().name[..14].copy_from_slice(b"big.txt\0\0\0\0\0\0\0");
         raw.set_cksum();
-        let mut stream = Endless { prefix: raw.as_bytes().to_vec(), fill: b'x', read: 0 };
-        let err = unpack_tar(&mut stream, &small()).unwrap_err();
+        let err = unpack_tar(raw.as_bytes(), &small()).unwrap_err();
         assert_eq!(err, BundleError::TooLarge { size: 100_000_000, limit: small().max_unpacked_bytes });
-        assert!(stream.read < 64 * 1024, "read {} bytes", stream.read);
     }
 
     #[test]
-    fn a_stream_ending_exactly_at_the_cap_is_not_refused_for_size() {
+    fn a_tar_of_exactly_the_cap_is_read_and_one_byte_more_is_refused() {
         let limits = small();
-        let mut bytes = Vec::new();
-        let mut capped = CappedReader { inner: &[7u8; 10][..], remaining: 10, tripped: &Cell::new(false) };
-        capped.read_to_end(&mut bytes).unwrap();
-        assert_eq!(bytes.len(), 10);
-        let tripped = Cell::new(false);
-        let mut over = CappedReader { inner: &[7u8; 11][..], remaining: 10, tripped: &tripped };
-        assert!(over.read_to_end(&mut Vec::new()).is_err() && tripped.get());
-        // A legitimate bundle right at the unpacked limit still unpacks.
+        let cap = stream_cap(&limits) as usize;
         let exact = pack(&[file("exact.txt", &"y".repeat(limits.max_unpacked_bytes as usize))]).unwrap();
-        assert_eq!(unpack(&exact, &limits).unwrap().len(), 1);
+        let mut tar = inflate(&exact, &limits).unwrap();
+        assert!(tar.len() <= cap);
+        tar.resize(cap, 0);
+        assert_eq!(unpack_tar(&tar, &limits).unwrap().len(), 1, "a file right at the unpacked limit");
+        tar.push(0);
+        assert_eq!(unpack_tar(&tar, &limits), Err(BundleError::Inflated { limit: stream_cap(&limits) }));
+    }
+
+    /// The tar inside `pack`'s tar.gz, or any archive `build` writes with the `tar` crate.
+    fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        builder.into_inner().unwrap()
+    }
+
+    fn append(builder: &mut tar::Builder<Vec<u8>>, mut header: tar::Header, path: &str, bytes: &[u8]) {
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, bytes).unwrap();
+    }
+
+    #[test]
+    fn reads_what_other_tars_write_long_names_ustar_prefixes_and_pax_records_included() {
+        let deep = format!("{}/{}.py", "d".repeat(120), "m".repeat(40));
+        let prefixed = format!("{}/{}.py", "p".repeat(90), "n".repeat(60));
+        let sizes = [0usize, 1, 511, 512, 513, 1024, 5000];
+        let tar = tar_of(|builder| {
+            for size in sizes {
+                append(builder, tar::Header::new_gnu(), &format!("gnu/{size}.bin"), &vec![size as u8; size]);
+            }
+            // A GNU long name record ('L') before the header.
+            append(builder, tar::Header::new_gnu(), &deep, b"deep = 1\n");
+            // A ustar header whose path is split into prefix and name.
+            append(builder, tar::Header::new_ustar(), &prefixed, b"prefixed = 1\n");
+            // PAX: a global header (as `git archive` writes), then a path and a size for the next entry.
+            builder.append_pax_extensions([("comment", &b"commit 0123"[..])]).unwrap();
+            let mut global = tar::Header::new_ustar();
+            global.set_entry_type(tar::EntryType::XGlobalHeader);
+            global.set_size(18);
+            builder.append_data(&mut global, "pax_global_header", &b"18 comment=abcdef\n"[..]).unwrap();
+            builder.append_pax_extensions([("path", &b"pax/\xc3\xa9t\xc3\xa9.txt"[..]), ("size", &b"3"[..])]).unwrap();
+            append(builder, tar::Header::new_ustar(), "short-name", b"\xc3\xa9t\xc3\xa9");
+            let mut dir = tar::Header::new_gnu();
+            dir.set_entry_type(tar::EntryType::Directory);
+            append(builder, dir, "./pkg/", b"");
+        });
+        let entries = unpack_tar(&tar, &BundleLimits::default()).unwrap();
+        let mut expected: Vec<BundleEntry> = sizes
+            .iter()
+            .map(|&size| BundleEntry::File { path: format!("gnu/{size}.bin"), bytes: vec![size as u8; size] })
+            .collect();
+        expected.push(file(&deep, "deep = 1\n"));
+        expected.push(file(&prefixed, "prefixed = 1\n"));
+        // The PAX size (3) wins over the header's (4): the fourth byte is the data's padding.
+        expected.push(BundleEntry::File { path: "pax/été.txt".into(), bytes: b"\xc3\xa9t".to_vec() });
+        expected.push(BundleEntry::Directory { path: "pkg".into() });
+        assert_eq!(entries, expected);
+    }
+
+    #[test]
+    fn a_wrong_checksum_a_cut_archive_and_a_non_numeric_size_are_refused_by_offset() {
+        let tar = tar_of(|builder| {
+            append(builder, tar::Header::new_gnu(), "a.txt", b"a");
+            append(builder, tar::Header::new_gnu(), "b.txt", &[b'b'; 700]);
+        });
+        let reason = |tar: &[u8]| match unpack_tar(tar, &BundleLimits::default()) {
+            Err(BundleError::Unreadable { reason }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let mut corrupt = tar.clone();
+        corrupt[1024 + 10] ^= 1;
+        assert_eq!(reason(&corrupt), "the header at byte 1024 has a wrong checksum");
+        assert_eq!(
+            reason(&tar[..1024 + 512 + 600]),
+            "the entry at byte 1024 claims 700 bytes; the archive ends before"
+        );
+        assert_eq!(reason(&tar[..1024 + 200]), "the header at byte 1024 is cut short");
+        let mut not_a_number = tar::Header::new_gnu();
+        not_a_number.as_mut_bytes()[124..136].copy_from_slice(b"12x4567\0\0\0\0\0");
+        not_a_number.set_cksum();
+        assert_eq!(reason(not_a_number.as_bytes()), "the header at byte 0 has a size that is not a number");
+        // Without the zero blocks that end an archive, the last entry still ends it.
+        let unended = &tar[..1024 + 512 + 1024];
+        assert_eq!(unpack_tar(unended, &BundleLimits::default()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn sizes_in_base_256_and_paths_that_are_not_utf8() {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"x.bin");
+        header.set_mode(0o644);
+        // GNU's base-256: the high bit of the first byte, then the size big-endian.
+        let mut field = [0u8; 12];
+        field[0] = 0x80;
+        field[11] = 3;
+        header.as_mut_bytes()[124..136].copy_from_slice(&field);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(b"xyz");
+        tar.resize(1024, 0);
+        assert_eq!(unpack_tar(&tar, &BundleLimits::default()).unwrap(), vec![file("x.bin", "xyz")]);
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..4].copy_from_slice(b"\xffa.b");
+        header.set_size(0);
+        header.set_cksum();
+        assert_eq!(
+            unpack_tar(header.as_bytes(), &BundleLimits::default()),
+            Err(BundleError::BadPath { entry: "\u{fffd}a.b".into() })
+        );
+    }
+
+    #[test]
+    fn refuses_sparse_files_and_too_many_entries() {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..6].copy_from_slice(b"sparse");
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_size(0);
+        header.set_cksum();
+        assert_eq!(
+            unpack_tar(header.as_bytes(), &BundleLimits::default()),
+            Err(BundleError::ForbiddenKind { entry: "sparse".into(), kind: "sparse file" })
+        );
+        let tar = tar_of(|builder| {
+            for index in 0..3 {
+                append(builder, tar::Header::new_gnu(), &format!("{index}.txt"), b"");
+            }
+        });
+        let two = BundleLimits { max_entries: 2, ..BundleLimits::default() };
+        assert_eq!(unpack_tar(&tar, &two), Err(BundleError::TooManyEntries { limit: 2 }));
     }
 
     #[test]
