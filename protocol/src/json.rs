@@ -516,7 +516,7 @@ impl FromJson for ResultStatus {
             "requeued" => ResultStatus::Requeued,
             "released" => ResultStatus::Released,
             "refused" => ResultStatus::Refused,
-            other => return Err(format!(": no result status is called {other:?}")),
+            other => return Err(format!(": no result status is called {}", write(other))),
         })
     }
 }

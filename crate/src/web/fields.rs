@@ -102,7 +102,7 @@ fn in_words(value: &JsValue) -> String {
     if let Some(text) = value.as_string() {
         let shown: String = text.chars().take(40).collect();
         let more = if shown.len() < text.len() { "…" } else { "" };
-        format!("the text {shown:?}{more}")
+        format!("the text {}{more}", tessera_protocol::json::write(shown.as_str()))
     } else if let Some(number) = value.as_f64() {
         match number {
             _ if number.is_nan() => "NaN".into(),

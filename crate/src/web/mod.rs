@@ -216,7 +216,8 @@ impl TesseraWorker {
             .start_pyodide_ahead();
         if let Some(id) = parsed.contributor.as_deref().filter(|id| !tessera_protocol::is_contributor_id(id)) {
             let error = WorkerError::Options(format!(
-                "contributor must be 16–64 characters of A-Z a-z 0-9 _ -, not {id:?} ({} characters)",
+                "contributor must be 16–64 characters of A-Z a-z 0-9 _ -, not {} ({} characters)",
+                tessera_protocol::json::write(id),
                 id.chars().count()
             ));
             return Err(JsError::new(&error.to_string()));

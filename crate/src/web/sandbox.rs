@@ -170,10 +170,10 @@ impl FromSandbox {
                     phase: match text("phase")?.as_str() {
                         "packages" => SetupPhase::Packages,
                         "program" => SetupPhase::Program,
-                        other => return Err(format!("phase: no phase is called {other:?}")),
+                        other => return Err(format!("phase: no phase is called {}", json::write(other))),
                     },
                 },
-                other => return Err(format!("no message is called {other:?}")),
+                other => return Err(format!("no message is called {}", json::write(other))),
             })
         };
         read().map_err(|error| format!("`{kind}`: {error}"))
