@@ -132,11 +132,35 @@ const BLOCK: usize = 512;
 /// `git archive` writes) is skipped; links, devices, fifos and sparse files are refused. Nothing is
 /// sized from a header before the bytes are there, and long names and PAX records are bounded.
 pub fn unpack_tar(tar: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>, BundleError> {
+    let mut entries = Vec::new();
+    walk_tar(tar, limits, |path, data| {
+        entries.push(match data {
+            Some(bytes) => BundleEntry::File { path, bytes: bytes.to_vec() },
+            None => BundleEntry::Directory { path },
+        })
+    })?;
+    Ok(entries)
+}
+
+/// Checks a tar.gz as [`unpack`] does, without copying out what its files hold: the check of a
+/// bundle upload, whose peak memory is then the inflated tar alone.
+#[cfg(feature = "gzip")]
+pub fn check(tar_gz: &[u8], limits: &BundleLimits) -> Result<(), BundleError> {
+    walk_tar(&inflate(tar_gz, limits)?, limits, |_, _| {})
+}
+
+/// Reads and checks a decompressed tar (see [`unpack_tar`]), handing each entry to `each`: a
+/// directory's clean path with `None`, a file's with `Some` of its bytes.
+fn walk_tar<'a>(
+    tar: &'a [u8],
+    limits: &BundleLimits,
+    mut each: impl FnMut(String, Option<&'a [u8]>),
+) -> Result<(), BundleError> {
     if tar.len() as u64 > stream_cap(limits) {
         return Err(BundleError::Inflated { limit: stream_cap(limits) });
     }
     let mut reader = TarReader { tar, at: 0 };
-    let mut entries = Vec::new();
+    let mut count = 0;
     let mut unpacked: u64 = 0;
     // What the PAX record or GNU long name before a header says about the entry it describes.
     let mut long_name: Option<Vec<u8>> = None;
@@ -172,7 +196,7 @@ pub fn unpack_tar(tar: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>,
         };
         let raw_path = String::from_utf8(raw_path)
             .map_err(|error| BundleError::BadPath { entry: String::from_utf8_lossy(error.as_bytes()).into_owned() })?;
-        if entries.len() >= limits.max_entries {
+        if count >= limits.max_entries {
             return Err(BundleError::TooManyEntries { limit: limits.max_entries });
         }
         let path = normalise(&raw_path)?;
@@ -180,7 +204,8 @@ pub fn unpack_tar(tar: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>,
             b'5' => {
                 reader.data(size, at)?;
                 if !path.is_empty() {
-                    entries.push(BundleEntry::Directory { path });
+                    count += 1;
+                    each(path, None);
                 }
             }
             b'0' | b'\0' | b'7' => {
@@ -194,14 +219,15 @@ pub fn unpack_tar(tar: &[u8], limits: &BundleLimits) -> Result<Vec<BundleEntry>,
                         limit: limits.max_unpacked_bytes,
                     });
                 }
-                let bytes = reader.data(size, at)?.to_vec();
+                let bytes = reader.data(size, at)?;
                 unpacked += size;
-                entries.push(BundleEntry::File { path, bytes });
+                count += 1;
+                each(path, Some(bytes));
             }
             other => return Err(BundleError::ForbiddenKind { entry: raw_path, kind: kind_name(other) }),
         }
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// A decompressed tar in memory, read block by block from `at`.
@@ -536,6 +562,11 @@ mod tests {
         let bundle = pack(&[file("pkg/a.py", "A = 1\n"), file("b.txt", "b")]).unwrap();
         let entries = unpack_tar(&inflate(&bundle, &small()).unwrap(), &small()).unwrap();
         assert_eq!(entries, unpack(&bundle, &small()).unwrap());
+        // The upload's check, which copies nothing out, refuses and accepts the same.
+        assert_eq!(check(&bomb, &small()), Err(BundleError::Inflated { limit: stream_cap(&small()) }));
+        assert_eq!(check(&bundle, &small()), Ok(()));
+        let two = BundleLimits { max_entries: 1, ..small() };
+        assert_eq!(check(&bundle, &two), Err(BundleError::TooManyEntries { limit: 1 }));
         let tight = BundleLimits { max_compressed_bytes: bundle.len() - 1, ..small() };
         assert!(matches!(inflate(&bundle, &tight), Err(BundleError::TooLarge { .. })));
         assert!(matches!(inflate(b"not gzip", &small()), Err(BundleError::Unreadable { .. })));

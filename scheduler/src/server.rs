@@ -1137,7 +1137,7 @@ async fn upload_bundle(
     let bytes = read_body(request).await?;
     let limits = state.config.bundle;
     let (bytes, sha256) = blocking(move || {
-        bundle::unpack(&bytes, &limits).map_err(|error| Error::invalid("bundle", error.to_string()))?;
+        bundle::check(&bytes, &limits).map_err(|error| Error::invalid("bundle", error.to_string()))?;
         let sha256 = bundle::content_address(&bytes);
         Ok((bytes, sha256))
     })
