@@ -102,6 +102,10 @@ pub trait Sandbox {
     /// replaced for another job, the worker stopping) at once, as `terminate` does; what it ran
     /// in may then serve the next sandbox (its frame, and the interpreter compiled there).
     fn retire(&self);
+    /// This sandbox will be retired once its running slices end (it has been given the last of
+    /// the `maxSlicesPerSandbox` it may serve): one that can prepares its successor's start
+    /// meanwhile. Called at most once per sandbox.
+    fn expect_retirement(&self) {}
     /// Calls `observer` as the set-up reaches each [`SetupPhase`], for the page to show; a
     /// sandbox that cannot tell simply never calls it.
     fn watch_setup(&self, _observer: Box<dyn Fn(SetupPhase)>) {}
@@ -1445,7 +1449,9 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         if self.last_packages != job.descriptor.packages {
             self.last_packages = job.descriptor.packages.clone();
         }
-        self.pool.started(slot, &lease.job_id);
+        if self.pool.started(slot, &lease.job_id) {
+            sandbox.expect_retirement();
+        }
         self.running.insert(lease.lease_id.clone(), (slot, generation));
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });
         let activity = |state| WorkerEvent::SandboxState { sandbox: slot, state, job: Some(lease.job_id.clone()) };

@@ -415,6 +415,10 @@ impl Sandbox for DoublingSandbox {
     fn retire(&self) {
         self.endings.borrow_mut().push("retired");
     }
+
+    fn expect_retirement(&self) {
+        self.endings.borrow_mut().push("expects retirement");
+    }
 }
 
 impl DoublingSandbox {
@@ -957,6 +961,35 @@ fn sandboxes_are_created_for_their_jobs_packages_and_the_spare_for_the_last_jobs
     assert!(asked.len() >= 2, "a sandbox, then a spare: {asked:?}");
     let numpy = vec!["numpy".to_string()];
     assert!(asked.iter().all(|(worktime, packages)| *worktime == Worktime::Pyodide && *packages == numpy), "{asked:?}");
+}
+
+#[test]
+fn a_sandbox_given_its_last_slice_is_told_before_it_is_retired() {
+    let scheduler = Scheduler::with_job("j", (0..6).map(|n| json!(n)));
+    let factory = Factory::default();
+    let endings = factory.endings.clone();
+    let config = SupervisorConfig { max_slices_per_sandbox: 2, ..config(1) };
+    let (reason, events) = run(&scheduler, factory, config);
+    // Never more slices than the limit, slices queued behind a running one included.
+    let mut served = 0;
+    for event in &events {
+        match event {
+            WorkerEvent::SandboxCreated { .. } => served = 0,
+            WorkerEvent::SliceStarted { .. } => {
+                served += 1;
+                assert!(served <= 2, "{events:?}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(reason, "idle");
+    assert_eq!(scheduler.accepted.borrow().len(), 6);
+    // Three sandboxes of two slices each: each hears of its retirement once, with its second
+    // slice, and is retired (the last one when the worker stops).
+    assert_eq!(
+        *endings.borrow(),
+        ["expects retirement", "retired", "expects retirement", "retired", "expects retirement", "retired"]
+    );
 }
 
 #[test]
