@@ -364,6 +364,10 @@ function startPyodide() {
   if (!pyodideLoading) {
     pyodideLoading = (async () => {
       self.fetch = fetchFromMemory;
+      const ran = preloaded && (await preloaded.catch(() => null));
+      if (ran && typeof self._createPyodideModule === 'function') {
+        return withRuntimeModule(() => loadPyodideSomehow(ran.loadPyodide));
+      }
       // Pyodide loads pyodide.asm.js with importScripts (synchronous): have its bytes first.
       // Both scripts asked of the core at once.
       const runtimeUrl = pyodideUrl + 'pyodide.asm.js';
@@ -374,6 +378,21 @@ function startPyodide() {
     })();
   }
   return pyodideLoading;
+}
+
+// A standby worker (its frame started it while the sandbox before ran its last slice) runs
+// Pyodide's JavaScript before it serves a sandbox: pyodide.asm.js defines
+// `_createPyodideModule`, which `loadPyodide` then uses instead of loading the script again.
+// A Promise of pyodide.mjs's exports, or null when this worker was not started ahead.
+let preloaded = null;
+function preload(message) {
+  if (preloaded || !(message.runtime instanceof Blob) || !(message.loader instanceof Blob)) return;
+  const scriptOf = (blob) => URL.createObjectURL(new Blob([blob], { type: 'text/javascript' }));
+  preloaded = (async () => {
+    loadScript(scriptOf(message.runtime));
+    return import(scriptOf(message.loader));
+  })();
+  preloaded.catch(() => {});
 }
 
 /** Runs `load` with Pyodide's instantiation of its interpreter (`WebAssembly.instantiateStreaming`
@@ -934,6 +953,10 @@ self.onmessage = (event) => {
   }
   if (port) {
     if (!receiveRuntimeModule && !receiveHostRead) self.onmessage = null;
+    return;
+  }
+  if (message && message.type === 'preload') {
+    preload(message);
     return;
   }
   if (!message || message.type !== 'init' || !event.ports || !event.ports[0]) return;

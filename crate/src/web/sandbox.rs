@@ -496,6 +496,9 @@ pub struct IsolatedSandbox {
     _start_timeout: gloo_timers::callback::Timeout,
     /// Set for a sandbox started in a frame that served one before ([`SERVED_FRAME_ANSWER_MS`]).
     _answer_timeout: Option<gloo_timers::callback::Timeout>,
+    /// A Pyodide sandbox's runtime files, for the standby worker its frame starts when this
+    /// sandbox is about to be retired ([`Sandbox::expect_retirement`]); `None` for JavaScript.
+    standby_files: RefCell<Option<Rc<RuntimeFiles>>>,
 }
 
 /// A `message` listener on the page's window, removed when dropped.
@@ -846,6 +849,7 @@ impl IsolatedSandbox {
             outgoing: Rc::default(),
             _start_timeout: start_timeout,
             _answer_timeout: answer_timeout,
+            standby_files: RefCell::new((worktime == Worktime::Pyodide).then(|| context.files.clone())),
         })
     }
 
@@ -1063,6 +1067,27 @@ impl Sandbox for Rc<IsolatedSandbox> {
 
     fn watch_setup(&self, observer: Box<dyn Fn(SetupPhase)>) {
         self.tenancy.shared.setup_watcher.replace(Some(observer));
+    }
+
+    /// Has the frame start a standby worker for this sandbox's successor now, while the last
+    /// slice runs: the frame hands it Pyodide's two scripts (`standby`), which it runs at once
+    /// (≈ 100–150 ms of a Pyodide start); the next Pyodide sandbox of this frame starts in it.
+    /// No guest code has run in that worker, and it gets its sandbox's ports only then.
+    fn expect_retirement(&self) {
+        let Some(files) = self.standby_files.take() else { return };
+        let control = self.tenancy.control.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let base = files.base().to_string();
+            let runtime = files.get(&format!("{base}pyodide.asm.js")).await;
+            let loader = files.get(&format!("{base}pyodide.mjs")).await;
+            if let (Ok(runtime), Ok(loader)) = (runtime, loader) {
+                let order = Object::new();
+                set(&order, "type", &"standby".into());
+                set(&order, "runtime", &runtime);
+                set(&order, "loader", &loader);
+                let _ = control.post_message(&order);
+            }
+        });
     }
 }
 
