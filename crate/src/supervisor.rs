@@ -249,6 +249,9 @@ pub enum WorkerEvent {
         /// For a restore: `reused` when the sandbox's frame had the interpreter compiled for an
         /// earlier sandbox (a frame serves the next sandbox once its own ended), else `compiled`.
         interpreter: Option<String>,
+        /// For a restore: the sandbox started in a worker its frame started ahead, while the
+        /// sandbox before it ran its last slice ([`Sandbox::expect_retirement`]).
+        started_ahead: Option<bool>,
     },
     /// No new slices start until resumed; queued ones went back to the scheduler.
     Paused,
@@ -329,13 +332,14 @@ impl ToJson for WorkerEvent {
             WorkerEvent::SandboxesFailing { failures, pause_ms } => {
                 event.field("type", "sandboxesFailing").field("failures", failures).field("pauseMs", pause_ms)
             }
-            WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter } => event
+            WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter, started_ahead } => event
                 .field("type", "runtimeSnapshot")
                 .field("outcome", *outcome)
                 .field("ms", ms)
                 .field("reason", reason)
                 .field("packages", packages)
-                .field("interpreter", interpreter),
+                .field("interpreter", interpreter)
+                .field("startedAhead", started_ahead),
             WorkerEvent::Paused => event.field("type", "paused"),
             WorkerEvent::Resumed => event.field("type", "resumed"),
             WorkerEvent::SandboxesChanged { sandboxes } => {
@@ -1670,13 +1674,21 @@ mod tests {
             WorkerEvent::SchedulerUnreachable { request: "lease", message: text(), retry_ms: 250 },
             WorkerEvent::RequestRefused { request: "results", message: text() },
             WorkerEvent::SandboxesFailing { failures: 3, pause_ms: 60_000 },
-            WorkerEvent::RuntimeSnapshot { outcome: "made", ms: None, reason: None, packages: None, interpreter: None },
+            WorkerEvent::RuntimeSnapshot {
+                outcome: "made",
+                ms: None,
+                reason: None,
+                packages: None,
+                interpreter: None,
+                started_ahead: None,
+            },
             WorkerEvent::RuntimeSnapshot {
                 outcome: "restored",
                 ms: Some(240),
                 reason: Some(text()),
                 packages: Some(vec!["numpy".into(), "pandas".into()]),
                 interpreter: Some("reused".into()),
+                started_ahead: Some(true),
             },
             WorkerEvent::Paused,
             WorkerEvent::Resumed,

@@ -100,6 +100,8 @@ enum FromSandbox {
         /// How it got its interpreter: `reused` (compiled by its frame for an earlier sandbox)
         /// or `compiled`.
         interpreter: Option<String>,
+        /// It started in a worker its frame started ahead (`standby`).
+        started_ahead: bool,
     },
     /// It could not restore the snapshot it was given, and started Pyodide afresh.
     SnapshotRejected {
@@ -164,6 +166,7 @@ impl FromSandbox {
                     ms: required("ms", fields.number("ms")?)?,
                     holds: fields.strings("holds")?,
                     interpreter: fields.string("interpreter")?,
+                    started_ahead: fields.flag("startedAhead")?.unwrap_or(false),
                 },
                 "snapshot-rejected" => FromSandbox::SnapshotRejected { reason: text("reason")? },
                 "phase" => FromSandbox::Phase {
@@ -265,7 +268,7 @@ struct SnapshotRole {
 
 impl SnapshotRole {
     fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>, packages: Option<Vec<String>>) {
-        self.report_restore(outcome, ms, reason, packages, None);
+        self.report_restore(outcome, ms, reason, packages, None, None);
     }
 
     fn report_restore(
@@ -275,10 +278,11 @@ impl SnapshotRole {
         reason: Option<String>,
         packages: Option<Vec<String>>,
         interpreter: Option<String>,
+        started_ahead: Option<bool>,
     ) {
         if let Some(events) = &self.events {
             let ms = ms.map(|ms| ms.max(0.0).round() as u64);
-            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter });
+            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter, started_ahead });
         }
     }
 
@@ -305,8 +309,9 @@ impl SnapshotRole {
                 self.snapshots.not_made(self.ticket, lasting);
                 self.report("failed", None, Some(reason), self.packages.clone());
             }
-            FromSandbox::SnapshotRestored { ms, holds, interpreter } => {
-                self.report_restore("restored", Some(ms), None, self.packages.as_ref().map(|_| holds), interpreter)
+            FromSandbox::SnapshotRestored { ms, holds, interpreter, started_ahead } => {
+                let packages = self.packages.as_ref().map(|_| holds);
+                self.report_restore("restored", Some(ms), None, packages, interpreter, Some(started_ahead))
             }
             FromSandbox::SnapshotRejected { reason } => {
                 self.snapshots.rejected(self.ticket);
