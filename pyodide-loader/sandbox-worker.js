@@ -1,10 +1,9 @@
 // Tessera sandbox: the script of one sandbox Web Worker (a classic Blob worker).
 //
-// The scheduler's build writes this file into the sandbox host page (pyodide-loader/sandbox.html,
-// an opaque-origin iframe whose policy allows no network at all), which starts it from a Blob URL
-// and hands it the core's data port with 'init'. A worker the host page starts ahead of its
-// sandbox gets {type:'preload', runtime: Blob, loader: Blob} first (Pyodide's two scripts, run at
-// once). A sandbox serves one job for its whole life:
+// The worker core (Rust, crate/src/web/sandbox.rs) embeds this file and sends its text to the
+// sandbox host page (pyodide-loader/sandbox.html, an opaque-origin iframe whose policy allows no
+// network at all), which starts it from a Blob URL and hands it the core's data port with 'init'.
+// A sandbox serves one job for its whole life:
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
 //                    runtimeModule?: bool,                     (the host page sends the compiled interpreter)
 //                    snapshot?: Blob, makeSnapshot?: bool,   (restore that runtime snapshot; make one)
@@ -23,7 +22,7 @@
 //                   {type:'answers', items: [result | error, …]}  (answers held back to travel together)
 //                   {type:'progress', id, value} | {type:'console', stream, text}
 //                   {type:'fatal', message}                   (Pyodide is unusable: replace this sandbox)
-//                   {type:'snapshot-restored', ms, interpreter: 'reused' | 'compiled', startedAhead} | {type:'snapshot-rejected', reason}
+//                   {type:'snapshot-restored', ms, interpreter: 'reused' | 'compiled'} | {type:'snapshot-rejected', reason}
 //                   {type:'snapshot-made', ms, snapshot: ArrayBuffer (transferred)} | {type:'snapshot-failed', reason, lasting}
 //                   (each snapshot report with `packages: true` when it is about the package snapshot;
 //                   made and restored ones then say which packages it `holds`)
@@ -365,11 +364,6 @@ function startPyodide() {
   if (!pyodideLoading) {
     pyodideLoading = (async () => {
       self.fetch = fetchFromMemory;
-      const ran = preloaded && (await preloaded.catch(() => null));
-      if (ran && typeof self._createPyodideModule === 'function') {
-        startedAhead = true;
-        return withRuntimeModule(() => loadPyodideSomehow(ran.loadPyodide));
-      }
       // Pyodide loads pyodide.asm.js with importScripts (synchronous): have its bytes first.
       // Both scripts asked of the core at once.
       const runtimeUrl = pyodideUrl + 'pyodide.asm.js';
@@ -380,22 +374,6 @@ function startPyodide() {
     })();
   }
   return pyodideLoading;
-}
-
-// A standby worker (its frame started it while the sandbox before ran its last slice) runs
-// Pyodide's JavaScript before it serves a sandbox: pyodide.asm.js defines
-// `_createPyodideModule`, which `loadPyodide` then uses instead of loading the script again.
-// A Promise of pyodide.mjs's exports, or null when this worker was not started ahead.
-let preloaded = null;
-let startedAhead = false; // reported with a restore
-function preload(message) {
-  if (preloaded || !(message.runtime instanceof Blob) || !(message.loader instanceof Blob)) return;
-  const scriptOf = (blob) => URL.createObjectURL(new Blob([blob], { type: 'text/javascript' }));
-  preloaded = (async () => {
-    loadScript(scriptOf(message.runtime));
-    return import(scriptOf(message.loader));
-  })();
-  preloaded.catch(() => {});
 }
 
 /** Runs `load` with Pyodide's instantiation of its interpreter (`WebAssembly.instantiateStreaming`
@@ -435,7 +413,7 @@ async function loadPyodideSomehow(loadPyodide) {
     try {
       const { py, holds } = await restorePackages(loadPyodide, packageSnapshot);
       const restored = withRuntime(py);
-      post({ type: 'snapshot-restored', packages: true, holds, interpreter, startedAhead, ms: performance.now() - started });
+      post({ type: 'snapshot-restored', packages: true, holds, interpreter, ms: performance.now() - started });
       packagesRestored = true;
       snapshot = null;
       return restored;
@@ -449,7 +427,7 @@ async function loadPyodideSomehow(loadPyodide) {
     const started = performance.now();
     try {
       const restored = withRuntime(await restorePyodide(loadPyodide, snapshot));
-      post({ type: 'snapshot-restored', interpreter, startedAhead, ms: performance.now() - started });
+      post({ type: 'snapshot-restored', interpreter, ms: performance.now() - started });
       return restored;
     } catch (error) {
       post({ type: 'snapshot-rejected', reason: firstLine(error) });
@@ -956,10 +934,6 @@ self.onmessage = (event) => {
   }
   if (port) {
     if (!receiveRuntimeModule && !receiveHostRead) self.onmessage = null;
-    return;
-  }
-  if (message && message.type === 'preload') {
-    preload(message);
     return;
   }
   if (!message || message.type !== 'init' || !event.ports || !event.ports[0]) return;

@@ -81,7 +81,7 @@ function onCoreEvent(event) {
         : event.packages.length ? `package snapshot (${event.packages.join(', ')})` : 'package snapshot';
       log(event.outcome === 'rejected' || event.outcome === 'failed'
         ? `${which} ${event.outcome}: ${event.reason}`
-        : `${which} ${event.outcome} in ${event.ms} ms${event.interpreter === 'reused' ? ' (interpreter reused)' : ''}${event.startedAhead ? ' (worker started ahead)' : ''}`);
+        : `${which} ${event.outcome} in ${event.ms} ms${event.interpreter === 'reused' ? ' (interpreter reused)' : ''}`);
       break;
     }
     case 'paused': log('paused'); break;

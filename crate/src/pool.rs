@@ -178,14 +178,12 @@ impl Pool {
     }
 
     /// Marks `index` as running a slice of `job` (binding it to the job for good).
-    /// True when this is the slice that wears the sandbox out: with it, it has been given all
-    /// the `max_slices_per_sandbox` it may serve (true once per sandbox).
-    pub fn started(&mut self, index: usize, job: &str) -> bool {
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else { return false };
-        slot.running += 1;
-        slot.filling = slot.running < self.limits.pipeline_depth;
-        slot.job = Some(job.to_string());
-        slot.served + slot.running == self.limits.max_slices_per_sandbox
+    pub fn started(&mut self, index: usize, job: &str) {
+        if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
+            slot.running += 1;
+            slot.filling = slot.running < self.limits.pipeline_depth;
+            slot.job = Some(job.to_string());
+        }
     }
 
     /// Marks `index` idle after a slice, with the heap size the sandbox reported.
@@ -306,7 +304,7 @@ mod tests {
         let mut pool = pool(2);
         assert_eq!(pool.place("a", MB), Placement::Create(0));
         pool.created(0, MB, 0);
-        assert!(!pool.started(0, "a"));
+        pool.started(0, "a");
         assert_eq!(pool.place("a", MB), Placement::Create(1));
         pool.created(1, MB, 0);
         pool.started(1, "b");
@@ -338,13 +336,10 @@ mod tests {
     fn recycles_worn_out_and_long_idle_sandboxes() {
         let mut pool = pool(2);
         pool.created(0, MB, 0);
-        // The third slice is the last this sandbox may serve: starting it says so, once.
-        let mut wears_out = Vec::new();
         for _ in 0..3 {
-            wears_out.push(pool.started(0, "a"));
+            pool.started(0, "a");
             pool.finished(0, 10, None);
         }
-        assert_eq!(wears_out, [false, false, true]);
         assert_eq!(pool.to_recycle(20), vec![0]);
         assert_eq!(pool.place("a", MB), Placement::Create(1), "a worn-out sandbox is not warm");
         pool.created(1, MB, 0);

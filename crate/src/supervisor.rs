@@ -102,10 +102,6 @@ pub trait Sandbox {
     /// replaced for another job, the worker stopping) at once, as `terminate` does; what it ran
     /// in may then serve the next sandbox (its frame, and the interpreter compiled there).
     fn retire(&self);
-    /// This sandbox will be retired once its running slices end (it has been given the last of
-    /// the `maxSlicesPerSandbox` it may serve): one that can prepares its successor's start
-    /// meanwhile. Called at most once per sandbox.
-    fn expect_retirement(&self) {}
     /// Calls `observer` as the set-up reaches each [`SetupPhase`], for the page to show; a
     /// sandbox that cannot tell simply never calls it.
     fn watch_setup(&self, _observer: Box<dyn Fn(SetupPhase)>) {}
@@ -249,9 +245,6 @@ pub enum WorkerEvent {
         /// For a restore: `reused` when the sandbox's frame had the interpreter compiled for an
         /// earlier sandbox (a frame serves the next sandbox once its own ended), else `compiled`.
         interpreter: Option<String>,
-        /// For a restore: the sandbox started in a worker its frame started ahead, while the
-        /// sandbox before it ran its last slice ([`Sandbox::expect_retirement`]).
-        started_ahead: Option<bool>,
     },
     /// No new slices start until resumed; queued ones went back to the scheduler.
     Paused,
@@ -332,14 +325,13 @@ impl ToJson for WorkerEvent {
             WorkerEvent::SandboxesFailing { failures, pause_ms } => {
                 event.field("type", "sandboxesFailing").field("failures", failures).field("pauseMs", pause_ms)
             }
-            WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter, started_ahead } => event
+            WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter } => event
                 .field("type", "runtimeSnapshot")
                 .field("outcome", *outcome)
                 .field("ms", ms)
                 .field("reason", reason)
                 .field("packages", packages)
-                .field("interpreter", interpreter)
-                .field("startedAhead", started_ahead),
+                .field("interpreter", interpreter),
             WorkerEvent::Paused => event.field("type", "paused"),
             WorkerEvent::Resumed => event.field("type", "resumed"),
             WorkerEvent::SandboxesChanged { sandboxes } => {
@@ -1453,9 +1445,7 @@ impl<C: SchedulerClient + 'static, F: SandboxFactory, K: Clock + 'static> Superv
         if self.last_packages != job.descriptor.packages {
             self.last_packages = job.descriptor.packages.clone();
         }
-        if self.pool.started(slot, &lease.job_id) {
-            sandbox.expect_retirement();
-        }
+        self.pool.started(slot, &lease.job_id);
         self.running.insert(lease.lease_id.clone(), (slot, generation));
         self.emit(WorkerEvent::SliceStarted { job: lease.job_id.clone(), slice: lease.slice, sandbox: slot });
         let activity = |state| WorkerEvent::SandboxState { sandbox: slot, state, job: Some(lease.job_id.clone()) };
@@ -1674,21 +1664,13 @@ mod tests {
             WorkerEvent::SchedulerUnreachable { request: "lease", message: text(), retry_ms: 250 },
             WorkerEvent::RequestRefused { request: "results", message: text() },
             WorkerEvent::SandboxesFailing { failures: 3, pause_ms: 60_000 },
-            WorkerEvent::RuntimeSnapshot {
-                outcome: "made",
-                ms: None,
-                reason: None,
-                packages: None,
-                interpreter: None,
-                started_ahead: None,
-            },
+            WorkerEvent::RuntimeSnapshot { outcome: "made", ms: None, reason: None, packages: None, interpreter: None },
             WorkerEvent::RuntimeSnapshot {
                 outcome: "restored",
                 ms: Some(240),
                 reason: Some(text()),
                 packages: Some(vec!["numpy".into(), "pandas".into()]),
                 interpreter: Some("reused".into()),
-                started_ahead: Some(true),
             },
             WorkerEvent::Paused,
             WorkerEvent::Resumed,

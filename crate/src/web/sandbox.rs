@@ -100,8 +100,6 @@ enum FromSandbox {
         /// How it got its interpreter: `reused` (compiled by its frame for an earlier sandbox)
         /// or `compiled`.
         interpreter: Option<String>,
-        /// It started in a worker its frame started ahead (`standby`).
-        started_ahead: bool,
     },
     /// It could not restore the snapshot it was given, and started Pyodide afresh.
     SnapshotRejected {
@@ -166,7 +164,6 @@ impl FromSandbox {
                     ms: required("ms", fields.number("ms")?)?,
                     holds: fields.strings("holds")?,
                     interpreter: fields.string("interpreter")?,
-                    started_ahead: fields.flag("startedAhead")?.unwrap_or(false),
                 },
                 "snapshot-rejected" => FromSandbox::SnapshotRejected { reason: text("reason")? },
                 "phase" => FromSandbox::Phase {
@@ -268,7 +265,7 @@ struct SnapshotRole {
 
 impl SnapshotRole {
     fn report(&self, outcome: &'static str, ms: Option<f64>, reason: Option<String>, packages: Option<Vec<String>>) {
-        self.report_restore(outcome, ms, reason, packages, None, None);
+        self.report_restore(outcome, ms, reason, packages, None);
     }
 
     fn report_restore(
@@ -278,11 +275,10 @@ impl SnapshotRole {
         reason: Option<String>,
         packages: Option<Vec<String>>,
         interpreter: Option<String>,
-        started_ahead: Option<bool>,
     ) {
         if let Some(events) = &self.events {
             let ms = ms.map(|ms| ms.max(0.0).round() as u64);
-            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter, started_ahead });
+            events(&WorkerEvent::RuntimeSnapshot { outcome, ms, reason, packages, interpreter });
         }
     }
 
@@ -309,9 +305,8 @@ impl SnapshotRole {
                 self.snapshots.not_made(self.ticket, lasting);
                 self.report("failed", None, Some(reason), self.packages.clone());
             }
-            FromSandbox::SnapshotRestored { ms, holds, interpreter, started_ahead } => {
-                let packages = self.packages.as_ref().map(|_| holds);
-                self.report_restore("restored", Some(ms), None, packages, interpreter, Some(started_ahead))
+            FromSandbox::SnapshotRestored { ms, holds, interpreter } => {
+                self.report_restore("restored", Some(ms), None, self.packages.as_ref().map(|_| holds), interpreter)
             }
             FromSandbox::SnapshotRejected { reason } => {
                 self.snapshots.rejected(self.ticket);
@@ -501,9 +496,6 @@ pub struct IsolatedSandbox {
     _start_timeout: gloo_timers::callback::Timeout,
     /// Set for a sandbox started in a frame that served one before ([`SERVED_FRAME_ANSWER_MS`]).
     _answer_timeout: Option<gloo_timers::callback::Timeout>,
-    /// A Pyodide sandbox's runtime files, for the standby worker its frame starts when this
-    /// sandbox is about to be retired ([`Sandbox::expect_retirement`]); `None` for JavaScript.
-    standby_files: RefCell<Option<Rc<RuntimeFiles>>>,
 }
 
 /// A `message` listener on the page's window, removed when dropped.
@@ -854,7 +846,6 @@ impl IsolatedSandbox {
             outgoing: Rc::default(),
             _start_timeout: start_timeout,
             _answer_timeout: answer_timeout,
-            standby_files: RefCell::new((worktime == Worktime::Pyodide).then(|| context.files.clone())),
         })
     }
 
@@ -1072,27 +1063,6 @@ impl Sandbox for Rc<IsolatedSandbox> {
 
     fn watch_setup(&self, observer: Box<dyn Fn(SetupPhase)>) {
         self.tenancy.shared.setup_watcher.replace(Some(observer));
-    }
-
-    /// Has the frame start a standby worker for this sandbox's successor now, while the last
-    /// slice runs: the frame hands it Pyodide's two scripts (`standby`), which it runs at once
-    /// (≈ 100–150 ms of a Pyodide start); the next Pyodide sandbox of this frame starts in it.
-    /// No guest code has run in that worker, and it gets its sandbox's ports only then.
-    fn expect_retirement(&self) {
-        let Some(files) = self.standby_files.take() else { return };
-        let control = self.tenancy.control.clone();
-        wasm_bindgen_futures::spawn_local(async move {
-            let base = files.base().to_string();
-            let runtime = files.get(&format!("{base}pyodide.asm.js")).await;
-            let loader = files.get(&format!("{base}pyodide.mjs")).await;
-            if let (Ok(runtime), Ok(loader)) = (runtime, loader) {
-                let order = Object::new();
-                set(&order, "type", &"standby".into());
-                set(&order, "runtime", &runtime);
-                set(&order, "loader", &loader);
-                let _ = control.post_message(&order);
-            }
-        });
     }
 }
 
