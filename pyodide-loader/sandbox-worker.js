@@ -1,8 +1,8 @@
 // Tessera sandbox: the script of one sandbox Web Worker (a classic Blob worker).
 //
-// The worker core (Rust, crate/src/web/sandbox.rs) embeds this file and sends its text to the
-// sandbox host page (pyodide-loader/sandbox.html, an opaque-origin iframe whose policy allows no
-// network at all), which starts it from a Blob URL and hands it the core's data port with 'init'.
+// The scheduler's build writes this file into the sandbox host page (pyodide-loader/sandbox.html,
+// an opaque-origin iframe whose policy allows no network at all), which starts it from a Blob URL
+// and hands it the core's data port with 'init' (the core: crate/src/web/sandbox.rs).
 // A sandbox serves one job for its whole life:
 //   core → sandbox  {type:'init', worktime, pyodideUrl, interruptBuffer?,   (Pyodide starts loading at once)
 //                    runtimeModule?: bool,                     (the host page sends the compiled interpreter)

@@ -105,11 +105,9 @@ fn js_string_literal(text: &str) -> String {
             '\\' => literal.push_str("\\\\"),
             '\n' => literal.push_str("\\n"),
             '<' => literal.push_str("\\x3c"),
-            '\u{2028}' | '\u{2029}' => {
-                let _ = write!(literal, "\\u{:04x}", u32::from(character));
-            }
-            control if control.is_control() => {
-                let _ = write!(literal, "\\u{:04x}", u32::from(control));
+            // Line separators end a line in older JavaScript; controls are escaped to be seen.
+            escaped if escaped.is_control() || escaped == '\u{2028}' || escaped == '\u{2029}' => {
+                let _ = write!(literal, "\\u{:04x}", u32::from(escaped));
             }
             other => literal.push(other),
         }

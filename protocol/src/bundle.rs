@@ -170,25 +170,21 @@ fn walk_tar<'a>(
         let at = reader.at - BLOCK;
         let kind = header[156];
         let size = pax_size.take().map_or_else(|| header_number(&header[124..136], "size", at), Ok)?;
-        match kind {
-            b'L' | b'x' | b'g' | b'K' => {
-                if size > MAX_METADATA_BYTES {
-                    return Err(unreadable(format!(
-                        "the {} at byte {at} claims {size} bytes, over the {MAX_METADATA_BYTES} allowed",
-                        metadata_name(kind)
-                    )));
-                }
-                let data = reader.data(size, at)?;
-                match kind {
-                    b'L' => long_name = Some(trim_nuls(data).to_vec()),
-                    b'x' => (pax_path, pax_size) = pax_record(data, at)?,
-                    // A global header (`git archive` writes the commit in one) and a GNU long
-                    // link name describe nothing a bundle keeps.
-                    _ => {}
-                }
-                continue;
+        if let Some(what) = metadata_name(kind) {
+            if size > MAX_METADATA_BYTES {
+                return Err(unreadable(format!(
+                    "the {what} at byte {at} claims {size} bytes, over the {MAX_METADATA_BYTES} allowed"
+                )));
             }
-            _ => {}
+            let data = reader.data(size, at)?;
+            match kind {
+                b'L' => long_name = Some(trim_nuls(data).to_vec()),
+                b'x' => (pax_path, pax_size) = pax_record(data, at)?,
+                // A global header (`git archive` writes the commit in one) and a GNU long link
+                // name describe nothing a bundle keeps.
+                _ => {}
+            }
+            continue;
         }
         let raw_path = match pax_path.take().or(long_name.take()) {
             Some(path) => path,
@@ -356,12 +352,14 @@ fn trim_nuls(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-fn metadata_name(kind: u8) -> &'static str {
+/// What a header of `kind` is when it describes other entries rather than being one.
+fn metadata_name(kind: u8) -> Option<&'static str> {
     match kind {
-        b'L' => "GNU long name",
-        b'K' => "GNU long link name",
-        b'g' => "PAX global header",
-        _ => "PAX record",
+        b'L' => Some("GNU long name"),
+        b'K' => Some("GNU long link name"),
+        b'g' => Some("PAX global header"),
+        b'x' => Some("PAX record"),
+        _ => None,
     }
 }
 

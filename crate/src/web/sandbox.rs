@@ -921,7 +921,7 @@ impl IsolatedSandbox {
     }
 }
 
-/// Orders the host page to start the worker (`start` carries the script and its `init`).
+/// Orders the host page to start the worker (`start` carries its `init`; the page has the script).
 fn post_start(control: &MessagePort, shared: &Shared, start: &Object) {
     if let Err(error) = control.post_message(start) {
         shared.crash(format!("the sandbox host could not be started: {}", describe(&error)));
