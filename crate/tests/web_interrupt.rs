@@ -10,7 +10,7 @@ use tessera_worker::web::sandbox::IsolatedSandboxFactory;
 use wasm_bindgen_test::*;
 
 mod common;
-use common::{a_spinning_slice_is_interrupted, python_job, scheduler, SPINNING_PROGRAM};
+use common::{a_spinning_slice_is_interrupted, interrupting, python_job, scheduler, SPINNING_PROGRAM};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -45,12 +45,8 @@ async fn answers_held_behind_a_runaway_slice_arrive_and_only_it_times_out() {
     // Asked for in one turn: they travel to the sandbox in one batch, the runaway one last.
     let mut runs: Vec<_> = (0..5).map(|x| sandbox.run(x, json!(x), Rc::default())).collect();
     runs.push(sandbox.run(5, json!("spin"), Rc::default()));
-    let interrupter = sandbox.clone();
-    wasm_bindgen_futures::spawn_local(async move {
-        gloo_timers::future::TimeoutFuture::new(300).await;
-        assert!(interrupter.interrupt());
-    });
-    let outcomes: Vec<SliceOutcome> = join_all(runs).await.into_iter().map(|run| run.outcome).collect();
+    let outcomes: Vec<SliceOutcome> =
+        interrupting(&sandbox, join_all(runs)).await.into_iter().map(|run| run.outcome).collect();
     for (x, outcome) in outcomes[..5].iter().enumerate() {
         assert_eq!(outcome, &SliceOutcome::Ok { value: json!(2 * x) }, "slice {x}");
     }

@@ -126,16 +126,17 @@ async fn one_slice(factory: &IsolatedSandboxFactory, job: Rc<PreparedJob>, datum
     }
 }
 
-/// The stored snapshot's bytes, once the core has stored it (storing happens after it is taken).
+/// The stored snapshot's bytes, once the core has stored it (storing happens after it is taken,
+/// and writing tens of megabytes can take seconds on a loaded machine: it waits up to a minute).
 async fn stored_bytes() -> Vec<u8> {
-    for _ in 0..100 {
+    for _ in 0..1200 {
         if let Some(blob) = stored_for(&pyodide()).await.unwrap() {
             let buffer = wasm_bindgen_futures::JsFuture::from(blob.array_buffer()).await.unwrap();
             return js_sys::Uint8Array::new(&buffer).to_vec();
         }
         gloo_timers::future::TimeoutFuture::new(50).await;
     }
-    panic!("no snapshot was stored");
+    panic!("no snapshot was stored within a minute");
 }
 
 async fn store(bytes: &[u8]) {
