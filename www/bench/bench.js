@@ -294,7 +294,7 @@ async function warm() {
   await coldNumpyRun();
   sessionStorage.removeItem(STORE);
   const before = await rawCold();
-  go('measure', 1, { rawBefore: before.toFixed(1) });
+  go(ROUND_PHASES[0], 1, { rawBefore: before.toFixed(1) });
 }
 
 async function measure() {
@@ -549,9 +549,12 @@ async function compute() {
   nextPhase('compute', { rawBefore: rawReady.toFixed(1) });
 }
 
-const ROUND_PHASES = [
+const ALL_ROUND_PHASES = [
   'measure', ...(PACKAGE_OPTION && !PACKAGE_SNAPSHOTS_OFF ? ['plain-snapshots'] : []), ...(SNAPSHOT_OPTION ? ['no-snapshots'] : []), 'memory', 'compute',
 ];
+// `phases=memory,compute` (scripts/bench's BENCH_PHASES): a round runs only those, in that order.
+const ROUND_PHASES = params.get('phases') ? params.get('phases').split(',') : ALL_ROUND_PHASES;
+const NOT_A_ROUND_PHASE = ROUND_PHASES.find((name) => !['measure', 'plain-snapshots', 'no-snapshots', 'memory', 'compute'].includes(name));
 
 /** Goes on to the phase after `current`, the next round, or reports everything. */
 function nextPhase(current, extra = {}) {
@@ -639,5 +642,6 @@ const PHASES = {
   'js-bytes': jsBytes,
 };
 say(`started benchmark phase ${PHASE}` + (['warm', 'first-ours', 'first-raw', 'js-bytes'].includes(PHASE) ? '' : ` (round ${ROUND}/${ROUNDS})`));
-(PHASES[PHASE] || (() => Promise.reject(new Error('unknown phase ' + PHASE))))()
+(NOT_A_ROUND_PHASE !== undefined ? () => Promise.reject(new Error(`phases: ${NOT_A_ROUND_PHASE} is not a round phase (measure, plain-snapshots, no-snapshots, memory, compute)`))
+  : PHASES[PHASE] || (() => Promise.reject(new Error('unknown phase ' + PHASE))))()
   .catch((error) => say('fatal: ' + (error.stack || error)));
