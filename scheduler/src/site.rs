@@ -76,8 +76,8 @@ impl EmbeddedSite {
     }
 
     /// The answer to `method path`: the file (brotli-compressed when `Accept-Encoding` allows
-    /// it; or 304 when `If-None-Match` has its tag), a redirect from a folder without its slash
-    /// to the folder, 404, or 405 for a method other than GET and HEAD.
+    /// it; or 304 when `If-None-Match` has the tag of the copy it would send), a redirect from a
+    /// folder without its slash to the folder, 404, or 405 for a method other than GET and HEAD.
     pub fn response(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response {
         if method != Method::GET && method != Method::HEAD {
             return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET, HEAD")]).into_response();
@@ -90,24 +90,27 @@ impl EmbeddedSite {
             }
             return (StatusCode::NOT_FOUND, "not found").into_response();
         };
-        let revalidated = names_a_current_tag(headers, &[&file.etag, &file.brotli_etag]);
         let brotli = file.brotli.filter(|_| accepts_brotli(headers));
         let etag = if brotli.is_some() { &file.brotli_etag } else { &file.etag };
         let validators = [(header::ETAG, etag.clone())];
-        if revalidated {
-            return (StatusCode::NOT_MODIFIED, validators).into_response();
-        }
         let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static(file.content_type))];
-        match brotli {
-            Some(compressed) => {
-                let encoding = [
-                    (header::CONTENT_ENCODING, HeaderValue::from_static("br")),
-                    (header::VARY, HeaderValue::from_static("accept-encoding")),
-                ];
-                (validators, content_type, encoding, compressed).into_response()
+        // 304 only for the copy this request would get: the other encoding's tag is not current.
+        let mut response = if names_a_current_tag(headers, &[etag]) {
+            (StatusCode::NOT_MODIFIED, validators).into_response()
+        } else {
+            match brotli {
+                Some(compressed) => {
+                    let encoding = [(header::CONTENT_ENCODING, HeaderValue::from_static("br"))];
+                    (validators, content_type, encoding, compressed).into_response()
+                }
+                None => (validators, content_type, file.bytes).into_response(),
             }
-            None => (validators, content_type, file.bytes).into_response(),
+        };
+        // A file with a brotli copy varies with `Accept-Encoding`, in every answer about it.
+        if file.brotli.is_some() {
+            response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         }
+        response
     }
 }
 
@@ -214,6 +217,30 @@ mod tests {
         let mut headers = accepting("br");
         headers.insert(header::IF_NONE_MATCH, tag);
         assert_eq!(get(&site, "/pkg/tessera_worker_bg.wasm", &headers).status(), StatusCode::NOT_MODIFIED);
+    }
+
+    #[test]
+    fn a_tag_of_the_other_encoding_is_not_current_and_every_answer_varies() {
+        let site = EmbeddedSite::new();
+        let file = &site.files["/pkg/tessera_worker_bg.wasm"];
+        let revalidating = |encodings: &'static str, tag: &HeaderValue| {
+            let mut headers = accepting(encodings);
+            headers.insert(header::IF_NONE_MATCH, tag.clone());
+            get(&site, "/pkg/tessera_worker_bg.wasm", &headers)
+        };
+        // The brotli copy's tag, from a browser that no longer takes brotli: the file as it is.
+        let plain = revalidating("gzip", &file.brotli_etag);
+        assert_eq!(plain.status(), StatusCode::OK);
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(plain.headers()[header::ETAG], file.etag);
+        // The plain copy's tag, from one that takes brotli: the brotli copy.
+        let compressed = revalidating("br", &file.etag);
+        assert_eq!(compressed.status(), StatusCode::OK);
+        assert_eq!(compressed.headers()[header::CONTENT_ENCODING], "br");
+        // Every answer about a file with a brotli copy says it varies, the 304 and the plain one too.
+        for answer in [plain, compressed, revalidating("gzip", &file.etag), revalidating("br", &file.brotli_etag)] {
+            assert_eq!(answer.headers()[header::VARY], "accept-encoding", "{:?}", answer.status());
+        }
     }
 
     #[test]
