@@ -277,7 +277,7 @@ mod tests {
         assert_eq!((restore, make), (None, false));
         let SnapshotPlan { restore, make, ticket } = book.plan_where(&fits("pandas"), true);
         assert_eq!((restore, make), (None, true), "a sandbox that can make the one it needs does");
-        assert_eq!(book.plan_where(&fits("pandas"), true).make, false, "one maker at a time");
+        assert!(!book.plan_where(&fits("pandas"), true).make, "one maker at a time");
         assert!(book.made(ticket, "pandas"));
         assert_eq!(book.plan_where(&fits("pandas"), false).restore, Some("pandas"));
         assert_eq!(book.plan_where(&fits("numpy"), false).restore, None, "the page keeps one");

@@ -523,8 +523,9 @@ pub fn valid_cpu_share(share: f64) -> Result<f64, WorkerError> {
     }
 }
 
-/// `x` written out with up to six decimals (`2`, `0.5`; `0.0000001` shows as `0`), for
-/// messages. Not `{x}`: Rust's float formatting costs the core's wasm 17 KB.
+/// `x` written out with up to six decimals (`2`, `0.5`), for messages; a number too small for
+/// six decimals but not zero as `1e-7`, so that it never reads as `0`. Not `{x}`: Rust's float
+/// formatting costs the core's wasm 17 KB.
 pub fn in_decimals(x: f64) -> String {
     if !x.is_finite() {
         return if x.is_nan() {
@@ -540,6 +541,16 @@ pub fn in_decimals(x: f64) -> String {
         return if x < 0.0 { "-a huge number".into() } else { "a huge number".into() };
     }
     let millionths = millionths as u64;
+    if millionths == 0 && x != 0.0 {
+        // Below 0.0000005: scientific, its mantissa in [1, 10) (no libm: a few multiplications).
+        let (mut mantissa, mut exponent) = (x.abs(), 0);
+        while mantissa < 1.0 {
+            mantissa *= 10.0;
+            exponent -= 1;
+        }
+        let sign = if x < 0.0 { "-" } else { "" };
+        return format!("{sign}{}e{exponent}", in_decimals(mantissa));
+    }
     let sign = if x < 0.0 && millionths > 0 { "-" } else { "" };
     let (whole, fraction) = (millionths / 1_000_000, millionths % 1_000_000);
     if fraction == 0 {
@@ -1634,6 +1645,31 @@ async fn watch_slice<K: Clock>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_in_messages_read_as_written_and_a_tiny_one_never_as_zero() {
+        let cases = [
+            (2.0, "2"),
+            (0.5, "0.5"),
+            (-1.25, "-1.25"),
+            (0.0, "0"),
+            (-0.0, "0"),
+            (0.0000004, "4e-7"),
+            (0.000001, "0.000001"),
+            (1e-7, "1e-7"),
+            (-2.5e-9, "-2.5e-9"),
+            (4.9e-7, "4.9e-7"),
+            (1.5e-300, "1.5e-300"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (1e30, "a huge number"),
+        ];
+        for (x, written) in cases {
+            assert_eq!(in_decimals(x), written, "{x:e}");
+        }
+        assert!(in_decimals(f64::from_bits(1)).ends_with("e-324"), "{}", in_decimals(f64::from_bits(1)));
+        assert_eq!(valid_cpu_share(1e-7).unwrap_err().to_string(), "invalid option: cpuShare must be 0.05–1, not 1e-7");
+    }
 
     #[test]
     fn every_event_is_written_as_serde_writes_it() {
