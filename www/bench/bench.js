@@ -549,12 +549,13 @@ async function compute() {
   nextPhase('compute', { rawBefore: rawReady.toFixed(1) });
 }
 
-const ALL_ROUND_PHASES = [
-  'measure', ...(PACKAGE_OPTION && !PACKAGE_SNAPSHOTS_OFF ? ['plain-snapshots'] : []), ...(SNAPSHOT_OPTION ? ['no-snapshots'] : []), 'memory', 'compute',
-];
+// Every phase a round can run, in order; a round runs those this core has options for.
+const ROUND_PHASE_NAMES = ['measure', 'plain-snapshots', 'no-snapshots', 'memory', 'compute'];
+const ALL_ROUND_PHASES = ROUND_PHASE_NAMES.filter((name) =>
+  (name !== 'plain-snapshots' || (PACKAGE_OPTION && !PACKAGE_SNAPSHOTS_OFF)) && (name !== 'no-snapshots' || SNAPSHOT_OPTION));
 // `phases=memory,compute` (scripts/bench's BENCH_PHASES): a round runs only those, in that order.
 const ROUND_PHASES = params.get('phases') ? params.get('phases').split(',') : ALL_ROUND_PHASES;
-const NOT_A_ROUND_PHASE = ROUND_PHASES.find((name) => !['measure', 'plain-snapshots', 'no-snapshots', 'memory', 'compute'].includes(name));
+const NOT_A_ROUND_PHASE = ROUND_PHASES.find((name) => !ROUND_PHASE_NAMES.includes(name));
 
 /** Goes on to the phase after `current`, the next round, or reports everything. */
 function nextPhase(current, extra = {}) {
@@ -642,6 +643,6 @@ const PHASES = {
   'js-bytes': jsBytes,
 };
 say(`started benchmark phase ${PHASE}` + (['warm', 'first-ours', 'first-raw', 'js-bytes'].includes(PHASE) ? '' : ` (round ${ROUND}/${ROUNDS})`));
-(NOT_A_ROUND_PHASE !== undefined ? () => Promise.reject(new Error(`phases: ${NOT_A_ROUND_PHASE} is not a round phase (measure, plain-snapshots, no-snapshots, memory, compute)`))
+(NOT_A_ROUND_PHASE !== undefined ? () => Promise.reject(new Error(`phases: ${NOT_A_ROUND_PHASE} is not a round phase (${ROUND_PHASE_NAMES.join(', ')})`))
   : PHASES[PHASE] || (() => Promise.reject(new Error('unknown phase ' + PHASE))))()
   .catch((error) => say('fatal: ' + (error.stack || error)));
